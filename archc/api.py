@@ -1,0 +1,53 @@
+"""The library entry points: spec path (+ overrides) -> analysis -> generated files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .analysis import Analysis, analyse
+from .errors import Location, SpecError
+from .resolve import compile_spec
+
+
+def spec_files(paths: list[str] | tuple[str, ...]) -> list[Path]:
+    """Expand directories to the ``*.yaml`` / ``*.yml`` files in them, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not found:
+                raise SpecError(Location(str(p), 1, 1, ""), "expected a folder with .yaml specs, found none")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Analysis:
+    """Compile and analyse one spec: the IR with every shape and count."""
+    return analyse(compile_spec(str(path), overrides))
+
+
+def expectation_mismatches(analysis: Analysis) -> list[tuple[str, Any, Any]]:
+    """(what, expected, found) for every ``expect:`` entry that the counts contradict."""
+    expect = analysis.net.expect
+    if expect is None:
+        return []
+    found = {"trainable": analysis.total.trainable, "non_trainable": analysis.total.non_trainable,
+             "macs": analysis.total.macs, "output": list(analysis.output)}
+    return [(key, value, found[key]) for key, value in expect.model_dump(exclude_none=True).items() if value != found[key]]
+
+
+def build(path: str | Path, backends: list[str], out_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> list[Path]:
+    """Render ``path`` with each backend into ``out_dir``; all files or none are written."""
+    from .backend import get, module_name, write_all
+
+    analysis = load(path, overrides)
+    files = {}
+    for name in backends:
+        backend = get(name)
+        files[Path(out_dir) / f"{module_name(analysis, name)}.py"] = backend.render(analysis)
+    write_all(files)
+    return list(files)

@@ -1,0 +1,105 @@
+"""What every code-generating backend needs to know about an annotated network, decided
+once here so that backends (and their templates) only format it:
+
+- ``Plan.ident[path]``: a unique, safe Python identifier for each node within its parent
+  list (hostile spec names cannot reach code except through this);
+- ``Plan.blocks``: one definition per block used, taken from its first instance (all
+  instances share their structure; values that differ are ``refs`` to arguments);
+- ``Plan.signature[block]``: the block's declared arguments, then the spec params its
+  body uses (directly or through nested blocks), which the generated code passes in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .analysis import Analysis
+from .ir import Call, Node, children, walk
+from .naming import Namespace, class_name, identifier
+
+
+@dataclass
+class BlockPlan:
+    name: str  # as in the spec
+    cls: str  # CamelCase identifier for a class
+    func: str  # snake_case identifier for a function
+    instance: Call  # the first instance: its body is the template
+    args: list[str]  # declared argument names (identifiers)
+    params: list[str]  # spec params the body needs
+
+
+@dataclass
+class Plan:
+    analysis: Analysis
+    ident: dict[str, str] = field(default_factory=dict)
+    blocks: dict[str, BlockPlan] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)  # spec param -> identifier
+
+    def signature(self, block: str) -> list[str]:
+        plan = self.blocks[block]
+        return plan.args + plan.params
+
+    def symbol(self, node: Node, field_name: str, value: Any) -> str:
+        """A field as Python source: the referenced argument/param name, else a literal."""
+        ref = node.refs.get(field_name)
+        return self.params.get(ref, identifier(ref)) if ref else literal(value)
+
+
+def literal(value: Any) -> str:
+    """A Python literal for an IR value: ints, floats, bools, strings, tuples, None."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=True)  # a valid Python string literal too
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    raise TypeError(f"no literal for {type(value).__name__}")
+
+
+def plan(analysis: Analysis) -> Plan:
+    net = analysis.net
+    result = Plan(analysis)
+    names = Namespace({"create_model", "Model"})
+    result.params = {p: names.create(p, "param") for p in net.params}
+    flows = Namespace()
+    for flow, layers in net.flows.items():
+        result.ident[flow] = flows.create(flow, "flow")
+        _name_sequence(layers, result.ident)
+    classes, funcs = Namespace({"Model", "SamePad"}), Namespace(set(result.params.values()) | {"create_model", "build"})
+    for node in walk([n for layers in net.flows.values() for n in layers]):
+        if isinstance(node, Call) and node.block not in result.blocks:
+            decl = net.blocks[node.block]
+            result.blocks[node.block] = BlockPlan(
+                node.block, classes.create(class_name(node.block), "Block"), funcs.create(node.block, "block"), node,
+                [identifier(a, "arg") for a in decl.args], [],
+            )
+    for block in result.blocks:
+        used = _free_params(result, block, set())
+        result.blocks[block].params = [result.params[p] for p in net.params if p in used]
+    return result
+
+
+def _name_sequence(layers: list[Node], ident: dict[str, str]) -> None:
+    space = Namespace({"forward", "training"})
+    for node in layers:
+        ident[node.path] = space.create(node.name, node.op)
+        for label, seq in children(node):
+            ident.setdefault(f"{node.path}:{label}", Namespace().create(label, "path"))
+            _name_sequence(seq, ident)
+
+
+def _free_params(result: Plan, block: str, seen: set[str]) -> set[str]:
+    """Spec params referenced inside ``block`` (not shadowed by its arguments)."""
+    bp = result.blocks[block]
+    declared = set(result.analysis.net.blocks[block].args)
+    used: set[str] = set()
+    for node in walk(bp.instance.body):
+        used |= {r for r in node.refs.values() if r not in declared}
+        if isinstance(node, Call) and node.block not in seen:
+            used |= _free_params(result, node.block, seen | {block}) - declared
+    return used & set(result.analysis.net.params)

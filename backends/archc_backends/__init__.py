@@ -1,0 +1,1 @@
+"""The backend plugins that ship with archc (torch, keras)."""
