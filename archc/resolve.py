@@ -200,8 +200,7 @@ class Resolver:
 
     def layer(self, kind: str, fields: dict[str, Any], key: Key, name: str, scope: Scope) -> Node:
         path = f"{scope.path}/{name}"
-        where = Where(file=self.source.file, line=self.source.loc(key).line, col=self.source.loc(key).col,
-                      spec_path=self.source.loc(key).path + (f" (in {scope.via})" if scope.via else ""))
+        where = self.where(key, scope)
         refs: dict[str, str] = {}
         when = True
         if "when" in fields:
@@ -253,7 +252,8 @@ class Resolver:
         return self.build(Repeat, {**common, "refs": refs, "times": times, "body": body}, key, scope)
 
     def where(self, key: Key, scope: Scope) -> Where:
-        loc = self.source.loc(key)
+        """A node's location: its op key where there is one, else its value."""
+        loc = self.source.loc(key, at_key=True)
         return Where(file=loc.file, line=loc.line, col=loc.col, spec_path=loc.path + (f" (in {scope.via})" if scope.via else ""))
 
     def op(self, kind, fields, key, common, refs, scope) -> Node:
@@ -316,7 +316,8 @@ class Resolver:
             raise self.validation_error(exc, key, keys or {}, cls, data.get("refs", {}), scope.via) from None
 
     def validation_error(self, exc: ValidationError, key: Key, keys: dict[str, Key], cls: type, refs: dict | None = None, via: str = ""):
-        err = exc.errors()[0]
+        errors = exc.errors()
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tuple[", "int", "literal[")))]
         field = loc[0] if loc else None
         base = keys.get(field, key + ((field,) if field is not None else ())) if isinstance(field, str) else key
@@ -331,6 +332,8 @@ class Resolver:
         if refs and field in refs:
             found += f" (from ${refs[field]})"
         msg = err["msg"].replace("Input should be ", "").replace("Value should have ", "")
+        if msg.startswith(("greater", "less")):
+            msg = "a value " + msg
         if msg.startswith("a valid tuple"):
             msg = "an integer or a list [height, width] of integers"
         return self.error(at, f"expected {msg}, found {found}", via=via)

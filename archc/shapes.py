@@ -74,7 +74,8 @@ def _node(node: Node, shape: Shape, shapes: Shapes) -> Shape:
         _feature_map(node, shape)
         c = shape[2]
         if node.segments != "depthwise" and c % node.segments:
-            raise _fail(node, f"expected segments that divide the {c} input channels, found segments {node.segments}")
+            origin = f" (from ${node.refs['segments']})" if "segments" in node.refs else ""
+            raise _fail(node, f"expected segments that divide the {c} input channels, found segments {node.segments}{origin}")
         return (*_spatial(node, shape, node.kernel, node.stride, node.padding), node.filters)
     if isinstance(node, (MaxPool, AvgPool)):
         _feature_map(node, shape)
