@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import BN, Branches, Call, Conv, Dense, Network, Node, Repeat, Residual, SepConv, children
+from .ir import BN, Call, Conv, Dense, Network, Node, Repeat, Residual, SepConv, children
 from .shapes import Shape, Shapes, infer, output_shape
 
 
@@ -65,8 +65,16 @@ class Analysis:
             "total": self.total.total,
             "macs": self.total.macs,
             "modules": [
-                {"flow": r.flow, "name": r.name, "kind": r.kind, "repeat": r.repeat, "output": list(r.output),
-                 "trainable": r.counts.trainable, "non_trainable": r.counts.non_trainable, "macs": r.counts.macs}
+                {
+                    "flow": r.flow,
+                    "name": r.name,
+                    "kind": r.kind,
+                    "repeat": r.repeat,
+                    "output": list(r.output),
+                    "trainable": r.counts.trainable,
+                    "non_trainable": r.counts.non_trainable,
+                    "macs": r.counts.macs,
+                }
                 for r in self.rows
             ],
         }

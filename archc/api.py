@@ -35,8 +35,12 @@ def expectation_mismatches(analysis: Analysis) -> list[tuple[str, Any, Any]]:
     expect = analysis.net.expect
     if expect is None:
         return []
-    found = {"trainable": analysis.total.trainable, "non_trainable": analysis.total.non_trainable,
-             "macs": analysis.total.macs, "output": list(analysis.output)}
+    found = {
+        "trainable": analysis.total.trainable,
+        "non_trainable": analysis.total.non_trainable,
+        "macs": analysis.total.macs,
+        "output": list(analysis.output),
+    }
     return [(key, value, found[key]) for key, value in expect.model_dump(exclude_none=True).items() if value != found[key]]
 
 

@@ -33,8 +33,7 @@ def _overrides(items: tuple[str, ...]) -> dict[str, str]:
         raise click.BadParameter(str(exc), param_hint="-p") from None
 
 
-param_option = click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
-                            help="Override a spec param (repeatable).")
+param_option = click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a spec param (repeatable).")
 specs_argument = click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=True))
 
 
@@ -81,8 +80,12 @@ def check(specs):
             click.echo(f"{path}: ok ({analysis.total.trainable:,} trainable, {analysis.total.non_trainable:,} non-trainable)")
         for what, expected, found in bad:
             failed = True
-            click.echo(f"{path}: {what}: expected {expected:,}, found {found:,}" if isinstance(found, int)
-                       else f"{path}: {what}: expected {expected}, found {found}", err=True)
+            click.echo(
+                f"{path}: {what}: expected {expected:,}, found {found:,}"
+                if isinstance(found, int)
+                else f"{path}: {what}: expected {expected}, found {found}",
+                err=True,
+            )
     sys.exit(1 if failed else 0)
 
 
@@ -121,6 +124,45 @@ def build(specs, params, backends, out_dir, quiet):
             print_table(load(path, overrides))
         for file in written:
             click.echo(f"wrote {file}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    required=True,
+    metavar="NAME=V1,V2,...",
+    help="Values of a param to sweep (repeatable: cartesian product).",
+)
+@param_option
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the resolved specs and the tables."
+)
+@click.option(
+    "--plot", "plot_file", type=click.Path(dir_okay=False), help="Draw parameters and multiply-adds against the swept value into this PNG."
+)
+@_friendly
+def variants(spec, sweeps, params, out_dir, plot_file):
+    """Write one resolved spec per combination of swept values, and a table of their counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .variants import parse_sweeps, plot, run, table_rows
+
+    result = run(spec, parse_sweeps(sweeps), _overrides(params), out_dir)
+    rows = table_rows(result)
+    table = Table(title=f"variants of {spec}", title_justify="left")
+    for column in rows[0]:
+        table.add_column(str(column))
+    for row in rows[1:]:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row))
+    Console(width=None if Console().is_terminal else 160).print(table)
+    click.echo(f"wrote {len([v for v in result.variants if v.file])} specs, variants.csv and variants.md to {out_dir}")
+    if plot_file:
+        plot(result, plot_file)
+        click.echo(f"wrote {plot_file}")
 
 
 @main.command()

@@ -75,8 +75,12 @@ def plan(analysis: Analysis) -> Plan:
         if isinstance(node, Call) and node.block not in result.blocks:
             decl = net.blocks[node.block]
             result.blocks[node.block] = BlockPlan(
-                node.block, classes.create(class_name(node.block), "Block"), funcs.create(node.block, "block"), node,
-                [identifier(a, "arg") for a in decl.args], [],
+                node.block,
+                classes.create(class_name(node.block), "Block"),
+                funcs.create(node.block, "block"),
+                node,
+                [identifier(a, "arg") for a in decl.args],
+                [],
             )
     for block in result.blocks:
         used = _free_params(result, block, set())

@@ -30,7 +30,7 @@ def _pair(value: Any) -> Any:
 
 
 Pair = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_pair)]
-Segments = Union[Literal["depthwise"], PositiveInt]
+Segments = Literal["depthwise"] | PositiveInt
 
 
 class Where(BaseModel):
@@ -84,7 +84,7 @@ class SepConv(Node):
     padding: Padding = "valid"
     depth_multiplier: PositiveInt = 1
     segments: Segments = "depthwise"
-    between: Union[Literal["none"], Activation] = "none"
+    between: Literal["none"] | Activation = "none"
     bias: StrictBool = True
 
 
@@ -177,13 +177,12 @@ class Call(Node):
 
 
 Layer = Annotated[
-    Union[Conv, SepConv, BN, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, Dropout, Residual, Branches, Repeat, Call],
+    Conv | SepConv | BN | Act | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | Dropout | Residual | Branches | Repeat | Call,
     Field(discriminator="op"),
 ]
 
 OPS: dict[str, type[Node]] = {
-    cls.model_fields["op"].default: cls
-    for cls in (Conv, SepConv, BN, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, Dropout)
+    cls.model_fields["op"].default: cls for cls in (Conv, SepConv, BN, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, Dropout)
 }
 COMBINATORS: dict[str, type[Node]] = {"residual": Residual, "branches": Branches, "repeat": Repeat}
 SHORTHAND = {"act": "kind", "dropout": "rate", "dense": "units"}  # `act: relu` means {kind: relu}

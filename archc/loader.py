@@ -74,7 +74,9 @@ def load_text(raw: bytes | str, file: str = "<string>") -> Source:
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise SpecError(Location(file, 1, 1, ""), f"expected UTF-8 text, found byte {raw[exc.start]:#x} at offset {exc.start}") from None
+            raise SpecError(
+                Location(file, 1, 1, ""), f"expected UTF-8 text, found byte {raw[exc.start]:#x} at offset {exc.start}"
+            ) from None
     loader = yaml.SafeLoader(raw)
     try:
         root = loader.get_single_node()
@@ -113,7 +115,9 @@ class _Builder:
             for knode, vnode in node.value:
                 name = self.constructor.construct_object(knode) if isinstance(knode, yaml.ScalarNode) else None
                 if not isinstance(name, str):
-                    raise self._at(knode, key, f"expected a text key, found {'a ' + type(name).__name__ if name is not None else 'a complex key'}")
+                    raise self._at(
+                        knode, key, f"expected a text key, found {'a ' + type(name).__name__ if name is not None else 'a complex key'}"
+                    )
                 if name in out:
                     raise self._at(knode, key + (name,), f"expected each key once, found '{name}' again")
                 self.source.keys[key + (name,)] = (knode.start_mark.line + 1, knode.start_mark.column + 1)

@@ -124,7 +124,9 @@ def resolve(source: Source, decls: dict[str, Param], overrides: Mapping[str, Any
     for name, value in (overrides or {}).items():
         if name not in decls:
             known = ", ".join(decls) or "none"
-            raise source.error(("params",), f"expected a declared param (known: {known}), found '{name}'{did_you_mean(name, decls)} (from an override)")
+            raise source.error(
+                ("params",), f"expected a declared param (known: {known}), found '{name}'{did_you_mean(name, decls)} (from an override)"
+            )
         try:
             values[name] = check(decls[name], value)
         except ValueError as exc:

@@ -18,7 +18,9 @@ def print_table(analysis: Analysis, console: Console | None = None) -> None:
         table.add_column(column, justify="right" if column in ("trainable", "non-trainable", "mult-adds") else "left")
     for row in analysis.rows:
         kind = f"{row.kind} x{row.repeat}" if row.repeat > 1 else row.kind
-        table.add_row(row.flow, row.name, kind, fmt(row.output), f"{row.counts.trainable:,}", f"{row.counts.non_trainable:,}", f"{row.counts.macs:,}")
+        table.add_row(
+            row.flow, row.name, kind, fmt(row.output), f"{row.counts.trainable:,}", f"{row.counts.non_trainable:,}", f"{row.counts.macs:,}"
+        )
     t = analysis.total
     table.add_section()
     table.add_row("total", "", "", fmt(analysis.output), f"{t.trainable:,}", f"{t.non_trainable:,}", f"{t.macs:,}", style="bold")

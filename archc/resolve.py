@@ -79,7 +79,15 @@ class Resolver:
             scope = Scope(values, flow)
             if isinstance(raw, dict) and "repeat" in raw:
                 self.check_keys(raw, ("flows", flow), ("repeat", "body"), "key of a repeated flow")
-                flows[flow] = [self.repeat({"times": raw["repeat"], "body": raw.get("body")}, ("flows", flow), "repeat", scope, key_of_times=("flows", flow, "repeat"))]
+                flows[flow] = [
+                    self.repeat(
+                        {"times": raw["repeat"], "body": raw.get("body")},
+                        ("flows", flow),
+                        "repeat",
+                        scope,
+                        key_of_times=("flows", flow, "repeat"),
+                    )
+                ]
             else:
                 flows[flow] = self.sequence(raw, ("flows", flow), scope)
         expect = None
@@ -145,7 +153,11 @@ class Resolver:
                 raise self.error(key + ("args",), f"expected a list of names or a mapping of names to defaults, found {show(args)}")
             for arg in args:
                 if not arg.isidentifier() or arg in LAYER_META:
-                    raise self.error(key + ("args", arg), f"expected an argument name that is an identifier other than name/when, found '{arg}'", at_key=True)
+                    raise self.error(
+                        key + ("args", arg),
+                        f"expected an argument name that is an identifier other than name/when, found '{arg}'",
+                        at_key=True,
+                    )
             blocks[name] = (args, body["body"], str(body.get("doc") or ""))
         return blocks
 
@@ -166,7 +178,11 @@ class Resolver:
             elif not isinstance(name, str) or not name:
                 raise self.error(fkey + ("name",), f"expected a non-empty text name, found {show(name)}", via=scope.via)
             if name in seen:
-                raise self.error(fkey + ("name",), f"expected unique layer names in a list, found '{name}' again (first at [{seen[name]}])", via=scope.via)
+                raise self.error(
+                    fkey + ("name",),
+                    f"expected unique layer names in a list, found '{name}' again (first at [{seen[name]}])",
+                    via=scope.via,
+                )
             seen[name] = i
             nodes.append(self.layer(kind, fields, fkey, name, scope))
         return nodes
@@ -182,10 +198,17 @@ class Resolver:
             keys = ", ".join(item)
             raise self.error(key, f"expected one op per layer (put name/when inside the op's fields), found keys {keys}", via=scope.via)
         else:
-            raise self.error(key, f"expected a layer (an op name, or a mapping of one op name to its fields), found {show(item)}", via=scope.via)
+            raise self.error(
+                key, f"expected a layer (an op name, or a mapping of one op name to its fields), found {show(item)}", via=scope.via
+            )
         known = set(OPS) | set(COMBINATORS) | set(self.blocks)
         if kind not in known:
-            raise self.error(key + ((kind,) if isinstance(item, dict) else ()), f"expected an op or block name, found '{kind}'{did_you_mean(kind, known)}", at_key=isinstance(item, dict), via=scope.via)
+            raise self.error(
+                key + ((kind,) if isinstance(item, dict) else ()),
+                f"expected an op or block name, found '{kind}'{did_you_mean(kind, known)}",
+                at_key=isinstance(item, dict),
+                via=scope.via,
+            )
         if kind == "branches" and isinstance(value, (list, dict)) and not (isinstance(value, dict) and "paths" in value):
             value = {"paths": value}
         if value is None:
@@ -220,14 +243,28 @@ class Resolver:
                 refs["use_shortcut"] = ref
             body = self.sequence(fields.get("body"), key + ("body",), Scope(scope.symbols, path + "/body", scope.via, scope.stack))
             short = fields.get("shortcut")
-            shortcut = [] if short is None else self.sequence(short, key + ("shortcut",), Scope(scope.symbols, path + "/shortcut", scope.via, scope.stack))
+            shortcut = (
+                []
+                if short is None
+                else self.sequence(short, key + ("shortcut",), Scope(scope.symbols, path + "/shortcut", scope.via, scope.stack))
+            )
             return self.build(Residual, {**common, "refs": refs, "body": body, "shortcut": shortcut, "use_shortcut": use}, key, scope)
         if kind == "branches":
             self.check_keys(fields, key, ("paths", "name", "when"), "branches key")
             raw = fields["paths"]
-            items = raw.items() if isinstance(raw, dict) else ((f"branch{i + 1}", p) for i, p in enumerate(raw)) if isinstance(raw, list) else None
+            items = (
+                raw.items()
+                if isinstance(raw, dict)
+                else ((f"branch{i + 1}", p) for i, p in enumerate(raw))
+                if isinstance(raw, list)
+                else None
+            )
             if items is None or len(raw) < 2:
-                raise self.error(key, f"expected at least two paths (a list of layer lists, or a mapping of names to them), found {show(raw)}", via=scope.via)
+                raise self.error(
+                    key,
+                    f"expected at least two paths (a list of layer lists, or a mapping of names to them), found {show(raw)}",
+                    via=scope.via,
+                )
             paths = {}
             for i, (pname, layers) in enumerate(items):
                 pkey = key + ("paths", pname if isinstance(raw, dict) else i)
@@ -263,7 +300,12 @@ class Resolver:
         for source_key, values in ((("defaults", kind), self.defaults.get(kind, {})), (key, fields)):
             for field, value in values.items():
                 if field in SYSTEM_FIELDS:
-                    raise self.error(source_key + (field,), f"expected a field of '{kind}', found the reserved name '{field}'", at_key=True, via=scope.via)
+                    raise self.error(
+                        source_key + (field,),
+                        f"expected a field of '{kind}', found the reserved name '{field}'",
+                        at_key=True,
+                        via=scope.via,
+                    )
                 merged[field], ref = self.substitute(value, source_key + (field,), scope)
                 keys[field] = source_key + (field,)
                 if ref:
@@ -280,7 +322,12 @@ class Resolver:
         args = {}
         for arg, value in fields.items():
             if arg not in declared:
-                raise self.error(key + (arg,), f"expected an argument of block '{block}' ({', '.join(declared) or 'none'}), found '{arg}'{did_you_mean(arg, declared)}", at_key=True, via=scope.via)
+                raise self.error(
+                    key + (arg,),
+                    f"expected an argument of block '{block}' ({', '.join(declared) or 'none'}), found '{arg}'{did_you_mean(arg, declared)}",
+                    at_key=True,
+                    via=scope.via,
+                )
             args[arg], ref = self.substitute(value, key + (arg,), scope)
             if ref:
                 refs[arg] = ref
@@ -301,7 +348,9 @@ class Resolver:
                 return value[1:], None
             name = value[1:]
             if name not in scope.symbols:
-                raise self.error(key, f"expected a param or block argument, found '{value}'{did_you_mean(name, scope.symbols)}", via=scope.via)
+                raise self.error(
+                    key, f"expected a param or block argument, found '{value}'{did_you_mean(name, scope.symbols)}", via=scope.via
+                )
             return scope.symbols[name], name
         if isinstance(value, (list, dict)):
             items = value if isinstance(value, list) else value.values()
@@ -325,7 +374,12 @@ class Resolver:
         kind = cls.model_fields["op"].default if "op" in cls.model_fields else cls.__name__.lower()
         fields = [f for f in cls.model_fields if f not in SYSTEM_FIELDS and f != "path"]
         if err["type"] == "extra_forbidden":
-            return self.error(at, f"expected a field of '{kind}' ({', '.join(fields)}), found '{field}'{did_you_mean(str(field), fields)}", at_key=True, via=via)
+            return self.error(
+                at,
+                f"expected a field of '{kind}' ({', '.join(fields)}), found '{field}'{did_you_mean(str(field), fields)}",
+                at_key=True,
+                via=via,
+            )
         if err["type"] == "missing":
             return self.error(key, f"expected a '{field}' field in '{kind}', found none", via=via)
         found = show(err.get("input"))

@@ -7,7 +7,12 @@ from typing import Any
 from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, Expect, Param
 
 REF = {"type": "string", "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$", "description": "a param or block argument"}
-PAIR = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}]}
+PAIR = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
+    ]
+}
 META = {"name": {"type": "string", "minLength": 1}, "when": {"anyOf": [{"type": "boolean"}, REF]}}
 LAYERS = {"type": "array", "items": {"$ref": "#/$defs/layer"}, "minItems": 1}
 
@@ -22,8 +27,8 @@ def _fields(cls) -> dict[str, Any]:
         if name in ("kernel", "stride", "pool"):
             prop = PAIR
         props[name] = {"anyOf": [prop, REF]}
-    return {"type": "object", "properties": {**props, **META}, "additionalProperties": False,
-            "required": [r for r in schema.get("required", []) if r not in META]}
+    # no "required": a spec's `defaults:` section may supply any field
+    return {"type": "object", "properties": {**props, **META}, "additionalProperties": False}
 
 
 def spec_schema() -> dict[str, Any]:
@@ -35,23 +40,41 @@ def spec_schema() -> dict[str, Any]:
             options.append({"anyOf": [{"type": ["string", "number", "integer"]}]})
         ops[op] = {"type": "object", "properties": {op: {"anyOf": options}}, "required": [op], "additionalProperties": False}
     combinators = {
-        "residual": {"type": "object", "properties": {"body": LAYERS, "shortcut": LAYERS, "use_shortcut": {"anyOf": [{"type": "boolean"}, REF]}, **META},
-                     "required": ["body"], "additionalProperties": False},
-        "branches": {"anyOf": [
-            {"type": "array", "items": LAYERS, "minItems": 2},
-            {"type": "object", "additionalProperties": LAYERS, "minProperties": 2},
-            {"type": "object", "properties": {"paths": {}, **META}, "required": ["paths"], "additionalProperties": False},
-        ]},
-        "repeat": {"type": "object", "properties": {"times": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 10000}, REF]}, "body": LAYERS, **META},
-                   "required": ["times", "body"], "additionalProperties": False},
+        "residual": {
+            "type": "object",
+            "properties": {"body": LAYERS, "shortcut": LAYERS, "use_shortcut": {"anyOf": [{"type": "boolean"}, REF]}, **META},
+            "required": ["body"],
+            "additionalProperties": False,
+        },
+        "branches": {
+            "anyOf": [
+                {"type": "array", "items": LAYERS, "minItems": 2},
+                {"type": "object", "additionalProperties": LAYERS, "minProperties": 2},
+                {"type": "object", "properties": {"paths": {}, **META}, "required": ["paths"], "additionalProperties": False},
+            ]
+        },
+        "repeat": {
+            "type": "object",
+            "properties": {"times": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 10000}, REF]}, "body": LAYERS, **META},
+            "required": ["times", "body"],
+            "additionalProperties": False,
+        },
     }
     assert set(combinators) == set(COMBINATORS)
-    layer = {"anyOf": [
-        {"type": "string", "description": "an op without fields, or a block without arguments"},
-        *ops.values(),
-        *({"type": "object", "properties": {k: v}, "required": [k], "additionalProperties": False} for k, v in combinators.items()),
-        {"type": "object", "minProperties": 1, "maxProperties": 1, "description": "a block call: {block_name: {argument: value}}"},
-    ]}
+    layer = {
+        "anyOf": [
+            {"type": "string", "description": "an op without fields, or a block without arguments"},
+            *ops.values(),
+            *({"type": "object", "properties": {k: v}, "required": [k], "additionalProperties": False} for k, v in combinators.items()),
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "propertyNames": {"not": {"enum": [*OPS, *COMBINATORS]}},
+                "description": "a block call: {block_name: {argument: value}}",
+            },
+        ]
+    }
     param = Param.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -62,22 +85,56 @@ def spec_schema() -> dict[str, Any]:
         "properties": {
             "name": {"type": "string", "minLength": 1},
             "description": {"type": "string"},
-            "input": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3, "description": "[height, width, channels]"},
-            "params": {"type": "object", "additionalProperties": {"anyOf": [
-                {"type": ["integer", "number", "boolean", "string"]},
-                {"type": "object", "properties": {k: {kk: vv for kk, vv in v.items() if kk != "title"} for k, v in param["properties"].items()},
-                 "required": ["default"], "additionalProperties": False},
-            ]}},
+            "input": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1},
+                "minItems": 3,
+                "maxItems": 3,
+                "description": "[height, width, channels]",
+            },
+            "params": {
+                "type": "object",
+                "additionalProperties": {
+                    "anyOf": [
+                        {"type": ["integer", "number", "boolean", "string"]},
+                        {
+                            "type": "object",
+                            "properties": {k: {kk: vv for kk, vv in v.items() if kk != "title"} for k, v in param["properties"].items()},
+                            "required": ["default"],
+                            "additionalProperties": False,
+                        },
+                    ]
+                },
+            },
             "defaults": {"type": "object", "properties": {op: {"type": "object"} for op in OPS}, "additionalProperties": False},
-            "blocks": {"type": "object", "additionalProperties": {
-                "type": "object", "required": ["body"], "additionalProperties": False,
-                "properties": {"args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]}, "body": LAYERS, "doc": {"type": "string"}},
-            }},
-            "flows": {"type": "object", "minProperties": 1, "additionalProperties": {"anyOf": [
-                LAYERS,
-                {"type": "object", "properties": {"repeat": {"anyOf": [{"type": "integer", "minimum": 1}, REF]}, "body": LAYERS},
-                 "required": ["repeat", "body"], "additionalProperties": False},
-            ]}},
+            "blocks": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["body"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
+                        "body": LAYERS,
+                        "doc": {"type": "string"},
+                    },
+                },
+            },
+            "flows": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {
+                    "anyOf": [
+                        LAYERS,
+                        {
+                            "type": "object",
+                            "properties": {"repeat": {"anyOf": [{"type": "integer", "minimum": 1}, REF]}, "body": LAYERS},
+                            "required": ["repeat", "body"],
+                            "additionalProperties": False,
+                        },
+                    ]
+                },
+            },
             "expect": {k: v for k, v in Expect.model_json_schema().items() if k != "title"},
             "training": {"type": "object"},
         },

@@ -8,8 +8,23 @@ import math
 
 from .errors import Location, SpecError
 from .ir import (
-    BN, Act, AvgPool, Branches, Call, Conv, Dense, Dropout, Flatten, GlobalAvgPool, MaxPool,
-    Network, Node, Repeat, Residual, SepConv, Shape,
+    BN,
+    Act,
+    AvgPool,
+    Branches,
+    Call,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    MaxPool,
+    Network,
+    Node,
+    Repeat,
+    Residual,
+    SepConv,
+    Shape,
 )
 
 Shapes = dict[str, tuple[Shape, Shape]]
@@ -102,7 +117,10 @@ def _node(node: Node, shape: Shape, shapes: Shapes) -> Shape:
         first_name, first = next(iter(outs.items()))
         for name, out in outs.items():
             if out[:-1] != first[:-1] or len(out) != len(first):
-                raise _fail(node, f"expected branches to agree except in channels (path '{first_name}' gives {fmt(first)}), found {fmt(out)} from path '{name}'")
+                raise _fail(
+                    node,
+                    f"expected branches to agree except in channels (path '{first_name}' gives {fmt(first)}), found {fmt(out)} from path '{name}'",
+                )
         return (*first[:-1], sum(out[-1] for out in outs.values()))
     if isinstance(node, Repeat):
         out = _sequence(node.body, shape, shapes)

@@ -1,0 +1,32 @@
+# Set-up and entry points. `make run` and `make test` work on a fresh machine: each
+# creates .venv and installs what it needs first (idempotent, fast when done).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test check lint generated clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# CPU builds first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0 tensorflow-cpu==2.21.0
+	$(BIN)/python -m pip install --quiet -e '.[torch,keras,plot,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## build the bundled specs with every backend and print their tables
+	$(BIN)/archc build specs/
+	$(BIN)/archc check specs/ examples/
+
+test: install  ## the whole test suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+generated: install  ## rebuild generated/ from specs/
+	$(BIN)/archc build specs/ --quiet
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
