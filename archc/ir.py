@@ -7,7 +7,7 @@ BN ``momentum`` uses the Keras meaning: the fraction of the running value that i
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
