@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .training import Training
+
 PositiveInt = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
 StrictBool = Annotated[bool, Field(strict=True)]
 Padding = Literal["same", "valid"]
@@ -232,7 +234,7 @@ class Network(BaseModel):
     blocks: dict[str, BlockDef]
     flows: dict[str, list[Layer]]
     expect: Expect | None = None
-    training: dict[str, Any] | None = None
+    training: Training | None = None
 
 
 def children(node: Node) -> list[tuple[str, list[Node]]]:

@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import params as params_mod
 from .errors import did_you_mean, show
 from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Network, Node, Repeat, Residual, Where
 from .loader import Key, Source, load_file
+from .loader import dotted as dotted_key
+from .training import Training
 
 TOP_KEYS = ("name", "description", "input", "params", "defaults", "blocks", "flows", "expect", "training")
 LAYER_META = ("name", "when")
@@ -96,9 +98,16 @@ class Resolver:
                 expect = Expect.model_validate(doc["expect"])
             except ValidationError as exc:
                 raise self.validation_error(exc, ("expect",), {}, Expect) from None
-        training = doc.get("training")
-        if training is not None and not isinstance(training, dict):
-            raise self.error(("training",), f"expected a mapping, found {show(training)}")
+        training = None
+        if doc.get("training") is not None:
+            try:
+                training = Training.model_validate(doc["training"])
+            except ValidationError as exc:
+                raise self.validation_error(exc, ("training",), {}, Training) from None
+            if training.dropout is not None and "dropout" not in values:
+                raise self.error(
+                    ("training", "dropout"), "expected a spec param 'dropout' for training.dropout to set, found none", at_key=True
+                )
         return Network(
             name=doc["name"],
             file=self.source.file,
@@ -371,23 +380,39 @@ class Resolver:
         field = loc[0] if loc else None
         base = keys.get(field, key + ((field,) if field is not None else ())) if isinstance(field, str) else key
         at = base + tuple(loc[1:])
-        kind = cls.model_fields["op"].default if "op" in cls.model_fields else cls.__name__.lower()
-        fields = [f for f in cls.model_fields if f not in SYSTEM_FIELDS and f != "path"]
+        owner, name = _owner(cls, loc)
+        kind = owner.model_fields["op"].default if "op" in owner.model_fields else dotted_key(key + tuple(loc[:-1]))
+        fields = [f for f in owner.model_fields if f not in SYSTEM_FIELDS]
         if err["type"] == "extra_forbidden":
             return self.error(
                 at,
-                f"expected a field of '{kind}' ({', '.join(fields)}), found '{field}'{did_you_mean(str(field), fields)}",
+                f"expected a field of '{kind}' ({', '.join(fields)}), found '{name}'{did_you_mean(str(name), fields)}",
                 at_key=True,
                 via=via,
             )
         if err["type"] == "missing":
-            return self.error(key, f"expected a '{field}' field in '{kind}', found none", via=via)
+            return self.error(key + tuple(loc[:-1]), f"expected a '{name}' field in '{kind}', found none", via=via)
         found = show(err.get("input"))
         if refs and field in refs:
             found += f" (from ${refs[field]})"
-        msg = err["msg"].replace("Input should be ", "").replace("Value should have ", "")
+        msg = err["msg"].replace("Input should be ", "").replace("Value should have ", "").replace("Value error, ", "")
         if msg.startswith(("greater", "less")):
             msg = "a value " + msg
         if msg.startswith("a valid tuple"):
             msg = "an integer or a list [height, width] of integers"
         return self.error(at, f"expected {msg}, found {found}", via=via)
+
+
+def _owner(cls: type, loc: list) -> tuple[type, Any]:
+    """The model that holds the field at ``loc`` (descending nested models), and its name."""
+    owner = cls
+    for part in loc[:-1]:
+        field = owner.model_fields.get(part) if isinstance(part, str) else None
+        inner = getattr(field, "annotation", None)
+        for candidate in getattr(inner, "__args__", ()) or (inner,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                owner = candidate
+                break
+        else:
+            break
+    return owner, (loc[-1] if loc else None)

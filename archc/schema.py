@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, Expect, Param
+from .training import Training
 
 REF = {"type": "string", "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$", "description": "a param or block argument"}
 PAIR = {
@@ -136,7 +137,7 @@ def spec_schema() -> dict[str, Any]:
                 },
             },
             "expect": {k: v for k, v in Expect.model_json_schema().items() if k != "title"},
-            "training": {"type": "object"},
+            "training": {k: v for k, v in Training.model_json_schema().items() if k != "title"},
         },
         "$defs": {"layer": layer},
     }

@@ -1,0 +1,62 @@
+"""The ``training:`` section of a spec: the recipe the generated code trains with.
+
+Validated like the rest of the spec (unknown keys rejected, located errors). Backends'
+trainers read it; nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Optimizer(_Strict):
+    """SGD with momentum (the paper's ImageNet recipe) or RMSprop with momentum (JFT)."""
+
+    kind: Literal["sgd", "rmsprop"]
+    momentum: Fraction = 0.9
+    nesterov: Annotated[bool, Field(strict=True)] = False  # sgd only
+    rho: Fraction = 0.9  # rmsprop: decay of the squared-gradient average
+    epsilon: Positive = 1.0  # rmsprop: TF-slim's Inception recipe uses 1.0
+
+
+class LearningRate(_Strict):
+    """Staircase exponential decay: ``initial * decay ** floor(progress / every)``,
+    progress counted in epochs or in samples seen (global, over all replicas)."""
+
+    initial: Positive
+    decay: Annotated[float, Field(gt=0, le=1)] = 1.0
+    every_epochs: Positive | None = None
+    every_samples: Annotated[int, Field(strict=True, ge=1)] | None = None
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0  # linear warm-up, for large global batches
+
+    @model_validator(mode="after")
+    def _one_period(self):
+        if self.decay < 1 and (self.every_epochs is None) == (self.every_samples is None):
+            raise ValueError("exactly one of every_epochs and every_samples with a decay below 1")
+        return self
+
+
+class EMA(_Strict):
+    """Polyak averaging: an exponential moving average of the weights, used to evaluate."""
+
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.9999
+
+
+class Training(_Strict):
+    optimizer: Optimizer
+    learning_rate: LearningRate
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0  # L2 on conv and dense kernels, as in the paper
+    dropout: Fraction | None = None  # the value of the spec's `dropout` param while training
+    label_smoothing: Fraction = 0.0
+    batch_size: Annotated[int, Field(strict=True, ge=1)]  # per replica (process / device)
+    epochs: Annotated[float, Field(gt=0)]
+    ema: EMA | None = None
