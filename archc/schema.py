@@ -77,6 +77,7 @@ def spec_schema() -> dict[str, Any]:
         ]
     }
     param = Param.model_json_schema()
+    training = Training.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "archc spec",
@@ -137,7 +138,7 @@ def spec_schema() -> dict[str, Any]:
                 },
             },
             "expect": {k: v for k, v in Expect.model_json_schema().items() if k != "title"},
-            "training": {k: v for k, v in Training.model_json_schema().items() if k != "title"},
+            "training": {k: v for k, v in training.items() if k not in ("title", "$defs")},
         },
-        "$defs": {"layer": layer},
+        "$defs": {"layer": layer, **training["$defs"]},
     }
