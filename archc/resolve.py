@@ -9,7 +9,7 @@ evaluated.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -34,6 +34,9 @@ class Scope:
     path: str  # the IR path of the enclosing node
     via: str = ""  # the call sites leading here, for messages
     stack: tuple[str, ...] = ()  # block names being expanded (recursion guard)
+
+    def at(self, path: str) -> Scope:
+        return replace(self, path=path)
 
 
 def compile_spec(spec: str | Source, overrides: Mapping[str, Any] | None = None) -> Network:
@@ -242,48 +245,34 @@ class Resolver:
             if not isinstance(when, bool):
                 raise self.error(key + ("when",), f"expected true or false, found {show(when)}", via=scope.via)
         common = {"name": name, "path": path, "when": when, "where": where}
-        inner = Scope(scope.symbols, path, scope.via, scope.stack)
         if kind in OPS:
             return self.op(kind, fields, key, common, refs, scope)
         if kind == "residual":
-            self.check_keys(fields, key, ("body", "shortcut", "use_shortcut", "name", "when"), "residual key")
+            self.check_keys(fields, key, ("body", "shortcut", "use_shortcut"), "residual key")
             use, ref = self.substitute(fields.get("use_shortcut", True), key + ("use_shortcut",), scope)
             if ref:
                 refs["use_shortcut"] = ref
-            body = self.sequence(fields.get("body"), key + ("body",), Scope(scope.symbols, path + "/body", scope.via, scope.stack))
+            body = self.sequence(fields.get("body"), key + ("body",), scope.at(path + "/body"))
             short = fields.get("shortcut")
-            shortcut = (
-                []
-                if short is None
-                else self.sequence(short, key + ("shortcut",), Scope(scope.symbols, path + "/shortcut", scope.via, scope.stack))
-            )
+            shortcut = [] if short is None else self.sequence(short, key + ("shortcut",), scope.at(path + "/shortcut"))
             return self.build(Residual, {**common, "refs": refs, "body": body, "shortcut": shortcut, "use_shortcut": use}, key, scope)
         if kind == "branches":
-            self.check_keys(fields, key, ("paths", "name", "when"), "branches key")
-            raw = fields["paths"]
-            items = (
-                raw.items()
-                if isinstance(raw, dict)
-                else ((f"branch{i + 1}", p) for i, p in enumerate(raw))
-                if isinstance(raw, list)
-                else None
-            )
-            if items is None or len(raw) < 2:
-                raise self.error(
-                    key,
-                    f"expected at least two paths (a list of layer lists, or a mapping of names to them), found {show(raw)}",
-                    via=scope.via,
-                )
-            paths = {}
-            for i, (pname, layers) in enumerate(items):
-                pkey = key + ("paths", pname if isinstance(raw, dict) else i)
-                paths[pname] = self.sequence(layers, pkey, Scope(scope.symbols, f"{path}/{pname}", scope.via, scope.stack))
+            self.check_keys(fields, key, ("paths",), "branches key")
+            raw = fields.get("paths")
+            if isinstance(raw, list):
+                raw = {f"branch{i + 1}": layers for i, layers in enumerate(raw)}
+                keys = {name: i for i, name in enumerate(raw)}
+            else:
+                keys = {name: name for name in raw or ()}
+            if not isinstance(raw, dict) or len(raw) < 2:
+                message = "expected at least two paths (a list of layer lists, or a mapping of names to them)"
+                raise self.error(key, f"{message}, found {show(fields.get('paths'))}", via=scope.via)
+            paths = {p: self.sequence(layers, key + ("paths", keys[p]), scope.at(f"{path}/{p}")) for p, layers in raw.items()}
             return self.build(Branches, {**common, "refs": refs, "paths": paths}, key, scope)
         if kind == "repeat":
-            self.check_keys(fields, key, ("times", "body", "name", "when"), "repeat key")
-            node = self.repeat(fields, key, name, scope, key_of_times=key + ("times",), common=common, refs=refs)
-            return node
-        return self.call(kind, fields, key, common, refs, inner)
+            self.check_keys(fields, key, ("times", "body"), "repeat key")
+            return self.repeat(fields, key, name, scope, key_of_times=key + ("times",), common=common, refs=refs)
+        return self.call(kind, fields, key, common, refs, scope)
 
     def repeat(self, fields, key, name, scope, *, key_of_times, common=None, refs=None) -> Repeat:
         path = f"{scope.path}/{name}"
@@ -294,7 +283,7 @@ class Resolver:
             refs["times"] = ref
         if type(times) is not int or not 1 <= times <= 10_000:
             raise self.error(key_of_times, f"expected a repeat count from 1 to 10000, found {show(times)}", via=scope.via)
-        body = self.sequence(fields.get("body"), key + ("body",), Scope(scope.symbols, path, scope.via, scope.stack))
+        body = self.sequence(fields.get("body"), key + ("body",), scope.at(path))
         return self.build(Repeat, {**common, "refs": refs, "times": times, "body": body}, key, scope)
 
     def where(self, key: Key, scope: Scope) -> Where:
