@@ -1,0 +1,46 @@
+"""The Keras 3 backend: an analysed spec -> one plain Keras module (functional API,
+channels_last) exposing ``create_model(**params) -> keras.Model``.
+
+Rendering (``render``, jinja2 templates in ``templates/``) imports no framework; Keras is
+imported only when a generated module is loaded. ``layer_names(plan)`` maps IR paths to
+the Keras layer names the generated code uses (see :func:`.render.layer_names`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from archc.analysis import Analysis
+
+from .render import layer_names, render
+
+__all__ = ["KerasBackend", "layer_names"]
+
+
+class KerasBackend:
+    name = "keras"
+
+    def render(self, analysis: Analysis) -> str:
+        """The generated module's source text (deterministic, ruff-formatted)."""
+        return render(analysis)
+
+    def load(self, path: Path) -> Any:
+        """Import a generated module from ``path``; importing it imports keras, whose
+        backend is whatever ``KERAS_BACKEND`` says."""
+        path = Path(path)
+        name = f"archc_generated_{path.stem}_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import a module from {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    def count(self, model: Any) -> tuple[int, int]:
+        """(trainable, non-trainable) weight sizes of a built keras.Model."""
+        return (sum(math.prod(w.shape) for w in model.trainable_weights), sum(math.prod(w.shape) for w in model.non_trainable_weights))

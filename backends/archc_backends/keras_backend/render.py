@@ -1,0 +1,563 @@
+"""Turn an annotated network into the data the Keras templates lay out.
+
+Every decision is made here (which Keras layer a node becomes, which keyword arguments
+it needs, which names, conditions and loops surround it, where a long call is wrapped);
+the templates in ``templates/`` only print it. Nothing here imports a framework.
+
+Layer names: a node's Keras name is the identifiers of its IR path (``plan.ident``)
+joined by '_'. Residual and branch children add their label ('body', 'shortcut', the
+path name); a repeat adds the loop index after its own name. :func:`layer_names` gives
+the same names for every IR path, for tools that map IR nodes to Keras layers.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from archc.analysis import Analysis
+from archc.codegen import Plan, literal, plan
+from archc.errors import Location, SpecError
+from archc.ir import (
+    BN,
+    Act,
+    AvgPool,
+    Branches,
+    Call,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    MaxPool,
+    Node,
+    Repeat,
+    Residual,
+    SepConv,
+)
+from archc.naming import Namespace, identifier
+
+LINE_LENGTH = 140  # the project's ruff line length: generated code is already formatted
+INDENT = "    "
+HELPER = "_separable_conv"  # spec names never start with '_', so no block can take it
+LOOP_VARS = ("i", "j", "k")
+AMBIGUOUS = {"l", "O", "I"}  # E741
+TEMPLATES = Path(__file__).parent / "templates"
+OP_LAYERS = (Conv, SepConv, BN, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, Dropout)  # one layer call each
+
+
+# -- statements: what the templates print -------------------------------------------------
+
+
+@dataclass
+class Stmt:
+    """One statement of a generated function.
+
+    ``call``: ``head`` + ``args`` + ``tail``, printed on one line (wrap 'line'), with the
+    arguments on one line of their own ('body'), or one argument a line with a magic
+    trailing comma ('each'): layouts that ruff format leaves as they are. ``block``: a
+    header laid out as a call (an ``if``/``for`` line, colon included) and an indented
+    ``body``. ``line``: ``text`` as is. ``comment``, ``blank``: a comment, an empty line.
+    ``collection``: the arguments are a tuple's items, which ruff never puts on one line
+    of their own."""
+
+    kind: str
+    text: str = ""
+    head: str = ""
+    args: list[str] = field(default_factory=list)
+    tail: str = ""
+    wrap: str = "line"
+    body: list[Stmt] = field(default_factory=list)
+    collection: bool = False
+
+
+def call(head: str, args: list[str], tail: str) -> Stmt:
+    return Stmt("call", head=head, args=args, tail=tail)
+
+
+def raise_value_error(message: str) -> Stmt:
+    return call("raise ValueError(", [message], ")")
+
+
+def line(text: str) -> Stmt:
+    return Stmt("line", text=text)
+
+
+def block(header: str | Stmt, body: list[Stmt]) -> list[Stmt]:
+    """``header`` (a line, or a call-shaped line) with ``body`` under it; nothing when
+    the body is empty."""
+    if isinstance(header, str):
+        header = call(header, [], "")
+    return [Stmt("block", head=header.head, args=header.args, tail=header.tail, collection=header.collection, body=body)] if body else []
+
+
+def merge_conditions(stmts: list[Stmt]) -> list[Stmt]:
+    """Adjacent ``if`` blocks on the same condition become one (conditions are names that
+    a generated function never reassigns, so this keeps the meaning)."""
+    out: list[Stmt] = []
+    for s in stmts:
+        s.body = merge_conditions(s.body)
+        same = out and out[-1].kind == "block" and (out[-1].head, out[-1].args, out[-1].tail) == (s.head, s.args, s.tail)
+        if s.kind == "block" and s.head.startswith("if ") and same:
+            out[-1].body = merge_conditions(out[-1].body + s.body)
+        else:
+            out.append(s)
+    return out
+
+
+def layout(stmts: list[Stmt], depth: int) -> list[Stmt]:
+    """Choose each call's layout for its indentation, as ruff format would."""
+    for s in stmts:
+        width = len(INDENT) * depth
+        if s.kind in ("call", "block"):
+            joined = ", ".join(s.args)
+            if width + len(s.head) + len(joined) + len(s.tail) <= LINE_LENGTH:
+                s.wrap = "line"
+            elif width + len(INDENT) + len(joined) <= LINE_LENGTH and not s.tail.startswith(")(") and not s.collection:
+                s.wrap = "body"  # with a trailer, ruff would split the trailer instead
+            else:
+                s.wrap = "each"
+        layout(s.body, depth + 1)
+    return stmts
+
+
+# -- text that reaches the module ---------------------------------------------------------
+
+
+def prose(text: Any) -> str:
+    """Free text from a spec (descriptions, docs) made safe inside a docstring: one line of
+    printable characters, backslashes and double quotes escaped."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return " ".join(text.split()).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def fstring_text(text: str) -> str:
+    """Any text as the literal part of a double-quoted f-string: printable ASCII as is
+    (braces doubled), everything else escaped, double quotes as \\x22 so that ruff
+    keeps the double quotes."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append("\\x22")
+        elif ch in "{}":
+            out.append(ch * 2)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def wrap(text: str, width: int = 88, indent: str = "", first: str = "") -> list[str]:
+    return textwrap.wrap(
+        text, width, initial_indent=first or indent, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+    ) or [first.rstrip()]
+
+
+def docstring(paragraphs: list[list[str]], indent: str) -> list[str]:
+    """Docstring lines (each without the leading indent of the first line) from
+    paragraphs of already-wrapped lines; one line when it fits."""
+    if len(paragraphs) == 1 and len(paragraphs[0]) == 1 and len(indent) + len(paragraphs[0][0]) + 6 <= LINE_LENGTH:
+        return [f'"""{paragraphs[0][0]}"""']
+    lines = []
+    for i, para in enumerate(paragraphs):
+        if i:
+            lines.append("")
+        lines.extend(para)
+    lines[0] = '"""' + lines[0]
+    lines = [lines[0]] + [f"{indent}{text}" if text else "" for text in lines[1:]]
+    return lines + [f'{indent}"""']
+
+
+def fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def name_expr(pattern: str) -> str:
+    """A layer name as Python: a plain string, or an f-string when it holds a variable.
+    Patterns are made of identifiers, '_' and ``{variable}`` only."""
+    return f'f"{pattern}"' if "{" in pattern else f'"{pattern}"'
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+def node_name(p: Plan, prefix: str, node: Node) -> str:
+    return f"{prefix}_{p.ident[node.path]}"
+
+
+def child_prefix(p: Plan, node: Node, name: str, label: str, loop_var: str) -> str:
+    """The name prefix of the nodes in one child sequence of ``node`` (named ``name``)."""
+    if isinstance(node, (Residual, Branches)):
+        return f"{name}_{p.ident[f'{node.path}:{label}']}"
+    if isinstance(node, Repeat):
+        return f"{name}_{{{loop_var}}}"
+    return name  # a Call: its body is named under the call
+
+
+def layer_names(p: Plan) -> dict[str, str]:
+    """IR path -> Keras layer name, for every node of ``p``'s network that makes a layer.
+
+    Inside repeats the name is a pattern: ``{0}`` is the index of the outermost enclosing
+    repeat, ``{1}`` the next, ...: ``names[path].format(*indices)``. A residual names its
+    ``layers.add`` and a branches node its ``layers.concatenate`` (absent when the
+    addition is dropped by a literal ``use_shortcut: false``). A sepconv is one
+    ``SeparableConv2D`` of that name, or, with segments or an activation between, the
+    layers ``<name>_spatial`` (DepthwiseConv2D or grouped Conv2D), ``<name>_act`` and
+    ``<name>_pointwise``. Nodes with a literal ``when: false`` make no layer; nodes whose
+    ``when`` is a param or argument are listed. Raises SpecError when two nodes would get
+    the same name (say 'a_b/c' and 'a/b_c')."""
+    names: dict[str, str] = {}
+    seen: dict[str, Node] = {}
+
+    def visit(nodes: list[Node], prefix: str, depth: int) -> None:
+        for node in nodes:
+            if not node.when and "when" not in node.refs:
+                continue
+            name = node_name(p, prefix, node)
+            makes_layer = not isinstance(node, (Repeat, Call, Residual)) or (
+                isinstance(node, Residual) and (node.use_shortcut or "use_shortcut" in node.refs)
+            )
+            if makes_layer:
+                if name in seen:
+                    w = node.where
+                    raise SpecError(
+                        Location(w.file, w.line, w.col, w.spec_path),
+                        f"expected layer names that differ once joined with '_', found '{name}' for both "
+                        f"{seen[name].path} and {node.path} (rename one)",
+                    )
+                seen[name] = node
+                names[node.path] = name
+            for label, seq in _children(node):
+                visit(seq, child_prefix(p, node, name, label, str(depth)), depth + isinstance(node, Repeat))
+
+    for flow, layers in p.analysis.net.flows.items():
+        visit(layers, p.ident[flow], 0)
+    return names
+
+
+def _children(node: Node) -> list[tuple[str, list[Node]]]:
+    if isinstance(node, Residual):
+        return (
+            [("shortcut", node.shortcut), ("body", node.body)]
+            if node.use_shortcut or "use_shortcut" in node.refs
+            else [("body", node.body)]
+        )
+    if isinstance(node, Branches):
+        return list(node.paths.items())
+    if isinstance(node, (Repeat, Call)):
+        return [("body", node.body)]
+    return []
+
+
+# -- the renderer ---------------------------------------------------------------------------
+
+
+@dataclass
+class Scope:
+    """Local names of one generated function."""
+
+    names: Namespace
+    loops: dict[int, str] = field(default_factory=dict)  # repeat depth -> loop variable
+    depth: int = 0
+
+    def loop_var(self) -> str:
+        if self.depth not in self.loops:
+            base = LOOP_VARS[self.depth] if self.depth < len(LOOP_VARS) else f"i{self.depth}"
+            self.loops[self.depth] = self.names.create(base)
+        return self.loops[self.depth]
+
+
+class Renderer:
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        self.net = analysis.net
+        self.plan = plan(analysis)
+        self.helper = False  # whether some sepconv needs _separable_conv
+        self.globals = {"keras", "layers", HELPER, "create_model"} | {b.func for b in self.plan.blocks.values()}
+        # each block function's name-prefix parameter: 'name' unless an argument has it
+        self.prefix = {b: Namespace(set(self.plan.signature(b))).create("name") for b in self.plan.blocks}
+
+    def scope(self, taken: list[str]) -> Scope:
+        return Scope(Namespace(set(taken) | set(self.plan.params.values()) | self.globals | AMBIGUOUS | {"x"}))
+
+    def sym(self, node: Node, field_name: str) -> str:
+        return self.plan.symbol(node, field_name, getattr(node, field_name))
+
+    # -- sequences and combinators --
+
+    def sequence(self, nodes: list[Node], src: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
+        """Statements computing ``dst`` from ``src`` through ``nodes``."""
+        nodes = [n for n in nodes if n.when or "when" in n.refs]
+        out: list[Stmt] = []
+        cur = src
+        for node in nodes:
+            direct = isinstance(node, (Call, *OP_LAYERS)) and "when" not in node.refs
+            if cur != dst and not direct:
+                out.append(line(f"{dst} = {cur}"))
+                cur = dst
+            stmts = self.node(node, cur, dst, prefix, scope)
+            out.extend(block(f"if {self.plan.symbol(node, 'when', True)}:", stmts) if "when" in node.refs else stmts)
+            cur = dst
+        if cur != dst:
+            out.append(line(f"{dst} = {cur}"))
+        return out
+
+    def node(self, node: Node, cur: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
+        name = node_name(self.plan, prefix, node)
+        if isinstance(node, Call):
+            bp = self.plan.blocks[node.block]
+            decl = self.net.blocks[node.block]
+            args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg])}" for arg, ident in zip(decl.args, bp.args)]
+            args += [f"{param}={param}" for param in bp.params]
+            return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
+        if isinstance(node, Residual):
+            return self.residual(node, dst, name, scope)
+        if isinstance(node, Branches):
+            return self.branches(node, dst, name, scope)
+        if isinstance(node, Repeat):
+            var = scope.loop_var()
+            scope.depth += 1
+            body = self.sequence(node.body, dst, dst, child_prefix(self.plan, node, name, "body", var), scope)
+            scope.depth -= 1
+            return block(f"for {var} in range({self.sym(node, 'times')}):", body)
+        return self.op(node, cur, dst, name)
+
+    def residual(self, node: Residual, x: str, name: str, scope: Scope) -> list[Stmt]:
+        if not node.use_shortcut and "use_shortcut" not in node.refs:
+            return self.sequence(node.body, x, x, child_prefix(self.plan, node, name, "body", ""), scope)
+        short = scope.names.create("shortcut")
+        shortcut = self.sequence(node.shortcut, x, short, child_prefix(self.plan, node, name, "shortcut", ""), scope)
+        body = self.sequence(node.body, x, x, child_prefix(self.plan, node, name, "body", ""), scope)
+        add = [call(f"{x} = layers.add(", [f"[{x}, {short}]", f"name={name_expr(name)}"], ")")]
+        if "use_shortcut" in node.refs:
+            condition = f"if {self.sym(node, 'use_shortcut')}:"
+            return block(condition, shortcut) + body + block(condition, add)
+        return shortcut + body + add
+
+    def branches(self, node: Branches, x: str, name: str, scope: Scope) -> list[Stmt]:
+        out: list[Stmt] = []
+        outputs = []
+        for label, seq in node.paths.items():
+            var = scope.names.create(self.plan.ident[f"{node.path}:{label}"], "branch")
+            out += self.sequence(seq, x, var, child_prefix(self.plan, node, name, label, ""), scope)
+            outputs.append(var)
+        return out + [call(f"{x} = layers.concatenate(", [f"[{', '.join(outputs)}]", f"name={name_expr(name)}"], ")")]
+
+    # -- layers --
+
+    def op(self, node: Node, cur: str, dst: str, name: str) -> list[Stmt]:
+        if isinstance(node, SepConv):
+            return self.sepconv(node, cur, dst, name)
+        cls, args = self.layer_args(node)
+        return [call(f"{dst} = layers.{cls}(", [*args, f"name={name_expr(name)}"], f")({cur})")]
+
+    def opt(self, node: Node, field_name: str, keyword: str, default: Any) -> list[str]:
+        """``keyword=value`` when the value is a reference or differs from Keras's default."""
+        value = getattr(node, field_name)
+        if field_name in node.refs or value != default:
+            return [f"{keyword}={self.sym(node, field_name)}"]
+        return []
+
+    def layer_args(self, node: Node) -> tuple[str, list[str]]:
+        s, opt = self.sym, self.opt
+        if isinstance(node, Conv):
+            return "Conv2D", [
+                s(node, "filters"),
+                s(node, "kernel"),
+                *opt(node, "stride", "strides", (1, 1)),
+                *opt(node, "padding", "padding", "valid"),
+                *opt(node, "groups", "groups", 1),
+                *opt(node, "bias", "use_bias", True),
+            ]
+        if isinstance(node, BN):  # every convention explicit: these change outputs and counts
+            return "BatchNormalization", [
+                f"epsilon={s(node, 'epsilon')}",
+                f"momentum={s(node, 'momentum')}",
+                f"center={s(node, 'center')}",
+                f"scale={s(node, 'scale')}",
+            ]
+        if isinstance(node, Act):
+            return "Activation", [s(node, "kind")]
+        if isinstance(node, (MaxPool, AvgPool)):
+            cls = "MaxPooling2D" if isinstance(node, MaxPool) else "AveragePooling2D"
+            return cls, [s(node, "pool"), *opt(node, "stride", "strides", None), *opt(node, "padding", "padding", "valid")]
+        if isinstance(node, GlobalAvgPool):
+            return "GlobalAveragePooling2D", []
+        if isinstance(node, Flatten):  # channels_last: Keras flattens in (H, W, C) order, as the IR says
+            return "Flatten", []
+        if isinstance(node, Dense):
+            return "Dense", [s(node, "units"), *opt(node, "bias", "use_bias", True)]
+        if isinstance(node, Dropout):
+            return "Dropout", [s(node, "rate")]
+        raise AssertionError(f"no Keras layer for {node.op}")
+
+    def sepconv(self, node: SepConv, cur: str, dst: str, name: str) -> list[Stmt]:
+        s, opt = self.sym, self.opt
+        shared = [*opt(node, "stride", "strides", (1, 1)), *opt(node, "padding", "padding", "valid")]
+        multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
+        if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
+            self.helper = True
+            args = [
+                cur,
+                s(node, "filters"),
+                s(node, "kernel"),
+                f"strides={s(node, 'stride')}",
+                f"padding={s(node, 'padding')}",
+                f"depth_multiplier={s(node, 'depth_multiplier')}",
+                f"segments={s(node, 'segments')}",
+                f"between={s(node, 'between')}",
+                f"use_bias={s(node, 'bias')}",
+                f"name={name_expr(name)}",
+            ]
+            return [call(f"{dst} = {HELPER}(", args, ")")]
+        bias = opt(node, "bias", "use_bias", True)
+        if node.segments == "depthwise" and node.between == "none":  # keras.applications' layer
+            args = [s(node, "filters"), s(node, "kernel"), *shared, *multiplier, *bias, f"name={name_expr(name)}"]
+            return [call(f"{dst} = layers.SeparableConv2D(", args, f")({cur})")]
+        if node.segments == "depthwise":
+            spatial = call(
+                f"{dst} = layers.DepthwiseConv2D(",
+                [s(node, "kernel"), *shared, *multiplier, "use_bias=False", f"name={name_expr(name + '_spatial')}"],
+                f")({cur})",
+            )
+        else:
+            channels = f"{cur}.shape[-1]" + (f" * {s(node, 'depth_multiplier')}" if multiplier else "")
+            spatial = call(
+                f"{dst} = layers.Conv2D(",
+                [
+                    channels,
+                    s(node, "kernel"),
+                    *shared,
+                    f"groups={s(node, 'segments')}",
+                    "use_bias=False",
+                    f"name={name_expr(name + '_spatial')}",
+                ],
+                f")({cur})",
+            )
+        out = [spatial]
+        if node.between != "none":
+            out.append(call(f"{dst} = layers.Activation(", [s(node, "between"), f"name={name_expr(name + '_act')}"], f")({dst})"))
+        out.append(
+            call(f"{dst} = layers.Conv2D(", [s(node, "filters"), "(1, 1)", *bias, f"name={name_expr(name + '_pointwise')}"], f")({dst})")
+        )
+        return out
+
+    # -- the module --
+
+    def block_function(self, block: str) -> dict[str, Any]:
+        bp = self.plan.blocks[block]
+        prefix = self.prefix[block]
+        scope = self.scope([*self.plan.signature(block), prefix])
+        body = self.sequence(bp.instance.body, "x", "x", f"{{{prefix}}}", scope)
+        doc = prose(self.net.blocks[block].doc) or f"The block '{prose(block)}' of the spec."
+        return {
+            "signature": call(f"def {bp.func}(", ["x", *self.plan.signature(block), prefix], "):"),
+            "doc": docstring([wrap(doc)], INDENT),
+            "body": layout(merge_conditions(body) + [line("return x")], 1),
+        }
+
+    def create_model(self) -> dict[str, Any]:
+        net, params = self.net, self.plan.params
+        scope = self.scope([])
+        inputs = scope.names.create("inputs")
+        body: list[Stmt] = []
+        for p, ident in params.items():
+            decl = net.param_decls[p]
+            if decl.choices is not None:
+                shown = fstring_text(", ".join(repr(c) for c in decl.choices))
+                choices = [literal(c) for c in decl.choices]
+                condition = call(f"if {ident} not in (", choices, "):") if len(choices) > 1 else call(f"if {ident} != ", choices, ":")
+                condition.collection = True
+                body += block(
+                    condition,
+                    [raise_value_error(f'f"{ident}: expected one of {shown}, found {{{ident}!r}}"')],
+                )
+            for bound, op, word in ((decl.min, "<", "at least"), (decl.max, ">", "at most")):
+                if bound is not None and decl.type in ("int", "float"):
+                    value = literal(int(bound) if decl.type == "int" and float(bound).is_integer() else bound)
+                    body += block(
+                        f"if {ident} {op} {value}:", [raise_value_error(f'f"{ident}: expected {word} {value}, found {{{ident}!r}}"')]
+                    )
+        body += block(
+            'if keras.config.image_data_format() != "channels_last":',
+            [raise_value_error('"expected the channels_last image data format (this model is NHWC)"')],
+        )
+        body += [Stmt("blank"), call(f"{inputs} = keras.Input(", [f"shape={literal(tuple(net.input))}", 'name="input"'], ")")]
+        src = inputs
+        for flow, layers in net.flows.items():
+            ident = self.plan.ident[flow]
+            body += [Stmt("blank"), Stmt("comment", text=ident)]
+            body += self.sequence(layers, src, "x", ident, scope)
+            src = "x"
+        body += [Stmt("blank"), call("return keras.Model(", [inputs, "x", f"name={literal(identifier(net.name, 'model'))}"], ")")]
+        args = [f"{ident}={literal(net.params[p])}" for p, ident in params.items()]
+        doc = [
+            wrap(
+                f"The '{prose(net.name)}' network as a keras.Model: input {fmt(net.input)} (channels_last), "
+                f"output {fmt(self.analysis.output)}."
+            )
+        ]
+        if params:
+            doc.append(
+                ["Args:"]
+                + [
+                    text
+                    for p, ident in params.items()
+                    for text in wrap(f"{ident}: {prose(net.param_decls[p].doc) or 'a spec param.'}", indent=INDENT * 2, first=INDENT)
+                ]
+            )
+        return {
+            "signature": call("def create_model(", ["*", *args] if args else [], "):"),
+            "doc": docstring(doc, INDENT),
+            "body": layout(merge_conditions(body), 1),
+        }
+
+    def header(self) -> list[str]:
+        net, total = self.net, self.analysis.total
+        values = ", ".join(f"{ident}={literal(net.params[p])}" for p, ident in self.plan.params.items())
+        paragraphs = [
+            wrap(f"Keras 3 model for the archc spec '{prose(net.name)}' ({prose(Path(net.file).name)})."),
+        ]
+        if prose(net.description):
+            paragraphs.append(wrap(prose(net.description)))
+        paragraphs.append(wrap(f"Params: {values}." if values else "Params: none."))
+        paragraphs.append(
+            wrap(
+                f"Expected counts with these params: {total.trainable:,} trainable and {total.non_trainable:,} non-trainable "
+                f"parameters ({total.total:,} in all); input {fmt(net.input)}, output {fmt(self.analysis.output)}. "
+                "Plain Keras 3, functional API, channels_last; create_model(**params) builds it."
+            )
+        )
+        paragraphs.append(["generated by archc; edit the spec, not this file."])
+        return docstring(paragraphs, "")
+
+    def render(self, env: Environment) -> str:
+        layer_names(self.plan)  # fails on names that would collide in Keras
+        blocks = [self.block_function(b) for b in self.plan.blocks]
+        model = self.create_model()
+        for b in blocks:
+            b["signature"] = layout([b["signature"]], 0)[0]
+        model["signature"] = layout([model["signature"]], 0)[0]
+        return env.get_template("module.py.j2").render(header=self.header(), helper=self.helper, blocks=blocks, model=model)
+
+
+def environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(analysis: Analysis) -> str:
+    return Renderer(analysis).render(environment())
