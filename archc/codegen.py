@@ -12,6 +12,7 @@ once here so that backends (and their templates) only format it:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,25 +62,30 @@ def literal(value: Any) -> str:
     raise TypeError(f"no literal for {type(value).__name__}")
 
 
-def plan(analysis: Analysis) -> Plan:
+def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
+    """``reserved``: names a backend's generated code uses itself (its helpers, the
+    framework's attribute names), which no identifier made from a spec name may take."""
     net = analysis.net
     result = Plan(analysis)
-    names = Namespace({"create_model", "Model"})
+    reserved = set(reserved)
+    names = Namespace({"create_model", "Model"} | reserved)
     result.params = {p: names.create(p, "param") for p in net.params}
-    flows = Namespace()
+    flows = Namespace(reserved)
     for flow, layers in net.flows.items():
         result.ident[flow] = flows.create(flow, "flow")
-        _name_sequence(layers, result.ident)
-    classes, funcs = Namespace({"Model", "SamePad"}), Namespace(set(result.params.values()) | {"create_model", "build"})
+        _name_sequence(layers, result.ident, reserved)
+    args = {block: _arg_names(list(decl.args), result.params, reserved) for block, decl in net.blocks.items()}
+    variables = set(result.params.values()) | {a for names_ in args.values() for a in names_}
+    classes = Namespace({"Model", "SamePad"} | reserved | variables)
+    funcs = Namespace(set(result.params.values()) | {"create_model", "build"} | reserved)
     for node in walk([n for layers in net.flows.values() for n in layers]):
         if isinstance(node, Call) and node.block not in result.blocks:
-            decl = net.blocks[node.block]
             result.blocks[node.block] = BlockPlan(
                 node.block,
                 classes.create(class_name(node.block), "Block"),
                 funcs.create(node.block, "block"),
                 node,
-                [identifier(a, "arg") for a in decl.args],
+                args[node.block],
                 [],
             )
     for block in result.blocks:
@@ -88,13 +94,21 @@ def plan(analysis: Analysis) -> Plan:
     return result
 
 
-def _name_sequence(layers: list[Node], ident: dict[str, str]) -> None:
-    space = Namespace({"forward", "training"})
+def _arg_names(args: list[str], params: dict[str, str], reserved: set[str]) -> list[str]:
+    """A block's argument identifiers: unique, and none equal to a param's identifier
+    (both end up in one signature) unless the argument shadows that very param."""
+    space = Namespace(reserved | {ident for name, ident in params.items() if name not in args})
+    return [space.create(a, "arg") for a in args]
+
+
+def _name_sequence(layers: list[Node], ident: dict[str, str], reserved: set[str]) -> None:
+    space = Namespace({"forward", "training"} | reserved)
     for node in layers:
         ident[node.path] = space.create(node.name, node.op)
+        labels = Namespace(reserved)  # one per node, so that two paths never share a name
         for label, seq in children(node):
-            ident.setdefault(f"{node.path}:{label}", Namespace().create(label, "path"))
-            _name_sequence(seq, ident)
+            ident.setdefault(f"{node.path}:{label}", labels.create(label, "path"))
+            _name_sequence(seq, ident, reserved)
 
 
 def _free_params(result: Plan, block: str, seen: set[str]) -> set[str]:

@@ -1,0 +1,63 @@
+"""The PyTorch backend: an analysed spec -> one plain PyTorch module exposing
+``create_model(**overrides) -> nn.Module``.
+
+Rendering (:func:`.render.render`, jinja2 templates in ``templates/``) imports no
+framework; torch is imported only when a generated module is loaded. The torch module
+tree mirrors the IR tree: :func:`qualified_names` maps IR paths to module names and
+:func:`modules_at` finds those modules in a model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from archc.analysis import Analysis
+from archc.codegen import Plan
+
+from .render import MODULE_ATTRIBUTES, qualified_names, render, torch_plan
+
+__all__ = ["MODULE_ATTRIBUTES", "TorchBackend", "modules_at", "qualified_names", "torch_plan"]
+
+
+class TorchBackend:
+    name = "torch"
+
+    def render(self, analysis: Analysis) -> str:
+        """The generated module's source text (deterministic, ruff-formatted)."""
+        return render(analysis)
+
+    def load(self, path: Path) -> Any:
+        """Import a generated module from ``path`` (this imports torch)."""
+        path = Path(path)
+        name = f"archc_generated_{path.stem}_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import a module from {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    def count(self, model: Any) -> tuple[int, int]:
+        """(trainable, non-trainable) as Keras counts them: parameters that require
+        grad; frozen parameters plus BN running means and variances (not torch's
+        ``num_batches_tracked``)."""
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        stats = sum(b.numel() for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] in ("running_mean", "running_var"))
+        return trainable, frozen + stats
+
+
+def modules_at(model: Any, plan: Plan) -> dict[str, list[Any]]:
+    """IR path -> its modules in ``model``: one, several inside repeats (in order), none
+    where a param removed it (a shortcut of ``use_shortcut: $residual`` = false)."""
+    modules = list(model.named_modules())
+    found = {}
+    for path, template in qualified_names(plan).items():
+        pattern = re.compile(re.sub(r"\\\{\d+\\\}", r"\\d+", re.escape(template)))
+        found[path] = [module for name, module in modules if pattern.fullmatch(name)]
+    return found
