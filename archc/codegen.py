@@ -18,7 +18,7 @@ from typing import Any
 
 from .analysis import Analysis
 from .ir import Call, Node, children, walk
-from .naming import Namespace, class_name, identifier
+from .naming import Namespace, class_name
 
 
 @dataclass
@@ -37,15 +37,21 @@ class Plan:
     ident: dict[str, str] = field(default_factory=dict)
     blocks: dict[str, BlockPlan] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)  # spec param -> identifier
+    owner: dict[str, str | None] = field(default_factory=dict)  # node path -> enclosing block
 
     def signature(self, block: str) -> list[str]:
         plan = self.blocks[block]
         return plan.args + plan.params
 
     def symbol(self, node: Node, field_name: str, value: Any) -> str:
-        """A field as Python source: the referenced argument/param name, else a literal."""
+        """A field as Python source: the argument of the enclosing block or the param it
+        references (arguments shadow params), else a literal."""
         ref = node.refs.get(field_name)
-        return self.params.get(ref, identifier(ref)) if ref else literal(value)
+        if not ref:
+            return literal(value)
+        block = self.owner.get(node.path)
+        declared = list(self.analysis.net.blocks[block].args) if block else []
+        return self.blocks[block].args[declared.index(ref)] if ref in declared else self.params[ref]
 
 
 def literal(value: Any) -> str:
@@ -70,7 +76,7 @@ def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
     reserved = set(reserved)
     names = Namespace({"create_model", "Model"} | reserved)
     result.params = {p: names.create(p, "param") for p in net.params}
-    flows = Namespace(reserved)
+    flows = Namespace(reserved, attribute=True)
     for flow, layers in net.flows.items():
         result.ident[flow] = flows.create(flow, "flow")
         _name_sequence(layers, result.ident, reserved)
@@ -88,10 +94,19 @@ def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
                 args[node.block],
                 [],
             )
+    _owners(result.owner, [n for layers in net.flows.values() for n in layers], None)
     for block in result.blocks:
         used = _free_params(result, block, set())
         result.blocks[block].params = [result.params[p] for p in net.params if p in used]
     return result
+
+
+def _owners(owner: dict[str, str | None], layers: list[Node], block: str | None) -> None:
+    """Record the block whose arguments each node's ``$refs`` see (None: the params)."""
+    for node in layers:
+        owner[node.path] = block
+        for _, seq in children(node):
+            _owners(owner, seq, node.block if isinstance(node, Call) else block)
 
 
 def _arg_names(args: list[str], params: dict[str, str], reserved: set[str]) -> list[str]:
@@ -102,10 +117,10 @@ def _arg_names(args: list[str], params: dict[str, str], reserved: set[str]) -> l
 
 
 def _name_sequence(layers: list[Node], ident: dict[str, str], reserved: set[str]) -> None:
-    space = Namespace({"forward", "training"} | reserved)
+    space = Namespace({"forward", "training"} | reserved, attribute=True)
     for node in layers:
         ident[node.path] = space.create(node.name, node.op)
-        labels = Namespace(reserved)  # one per node, so that two paths never share a name
+        labels = Namespace(reserved, attribute=True)  # one per node, so that two paths never share a name
         for label, seq in children(node):
             ident.setdefault(f"{node.path}:{label}", labels.create(label, "path"))
             _name_sequence(seq, ident, reserved)

@@ -8,11 +8,14 @@ import keyword
 import re
 import unicodedata
 
-_RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | {"self", "torch", "nn", "F", "keras", "layers", "x"}
+_KEYWORDS = set(keyword.kwlist) | set(keyword.softkwlist)
+_RESERVED = _KEYWORDS | set(dir(builtins)) | {"self", "torch", "nn", "F", "keras", "layers", "x"}
 
 
-def identifier(name: str, fallback: str = "layer") -> str:
-    """ASCII letters, digits and '_' only; never a keyword, builtin or dunder."""
+def identifier(name: str, fallback: str = "layer", *, attribute: bool = False) -> str:
+    """ASCII letters, digits and '_' only; never a keyword or dunder, and never a builtin
+    or a name generated code uses, unless it is only an ``attribute`` / layer name
+    (``self.exit`` shadows nothing)."""
     text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
     text = re.sub(r"\W+", "_", text).strip("_")
     text = re.sub(r"_+", "_", text)
@@ -20,7 +23,7 @@ def identifier(name: str, fallback: str = "layer") -> str:
         text = fallback
     if text[0].isdigit():
         text = f"{fallback}_{text}"
-    if text in _RESERVED or text.startswith("__"):
+    if text in (_KEYWORDS if attribute else _RESERVED) or text.startswith("__"):
         text = f"{text}_"
     return text
 
@@ -28,11 +31,12 @@ def identifier(name: str, fallback: str = "layer") -> str:
 class Namespace:
     """Hands out unique identifiers: the same name twice gets ``_2``, ``_3`` ..."""
 
-    def __init__(self, taken: set[str] | None = None):
+    def __init__(self, taken: set[str] | None = None, *, attribute: bool = False):
         self.taken = set(taken or ())
+        self.attribute = attribute
 
     def create(self, name: str, fallback: str = "layer") -> str:
-        base = identifier(name, fallback)
+        base = identifier(name, fallback, attribute=self.attribute)
         candidate, n = base, 1
         while candidate in self.taken:
             n += 1

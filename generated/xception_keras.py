@@ -149,13 +149,13 @@ def create_model(*, middle_repeats=8, segments="depthwise", between="none", resi
     for i in range(middle_repeats):
         x = middle(x, segments=segments, between=between, residual=residual, name=f"middle_repeat_{i}_middle1")
 
-    # exit_
-    x = down(x, first=728, second=1024, first_relu=True, segments=segments, between=between, residual=residual, name="exit__down1")
-    x = sep_bn(x, filters=1536, segments=segments, between=between, name="exit__sep_bn1")
-    x = layers.Activation("relu", name="exit__act1")(x)
-    x = sep_bn(x, filters=2048, segments=segments, between=between, name="exit__sep_bn2")
-    x = layers.Activation("relu", name="exit__act2")(x)
-    x = layers.GlobalAveragePooling2D(name="exit__global_avg_pool1")(x)
+    # exit
+    x = down(x, first=728, second=1024, first_relu=True, segments=segments, between=between, residual=residual, name="exit_down1")
+    x = sep_bn(x, filters=1536, segments=segments, between=between, name="exit_sep_bn1")
+    x = layers.Activation("relu", name="exit_act1")(x)
+    x = sep_bn(x, filters=2048, segments=segments, between=between, name="exit_sep_bn2")
+    x = layers.Activation("relu", name="exit_act2")(x)
+    x = layers.GlobalAveragePooling2D(name="exit_global_avg_pool1")(x)
 
     # head
     if fc_layers:

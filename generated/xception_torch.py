@@ -349,7 +349,7 @@ class Xception(nn.Module):
                 ),
             ),
         )
-        self.exit_ = nn.Sequential(
+        self.exit = nn.Sequential(
             OrderedDict(
                 down1=Down(
                     728,
@@ -380,7 +380,7 @@ class Xception(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.entry(x)
         x = self.middle(x)
-        x = self.exit_(x)
+        x = self.exit(x)
         return self.head(x)
 
 

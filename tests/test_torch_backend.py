@@ -287,7 +287,7 @@ def test_separable_conv_is_grouped_spatial_then_pointwise():
     module = BACKEND.load(ROOT / "generated/xception_torch.py")
     sep = module.create_model(segments=4).entry.down1.residual1.body.sep_bn1.sepconv1
     assert (sep.spatial.groups, sep.spatial.bias, sep.pointwise.kernel_size, sep.pointwise.bias) == (4, None, (1, 1), None)
-    depthwise = module.create_model().exit_.sep_bn1.sepconv1.spatial
+    depthwise = module.create_model().exit.sep_bn1.sepconv1.spatial
     assert depthwise.groups == depthwise.in_channels == 1024
 
 
@@ -344,7 +344,7 @@ def test_padding_is_static_where_it_can_be():
                 assert fixed is None or fixed[:2] == tf_pad(n, k, s)
     model = module.create_model()
     assert model.entry.conv2.padding == (0, 0)  # valid
-    assert model.exit_.sep_bn1.sepconv1.spatial.padding == (1, 1)  # stride 1: static, symmetric
+    assert model.exit.sep_bn1.sepconv1.spatial.padding == (1, 1)  # stride 1: static, symmetric
     assert type(model.entry.down1.residual1.body.maxpool1).__name__ == "MaxPool2dSame"  # stride 2: by input size
 
 
@@ -449,7 +449,7 @@ def test_qualified_names_mirror_the_ir():
     names = qualified_names(torch_plan(analysis))
     assert names["entry/down1/residual1/body/sep_bn1/sepconv1"] == "entry.down1.residual1.body.sep_bn1.sepconv1"
     assert names["middle/repeat/middle1"] == "middle.repeat.{0}.middle1"
-    assert names["exit/global_avg_pool1"] == "exit_.global_avg_pool1"
+    assert names["exit/global_avg_pool1"] == "exit.global_avg_pool1"
     model = BACKEND.load(ROOT / "generated/xception_torch.py").create_model()
     found = modules_at(model, torch_plan(analysis))
     assert len(found["middle/repeat/middle1/residual1/body/sep_bn2/bn1"]) == 8
