@@ -166,6 +166,124 @@ def variants(spec, sweeps, params, out_dir, plot_file):
 
 
 @main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True))
+@click.option("--data", required=True, metavar="synthetic|PATH", help="Training data: 'synthetic' (smoke runs) or a folder with one sub-folder of JPEG/PNG images per class.")
+@click.option("--val-data", metavar="synthetic|PATH", help="Evaluate on this after each epoch and at the end (with the EMA weights when the recipe has ema).")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, metrics.csv, the generated model, the final weights.")
+@click.option("-b", "--backend", default="torch", show_default=True, help="torch (DistributedDataParallel, under torchrun) or keras (tf.distribute).")
+@param_option
+@click.option("--image-size", metavar="H|HxW", help="Train at this input size instead of the spec's (smoke runs, low-resolution data).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size (per replica).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's initial learning rate.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps (the schedule still follows the epochs).")
+@click.option("--synthetic-samples", type=click.IntRange(min=1), default=1024, show_default=True, help="Samples per epoch of --data synthetic.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between progress lines and metrics.csv rows.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, help="Steps between checkpoints (0: at the end of each epoch and of the run).")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from OUT/checkpoints/latest.* when it exists.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch); jit_compile the step (keras).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
+@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="torch memory format (auto: on GPU).")
+@click.option("--loader-workers", type=click.IntRange(min=0), help="Data-loading processes per replica (default: 4 on GPU, 0 on CPU).")
+@click.option("--no-augment", is_flag=True, help="No random horizontal flips of the training images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights, the data order and the flips.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="torch device (auto: cuda when available).")
+@_friendly
+def train(spec, data, val_data, out_dir, backend, params, image_size, epochs, batch_size, lr, max_steps, synthetic_samples, log_every,
+          checkpoint_every, resume, compile_, precision, channels_last, loader_workers, no_augment, seed, device):
+    """Train SPEC with its training: recipe; runs unchanged under torchrun or with TF_CONFIG (docs/training.md)."""
+    import importlib
+    from pathlib import Path
+
+    from .backend import registered
+    from .errors import did_you_mean
+    from .trainkit import RunConfig, parse_image_size
+
+    eps = registered()
+    if backend not in eps:
+        raise UserError(f"expected a backend ({', '.join(eps) or 'none installed'}), found '{backend}'{did_you_mean(backend, eps)}")
+    package = eps[backend].value.split(":")[0]
+    try:
+        trainer = importlib.import_module(f"{package}.train")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{package}.train":
+            raise
+        raise UserError(f"expected a backend with a trainer ({package}.train), found none for '{backend}'") from None
+    config = RunConfig(
+        spec=spec,
+        data=data,
+        val_data=val_data,
+        out=Path(out_dir),
+        backend=backend,
+        params=_overrides(params),
+        image_size=parse_image_size(image_size) if image_size else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        max_steps=max_steps,
+        synthetic_samples=synthetic_samples,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        compile=compile_,
+        precision=precision,
+        channels_last=channels_last,
+        loader_workers=loader_workers,
+        augment=not no_augment,
+        seed=seed,
+        device=device,
+    )
+    trainer.run(config)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True))
+@param_option
+@click.option("-b", "--backend", "backends", multiple=True, help="Backend to compare (repeatable; default: every installed one).")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Largest difference allowed, relative to the largest |reference output|.")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random inputs per forward pass.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random weights and input.")
+@click.option("--source", metavar="BACKEND", help="Backend the random weights go into first (default: torch).")
+@_friendly
+def verify(spec, params, backends, tolerance, batch, seed, source):
+    """Build SPEC with every backend; compare parameter counts per module, port one set of
+    random weights across, compare outputs (exit 1 naming the first module that differs)."""
+    from .api import load
+    from .verify import print_result
+    from .verify import verify as run_verify
+
+    analysis = load(spec, _overrides(params))
+    result = run_verify(analysis, list(backends) or None, tolerance=tolerance, batch=batch, seed=seed, source=source)
+    print_result(result)
+    sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True))
+@click.argument("src", metavar="IN", type=click.Path(dir_okay=False, exists=True))
+@click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
+@param_option
+@click.option("--from", "source", metavar="BACKEND", help="Backend of IN (default: from its suffix, .pt/.pth torch, .weights.h5 keras).")
+@click.option("--to", "target", metavar="BACKEND", help="Backend of OUT (default: from its suffix).")
+@_friendly
+def convert(spec, src, dst, params, source, target):
+    """Port a checkpoint of SPEC between backends: a torch state_dict file <-> a Keras
+    .weights.h5, through archc's neutral weight format (tensors copied bit for bit)."""
+    from .api import load
+    from .verify import backend_for_file, porting_backends
+    from .verify import convert as run_convert
+
+    analysis = load(spec, _overrides(params))
+    able, _ = porting_backends()
+    source = source or backend_for_file(src, able)
+    target = target or backend_for_file(dst, able)
+    if source == target:
+        raise UserError(f"expected two different backends, found '{source}' for both IN and OUT")
+    n = run_convert(analysis, source, target, src, dst)
+    click.echo(f"wrote {dst}: {n} weighted instances, {source} -> {target}")
+
+
+@main.command()
 def backends():
     """List the installed backends."""
     from .backend import registered

@@ -6,6 +6,7 @@ trainers read it; nothing here imports a framework.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -60,3 +61,32 @@ class Training(_Strict):
     batch_size: Annotated[int, Field(strict=True, ge=1)]  # per replica (process / device)
     epochs: Annotated[float, Field(gt=0)]
     ema: EMA | None = None
+
+
+# -- the recipe as numbers: what both trainers compute, with no framework --------------------
+
+
+def decay_period(lr: LearningRate, samples_per_epoch: float) -> float | None:
+    """Samples between two decays of the staircase (``None``: the rate never decays)."""
+    if lr.decay >= 1:
+        return None
+    return float(lr.every_samples) if lr.every_samples is not None else lr.every_epochs * samples_per_epoch
+
+
+def learning_rate_at(lr: LearningRate, samples_seen: float, samples_per_epoch: float, batch: int = 0) -> float:
+    """The learning rate of a step that starts after ``samples_seen`` samples (global: all
+    replicas together) and trains on ``batch`` more (the global batch).
+
+    Staircase exponential decay, ``initial * decay ** floor(samples_seen / period)``, the
+    period being ``every_epochs * samples_per_epoch`` or ``every_samples``; so step ``i``
+    of a run with global batch ``G`` uses ``learning_rate_at(lr, i * G, samples_per_epoch, G)``.
+    With ``warmup_epochs``, the rate is scaled by ``min(1, (samples_seen + batch) / warm-up
+    samples)``: it rises linearly and reaches the staircase value at the end of warm-up.
+    """
+    rate = lr.initial
+    period = decay_period(lr, samples_per_epoch)
+    if period is not None:
+        rate *= lr.decay ** math.floor(samples_seen / period)
+    if lr.warmup_epochs > 0:
+        rate *= min(1.0, (samples_seen + batch) / (lr.warmup_epochs * samples_per_epoch))
+    return rate

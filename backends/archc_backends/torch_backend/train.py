@@ -1,0 +1,430 @@
+"""``archc train --backend torch``: the spec's recipe with DistributedDataParallel.
+
+The same command runs alone (``archc train ...``, one process) or under ``torchrun``
+(one process per GPU, one node or several): the trainer reads torchrun's ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` and joins the process group (NCCL on GPU, gloo on CPU).
+On GPU it trains under bf16 autocast with channels_last tensors; ``--compile`` adds
+torch.compile. docs/training.md shows the launch lines.
+
+The recipe, made explicit (the same numbers as the Keras trainer, see archc.trainkit):
+
+- loss: cross-entropy with the recipe's label smoothing, the mean over each replica's
+  batch; DDP averages the gradients, so the gradient is that of the global-batch mean;
+- weight decay: L2 on every parameter of two or more dimensions (conv, separable and
+  dense kernels; never biases or BN weight/bias), with the convention of Keras'
+  ``kernel_regularizer=l2(wd)``: ``wd * sum(w**2)`` added to the loss. torch's optimizers
+  add ``weight_decay * w`` to the gradient, the gradient of ``weight_decay / 2 * sum(w**2)``,
+  so the kernels' parameter group gets ``weight_decay = 2 * wd``;
+- learning rate: ``LambdaLR`` stepping once per optimizer step, the step's rate from
+  :func:`archc.training.learning_rate_at`;
+- EMA (Polyak averaging): ``torch.optim.swa_utils.AveragedModel`` with
+  ``get_ema_multi_avg_fn(decay)`` over the parameters (the first update copies them);
+  evaluation and ``final_ema.pt`` use it with the live BN statistics;
+- BN running statistics: DDP broadcasts rank 0's before every forward; before every
+  checkpoint, evaluation and at the end they are averaged over the ranks (as the Keras
+  trainer does), so that every rank holds the same model.
+
+Rank 0 logs and writes checkpoints; every rank reads the checkpoint to resume, so OUT
+must be on storage all nodes share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from archc.errors import UserError
+from archc.trainkit import (
+    SYNTHETIC,
+    MetricLog,
+    RunConfig,
+    Schedule,
+    Throughput,
+    atomic_write,
+    check_resumable,
+    checkpoint_path,
+    digest,
+    epoch_order,
+    flips,
+    prepare,
+    remove_stale_temporaries,
+    replica_indices,
+    run_info,
+    run_signature,
+    to_unit_range,
+    write_json,
+)
+
+CHECKPOINT_SUFFIX = ".pt"
+FORMAT = "archc-torch-checkpoint-1"
+
+
+class Distributed:
+    """This process's place in the job: torchrun's environment, or one process alone."""
+
+    def __init__(self, config: RunConfig):
+        import torch
+        import torch.distributed as dist
+
+        self.enabled = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda: expected a CUDA device, found none")
+        if cuda:
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if self.enabled:
+            backend = "nccl" if cuda else "gloo"
+            dist.init_process_group(backend=backend, device_id=self.device if cuda else None)
+        self.dist = dist
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, tensor):
+        if self.enabled and self.world > 1:
+            self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled and self.world > 1:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.dist.destroy_process_group()
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+class Samples:
+    """A map-style dataset over a DataSource: item (index, flip) -> (CHW float in [-1, 1], label)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __getitem__(self, item):
+        import numpy as np
+        import torch
+
+        index, flip = item
+        image, label = self.source.load(int(index))
+        if flip:
+            image = image[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(to_unit_range(image).transpose(2, 0, 1)))
+        return x, label
+
+
+def train_batches(prepared, schedule: Schedule, epoch: int, skip: int, steps: int, rank: int, augment: bool, seed: int):
+    """This rank's (index, flip) batches of ``epoch``, steps ``skip..steps-1``."""
+    order = epoch_order(prepared.train.size, epoch, seed)
+    flipped = flips(prepared.train.size, epoch, seed) if augment and prepared.train.kind != SYNTHETIC else None
+    out = []
+    for step in range(skip, steps):
+        index = replica_indices(order, step, schedule.global_batch, schedule.batch_size, rank)
+        out.append([(int(i), bool(flipped[i]) if flipped is not None else False) for i in index])
+    return out
+
+
+def loader(source, batches, workers: int, pin: bool):
+    import torch
+
+    # its own generator: making an iterator would otherwise draw from the global RNG (which
+    # drives dropout), and a resumed run makes one more iterator than an uninterrupted one
+    return torch.utils.data.DataLoader(
+        Samples(source), batch_sampler=batches, num_workers=workers, pin_memory=pin, generator=torch.Generator().manual_seed(0)
+    )
+
+
+# -- the model and the optimizer ----------------------------------------------------------------
+
+
+def is_kernel(parameter) -> bool:
+    """Weight decay applies to kernels: parameters of two or more dimensions."""
+    return parameter.ndim >= 2
+
+
+def make_optimizer(training, model):
+    import torch
+
+    kernels = [p for p in model.parameters() if p.requires_grad and is_kernel(p)]
+    others = [p for p in model.parameters() if p.requires_grad and not is_kernel(p)]
+    groups = [
+        {"params": kernels, "weight_decay": 2.0 * training.weight_decay},  # = Keras l2(wd): wd * sum(w**2) in the loss
+        {"params": others, "weight_decay": 0.0},
+    ]
+    opt = training.optimizer
+    lr = training.learning_rate.initial
+    if opt.kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov)
+    return torch.optim.RMSprop(groups, lr=lr, alpha=opt.rho, eps=opt.epsilon, momentum=opt.momentum)
+
+
+def make_scheduler(optimizer, schedule: Schedule):
+    import torch
+
+    initial = schedule.training.learning_rate.initial
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.learning_rate(step) / initial)
+
+
+def make_ema(training, model):
+    if training.ema is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(training.ema.decay), use_buffers=False)
+
+
+def average_buffers(model, job: Distributed) -> None:
+    """Average the floating-point buffers (BN running statistics) over the ranks."""
+    import torch
+
+    if not (job.enabled and job.world > 1):
+        return
+    with torch.no_grad():
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        if buffers:
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            job.all_sum(flat)
+            flat /= job.world
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+
+
+def ema_model(ema, model):
+    """The EMA module with the live model's buffers (BN statistics), ready to evaluate."""
+    import torch
+
+    if ema is None:
+        return None
+    with torch.no_grad():
+        for mine, live in zip(ema.module.buffers(), model.buffers()):
+            mine.copy_(live)
+    return ema.module
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run(config: RunConfig) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    job = Distributed(config)
+    try:
+        _run(config, job, torch, F, DistributedDataParallel)
+    finally:
+        job.close()
+
+
+def _run(config, job, torch, F, DistributedDataParallel) -> None:
+    from archc.backend import get
+
+    torch.manual_seed(config.seed)
+    prepared = prepare(config)
+    training = prepared.training
+    schedule = Schedule(training, prepared.train.size, job.world)
+    schedule.check()
+    total = schedule.total_steps(config.max_steps)
+    cuda = job.device.type == "cuda"
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    workers = config.loader_workers if config.loader_workers is not None else (4 if cuda else 0)
+
+    module = get("torch").load(prepared.model_file)
+    net = module.create_model().to(job.device, memory_format=memory_format)
+    optimizer = make_optimizer(training, net)
+    scheduler = make_scheduler(optimizer, schedule)
+    ema = make_ema(training, net)
+    model = DistributedDataParallel(net, device_ids=[job.local_rank] if cuda else None) if job.enabled else net
+    step_model = torch.compile(model) if config.compile else model
+
+    # -- resume -----------------------------------------------------------------------------
+    signature = run_signature(prepared, job.world)
+    ckpt = checkpoint_path(config.out, CHECKPOINT_SUFFIX)
+    step = 0
+    if config.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=job.device, weights_only=True)
+        if state.get("format") != FORMAT:
+            raise UserError(f"{ckpt}: expected an archc torch checkpoint, found something else; use another --out or --no-resume")
+        check_resumable(state["signature"], signature, ckpt)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        rng = state.get("rng") or []
+        if len(rng) == job.world:
+            torch.set_rng_state(rng[job.rank]["cpu"].cpu())
+            if cuda and rng[job.rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(rng[job.rank]["cuda"].cpu())
+        step = int(state["step"])
+        del state
+
+    log = None
+    if job.is_main:
+        remove_stale_temporaries(ckpt.parent)
+        log = MetricLog(config.out, step, _tensorboard(config.out))
+        where = f"{job.world} process(es), {'DDP ' + ('nccl' if cuda else 'gloo') if job.enabled else 'no process group'}"
+        log.echo(
+            f"archc train: {prepared.analysis.net.name} ({prepared.model_file}), torch on {job.device.type}, {where}, "
+            f"global batch {schedule.global_batch}, {'bf16 autocast' if bf16 else 'fp32'}"
+            f"{', channels_last' if channels_last else ''}{', torch.compile' if config.compile else ''}"
+        )
+        log.echo(f"{prepared.train.describe()}; {schedule.steps_per_epoch} steps an epoch, {total} steps")
+        if step:
+            log.echo(f"resuming from {ckpt} at step {step}")
+        write_json(Path(config.out) / "run.json", run_info(prepared, schedule, total, f"torch/{'ddp' if job.enabled else 'single'}"))
+
+    def save(step_done: int) -> None:
+        average_buffers(net, job)
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
+        states = [None] * job.world
+        if job.enabled and job.world > 1:
+            job.dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if job.is_main:
+            state = {
+                "format": FORMAT,
+                "step": step_done,
+                "signature": signature,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng": states,
+            }
+            atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
+
+    def evaluate(step_done: int) -> None:
+        average_buffers(net, job)
+        target = ema_model(ema, net) or net
+        target.eval()
+        source = prepared.val
+        mine = list(range(job.rank, source.size, job.world))
+        batches = [[(i, False) for i in mine[k : k + training.batch_size]] for k in range(0, len(mine), training.batch_size)]
+        sums = torch.zeros(3, dtype=torch.float64, device=job.device)
+        with torch.no_grad(), torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for x, y in loader(source, batches, workers, cuda):
+                x = x.to(job.device, non_blocking=True, memory_format=memory_format)
+                y = y.to(job.device, non_blocking=True)
+                logits = target(x).float()
+                sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+                sums[1] += (logits.argmax(1) == y).sum().double()
+                sums[2] += len(y)
+        job.all_sum(sums)
+        target.train()
+        if log is not None:
+            loss, correct, count = sums.tolist()
+            log.eval(
+                step_done,
+                step_done / schedule.steps_per_epoch,
+                "ema" if ema is not None else "live",
+                loss / count,
+                correct / count,
+                int(count),
+            )
+
+    # -- the loop ---------------------------------------------------------------------------
+    net.train()
+    meter = Throughput()
+    window = torch.zeros(2, dtype=torch.float64, device=job.device)  # loss sum, steps
+    while step < total:
+        epoch, skip = divmod(step, schedule.steps_per_epoch)
+        steps_here = min(schedule.steps_per_epoch, total - epoch * schedule.steps_per_epoch)
+        batches = train_batches(prepared, schedule, epoch, skip, steps_here, job.rank, config.augment, config.seed)
+        for x, y in loader(prepared.train, batches, workers, cuda):
+            x = x.to(job.device, non_blocking=True, memory_format=memory_format)
+            y = y.to(job.device, non_blocking=True)
+            with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=training.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            window[0] += loss.detach().double()
+            window[1] += 1
+            step += 1
+            meter.add(schedule.global_batch)
+            end_of_epoch = step % schedule.steps_per_epoch == 0
+            if step % config.log_every == 0 or step == total:
+                job.all_sum(window)
+                rate, elapsed = meter.report()
+                if log is not None:
+                    loss_mean = float(window[0] / window[1])
+                    log.train(
+                        step,
+                        step / schedule.steps_per_epoch,
+                        step * schedule.global_batch,
+                        loss_mean,
+                        schedule.learning_rate(step - 1),
+                        rate,
+                        elapsed,
+                        total,
+                    )
+                window.zero_()
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:
+                save(step)
+            if prepared.val is not None and (end_of_epoch or step == total):
+                evaluate(step)
+
+    # -- the end ----------------------------------------------------------------------------
+    average_buffers(net, job)
+    averaged = ema_model(ema, net)
+
+    def arrays(module):
+        return [t.detach().float().cpu().numpy() for t in module.state_dict().values() if t.is_floating_point()]
+
+    out = Path(config.out)
+    write_json(
+        out / "ranks" / f"rank-{job.rank}.json",
+        {
+            "step": step,
+            "params": digest(p.detach().float().cpu().numpy() for p in net.parameters()),
+            "state": digest(arrays(net)),
+            "ema": digest(arrays(averaged)) if averaged is not None else None,
+        },
+    )
+    if job.is_main:
+        atomic_write(out / "final.pt", lambda tmp: torch.save(net.state_dict(), tmp))
+        if averaged is not None:
+            atomic_write(out / "final_ema.pt", lambda tmp: torch.save(averaged.state_dict(), tmp))
+        log.echo(f"done: {step} steps; weights in {out / ('final_ema.pt' if averaged is not None else 'final.pt')}")
+        log.close()
+    job.barrier()
+
+
+class _Board:
+    def __init__(self, writer):
+        self.writer = writer
+
+    def scalar(self, tag, value, step):
+        self.writer.add_scalar(tag, value, step)
+
+    def close(self):
+        self.writer.close()
+
+
+def _tensorboard(out):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: metrics go to metrics.csv only", file=sys.stderr, flush=True)
+        return None
+    return _Board(SummaryWriter(str(Path(out) / "tensorboard")))

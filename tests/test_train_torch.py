@@ -1,0 +1,137 @@
+"""`archc train --backend torch`: DDP under torchrun (2 processes, gloo), checkpoints that
+survive SIGKILL, resuming with optimizer, schedule, EMA and step, and the data options."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("PIL")
+
+from imagefolder import make_image_folder  # noqa: E402
+
+from archc.training import LearningRate, learning_rate_at  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+XCEPTION = str(ROOT / "specs/xception.yaml")
+SMALL = ["-p", "middle_repeats=1", "-p", "classes=4"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def metrics(out: Path) -> list[dict]:
+    with open(out / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def archc_train(*args: str) -> list[str]:
+    return [sys.executable, "-m", "archc", "train", XCEPTION, *SMALL, *args]
+
+
+def test_two_process_torchrun_keeps_replicas_identical_and_learns(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "archc", "train", XCEPTION, *SMALL]
+    cmd += ["--data", str(data), "--val-data", str(data), "-o", str(out), "--image-size", "64", "--batch-size", "4"]
+    cmd += ["--max-steps", "12", "--log-every", "1", "--lr", "0.01"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 process(es), DDP gloo, global batch 8" in proc.stdout
+    assert "48 images of 4 classes, resized to 64x64; 6 steps an epoch, 12 steps" in proc.stdout
+
+    ranks = [json.loads((out / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 12
+    for key in ("params", "state", "ema"):  # weights, BN statistics and EMA agree bit for bit
+        assert ranks[0][key] == ranks[1][key], key
+
+    rows = metrics(out)
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    losses = [float(r["loss"]) for r in rows]
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    evals = list(csv.DictReader(open(out / "eval.csv")))  # after each epoch, on both ranks' shards
+    assert [(e["step"], e["weights"], e["samples"]) for e in evals] == [("6", "ema", "48"), ("12", "ema", "48")]
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["replicas"] == 2 and run["global_batch"] == 8 and run["engine"] == "torch/ddp"
+    from archc.backend import get
+
+    module = get("torch").load(out / "model" / "xception_torch.py")
+    model = module.create_model()
+    model.load_state_dict(torch.load(out / "final_ema.pt", weights_only=True))
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
+    common = ["--data", "synthetic", "--synthetic-samples", "16", "--image-size", "32", "--batch-size", "4"]
+    common += ["--max-steps", "12", "--log-every", "1", "--checkpoint-every", "2", "--lr", "0.005"]
+
+    straight = tmp_path / "straight"
+    proc = subprocess.run(archc_train(*common, "-o", str(straight)), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoints" / "latest.pt"
+    victim = subprocess.Popen(archc_train(*common, "-o", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < saved < 12
+
+    proc = subprocess.run(archc_train(*common, "-o", str(out)), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"resuming from {ckpt} at step {saved}" in proc.stdout
+    assert f"step {saved + 1}/12" in proc.stdout and f"step {saved}/12" not in proc.stdout
+    assert not list(ckpt.parent.glob(".tmp-*"))  # what the kill left half-written is gone
+
+    rows = metrics(out)  # rows logged after the checkpoint by the killed run were replaced
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    recipe = LearningRate(initial=0.005, decay=0.94, every_epochs=2)  # xception's schedule, --lr 0.005
+    for r in rows:  # 4 steps an epoch: the rate decays after step 8, across the resume
+        assert float(r["lr"]) == pytest.approx(learning_rate_at(recipe, (int(r["step"]) - 1) * 4, 16, 4))
+    assert float(rows[-1]["lr"]) == pytest.approx(0.005 * 0.94)
+
+    # optimizer momentum, LR schedule, EMA, RNG and data position all restored: same bits
+    a = json.loads((straight / "ranks" / "rank-0.json").read_text())
+    b = json.loads((out / "ranks" / "rank-0.json").read_text())
+    assert a == b
+
+
+def test_data_is_chosen_explicitly_and_checked(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from archc.cli import main
+
+    def train(*args):
+        return CliRunner().invoke(main, ["train", XCEPTION, *SMALL, "-o", str(tmp_path / "run"), *args])
+
+    missing = train("--image-size", "64")
+    assert missing.exit_code == 2 and "Missing option '--data'" in missing.output
+
+    nowhere = train("--image-size", "64", "--data", str(tmp_path / "nowhere"))
+    assert nowhere.exit_code == 2 and "expected 'synthetic' or a folder of class folders" in nowhere.output
+
+    data = tmp_path / "three"
+    for name in ("a", "b", "c"):
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(data / name / "x.png")
+    wrong = train("--image-size", "64", "--data", str(data))
+    assert wrong.exit_code == 2
+    assert "expected 4 class folders (the network's classes), found 3 (a, b, c); pass -p classes=3" in wrong.output
+
+    small = train("--image-size", "5", "--data", "synthetic")
+    assert small.exit_code == 2 and "--image-size 5x5 is too small for this network" in small.output
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,151 @@
+"""The framework-free parts of `archc train`: the recipe's numbers, which samples each
+replica sees, atomic files, resumable logs, data listing, and the command's checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from archc.cli import main
+from archc.errors import UserError
+from archc.training import LearningRate, Optimizer, Training, learning_rate_at
+from archc.trainkit import (
+    MetricLog,
+    RunConfig,
+    Schedule,
+    atomic_write,
+    compile_model,
+    epoch_order,
+    parse_image_size,
+    replica_indices,
+    scan_image_folder,
+    synthetic_image,
+)
+
+ROOT = Path(__file__).parents[1]
+XCEPTION = str(ROOT / "specs/xception.yaml")
+
+
+def recipe(**lr) -> Training:
+    return Training(optimizer=Optimizer(kind="sgd"), learning_rate=LearningRate(**lr), batch_size=32, epochs=100)
+
+
+def test_staircase_decay_in_epochs_and_in_samples():
+    lr = LearningRate(initial=0.045, decay=0.94, every_epochs=2)  # the paper's ImageNet schedule
+    assert learning_rate_at(lr, 0, 1000) == 0.045
+    assert learning_rate_at(lr, 1999, 1000) == 0.045
+    assert learning_rate_at(lr, 2000, 1000) == pytest.approx(0.045 * 0.94)
+    assert learning_rate_at(lr, 9000, 1000) == pytest.approx(0.045 * 0.94**4)
+    jft = LearningRate(initial=0.001, decay=0.9, every_samples=3_000_000)  # the JFT one
+    assert learning_rate_at(jft, 2_999_999, 10**9) == 0.001
+    assert learning_rate_at(jft, 6_000_000, 10**9) == pytest.approx(0.001 * 0.81)
+    assert learning_rate_at(LearningRate(initial=0.1), 10**12, 1000) == 0.1
+
+
+def test_warmup_rises_linearly_to_the_staircase():
+    lr = LearningRate(initial=0.8, decay=0.5, every_epochs=1, warmup_epochs=0.5)
+    assert learning_rate_at(lr, 0, 1000, 100) == pytest.approx(0.8 * 100 / 500)
+    assert learning_rate_at(lr, 400, 1000, 100) == pytest.approx(0.8)
+    assert learning_rate_at(lr, 1000, 1000, 100) == pytest.approx(0.4)
+
+
+def test_schedule_counts_global_batches_and_drops_the_tail():
+    s = Schedule(recipe(initial=0.045, decay=0.94, every_epochs=2), dataset_size=1000, replicas=3)
+    assert (s.global_batch, s.steps_per_epoch, s.samples_per_epoch) == (96, 10, 960)
+    assert s.total_steps() == 1000 and s.total_steps(max_steps=7) == 7
+    assert s.learning_rate(19) == 0.045 and s.learning_rate(20) == pytest.approx(0.045 * 0.94)
+    half = Schedule(recipe(initial=0.1).model_copy(update={"epochs": 2.5}), dataset_size=1000, replicas=3)
+    assert half.total_steps() == 25
+    with pytest.raises(UserError, match="at least one global batch"):
+        Schedule(recipe(initial=0.1), dataset_size=95, replicas=3).check()
+
+
+def test_replicas_split_each_global_batch_without_overlap():
+    order = epoch_order(100, epoch=3, seed=7)
+    assert sorted(order) == list(range(100)) and list(order) == list(epoch_order(100, 3, 7))
+    assert list(order) != list(epoch_order(100, 4, 7))
+    for step in range(3):
+        parts = [replica_indices(order, step, 32, 8, r) for r in range(4)]
+        joined = np.concatenate(parts)
+        assert len(set(joined)) == 32 and list(joined) == list(order[step * 32 : step * 32 + 32])
+
+
+def test_atomic_write_never_leaves_a_half_file(tmp_path):
+    target = tmp_path / "ckpt" / "latest.bin"
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"old"))
+
+    def crash(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["latest.bin"]
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"new"))
+    assert target.read_bytes() == b"new"
+
+
+def test_a_resumed_log_drops_the_rows_after_its_checkpoint(tmp_path, capsys):
+    log = MetricLog(tmp_path, 0)
+    for step in range(1, 6):
+        log.train(step, step / 10, step * 8, 1.0 / step, 0.1, 100.0, step, 10)
+    assert "step 5/10  epoch 0.50  loss 0.2000  lr 0.1  100.0 img/s" in capsys.readouterr().out
+    MetricLog(tmp_path, 3)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,samples,loss,lr,images_per_s") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+def test_image_folder_listing(tmp_path):
+    for cls, files in {"b_dog": ["1.JPG", "2.png", "notes.txt"], "a_cat": ["x.jpeg", ".hidden.png"], ".git": ["y.png"]}.items():
+        (tmp_path / cls).mkdir()
+        for f in files:
+            (tmp_path / cls / f).write_bytes(b"")
+    names, files, labels = scan_image_folder(tmp_path)
+    assert names == ["a_cat", "b_dog"]
+    assert [Path(f).name for f in files] == ["x.jpeg", "1.JPG", "2.png"] and labels == [0, 1, 1]
+    (tmp_path / "c_empty").mkdir()
+    with pytest.raises(UserError, match="found none in c_empty"):
+        scan_image_folder(tmp_path)
+
+
+def test_synthetic_source_is_deterministic_and_learnable():
+    a = synthetic_image(5, 4, 8, 8, 3, seed=0)
+    assert a.dtype == np.uint8 and a.shape == (8, 8, 3)
+    assert (a == synthetic_image(5, 4, 8, 8, 3, seed=0)).all()
+    same_class = [synthetic_image(i, 4, 8, 8, 3).mean(axis=(0, 1)) for i in (1, 5, 9)]
+    other = synthetic_image(2, 4, 8, 8, 3).mean(axis=(0, 1))
+    assert max(np.abs(c - same_class[0]).max() for c in same_class) < np.abs(other - same_class[0]).max()
+
+
+def test_image_size_and_recipe_overrides():
+    assert parse_image_size("64") == (64, 64) and parse_image_size("96x128") == (96, 128)
+    with pytest.raises(UserError, match="expected H or HxW"):
+        parse_image_size("big")
+    config = RunConfig(XCEPTION, "synthetic", Path("out"), params={"middle_repeats": "1", "classes": "4"}, image_size=(64, 80), epochs=3, batch_size=8, lr=0.01)
+    analysis, training = compile_model(config)
+    assert analysis.net.input == (64, 80, 3) and analysis.output == (4,)
+    assert analysis.net.params["dropout"] == 0.5  # the recipe's dropout sets the spec's param
+    assert (training.epochs, training.batch_size, training.learning_rate.initial, training.learning_rate.decay) == (3, 8, 0.01, 0.94)
+    explicit = RunConfig(XCEPTION, "synthetic", Path("out"), params={"dropout": "0.2"})
+    assert compile_model(explicit)[0].net.params["dropout"] == 0.2
+    with pytest.raises(UserError, match="expected a training: section"):
+        compile_model(RunConfig(str(ROOT / "specs/inception_v3_slim.yaml"), "synthetic", Path("out")))
+
+
+def test_train_command_checks_before_importing_a_framework(tmp_path):
+    result = CliRunner().invoke(main, ["train", XCEPTION, "--data", "synthetic", "-o", str(tmp_path), "--backend", "jax"])
+    assert result.exit_code == 2 and "expected a backend (keras, torch), found 'jax'" in result.output
+    code = (
+        "import sys, json; from archc.cli import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit: pass\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--data synthetic|PATH" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
