@@ -23,6 +23,7 @@ run: install  ## build the bundled specs with every backend and print their tabl
 
 test: install  ## the whole test suite (what CI runs)
 	$(BIN)/ruff check .
+	$(BIN)/archc check specs/ examples/
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 generated: install  ## rebuild generated/ from specs/

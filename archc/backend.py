@@ -1,7 +1,8 @@
 """Backends are plugins: objects registered under the entry-point group ``archc.backends``.
 
 Rendering needs no framework; a backend imports its framework only in ``load`` and
-``count``, so that listing or rendering stays fast and framework-free.
+``count`` (and in the optional :class:`WeightPorting` methods), so that listing or
+rendering stays fast and framework-free.
 """
 
 from __future__ import annotations
@@ -30,6 +31,59 @@ class Backend(Protocol):
 
     def count(self, model: Any) -> tuple[int, int]:
         """(trainable, non-trainable) parameter counts as the framework sees them."""
+
+
+@runtime_checkable
+class WeightPorting(Protocol):
+    """Optional methods of a backend, for ``archc verify`` and ``archc convert``.
+
+    They speak archc's framework-neutral weight format (:mod:`archc.instances`):
+    ``{instance key: {role: numpy array}}`` for every enabled conv, sepconv, bn and dense
+    instance (one per repeat index), in the IR's layout (Keras's). A backend that lacks
+    them still renders, loads and counts; verify and convert name it and leave it out.
+    ``model`` is what the generated module's ``create_model()`` returns.
+    """
+
+    checkpoint_suffixes: tuple[str, ...]  # file name endings of its native checkpoints ('.pt', '.weights.h5')
+
+    def export_weights(self, model: Any, analysis: Analysis) -> dict[str, dict[str, Any]]:
+        """The model's weights in the neutral format (copies, not views)."""
+
+    def load_weights(self, model: Any, analysis: Analysis, weights: dict[str, dict[str, Any]]) -> None:
+        """Set the model's weights from the neutral format: every instance and role the
+        model has must be given, with its exact shape, and nothing else."""
+
+    def instance_counts(self, model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
+        """instance key -> (trainable, non-trainable) as the framework holds them, for
+        every weighted instance (what ``count`` sums, split by instance)."""
+
+    def activations(self, model: Any, analysis: Analysis, x: Any, keys: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Run ``x`` (a float32 numpy array, N x H x W x C whatever the framework's own
+        layout) in inference mode: (the output, {instance key: that instance's output}),
+        feature maps N x H x W x C, for the instances in ``keys`` (default: all) that have
+        a layer or module of their own. Numpy arrays."""
+
+    def save_checkpoint(self, model: Any, path: Path) -> None:
+        """The framework's own weights file (a torch state_dict, a Keras .weights.h5)."""
+
+    def load_checkpoint(self, model: Any, path: Path) -> None:
+        """Read what ``save_checkpoint`` writes into the model."""
+
+
+WEIGHT_PORTING = (
+    "checkpoint_suffixes",
+    "export_weights",
+    "load_weights",
+    "instance_counts",
+    "activations",
+    "save_checkpoint",
+    "load_checkpoint",
+)
+
+
+def missing_weight_porting(backend: Any) -> list[str]:
+    """The :class:`WeightPorting` members ``backend`` lacks (empty: it has them all)."""
+    return [name for name in WEIGHT_PORTING if not hasattr(backend, name)]
 
 
 def registered() -> dict[str, Any]:

@@ -240,7 +240,13 @@ def train(spec, data, val_data, out_dir, backend, params, image_size, epochs, ba
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
 @param_option
 @click.option("-b", "--backend", "backends", multiple=True, help="Backend to compare (repeatable; default: every installed one).")
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Largest difference allowed, relative to the largest |reference output|.")
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-4,
+    show_default=True,
+    help="Largest difference allowed, relative to the largest |reference output|.",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random inputs per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random weights and input.")
 @click.option("--source", metavar="BACKEND", help="Backend the random weights go into first (default: torch).")

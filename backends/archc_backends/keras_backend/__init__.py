@@ -3,7 +3,9 @@ channels_last) exposing ``create_model(**params) -> keras.Model``.
 
 Rendering (``render``, jinja2 templates in ``templates/``) imports no framework; Keras is
 imported only when a generated module is loaded. ``layer_names(plan)`` maps IR paths to
-the Keras layer names the generated code uses (see :func:`.render.layer_names`).
+the Keras layer names the generated code uses (see :func:`.render.layer_names`);
+:mod:`.weights` (imported when used) ports weights to and from archc's neutral format
+through them, for ``archc verify`` and ``archc convert`` (the ``WeightPorting`` methods).
 """
 
 from __future__ import annotations
@@ -44,3 +46,37 @@ class KerasBackend:
     def count(self, model: Any) -> tuple[int, int]:
         """(trainable, non-trainable) weight sizes of a built keras.Model."""
         return (sum(math.prod(w.shape) for w in model.trainable_weights), sum(math.prod(w.shape) for w in model.non_trainable_weights))
+
+    # -- weight porting (archc verify / convert): archc.backend.WeightPorting -------------
+
+    checkpoint_suffixes = (".weights.h5",)
+
+    def export_weights(self, model: Any, analysis: Analysis) -> dict[str, dict[str, Any]]:
+        from . import weights
+
+        return weights.export(model, analysis)
+
+    def load_weights(self, model: Any, analysis: Analysis, values: dict[str, dict[str, Any]]) -> None:
+        from . import weights
+
+        weights.load(model, analysis, values)
+
+    def instance_counts(self, model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
+        from . import weights
+
+        return weights.counts(model, analysis)
+
+    def activations(self, model: Any, analysis: Analysis, x: Any, keys: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+        from . import weights
+
+        return weights.activations(model, analysis, x, keys)
+
+    def save_checkpoint(self, model: Any, path: Path) -> None:
+        from . import weights
+
+        weights.save_checkpoint(model, path)
+
+    def load_checkpoint(self, model: Any, path: Path) -> None:
+        from . import weights
+
+        weights.load_checkpoint(model, path)

@@ -4,7 +4,9 @@
 Rendering (:func:`.render.render`, jinja2 templates in ``templates/``) imports no
 framework; torch is imported only when a generated module is loaded. The torch module
 tree mirrors the IR tree: :func:`qualified_names` maps IR paths to module names and
-:func:`modules_at` finds those modules in a model.
+:func:`modules_at` finds those modules in a model. :mod:`.weights` (imported when
+used) ports weights to and from archc's neutral format through that mapping, for
+``archc verify`` and ``archc convert`` (the ``WeightPorting`` methods below).
 """
 
 from __future__ import annotations
@@ -50,6 +52,40 @@ class TorchBackend:
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         stats = sum(b.numel() for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] in ("running_mean", "running_var"))
         return trainable, frozen + stats
+
+    # -- weight porting (archc verify / convert): archc.backend.WeightPorting -------------
+
+    checkpoint_suffixes = (".pt", ".pth")
+
+    def export_weights(self, model: Any, analysis: Analysis) -> dict[str, dict[str, Any]]:
+        from . import weights
+
+        return weights.export(model, analysis)
+
+    def load_weights(self, model: Any, analysis: Analysis, values: dict[str, dict[str, Any]]) -> None:
+        from . import weights
+
+        weights.load(model, analysis, values)
+
+    def instance_counts(self, model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
+        from . import weights
+
+        return weights.counts(model, analysis)
+
+    def activations(self, model: Any, analysis: Analysis, x: Any, keys: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+        from . import weights
+
+        return weights.activations(model, analysis, x, keys)
+
+    def save_checkpoint(self, model: Any, path: Path) -> None:
+        from . import weights
+
+        weights.save_checkpoint(model, path)
+
+    def load_checkpoint(self, model: Any, path: Path) -> None:
+        from . import weights
+
+        weights.load_checkpoint(model, path)
 
 
 def modules_at(model: Any, plan: Plan) -> dict[str, list[Any]]:

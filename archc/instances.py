@@ -1,0 +1,130 @@
+"""Node instances and the framework-neutral weight format, decided once for every backend.
+
+A node inside a repeat runs once per repeat index, each time with its own weights: an
+*instance* is one such run. Its key is the IR path with the index of every enclosing
+repeat written after that repeat's own segment::
+
+    entry/down1/residual1/body/sep_bn1/sepconv1
+    middle/repeat[3]/middle1/residual1/body/sep_bn1/sepconv1
+
+The neutral weight format is ``{instance key: {role: array}}`` for every enabled conv,
+sepconv, bn and dense instance, in the IR's layout (which is Keras's):
+
+===========  ==========================================================================
+op           roles and shapes
+===========  ==========================================================================
+conv         ``kernel`` (kh, kw, cin / groups, filters); ``bias`` (filters) if it has one
+sepconv      ``spatial``: depthwise (kh, kw, C, depth_multiplier), or with integer
+             segments s a grouped kernel (kh, kw, C / s, C * depth_multiplier);
+             ``pointwise`` (1, 1, C * depth_multiplier, filters); ``bias`` (filters)
+bn           ``gamma`` if scale, ``beta`` if center; ``moving_mean``, ``moving_variance``
+dense        ``kernel`` (in, units); ``bias`` (units) if it has one
+===========  ==========================================================================
+
+Nothing here imports a framework (or numpy): shapes and keys only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .analysis import Analysis, Counts
+from .ir import BN, Conv, Dense, Node, Repeat, SepConv, children
+from .shapes import Shape
+
+WEIGHTED = (Conv, SepConv, BN, Dense)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One run of an enabled node: ``key`` is its path with repeat indices."""
+
+    key: str
+    path: str
+    indices: tuple[int, ...]  # of the enclosing repeats, outermost first
+    node: Node
+    module: str  # the path of the top-level node (a row of the parameter table) it belongs to
+    input: Shape
+    output: Shape
+
+    @property
+    def weighted(self) -> bool:
+        return isinstance(self.node, WEIGHTED)
+
+
+def instances(analysis: Analysis) -> list[Instance]:
+    """Every enabled node instance in execution order: a sequence in order, a node's
+    children before the node (a residual's body, then its shortcut, then the residual;
+    branches in order, then their concatenation), repeats unrolled."""
+    out: list[Instance] = []
+    shapes = analysis.shapes
+
+    def visit(nodes: list[Node], indices: tuple[int, ...], base: tuple[str, str], module: str | None) -> None:
+        for node in nodes:
+            if node.path not in shapes:  # switched off (when: false, a dropped shortcut)
+                continue
+            top = module or node.path
+            key = base[1] + node.path[len(base[0]) :]
+            if isinstance(node, Repeat):
+                for i in range(node.times):
+                    visit(node.body, (*indices, i), (node.path, f"{key}[{i}]"), top)
+            else:
+                for _, seq in children(node):
+                    visit(seq, indices, base, top)
+            inp, outp = shapes[node.path]
+            out.append(Instance(key, node.path, indices, node, top, inp, outp))
+
+    for layers in analysis.net.flows.values():
+        visit(layers, (), ("", ""), None)
+    return out
+
+
+def weighted(analysis: Analysis) -> list[Instance]:
+    """The instances that hold weights (conv, sepconv, bn, dense), in execution order."""
+    return [i for i in instances(analysis) if i.weighted]
+
+
+def modules(analysis: Analysis) -> list[str]:
+    """The paths of the top-level nodes, in the order of ``analysis.rows``."""
+    return [node.path for layers in analysis.net.flows.values() for node in layers if node.path in analysis.shapes]
+
+
+def roles(instance: Instance) -> dict[str, tuple[int, ...]]:
+    """role -> shape of the instance's arrays in the neutral format (empty: no weights)."""
+    node, cin = instance.node, instance.input[-1]
+    if isinstance(node, Conv):
+        shapes = {"kernel": (*node.kernel, cin // node.groups, node.filters)}
+        return shapes | ({"bias": (node.filters,)} if node.bias else {})
+    if isinstance(node, SepConv):
+        mid = cin * node.depth_multiplier
+        if node.segments == "depthwise":
+            spatial = (*node.kernel, cin, node.depth_multiplier)
+        else:
+            spatial = (*node.kernel, cin // node.segments, mid)
+        shapes = {"spatial": spatial, "pointwise": (1, 1, mid, node.filters)}
+        return shapes | ({"bias": (node.filters,)} if node.bias else {})
+    if isinstance(node, BN):
+        shapes = {"gamma": (cin,)} if node.scale else {}
+        shapes |= {"beta": (cin,)} if node.center else {}
+        return shapes | {"moving_mean": (cin,), "moving_variance": (cin,)}
+    if isinstance(node, Dense):
+        return {"kernel": (cin, node.units)} | ({"bias": (node.units,)} if node.bias else {})
+    return {}
+
+
+NON_TRAINABLE = frozenset({"moving_mean", "moving_variance"})
+
+
+def counts(instance: Instance) -> Counts:
+    """(trainable, non-trainable) of one instance, from its roles (agrees with
+    ``analysis.counts[path]``, which counts one instance of a node inside a repeat)."""
+    trainable = non_trainable = 0
+    for role, shape in roles(instance).items():
+        size = 1
+        for n in shape:
+            size *= n
+        if role in NON_TRAINABLE:
+            non_trainable += size
+        else:
+            trainable += size
+    return Counts(trainable, non_trainable)
