@@ -86,6 +86,24 @@ def missing_weight_porting(backend: Any) -> list[str]:
     return [name for name in WEIGHT_PORTING if not hasattr(backend, name)]
 
 
+def import_generated(path: str | Path) -> Any:
+    """Import a generated module from its file (under a name unique to that file), as
+    every backend's ``load`` does."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    path = Path(path).resolve()
+    name = f"archc_generated_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import a module from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def registered() -> dict[str, Any]:
     """name -> entry point, for every installed backend."""
     return {ep.name: ep for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name)}

@@ -167,30 +167,98 @@ def variants(spec, sweeps, params, out_dir, plot_file):
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
-@click.option("--data", required=True, metavar="synthetic|PATH", help="Training data: 'synthetic' (smoke runs) or a folder with one sub-folder of JPEG/PNG images per class.")
-@click.option("--val-data", metavar="synthetic|PATH", help="Evaluate on this after each epoch and at the end (with the EMA weights when the recipe has ema).")
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, metrics.csv, the generated model, the final weights.")
-@click.option("-b", "--backend", default="torch", show_default=True, help="torch (DistributedDataParallel, under torchrun) or keras (tf.distribute).")
+@click.option(
+    "--data",
+    required=True,
+    metavar="synthetic|PATH",
+    help="Training data: 'synthetic' (smoke runs) or a folder with one sub-folder of JPEG/PNG images per class.",
+)
+@click.option(
+    "--val-data",
+    metavar="synthetic|PATH",
+    help="Evaluate on this after each epoch and at the end (with the EMA weights when the recipe has ema).",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: checkpoints, metrics.csv, the generated model, the final weights.",
+)
+@click.option(
+    "-b", "--backend", default="torch", show_default=True, help="torch (DistributedDataParallel, under torchrun) or keras (tf.distribute)."
+)
 @param_option
 @click.option("--image-size", metavar="H|HxW", help="Train at this input size instead of the spec's (smoke runs, low-resolution data).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size (per replica).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's initial learning rate.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps (the schedule still follows the epochs).")
-@click.option("--synthetic-samples", type=click.IntRange(min=1), default=1024, show_default=True, help="Samples per epoch of --data synthetic.")
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between progress lines and metrics.csv rows.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, help="Steps between checkpoints (0: at the end of each epoch and of the run).")
+@click.option(
+    "--synthetic-samples", type=click.IntRange(min=1), default=1024, show_default=True, help="Samples per epoch of --data synthetic."
+)
+@click.option(
+    "--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps between progress lines and metrics.csv rows."
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Steps between checkpoints (0: at the end of each epoch and of the run).",
+)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from OUT/checkpoints/latest.* when it exists.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch); jit_compile the step (keras).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
-@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="torch memory format (auto: on GPU).")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "bf16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 autocast on GPU, fp32 on CPU.",
+)
+@click.option(
+    "--channels-last",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="torch memory format (auto: on GPU).",
+)
 @click.option("--loader-workers", type=click.IntRange(min=0), help="Data-loading processes per replica (default: 4 on GPU, 0 on CPU).")
 @click.option("--no-augment", is_flag=True, help="No random horizontal flips of the training images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights, the data order and the flips.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="torch device (auto: cuda when available).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="torch device (auto: cuda when available).",
+)
 @_friendly
-def train(spec, data, val_data, out_dir, backend, params, image_size, epochs, batch_size, lr, max_steps, synthetic_samples, log_every,
-          checkpoint_every, resume, compile_, precision, channels_last, loader_workers, no_augment, seed, device):
+def train(
+    spec,
+    data,
+    val_data,
+    out_dir,
+    backend,
+    params,
+    image_size,
+    epochs,
+    batch_size,
+    lr,
+    max_steps,
+    synthetic_samples,
+    log_every,
+    checkpoint_every,
+    resume,
+    compile_,
+    precision,
+    channels_last,
+    loader_workers,
+    no_augment,
+    seed,
+    device,
+):
     """Train SPEC with its training: recipe; runs unchanged under torchrun or with TF_CONFIG (docs/training.md)."""
     import importlib
     from pathlib import Path

@@ -468,7 +468,11 @@ class MetricLog:
 
     def train(self, step: int, epoch: float, samples: int, loss: float, lr: float, images_per_s: float, elapsed: float, total: int) -> None:
         self.echo(f"step {step}/{total}  epoch {epoch:.2f}  loss {loss:.4f}  lr {lr:.6g}  {images_per_s:,.1f} img/s")
-        _append(self.out / "metrics.csv", self.TRAIN, [step, f"{epoch:.4f}", samples, f"{loss:.6f}", f"{lr:.8g}", f"{images_per_s:.2f}", f"{elapsed:.2f}"])
+        _append(
+            self.out / "metrics.csv",
+            self.TRAIN,
+            [step, f"{epoch:.4f}", samples, f"{loss:.6f}", f"{lr:.8g}", f"{images_per_s:.2f}", f"{elapsed:.2f}"],
+        )
         if self.tensorboard is not None:
             self.tensorboard.scalar("train/loss", loss, step)
             self.tensorboard.scalar("train/lr", lr, step)

@@ -127,7 +127,16 @@ def test_image_size_and_recipe_overrides():
     assert parse_image_size("64") == (64, 64) and parse_image_size("96x128") == (96, 128)
     with pytest.raises(UserError, match="expected H or HxW"):
         parse_image_size("big")
-    config = RunConfig(XCEPTION, "synthetic", Path("out"), params={"middle_repeats": "1", "classes": "4"}, image_size=(64, 80), epochs=3, batch_size=8, lr=0.01)
+    config = RunConfig(
+        XCEPTION,
+        "synthetic",
+        Path("out"),
+        params={"middle_repeats": "1", "classes": "4"},
+        image_size=(64, 80),
+        epochs=3,
+        batch_size=8,
+        lr=0.01,
+    )
     analysis, training = compile_model(config)
     assert analysis.net.input == (64, 80, 3) and analysis.output == (4,)
     assert analysis.net.params["dropout"] == 0.5  # the recipe's dropout sets the spec's param

@@ -10,13 +10,12 @@ through them, for ``archc verify`` and ``archc convert`` (the ``WeightPorting`` 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from archc.analysis import Analysis
+from archc.backend import import_generated
 
 from .render import layer_names, render
 
@@ -33,15 +32,7 @@ class KerasBackend:
     def load(self, path: Path) -> Any:
         """Import a generated module from ``path``; importing it imports keras, whose
         backend is whatever ``KERAS_BACKEND`` says."""
-        path = Path(path)
-        name = f"archc_generated_{path.stem}_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import a module from {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
+        return import_generated(path)
 
     def count(self, model: Any) -> tuple[int, int]:
         """(trainable, non-trainable) weight sizes of a built keras.Model."""

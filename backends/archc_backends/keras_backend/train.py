@@ -234,7 +234,7 @@ def run(config: RunConfig) -> None:
         optimizer = make_optimizer(training, make_schedule(schedule))
         optimizer.build(model.trainable_variables)
     kernels = [is_kernel(v) for v in model.trainable_variables]
-    stats = [v for v in model.non_trainable_weights if 'float' in str(v.dtype)]  # BN moving mean and variance
+    stats = [v for v in model.non_trainable_weights if "float" in str(v.dtype)]  # BN moving mean and variance
     decay = 2.0 * training.weight_decay / replicas
     smoothing = training.label_smoothing
     classes = prepared.classes
@@ -243,9 +243,7 @@ def run(config: RunConfig) -> None:
     def forward_backward(x, y):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
-            per_example = keras.losses.categorical_crossentropy(
-                tf.one_hot(y, classes), logits, from_logits=True, label_smoothing=smoothing
-            )
+            per_example = keras.losses.categorical_crossentropy(tf.one_hot(y, classes), logits, from_logits=True, label_smoothing=smoothing)
             loss = tf.reduce_sum(per_example) / global_batch
         grads = tape.gradient(loss, model.trainable_variables)
         if decay:
@@ -321,8 +319,17 @@ def run(config: RunConfig) -> None:
         def dataset_fn(ctx, order=order, flip=flip, skip=skip, steps_here=steps_here):
             here = replicas // ctx.num_input_pipelines
             return train_pipeline(
-                tf, prepared.train, order, flip, steps_here, skip, training.batch_size, here,
-                ctx.input_pipeline_id * here, global_batch, config.augment,
+                tf,
+                prepared.train,
+                order,
+                flip,
+                steps_here,
+                skip,
+                training.batch_size,
+                here,
+                ctx.input_pipeline_id * here,
+                global_batch,
+                config.augment,
             )
 
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -334,7 +341,9 @@ def run(config: RunConfig) -> None:
             if log is not None and (step % config.log_every == 0 or step == total):
                 rate, elapsed = meter.report()
                 loss = float(np.mean([float(v) for v in window]))
-                log.train(step, step / schedule.steps_per_epoch, step * global_batch, loss, schedule.learning_rate(step - 1), rate, elapsed, total)
+                log.train(
+                    step, step / schedule.steps_per_epoch, step * global_batch, loss, schedule.learning_rate(step - 1), rate, elapsed, total
+                )
             if step % config.log_every == 0 or step == total:
                 window.clear()
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:

@@ -11,13 +11,12 @@ used) ports weights to and from archc's neutral format through that mapping, for
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from archc.analysis import Analysis
+from archc.backend import import_generated
 from archc.codegen import Plan
 
 from .render import MODULE_ATTRIBUTES, qualified_names, render, torch_plan
@@ -34,15 +33,7 @@ class TorchBackend:
 
     def load(self, path: Path) -> Any:
         """Import a generated module from ``path`` (this imports torch)."""
-        path = Path(path)
-        name = f"archc_generated_{path.stem}_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import a module from {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
+        return import_generated(path)
 
     def count(self, model: Any) -> tuple[int, int]:
         """(trainable, non-trainable) as Keras counts them: parameters that require
