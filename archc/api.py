@@ -25,9 +25,14 @@ def spec_files(paths: list[str] | tuple[str, ...]) -> list[Path]:
     return out
 
 
-def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Analysis:
-    """Compile and analyse one spec: the IR with every shape and count."""
-    return analyse(compile_spec(str(path), overrides))
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None, input_size: tuple[int, int] | None = None) -> Analysis:
+    """Compile and analyse one spec: the IR with every shape and count. ``input_size``
+    (height, width) replaces the spec's input size (smoke runs, fast tests); shape
+    inference checks that the network still fits it."""
+    net = compile_spec(str(path), overrides)
+    if input_size is not None:
+        net = net.model_copy(update={"input": (*input_size, net.input[2])})
+    return analyse(net)
 
 
 def expectation_mismatches(analysis: Analysis) -> list[tuple[str, Any, Any]]:

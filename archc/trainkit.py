@@ -124,18 +124,15 @@ def effective_recipe(training: Training | None, config: RunConfig, spec: str) ->
 def compile_model(config: RunConfig):
     """(analysis at the run's image size, effective recipe). The recipe's dropout is the
     value of the spec's ``dropout`` param unless ``-p dropout=...`` sets it."""
-    from .analysis import analyse
+    from .api import load
     from .resolve import compile_spec
 
-    net = compile_spec(config.spec, config.params)
-    training = effective_recipe(net.training, config, config.spec)
-    if training.dropout is not None and "dropout" not in config.params:
-        net = compile_spec(config.spec, {**config.params, "dropout": training.dropout})
-    if config.image_size is not None:
-        height, width = config.image_size
-        net = net.model_copy(update={"input": (height, width, net.input[2])})
+    params = dict(config.params)
+    training = effective_recipe(compile_spec(config.spec, params).training, config, config.spec)
+    if training.dropout is not None and "dropout" not in params:
+        params["dropout"] = training.dropout
     try:
-        analysis = analyse(net)
+        analysis = load(config.spec, params, config.image_size)
     except SpecError as exc:
         if config.image_size is None:
             raise

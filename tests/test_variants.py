@@ -91,3 +91,40 @@ def test_sweep_and_p_share_one_path(tmp_path):
     direct = load(XCEPTION, {"between": "elu", "middle_repeats": "2"})
     assert swept.total == direct.total
     assert swept.net.params == direct.net.params
+
+
+SAMPLE = {"segments": ["1", "2", "4", "8", "depthwise"], "residual": ["true", "false"]}
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "keras"])
+def test_every_variant_of_a_sample_sweep_compiles_with_the_backend(tmp_path, backend_name):
+    """Each variant, rendered on its own at a reduced input size, builds a model whose
+    counts equal the IR's and which runs a forward pass."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    pytest.importorskip(backend_name)
+    import numpy as np
+
+    from archc.backend import get
+
+    backend = get(backend_name)
+    result = run(XCEPTION, SAMPLE, {"middle_repeats": "2"})
+    assert len(result.variants) == 10 and all(v.analysis for v in result.variants)
+    for variant in result.variants:
+        small = load(XCEPTION, {**variant.analysis.net.params}, input_size=(71, 71))
+        counts = (small.total.trainable, small.total.non_trainable)
+        assert counts == (variant.analysis.total.trainable, variant.analysis.total.non_trainable)  # input size changes no count
+        path = tmp_path / f"{variant.name}_{backend_name}.py"
+        path.write_text(backend.render(small))
+        model = backend.load(path).create_model()
+        assert backend.count(model) == counts, variant.name
+        if backend_name == "torch":
+            import torch
+
+            with torch.no_grad():
+                out = model.eval()(torch.zeros(1, 3, 71, 71))
+        else:
+            out = model(np.zeros((1, 71, 71, 3), dtype="float32"), training=False)
+        assert tuple(out.shape) == (1, 1000)
+        del model
