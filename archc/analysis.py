@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import Location, SpecError
 from .ir import BN, Call, Conv, Dense, Network, Node, Repeat, Residual, SepConv, children
 from .shapes import Shape, Shapes, infer, output_shape
 
@@ -80,7 +81,11 @@ class Analysis:
         }
 
 
+MAX_LAYERS = 1_000_000
+
+
 def analyse(net: Network) -> Analysis:
+    _layer_count([n for layers in net.flows.values() for n in layers])
     shapes = infer(net)
     counts: dict[str, Counts] = {}
     result = Analysis(net, shapes, counts, output=output_shape(net, shapes))
@@ -126,3 +131,19 @@ def _count(node: Node, shapes: Shapes, counts: dict[str, Counts]) -> Counts:
             c = c * node.times
     counts[node.path] = c
     return c
+
+
+def _layer_count(layers: list[Node]) -> int:
+    """Layers once repeats are expanded; a network that would build more than
+    MAX_LAYERS modules is refused here, before any backend tries to build it."""
+    total = 0
+    for node in layers:
+        if not node.when:
+            continue
+        inner = sum(_layer_count(seq) for _, seq in children(node))
+        count = 1 + (node.times * inner if isinstance(node, Repeat) else inner)
+        if count > MAX_LAYERS:
+            w = node.where
+            raise SpecError(Location(w.file, w.line, w.col, w.spec_path), f"expected at most {MAX_LAYERS:,} layers once repeats are expanded, found {count:,}")
+        total += count
+    return total
