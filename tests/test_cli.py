@@ -87,3 +87,18 @@ def test_analysis_imports_no_framework():
     proc = subprocess.run([sys.executable, "-c", code, XCEPTION], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_build_writes_nothing_when_any_spec_is_bad(tmp_path):
+    out = tmp_path / "out"
+    bad = ROOT / "tests/bad_specs/segments.yaml"
+    result = CliRunner().invoke(main, ["build", XCEPTION, str(bad), "-o", str(out), "-q"])
+    assert result.exit_code == 2
+    assert "expected segments that divide the 6 input channels" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_build_writes_every_backend_file(tmp_path):
+    result = CliRunner().invoke(main, ["build", XCEPTION, "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xception_keras.py", "xception_torch.py"]
