@@ -123,7 +123,7 @@ class Unit(nn.Module):
             bias=False,
         )
         self.bn1 = KerasBatchNorm2d(filters, eps=0.001, momentum=0.01, scale=False)
-        self.act1 = nn.ReLU()
+        self.act1 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -109,7 +109,7 @@ class Unit(nn.Module):
             stride=stride,
             padding=padding,
         )
-        self.act1 = nn.ReLU()
+        self.act1 = nn.ReLU(inplace=True)
         self.bn1 = nn.BatchNorm2d(filters, eps=0.001, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -163,17 +163,21 @@ class SeparableConv2d(nn.Module):
 
 
 class Residual(nn.Module):
-    """``body(x) + shortcut(x)``, or ``body(x)`` alone when the shortcut is None."""
+    """``body(x) + shortcut(x)``, or ``body(x)`` alone when the shortcut is None.
+    ``inplace`` adds the shortcut into the body's output, where that output is a fresh
+    tensor no backward pass reads (as timm's ``x += skip``)."""
 
-    def __init__(self, body: nn.Module, shortcut: nn.Module | None):
+    def __init__(self, body: nn.Module, shortcut: nn.Module | None, inplace=False):
         super().__init__()
         self.body = body
         self.shortcut = shortcut
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
         if self.shortcut is None:
-            return self.body(x)
-        return self.body(x) + self.shortcut(x)
+            return y
+        return y.add_(self.shortcut(x)) if self.inplace else y + self.shortcut(x)
 
 
 class Repeat(nn.Sequential):
@@ -231,7 +235,7 @@ class Down(nn.Module):
                         segments=segments,
                         between=between,
                     ),
-                    act2=nn.ReLU(),
+                    act2=nn.ReLU(inplace=True),
                     sep_bn2=SepBn(
                         first,
                         filters=second,
@@ -249,6 +253,7 @@ class Down(nn.Module):
             )
             if residual
             else None,
+            inplace=True,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,13 +275,14 @@ class Middle(nn.Module):
                         segments=segments,
                         between=between,
                     ),
-                    act2=nn.ReLU(),
+                    act2=nn.ReLU(inplace=True),
                     sep_bn2=SepBn(728, filters=728, segments=segments, between=between),
-                    act3=nn.ReLU(),
+                    act3=nn.ReLU(inplace=True),
                     sep_bn3=SepBn(728, filters=728, segments=segments, between=between),
                 ),
             ),
             shortcut=nn.Identity() if residual else None,
+            inplace=True,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -301,10 +307,10 @@ class Xception(nn.Module):
             OrderedDict(
                 conv1=nn.Conv2d(3, 32, 3, stride=2, bias=False),
                 bn1=nn.BatchNorm2d(32, eps=0.001, momentum=0.01),
-                act1=nn.ReLU(),
+                act1=nn.ReLU(inplace=True),
                 conv2=nn.Conv2d(32, 64, 3, bias=False),
                 bn2=nn.BatchNorm2d(64, eps=0.001, momentum=0.01),
-                act2=nn.ReLU(),
+                act2=nn.ReLU(inplace=True),
                 down1=Down(
                     64,
                     first=128,
@@ -360,9 +366,9 @@ class Xception(nn.Module):
                     residual=residual,
                 ),
                 sep_bn1=SepBn(1024, filters=1536, segments=segments, between=between),
-                act1=nn.ReLU(),
+                act1=nn.ReLU(inplace=True),
                 sep_bn2=SepBn(1536, filters=2048, segments=segments, between=between),
-                act2=nn.ReLU(),
+                act2=nn.ReLU(inplace=True),
                 global_avg_pool1=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
             ),
         )

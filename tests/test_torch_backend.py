@@ -544,3 +544,33 @@ def test_layout_is_what_ruff_formats_at_any_width(tmp_path):
     for width in ("88", "140"):
         result = ruff("format", "--check", "--isolated", "--line-length", width, str(path))
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_in_place_ops_only_where_no_one_else_reads_the_tensor(tmp_path):
+    """ReLUs and residual additions work in place (as timm's do) except where the
+    tensor is a block's input, which a shortcut shares; gradients are unchanged."""
+    import torch
+
+    module = generate(ROOT / "specs/xception.yaml", tmp_path, middle_repeats=1, classes=5)
+    model = module.create_model()
+    down = model.entry.down2.residual1
+    assert not down.body.act1.inplace and down.body.act2.inplace and down.inplace
+    assert model.entry.act1.inplace and model.exit.act1.inplace
+
+    def grads(m):
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, 71, 71)
+        m.train()
+        m.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), torch.tensor([1, 3])).backward()
+        return {name: p.grad.clone() for name, p in m.named_parameters()}
+
+    reference = module.create_model()
+    reference.load_state_dict(model.state_dict())
+    for sub in reference.modules():
+        if hasattr(sub, "inplace"):
+            sub.inplace = False
+    fast, plain = grads(model), grads(reference)
+    assert fast.keys() == plain.keys()
+    for name in fast:
+        torch.testing.assert_close(fast[name], plain[name], rtol=0, atol=0, msg=name)

@@ -95,6 +95,9 @@ ACTIVATIONS = {
     "softmax": Call("nn.Softmax", (("dim", "1"),)),
 }
 IDENTITY = Call("nn.Identity")
+IN_PLACE = {ACTIVATIONS[k]: Call(ACTIVATIONS[k].func, (("inplace", "True"),)) for k in ("relu", "relu6")}
+# Ops whose output is a new tensor that their own backward pass does not read.
+FRESH_OUTPUT = (Conv, SepConv, BN, MaxPool, AvgPool, GlobalAvgPool, Dense, Branches)
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     undefined=StrictUndefined,
@@ -211,14 +214,21 @@ class Renderer:
     # -- layers ---------------------------------------------------------------------------
 
     def sequence(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int) -> list[tuple[str, Expr]]:
-        """(attribute, module expression) for each node that can exist here."""
+        """(attribute, module expression) for each node that can exist here. A ReLU
+        works in place where its input is a tensor this sequence made and no backward
+        pass needs (never on the sequence's input, which a shortcut may share), as in
+        timm's models: it saves a feature map of memory per activation."""
         items = []
+        fresh = False
         for node in nodes:
             cond, after, after_rank = self.step(node, env, ch, rank)
             if cond == Lit(False):
                 continue
             expr = self.layer(node, env, v.assume(ch, cond), rank)
+            if fresh and isinstance(node, Act) and expr in IN_PLACE:
+                expr = IN_PLACE[expr]
             items.append((self.plan.ident[node.path], IfElse(expr, cond.code, IDENTITY) if isinstance(cond, Sym) else expr))
+            fresh = _fresh_after(node, fresh, env, self) and (fresh or not isinstance(cond, Sym))
             ch, rank = after, after_rank
         return items
 
@@ -318,7 +328,10 @@ class Renderer:
         if use != Lit(False):
             shortcut = self.sequential(node.shortcut, env, ch, rank)
             shortcut = IfElse(shortcut, use.code, "None") if isinstance(use, Sym) else shortcut
-        return Call(self.use("Residual"), (("body", self.sequential(node.body, env, ch, rank)), ("shortcut", shortcut)))
+        args = (("body", self.sequential(node.body, env, ch, rank)), ("shortcut", shortcut))
+        if use != Lit(False) and _fresh_after_sequence(node.body, env, self):
+            args += (("inplace", "True"),)  # the body's output is fresh: add the shortcut into it
+        return Call(self.use("Residual"), args)
 
     def layer_branches(self, node: Branches, env, ch, rank) -> Expr:
         paths = [(self.plan.ident[f"{node.path}:{label}"], self.sequential(nodes, env, ch, rank)) for label, nodes in node.paths.items()]
@@ -523,3 +536,27 @@ def qualified_names(plan: Plan) -> dict[str, str]:
 def torch_plan(analysis: Analysis) -> Plan:
     """The codegen plan with the names the generated code reserves for itself."""
     return Renderer(analysis).plan
+
+
+def _fresh_after(node: Node, fresh: bool, env: dict[str, Value], renderer: Renderer) -> bool:
+    """Whether the tensor after ``node`` is one that later in-place ops may overwrite:
+    made by this sequence, and not read by any backward pass (an activation's is)."""
+    if isinstance(node, FRESH_OUTPUT):
+        return True
+    if isinstance(node, Residual):
+        return renderer.value(node, "use_shortcut", env) == Lit(True) or _fresh_after_sequence(node.body, env, renderer)
+    if isinstance(node, Repeat):
+        return _fresh_after_sequence(node.body, env, renderer)
+    if isinstance(node, ir.Call):
+        return _fresh_after_sequence(node.body, renderer.callee_env(node, env), renderer)
+    return False  # activations, dropout (the identity in eval), flatten (a view)
+
+
+def _fresh_after_sequence(nodes: list[Node], env: dict[str, Value], renderer: Renderer) -> bool:
+    fresh = False
+    for node in nodes:
+        cond = renderer.value(node, "when", env)
+        if cond == Lit(False):
+            continue
+        fresh = _fresh_after(node, fresh, env, renderer) and (fresh or not isinstance(cond, Sym))
+    return fresh

@@ -133,8 +133,8 @@ def counts(model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
 
 
 def _nhwc(t: torch.Tensor) -> np.ndarray:
-    a = t.detach().cpu().float().numpy()
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a
+    a = t.detach().cpu().float().numpy()  # a copy below: a later in-place op must not change it
+    return np.array(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a, order="C", copy=True)
 
 
 def activations(model: Any, analysis: Analysis, x: np.ndarray, keys: list[str] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
