@@ -67,7 +67,7 @@ def params(specs, params, as_json):
 @specs_argument
 @_friendly
 def check(specs):
-    """Compare each spec's computed counts with its ``expect:`` section (exit 1 on a mismatch)."""
+    """Compare each spec's computed counts with its expect: section (exit 1 on a mismatch)."""
     from .api import expectation_mismatches, load, spec_files
 
     failed = False
