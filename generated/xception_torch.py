@@ -95,7 +95,9 @@ def conv2d(in_channels, out_channels, kernel_size, stride=1, padding="valid", **
 
 class MaxPool2dSame(nn.MaxPool2d):
     """nn.MaxPool2d with TF 'same' padding where torch's symmetric ``padding`` cannot
-    express it; padded cells are -inf, so they never win."""
+    express it for every input size; padded cells are -inf, so they never win. Where
+    torch's own padding (with ``ceil_mode`` for TF's extra pixel at the end) makes TF's
+    windows, it pools without copying the input; otherwise it pads first."""
 
     def __init__(self, kernel_size, stride=None):
         super().__init__(kernel_size, stride)
@@ -103,7 +105,29 @@ class MaxPool2dSame(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = _pair(self.kernel_size), _pair(self.stride)
+        plan = _torch_pooling(tuple(x.shape[-2:]), k, s)
+        if plan is not None:
+            return F.max_pool2d(x, k, s, plan[0], ceil_mode=plan[1])
         return super().forward(pad_same(x, k, s, self.pad, value=float("-inf")))
+
+
+def _torch_pooling(sizes, kernel, stride):
+    """(padding, ceil_mode) with which torch's max_pool2d makes the TF 'same' windows
+    over ``sizes`` (torch's output-size rule), or None where it cannot."""
+    wanted, before = [], []
+    for n, k, s in zip(sizes, kernel, stride, strict=True):
+        wanted.append(-(-n // s))
+        before.append(max((wanted[-1] - 1) * s + k - n, 0) // 2)
+    if any(2 * p > k for p, k in zip(before, kernel, strict=True)):
+        return None
+    for ceil in (False, True):
+        out = []
+        for n, k, s, p in zip(sizes, kernel, stride, before, strict=True):
+            o = (n + 2 * p - k + (s - 1 if ceil else 0)) // s + 1
+            out.append(o - 1 if ceil and (o - 1) * s >= n + p else o)
+        if out == wanted:
+            return tuple(before), ceil
+    return None
 
 
 ACTIVATIONS = {

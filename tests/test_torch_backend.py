@@ -574,3 +574,20 @@ def test_in_place_ops_only_where_no_one_else_reads_the_tensor(tmp_path):
     assert fast.keys() == plain.keys()
     for name in fast:
         torch.testing.assert_close(fast[name], plain[name], rtol=0, atol=0, msg=name)
+
+
+def test_xception_max_pools_need_no_pad_copy():
+    """TF 'same' stride-2 pools map onto torch's own padding (ceil_mode for 74x74), so
+    the generated Xception copies no feature map to pad it."""
+    import torch
+
+    module = BACKEND.load(ROOT / "generated/xception_torch.py")
+    assert [module._torch_pooling((n, n), (3, 3), (2, 2)) for n in (147, 74, 37, 19)] == [
+        ((1, 1), False),
+        ((0, 0), True),
+        ((1, 1), False),
+        ((1, 1), False),
+    ]
+    x = torch.randn(1, 2, 74, 74)
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 1), value=float("-inf"))
+    assert torch.equal(module.MaxPool2dSame(3, stride=2)(x), torch.nn.functional.max_pool2d(padded, 3, 2))
