@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check lint generated clean
+.PHONY: install run test generated bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ test: install  ## the whole test suite (what CI runs)
 
 generated: install  ## rebuild generated/ from specs/
 	$(BIN)/archc build specs/ --quiet
+
+# Benchmarks (not tests): timm and torchvision need torch 2.14.1, so the PyTorch
+# comparison runs in its own .venv-bench; see benchmarks/RESULTS.md.
+.venv-bench/.installed:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 timm
+	.venv-bench/bin/python -m pip install --quiet -e .
+	touch $@
+
+bench: install .venv-bench/.installed  ## generated models vs timm/torchvision/keras.applications, and compile speed
+	.venv-bench/bin/python benchmarks/bench_torch.py --wait-idle 300
+	$(BIN)/python benchmarks/bench_keras.py --wait-idle 300
+	$(BIN)/python benchmarks/bench_compile.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
