@@ -168,11 +168,11 @@ def memory_child(cfg: dict) -> None:
     setup_tf(cfg["threads"])
     args = argparse.Namespace(**cfg["args"])
     bench = Bench(make_model(cfg["model"], cfg["impl"], cfg["generated_file"]), args)
-    # Trace and run the step on one image first (this loads the kernels' code and makes the
+    # Trace and run the step on two images first (this loads the kernels' code and makes the
     # optimizer's momentum buffers), and trace it for the full batch: the steps are measured,
     # not the tracing.
     full = bench.x, bench.y, bench.xi
-    bench.x, bench.y, bench.xi = bench.x[:1], bench.y[:1], bench.xi[:1]
+    bench.x, bench.y, bench.xi = bench.x[:2], bench.y[:2], bench.xi[:2]
     step = bench.train_step if cfg["mode"] == "train" else bench.infer_step
     step()
     bench.x, bench.y, bench.xi = full
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     print("timing: generated and reference alternate (A B A B ...) in one process after the warm-up rounds; medians")
     print(
         f"peak memory: {args.memory_reps} fresh child processes per model and mode (alternating) each build the model and "
-        f"its input, run a step on one image (loads the kernels' code, makes the momentum buffers), trace the step for the "
+        f"its input, run a step on two images (loads the kernels' code, makes the momentum buffers), trace the step for the "
         f"full batch, then run {args.memory_steps} steps; reported, medians: {MEMORY_METHOD}"
     )
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="archc-bench-")

@@ -150,8 +150,11 @@ class OpCounter(TorchDispatchMode):
 def forward_flops(module: nn.Module, size: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
+    training = module.training
+    module.eval()  # batch norm in training mode refuses one image at 1x1
     with torch.no_grad(), FlopCounterMode(display=False) as flops:
         module(torch.randn(1, 3, size, size))
+    module.train(training)
     return flops.get_total_flops()
 
 
@@ -223,8 +226,8 @@ class Bench:
 
 
 def memory_child(cfg: dict) -> None:
-    """In a fresh process: build one model, make its input, run one step on a batch of one
-    image (this loads the kernels' code and, for training, makes the optimizer's momentum
+    """In a fresh process: build one model, make its input, run one step on a batch of two
+    images (this loads the kernels' code and, for training, makes the optimizer's momentum
     buffers), then run the measured steps and report the peak memory they add."""
     import timm  # noqa: F401  both sides import the references' packages: the same heap before the steps
     import torchvision  # noqa: F401
@@ -234,7 +237,7 @@ def memory_child(cfg: dict) -> None:
     bench = Bench(make_model(cfg["model"], cfg["impl"], cfg["generated_file"]), args)
     step = bench.train_step if cfg["mode"] == "train" else bench.infer_step
     full = bench.x, bench.y, bench.xi
-    bench.x, bench.y, bench.xi = bench.x[:1], bench.y[:1], bench.xi[:1]
+    bench.x, bench.y, bench.xi = bench.x[:2], bench.y[:2], bench.xi[:2]
     step()
     bench.x, bench.y, bench.xi = full
     if bench.device.type != "cuda":
@@ -476,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     print("timing: generated and reference alternate (A B A B ...) in one process after the warm-up rounds; medians")
     print(
         f"peak memory: {args.memory_reps} fresh child processes per model and mode (alternating) each build the model and "
-        f"its input, run a step on one image (loads the kernels' code, makes the momentum buffers), then run "
+        f"its input, run a step on two images (loads the kernels' code, makes the momentum buffers), then run "
         f"{args.memory_steps} steps; reported, medians: {MEMORY_METHOD} (CUDA: max_memory_allocated minus memory_allocated)"
     )
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="archc-bench-")
