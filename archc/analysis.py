@@ -144,6 +144,9 @@ def _layer_count(layers: list[Node]) -> int:
         count = 1 + (node.times * inner if isinstance(node, Repeat) else inner)
         if count > MAX_LAYERS:
             w = node.where
-            raise SpecError(Location(w.file, w.line, w.col, w.spec_path), f"expected at most {MAX_LAYERS:,} layers once repeats are expanded, found {count:,}")
+            raise SpecError(
+                Location(w.file, w.line, w.col, w.spec_path),
+                f"expected at most {MAX_LAYERS:,} layers once repeats are expanded, found {count:,}",
+            )
         total += count
     return total

@@ -86,6 +86,39 @@ def missing_weight_porting(backend: Any) -> list[str]:
     return [name for name in WEIGHT_PORTING if not hasattr(backend, name)]
 
 
+class PortsWeightsVia:
+    """:class:`WeightPorting` by delegation to a module of the backend, named by
+    ``weights_module`` and imported on first use (so the framework loads only when
+    weights move). The module defines ``export``, ``load``, ``counts``, ``activations``,
+    ``save_checkpoint`` and ``load_checkpoint``."""
+
+    weights_module: str
+    checkpoint_suffixes: tuple[str, ...]
+
+    def _weights(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.weights_module)
+
+    def export_weights(self, model: Any, analysis: Analysis) -> dict[str, dict[str, Any]]:
+        return self._weights().export(model, analysis)
+
+    def load_weights(self, model: Any, analysis: Analysis, values: dict[str, dict[str, Any]]) -> None:
+        self._weights().load(model, analysis, values)
+
+    def instance_counts(self, model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
+        return self._weights().counts(model, analysis)
+
+    def activations(self, model: Any, analysis: Analysis, x: Any, keys: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+        return self._weights().activations(model, analysis, x, keys)
+
+    def save_checkpoint(self, model: Any, path: Path) -> None:
+        self._weights().save_checkpoint(model, path)
+
+    def load_checkpoint(self, model: Any, path: Path) -> None:
+        self._weights().load_checkpoint(model, path)
+
+
 def import_generated(path: str | Path) -> Any:
     """Import a generated module from its file (under a name unique to that file), as
     every backend's ``load`` does."""

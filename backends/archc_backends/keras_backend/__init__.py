@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from archc.analysis import Analysis
-from archc.backend import import_generated
+from archc.backend import PortsWeightsVia, import_generated
 
 from .render import layer_names, render
 
 __all__ = ["KerasBackend", "layer_names"]
 
 
-class KerasBackend:
+class KerasBackend(PortsWeightsVia):
     name = "keras"
 
     def render(self, analysis: Analysis) -> str:
@@ -41,33 +41,4 @@ class KerasBackend:
     # -- weight porting (archc verify / convert): archc.backend.WeightPorting -------------
 
     checkpoint_suffixes = (".weights.h5",)
-
-    def export_weights(self, model: Any, analysis: Analysis) -> dict[str, dict[str, Any]]:
-        from . import weights
-
-        return weights.export(model, analysis)
-
-    def load_weights(self, model: Any, analysis: Analysis, values: dict[str, dict[str, Any]]) -> None:
-        from . import weights
-
-        weights.load(model, analysis, values)
-
-    def instance_counts(self, model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
-        from . import weights
-
-        return weights.counts(model, analysis)
-
-    def activations(self, model: Any, analysis: Analysis, x: Any, keys: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
-        from . import weights
-
-        return weights.activations(model, analysis, x, keys)
-
-    def save_checkpoint(self, model: Any, path: Path) -> None:
-        from . import weights
-
-        weights.save_checkpoint(model, path)
-
-    def load_checkpoint(self, model: Any, path: Path) -> None:
-        from . import weights
-
-        weights.load_checkpoint(model, path)
+    weights_module = "archc_backends.keras_backend.weights"

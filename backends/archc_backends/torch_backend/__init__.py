@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from archc.analysis import Analysis
-from archc.backend import import_generated
+from archc.backend import PortsWeightsVia, import_generated
 from archc.codegen import Plan
 
 from .render import MODULE_ATTRIBUTES, qualified_names, render, torch_plan
@@ -24,7 +24,7 @@ from .render import MODULE_ATTRIBUTES, qualified_names, render, torch_plan
 __all__ = ["MODULE_ATTRIBUTES", "TorchBackend", "modules_at", "qualified_names", "torch_plan"]
 
 
-class TorchBackend:
+class TorchBackend(PortsWeightsVia):
     name = "torch"
 
     def render(self, analysis: Analysis) -> str:
@@ -47,36 +47,7 @@ class TorchBackend:
     # -- weight porting (archc verify / convert): archc.backend.WeightPorting -------------
 
     checkpoint_suffixes = (".pt", ".pth")
-
-    def export_weights(self, model: Any, analysis: Analysis) -> dict[str, dict[str, Any]]:
-        from . import weights
-
-        return weights.export(model, analysis)
-
-    def load_weights(self, model: Any, analysis: Analysis, values: dict[str, dict[str, Any]]) -> None:
-        from . import weights
-
-        weights.load(model, analysis, values)
-
-    def instance_counts(self, model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
-        from . import weights
-
-        return weights.counts(model, analysis)
-
-    def activations(self, model: Any, analysis: Analysis, x: Any, keys: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
-        from . import weights
-
-        return weights.activations(model, analysis, x, keys)
-
-    def save_checkpoint(self, model: Any, path: Path) -> None:
-        from . import weights
-
-        weights.save_checkpoint(model, path)
-
-    def load_checkpoint(self, model: Any, path: Path) -> None:
-        from . import weights
-
-        weights.load_checkpoint(model, path)
+    weights_module = "archc_backends.torch_backend.weights"
 
 
 def modules_at(model: Any, plan: Plan) -> dict[str, list[Any]]:
