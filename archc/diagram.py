@@ -210,6 +210,8 @@ def op_title(op: str) -> str:
 
 
 def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as a spec writes it
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return _size(value)
     if isinstance(value, float):
@@ -345,7 +347,7 @@ class _Layout:
             else:
                 main, sub = _call_title(node), [", ".join(f"{k} {_value(v)}" for k, v in node.args.items())]
         elif isinstance(node, Repeat):
-            main, sub = f"{node.name}: repeated {node.times} times", []
+            main, sub = f"{', '.join(n.name for n in self.enabled(node.body))}: repeated {node.times} times", []
         else:
             main, sub = label(node), [node.name] if node.name != node.op else []
         if self.options.counts:
@@ -701,6 +703,16 @@ def draw_matplotlib(diagram: Diagram, path: Path) -> None:
 FORMATS = (".svg", ".png", ".pdf")
 
 
+def check_suffix(path: str | Path) -> str:
+    """The picture's format from its file name, or a one-line error."""
+    from .errors import UserError
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"-o: expected a file name ending in {', '.join(FORMATS)}, found '{Path(path).name}'")
+    return suffix
+
+
 def render(analysis: Analysis, path: str | Path, options: Options = Options()) -> Path:
     """Draw ``analysis`` into ``path`` (.svg, .png or .pdf), written whole or not at all."""
     import os
@@ -709,9 +721,7 @@ def render(analysis: Analysis, path: str | Path, options: Options = Options()) -
     from .errors import UserError
 
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise UserError(f"-o: expected a file name ending in {', '.join(FORMATS)}, found '{path.name}'")
+    suffix = check_suffix(path)
     diagram = layout(analysis, options)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -728,6 +738,9 @@ def render(analysis: Analysis, path: str | Path, options: Options = Options()) -
             except ImportError:
                 raise UserError(f"-o: expected matplotlib for {suffix} (pip install 'archc[plot]'), found it missing; .svg needs nothing") from None
             draw_matplotlib(diagram, Path(tmp))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as an ordinary new file, not mkstemp's 0600
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"-o: expected a writable file, found {path} ({exc.strerror or exc})") from None
