@@ -384,7 +384,9 @@ def graph(spec, params, out_file, expand, depth, no_counts):
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to serve on (default: a free one).")
 @click.option("--host", default="localhost", show_default=True, help="Address to listen on.")
 @click.option("--no-browser", is_flag=True, help="Only serve; do not open a browser.")
-@click.option("-o", "--out", "onnx_file", type=click.Path(dir_okay=False), help="Keep the exported ONNX model here (default: a temporary file).")
+@click.option(
+    "-o", "--out", "onnx_file", type=click.Path(dir_okay=False), help="Keep the exported ONNX model here (default: a temporary file)."
+)
 @_friendly
 def view(spec, params, port, host, no_browser, onnx_file):
     """Export SPEC's generated torch model to ONNX and open it in Netron (Ctrl-C stops)."""

@@ -16,6 +16,7 @@ combinators added later draw without a change here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +34,8 @@ LINE_H = 13  # a second line in a box
 MIN_BOX_W = 96
 GAP = 18  # between the items of a sequence, with room for a shape label
 TIGHT = 10  # between the items of a sequence, with no label
-COLUMN = 1500  # a flow taller than this wraps into more columns
+COLUMNS = (1500, 2000, 2500, 3000, 4000)  # heights a long flow may wrap at, tried in turn
+ASPECT = 1.8  # ... until the picture is no wider than this times its height
 HGAP = 22  # between columns side by side
 PAD = 6  # inside a frame
 HEADER = 15  # a frame's title band
@@ -441,17 +443,18 @@ class _Layout:
         return Piece(w, bottom + 4 + jh, a, items)
 
     # a flow: a labelled column, wrapped into more columns when it is long
-    def flow(self, name: str, nodes: list[Node]) -> Piece:
+    def flow(self, name: str, nodes: list[Node], column: float) -> Piece:
         nodes = self.enabled(nodes)
+        heights = [self.node(node, _Ctx()).h + GAP for node in nodes]
+        limit = sum(heights) / math.ceil(sum(heights) / column)  # columns of about equal height
         chunks: list[list[Node]] = [[]]
         height = 0.0
-        for node in nodes:
-            h = self.node(node, _Ctx()).h
-            if chunks[-1] and height + GAP + h > COLUMN:
+        for node, h in zip(nodes, heights):
+            if chunks[-1] and height + h / 2 > limit:
                 chunks.append([])
                 height = 0.0
             chunks[-1].append(node)
-            height += h + GAP
+            height += h
         columns = [self.sequence(chunk, _Ctx()) for chunk in chunks]
         title = f"{name} flow" if name in ("entry", "middle", "exit") else name
         inp, out = fmt(self.shapes[nodes[0].path][0]), fmt(self.shapes[nodes[-1].path][1])
@@ -461,7 +464,7 @@ class _Layout:
         items: list[Primitive] = []
         x, bottom = 0.0, 0.0
         axes = []
-        for k, (chunk, col) in enumerate(zip(chunks, columns)):
+        for k, col in enumerate(columns):
             x += max(0, label_w - col.axis)
             axes.append(x + col.axis)
             items.extend(col.at(x, top))
@@ -469,7 +472,7 @@ class _Layout:
             x += max(col.w, col.axis + label_w) + (HGAP + 24 if k + 1 < len(columns) else 0)
         for k in range(len(columns) - 1):  # down, across the gap, and into the next column
             a, b = axes[k], axes[k + 1]
-            y = bottom + GAP / 2
+            y = top + columns[k].h + GAP + 6
             mid = (a + columns[k].w - columns[k].axis + b - columns[k + 1].axis) / 2
             text = fmt(self.shapes[chunks[k][-1].path][1])
             items.append(Text(a + 5, top + columns[k].h + GAP / 2 + SMALL / 3, text))
@@ -487,14 +490,24 @@ class _Layout:
         y = top + columns[-1].h
         items.append(Edge(((last, y), (last, y + GAP))))
         items.append(Text(last, y + GAP + 4 + SMALL, out, SMALL, "middle"))
-        return Piece(w, max(bottom + GAP, y + GAP + 4 + SMALL + 2), a, items)
+        return Piece(w, max(bottom + GAP + 6, y + GAP + 4 + SMALL + 2), a, items)
 
 
 def layout(analysis: Analysis, options: Options = Options()) -> Diagram:
-    """The picture of an analysed spec: flows as columns left to right."""
+    """The picture of an analysed spec: flows as columns left to right, a long flow
+    wrapped into several columns (at the lowest height in COLUMNS that keeps the picture
+    within ASPECT, so that a deep network does not become one long strip)."""
+    for column in COLUMNS:
+        diagram = _layout(analysis, options, column)
+        if diagram.width <= ASPECT * diagram.height:
+            break
+    return diagram
+
+
+def _layout(analysis: Analysis, options: Options, column: float) -> Diagram:
     net = analysis.net
     lay = _Layout(analysis, options)
-    columns = [lay.flow(name, nodes) for name, nodes in net.flows.items() if lay.enabled(nodes)]
+    columns = [lay.flow(name, nodes, column) for name, nodes in net.flows.items() if lay.enabled(nodes)]
     changed = {k: v for k, v in net.params.items() if k in net.param_decls and v != net.param_decls[k].default}
     title = net.name + (" (" + ", ".join(f"{k}={_value(v)}" for k, v in changed.items()) + ")" if changed else "")
     t = analysis.total
@@ -612,7 +625,9 @@ def to_svg(diagram: Diagram) -> str:
             if item.symbol == "+":
                 r = item.w / 2
                 out.append(f'<circle cx="{_n(item.x)}" cy="{_n(item.y)}" r="{_n(r)}"/>')
-                out.append(f'<path class="edge" d="M{_n(item.x - r + 3)},{_n(item.y)}H{_n(item.x + r - 3)}M{_n(item.x)},{_n(item.y - r + 3)}V{_n(item.y + r - 3)}"/>')
+                out.append(
+                    f'<path class="edge" d="M{_n(item.x - r + 3)},{_n(item.y)}H{_n(item.x + r - 3)}M{_n(item.x)},{_n(item.y - r + 3)}V{_n(item.y + r - 3)}"/>'
+                )
             else:
                 out.append(
                     f'<rect x="{_n(item.x - item.w / 2)}" y="{_n(item.y - item.h / 2)}" width="{_n(item.w)}" height="{_n(item.h)}" rx="7"/>'
@@ -736,7 +751,9 @@ def render(analysis: Analysis, path: str | Path, options: Options = Options()) -
             try:
                 import matplotlib  # noqa: F401
             except ImportError:
-                raise UserError(f"-o: expected matplotlib for {suffix} (pip install 'archc[plot]'), found it missing; .svg needs nothing") from None
+                raise UserError(
+                    f"-o: expected matplotlib for {suffix} (pip install 'archc[plot]'), found it missing; .svg needs nothing"
+                ) from None
             draw_matplotlib(diagram, Path(tmp))
         mask = os.umask(0)
         os.umask(mask)

@@ -6,7 +6,9 @@ installs netron and the ONNX exporter's packages; the torch backend brings torch
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +35,9 @@ def export_onnx(analysis: Analysis, path: str | Path) -> Path:
         model = backend.load(source).create_model().eval()
         height, width, channels = analysis.net.input
         image = torch.zeros(1, channels, height, width)
-        with torch.no_grad():
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # notes about optional torchvision ops
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecations inside the exporter, not ours
             program = torch.onnx.export(model, (image,), input_names=["image"], output_names=["output"], dynamo=True, verbose=False)
     try:
         program.save(str(path), external_data=False)
@@ -51,6 +55,7 @@ def serving(onnx_file: str | Path, host: str = "localhost", port: int = 0, brows
         import netron
     except ImportError:
         raise UserError("expected netron for archc view (pip install 'archc[view]'), found it missing") from None
+    logging.getLogger("netron.server").setLevel(logging.WARNING)  # archc says where it serves
     try:
         address = netron.serve(str(onnx_file), address=(host, port), browse=browse)
     except OSError as exc:
@@ -59,4 +64,3 @@ def serving(onnx_file: str | Path, host: str = "localhost", port: int = 0, brows
         yield address
     finally:
         netron.stop(address)
-

@@ -28,8 +28,8 @@ XCEPTION = ROOT / "specs/xception.yaml"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def svg_of(spec: Path, options: Options = Options(), **overrides) -> ET.Element:
-    return ET.fromstring(to_svg(layout(load(spec, overrides), options)))
+def svg_of(spec: Path, options: Options | None = None, **overrides) -> ET.Element:
+    return ET.fromstring(to_svg(layout(load(spec, overrides), options or Options())))
 
 
 def groups(root: ET.Element, kind: str) -> list[ET.Element]:
@@ -44,10 +44,11 @@ def box_texts(root: ET.Element) -> dict[str, list[str]]:
     return texts
 
 
-def expected_boxes(spec: Path, options: Options = Options(), **overrides) -> list[str]:
+def expected_boxes(spec: Path, options: Options | None = None, **overrides) -> list[str]:
     """From the IR: every enabled leaf, and every combinator at the depth limit; a
     repeat's body once, or once per copy with --expand (keys as archc.instances writes
     them); a dropped shortcut not at all."""
+    options = options or Options()
     analysis = load(spec, overrides)
     out: list[str] = []
 
