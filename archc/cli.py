@@ -370,7 +370,8 @@ def graph(spec, params, out_file, expand, depth, no_counts):
     """Draw SPEC as a diagram like the Xception paper's Figure 5: flows as columns, a box
     per layer, residual and branch edges, shapes on the edges, parameters per block."""
     from .api import load
-    from .diagram import Options, check_suffix, render
+    from .diagram import Options
+    from .draw import check_suffix, render
 
     check_suffix(out_file)
     analysis = load(spec, _overrides(params))

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from archc.api import load, spec_files
 from archc.cli import main
-from archc.diagram import Options, label, layout, render, to_svg
+from archc.diagram import Options, label, layout
+from archc.draw import render, to_svg
 from archc.ir import Branches, Call, Node, Repeat, Residual, children, walk
 
 ROOT = Path(__file__).parents[1]
