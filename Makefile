@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test generated bench clean
+.PHONY: install run test generated docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: install  ## the whole test suite (what CI runs)
 
 generated: install  ## rebuild generated/ from specs/
 	$(BIN)/archc build specs/ --quiet
+
+docs: install  ## redraw docs/diagrams/ from specs/ and examples/ (a test compares them)
+	@mkdir -p docs/diagrams
+	@for spec in specs/*.yaml examples/*.yaml; do \
+		$(BIN)/archc graph $$spec -o docs/diagrams/$$(basename $$spec .yaml).svg || exit 1; \
+	done
 
 # Benchmarks (not tests): timm and torchvision need torch 2.14.1, so the PyTorch
 # comparison runs in its own .venv-bench; see benchmarks/RESULTS.md.

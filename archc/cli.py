@@ -357,6 +357,59 @@ def convert(spec, src, dst, params, source, target):
     click.echo(f"wrote {dst}: {n} weighted instances, {source} -> {target}")
 
 
+# -- pictures: archc graph, archc view ----------------------------------------------------
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@param_option
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False), help="The picture: .svg, .png or .pdf.")
+@click.option("--expand", is_flag=True, help="Draw every copy of a repeat (default: once, 'repeated N times').")
+@click.option("--depth", type=click.IntRange(min=1), metavar="K", help="Draw blocks K levels deep; collapse deeper ones into single boxes.")
+@click.option("--no-counts", is_flag=True, help="Leave out the parameter counts.")
+@_friendly
+def graph(spec, params, out_file, expand, depth, no_counts):
+    """Draw SPEC as a diagram like the Xception paper's Figure 5: flows as columns, a box
+    per layer, residual and branch edges, shapes on the edges, parameters per block."""
+    from .api import load
+    from .diagram import Options
+    from .draw import check_suffix, render
+
+    check_suffix(out_file)
+    analysis = load(spec, _overrides(params))
+    render(analysis, out_file, Options(expand=expand, depth=depth, counts=not no_counts))
+    click.echo(f"wrote {out_file}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@param_option
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to serve on (default: a free one).")
+@click.option("--host", default="localhost", show_default=True, help="Address to listen on.")
+@click.option("--no-browser", is_flag=True, help="Only serve; do not open a browser.")
+@click.option(
+    "-o", "--out", "onnx_file", type=click.Path(dir_okay=False), help="Keep the exported ONNX model here (default: a temporary file)."
+)
+@_friendly
+def view(spec, params, port, host, no_browser, onnx_file):
+    """Export SPEC's generated torch model to ONNX and open it in Netron (Ctrl-C stops)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from .api import load
+    from .view import export_onnx, serving
+
+    analysis = load(spec, _overrides(params))
+    with tempfile.TemporaryDirectory(prefix="archc-view-") as tmp:
+        path = export_onnx(analysis, onnx_file or Path(tmp) / f"{analysis.net.name}.onnx")
+        with serving(path, host, port, browse=not no_browser) as (host, port):
+            click.echo(f"serving {path.name} with Netron at http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+            try:
+                while True:
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                pass
+
+
 @main.command()
 def backends():
     """List the installed backends."""

@@ -1,0 +1,323 @@
+"""archc graph: the SVG has one box per IR layer, says what each layer is, draws the
+combinators as Figure 5 does, and is the same bytes every time; archc view serves the
+ONNX export with Netron."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from archc.api import load, spec_files
+from archc.cli import main
+from archc.diagram import Options, label, layout
+from archc.draw import render, to_svg
+from archc.ir import Branches, Call, Node, Repeat, Residual, children, walk
+
+ROOT = Path(__file__).parents[1]
+SPECS = spec_files([str(ROOT / "specs"), str(ROOT / "examples")])
+XCEPTION = ROOT / "specs/xception.yaml"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def svg_of(spec: Path, options: Options | None = None, **overrides) -> ET.Element:
+    return ET.fromstring(to_svg(layout(load(spec, overrides), options or Options())))
+
+
+def groups(root: ET.Element, kind: str) -> list[ET.Element]:
+    return [g for g in root.iter(f"{SVG}g") if g.get("class") == kind]
+
+
+def box_texts(root: ET.Element) -> dict[str, list[str]]:
+    """data-path -> the lines written in that layer's box (paths are unique: checked)."""
+    boxes = groups(root, "layer")
+    texts = {g.get("data-path"): [t.text for t in g.iter(f"{SVG}text")] for g in boxes}
+    assert len(texts) == len(boxes), "two boxes with the same path"
+    return texts
+
+
+def expected_boxes(spec: Path, options: Options | None = None, **overrides) -> list[str]:
+    """From the IR: every enabled leaf, and every combinator at the depth limit; a
+    repeat's body once, or once per copy with --expand (keys as archc.instances writes
+    them); a dropped shortcut not at all."""
+    options = options or Options()
+    analysis = load(spec, overrides)
+    out: list[str] = []
+
+    def visit(nodes: list[Node], depth: int, base: tuple[str, str]) -> None:
+        for node in nodes:
+            if node.path not in analysis.shapes:
+                continue
+            key = base[1] + node.path[len(base[0]) :]
+            if not children(node) or (options.depth is not None and depth >= options.depth):
+                out.append(key)
+                continue
+            copies = range(node.times) if isinstance(node, Repeat) and options.expand else [None]
+            for i in copies:
+                for _, seq in children(node):
+                    visit(seq, depth + 1, base if i is None else (node.path, f"{key}[{i}]"))
+
+    for nodes in analysis.net.flows.values():
+        visit(nodes, 1, ("", ""))
+    return out
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_one_box_per_ir_layer(spec):
+    assert sorted(box_texts(svg_of(spec))) == sorted(expected_boxes(spec))
+
+
+def test_xception_labels_flows_repeat_and_residuals():
+    analysis = load(XCEPTION)
+    root = svg_of(XCEPTION)
+    texts = box_texts(root)
+    entry = [n for n in walk(analysis.net.flows["entry"]) if n.path in analysis.shapes]
+    first = {op: next(n for n in entry if n.op == op) for op in ("conv", "sepconv", "maxpool", "bn", "act")}
+    assert texts[first["conv"].path] == ["Conv 32, 3x3, stride 2"]
+    assert texts[first["sepconv"].path] == ["SeparableConv 128, 3x3"]
+    assert texts[first["maxpool"].path] == ["MaxPool 3x3, stride 2"]
+    assert texts[first["bn"].path] == ["BN"] and texts[first["act"].path] == ["ReLU"]
+    shortcut = next(n for n in walk(analysis.net.flows["exit"]) if isinstance(n, Residual)).shortcut[0]
+    assert texts[shortcut.path] == ["Conv 1024, 1x1, stride 2"]
+    middle = analysis.net.flows["middle"][0]
+    assert texts[next(n for n in walk([middle]) if n.op == "sepconv").path] == ["SeparableConv 728, 3x3"]
+
+    words = [t.text for t in root.iter(f"{SVG}text")]
+    assert {"entry flow", "middle flow", "exit flow"} <= set(words)
+    (repeat,) = groups(root, "repeat")
+    assert repeat.get("data-path") == middle.path
+    assert "repeated 8 times" in [t.text for t in repeat.iter(f"{SVG}text")]
+    # one '+' per residual that adds (the middle module drawn once)
+    residuals = [n.path for n in walk([n for f in analysis.net.flows.values() for n in f]) if isinstance(n, Residual)]
+    joins = [g.get("data-path") for g in groups(root, "join") if g.get("data-symbol") == "+"]
+    assert sorted(joins) == sorted(residuals) and len(joins) == 5
+
+
+@pytest.mark.parametrize("spec", ["inception_v3", "inception_v3_slim"])
+def test_inception_modules_side_by_side_with_their_concatenation(spec):
+    path = ROOT / "specs" / f"{spec}.yaml"
+    analysis = load(path)
+    root = svg_of(path)
+    everything = [n for f in analysis.net.flows.values() for n in walk(f)]
+    branches = [n for n in everything if isinstance(n, Branches)]
+    concats = [g.get("data-path") for g in groups(root, "join") if g.get("data-symbol") == "concat"]
+    assert sorted(concats) == sorted(n.path for n in branches)
+
+    rects = {g.get("data-path"): g.find(f"{SVG}rect") for g in groups(root, "layer")}
+
+    def extent(node: Node, axis: str, size: str) -> tuple[float, float]:
+        start = float(rects[node.path].get(axis))
+        return start, start + float(rects[node.path].get(size))
+
+    for node in branches:  # the paths' boxes in columns left to right, starting on one row
+        columns = [[n for n in walk(seq) if n.path in rects] for seq in node.paths.values()]
+        for left, right in zip(columns, columns[1:]):
+            assert max(extent(n, "x", "width")[1] for n in left) < min(extent(n, "x", "width")[0] for n in right), node.path
+        firsts = [extent(column[0], "y", "height") for column in columns]
+        assert max(top for top, _ in firsts) < min(bottom for _, bottom in firsts), node.path
+
+
+def test_same_spec_same_bytes(tmp_path):
+    for name in ("a", "b"):
+        assert CliRunner().invoke(main, ["graph", str(XCEPTION), "-o", str(tmp_path / f"{name}.svg")]).exit_code == 0
+    assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_png_and_pdf_are_drawn_and_deterministic(tmp_path, suffix):
+    pytest.importorskip("matplotlib")
+    analysis = load(ROOT / "examples/vgg16.yaml")
+    first, second = render(analysis, tmp_path / f"a{suffix}"), render(analysis, tmp_path / f"b{suffix}")
+    magic = b"\x89PNG" if suffix == ".png" else b"%PDF"
+    assert first.read_bytes().startswith(magic)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_expand_draws_every_copy():
+    analysis = load(XCEPTION, {"middle_repeats": 3})
+    boxes = box_texts(svg_of(XCEPTION, Options(expand=True), middle_repeats=3))
+    assert sorted(boxes) == sorted(expected_boxes(XCEPTION, Options(expand=True), middle_repeats=3))
+    middle = analysis.net.flows["middle"][0]
+    per_copy = [n for n in walk(middle.body) if not children(n) and n.path in analysis.shapes]
+    copies = [p for p in boxes if p.startswith(f"{middle.path}[")]
+    assert len(copies) == 3 * len(per_copy)
+    assert {p.split("/")[1] for p in copies} == {"repeat[0]", "repeat[1]", "repeat[2]"}
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_depth_collapses_deeper_blocks(depth):
+    analysis = load(XCEPTION)
+    root = svg_of(XCEPTION, Options(depth=depth))
+    boxes = box_texts(root)
+    assert sorted(boxes) == sorted(expected_boxes(XCEPTION, Options(depth=depth)))
+    if depth == 1:  # a box per row of the parameter table
+        assert len(boxes) == len(analysis.rows)
+        (middle,) = analysis.net.flows["middle"]
+        assert boxes[middle.path][0] == f"{middle.body[0].name}: repeated 8 times"
+        assert boxes[middle.path][1] == f"{analysis.counts[middle.path].trainable:,} params"
+
+
+def test_collapsed_short_block_says_what_it_does():
+    root = svg_of(XCEPTION, Options(depth=3))
+    analysis = load(XCEPTION)
+    sep_bn = next(n for n in walk(analysis.net.flows["exit"]) if isinstance(n, Call) and n.block == "sep_bn")
+    assert box_texts(root)[sep_bn.path] == [
+        "SeparableConv 728, 3x3 \u2192 BN",
+        f"{sep_bn.name} \u00b7 {analysis.counts[sep_bn.path].trainable:,} params",
+    ]
+
+
+def test_counts_on_blocks_and_no_counts_hides_them():
+    analysis = load(XCEPTION)
+    text = to_svg(layout(analysis))
+    down = analysis.net.flows["entry"][-1]
+    frame = next(g for g in groups(ET.fromstring(text), "block") if g.get("data-path") == down.path)
+    assert f"{analysis.counts[down.path].trainable:,} params" in [t.text for t in frame.iter(f"{SVG}text")]
+    assert f"{analysis.total.trainable:,} trainable" in text
+    hidden = to_svg(layout(analysis, Options(counts=False)))
+    assert "params" not in hidden and f"{analysis.total.trainable:,}" not in hidden
+
+
+def test_variants_draw_their_own_picture():
+    root = svg_of(XCEPTION, segments=4, residual=False)
+    labels = {t for lines in box_texts(root).values() for t in lines}
+    assert "SeparableConv 728, 3x3, 4 segments" in labels and "SeparableConv 728, 3x3" not in labels
+    assert not [g for g in groups(root, "join") if g.get("data-symbol") == "+"]
+    assert sorted(box_texts(root)) == sorted(expected_boxes(XCEPTION, segments=4, residual=False))
+    title = next(t.text for t in root.iter(f"{SVG}text") if t.get("class") == "title")
+    assert title == "xception (segments=4, residual=false)"
+
+
+def test_an_op_added_later_gets_a_generic_label():
+    from typing import Literal
+
+    class LayerNorm(Node):
+        op: Literal["layer_norm"] = "layer_norm"
+        epsilon: float = 1e-5
+        affine: bool = True
+
+    assert label(LayerNorm(name="ln", epsilon=1e-6)) == "LayerNorm epsilon 1e-06"
+    assert label(LayerNorm(name="ln")) == "LayerNorm"
+
+
+def test_docs_diagrams_are_up_to_date():
+    for spec in SPECS:
+        committed = ROOT / "docs/diagrams" / f"{spec.stem}.svg"
+        assert committed.exists() and committed.read_text() == to_svg(layout(load(spec))), (
+            f"{committed.relative_to(ROOT)} is stale: run make docs"
+        )
+
+
+# -- errors ---------------------------------------------------------------------------------
+def one_line_error(args: list[str], cwd: Path | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "archc", *args], capture_output=True, text=True, cwd=cwd)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    return proc.stderr.strip()
+
+
+def test_bad_spec_gives_the_located_error(tmp_path):
+    bad = ROOT / "tests/bad_specs"
+    message = one_line_error(["graph", "unknown_key.yaml", "-o", str(tmp_path / "x.svg")], cwd=bad)
+    assert message == "error: " + (bad / "unknown_key.yaml").read_text().splitlines()[0].removeprefix("# expect: ")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_output_and_unknown_format_are_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    message = one_line_error(["graph", str(XCEPTION), "-o", str(blocker / "x.svg")])
+    assert message.startswith(f"error: -o: expected a writable file, found {blocker / 'x.svg'} (")
+    message = one_line_error(["graph", str(XCEPTION), "-o", str(tmp_path / "x.gif")])
+    assert message == "error: -o: expected a file name ending in .svg, .png, .pdf, found 'x.gif'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_graph_to_svg_imports_no_framework(tmp_path):
+    code = (
+        "import sys, json; from archc.cli import main\n"
+        "try:\n    main(['graph', sys.argv[1], '-o', sys.argv[2]])\nexcept SystemExit: pass\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(XCEPTION), str(tmp_path / "x.svg")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- archc view -----------------------------------------------------------------------------
+TINY = """\
+name: tiny
+input: [32, 32, 3]
+flows:
+  features:
+    - conv: {filters: 8, kernel: 3, stride: 2, padding: same}
+    - bn
+    - act: relu
+    - residual:
+        body: [sepconv: {filters: 8, kernel: 3, padding: same}, bn]
+  head:
+    - global_avg_pool
+    - dense: 4
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read()
+
+
+def test_view_serves_the_page_and_the_model_then_stops(tmp_path):
+    pytest.importorskip("netron")
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archc", "view", str(spec), "--no-browser", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                status, page = fetch(f"http://localhost:{port}/")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "netron did not start"
+                time.sleep(0.5)
+        assert status == 200 and b"netron" in page.lower()
+        status, model = fetch(f"http://localhost:{port}/data/tiny.onnx")
+        assert status == 200
+        graph = onnx.load_from_string(model).graph
+        assert [i.name for i in graph.input] == ["image"] and any(n.op_type == "Conv" for n in graph.node)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    with pytest.raises(OSError):
+        fetch(f"http://localhost:{port}/")
