@@ -102,12 +102,20 @@ def load_text(raw: bytes | str, file: str = "<string>") -> Source:
 
 class _Composer(yaml.SafeLoader):
     """PyYAML's composer recurses once per nesting level: it refuses a node deeper than
-    MAX_DEPTH, and a tag on any node, before composing it."""
+    MAX_DEPTH, and a tag on any node, before composing it. Its scanner looks ahead over
+    every open flow collection (`[[[[...`) in quadratic time: it refuses those first."""
 
     def __init__(self, text: str, file: str):
         super().__init__(text)
         self.file = file
         self.path: list[str | int] = []
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            mark = self.get_mark()
+            where = Location(self.file, mark.line + 1, mark.column + 1, dotted(tuple(self.path)))
+            raise SpecError(where, f"expected nesting at most {MAX_DEPTH} deep, found deeper")
+        super().fetch_flow_collection_start(token_class)
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         event = self.peek_event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,27 @@ def test_deep_nesting_is_refused(tmp_path):
     path.write_text("name: x\nflows: " + "[" * 200 + "]" * 200 + "\n")
     with pytest.raises(SpecError, match="nesting at most"):
         load(path)
+
+
+HOLES = ["deep_flow_style", "deep_block_style", "tag_on_key", "tag_on_mapping", "nan_param", "inf_block_arg"]
+
+
+@pytest.mark.parametrize("name", HOLES)
+def test_hostile_yaml_is_one_line_exit_2_within_a_second(name, monkeypatch):
+    """Nesting thousands deep (block and flow style), tags on keys and mappings, and
+    non-finite numbers end in the golden line, fast, with no traceback."""
+    path = BAD / f"{name}.yaml"
+    monkeypatch.chdir(BAD)
+    start = time.perf_counter()
+    with pytest.raises(SpecError):
+        load(path.name)
+    assert time.perf_counter() - start < 1.0
+    proc = subprocess.run([sys.executable, "-m", "archc", "params", path.name], cwd=BAD, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: {expected(path)}\n")
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf", "1e999", "1" * 400])
+def test_non_finite_overrides_are_refused(value):
+    spec = Path(__file__).parents[1] / "specs" / "xception.yaml"
+    with pytest.raises(SpecError, match="expected a finite number"):
+        load(spec, {"dropout": value})
