@@ -173,17 +173,18 @@ def build(specs, params, backends, out_dir, quiet):
 def variants(spec, sweeps, params, out_dir, plot_file):
     """Write one resolved spec per combination of swept values, and a table of their counts."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .variants import parse_sweeps, plot, run, table_rows
 
     result = run(spec, parse_sweeps(sweeps), _overrides(params), out_dir)
     rows = table_rows(result)
-    table = Table(title=f"variants of {spec}", title_justify="left")
+    table = Table(title=escape(f"variants of {spec}"), title_justify="left")
     for column in rows[0]:
-        table.add_column(str(column))
+        table.add_column(escape(str(column)))
     for row in rows[1:]:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row))
+        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else escape(str(v)) for v in row))
     Console(width=None if Console().is_terminal else 160).print(table)
     click.echo(f"wrote {len([v for v in result.variants if v.file])} specs, variants.csv and variants.md to {out_dir}")
     if plot_file:

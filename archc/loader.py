@@ -23,6 +23,7 @@ MAX_BYTES = 2_000_000
 MAX_NODES = 200_000
 MAX_DEPTH = 64
 
+LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what PyYAML counts as one
 Key = tuple[str | int, ...]
 
 
@@ -81,7 +82,12 @@ def load_text(raw: bytes | str, file: str = "<string>") -> Source:
             raise SpecError(
                 Location(file, 1, 1, ""), f"expected UTF-8 text, found byte {raw[exc.start]:#x} at offset {exc.start}"
             ) from None
-    loader = _Composer(raw, file)
+    try:
+        loader = _Composer(raw, file)
+    except yaml.reader.ReaderError as exc:  # the reader checks every character first
+        before = LINE_BREAK.split(raw[: exc.position])
+        where = Location(file, len(before), len(before[-1]) + 1, "")
+        raise SpecError(where, f"expected printable text, found the character {chr(exc.character)!r}") from None
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:

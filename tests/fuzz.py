@@ -53,14 +53,94 @@ LOCATED = re.compile(r"(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): ")
 
 # Strings that have broken code generators, YAML, rich markup or Python somewhere.
 HOSTILE_TEXT = [
-    "", " ", "_", "0", "-1", "1e999", "nan", "inf", "-inf", "None", "null", "~", "true", "yes", "no", "on",
-    "class", "def", "lambda", "import", "return", "self", "super", "print", "torch", "nn", "keras", "layers", "x", "F",
-    "__init__", "__class__", "__dict__", "__import__('os').system('echo pwned')", "forward", "training", "Model",
-    "create_model", "OrderedDict", "in_channels", "ACTIVATIONS", "Sequential",
-    "$", "$$", "$$x", "$nope", "$classes", "$filters", "${x}", "{x}", "{{x}}", "%s", "%(x)s",
-    "[bold]", "[/bold]", "[/]", "[link=x]", "\\", "\\n", "'", '"', '"""', "'''", "`", "#", "# comment", ": ", "- ",
-    "\n", "\r", "\t", "\x00", "\x1b[31m", "\u2028", "\u202e", "\ufeff", "é", "ß", "名前", "🙂", "ｆｕｌｌ", "x" * 300,
-    "depthwise", "same", "valid", "relu", "softmax", "none",
+    "",
+    " ",
+    "_",
+    "0",
+    "-1",
+    "1e999",
+    "nan",
+    "inf",
+    "-inf",
+    "None",
+    "null",
+    "~",
+    "true",
+    "yes",
+    "no",
+    "on",
+    "class",
+    "def",
+    "lambda",
+    "import",
+    "return",
+    "self",
+    "super",
+    "print",
+    "torch",
+    "nn",
+    "keras",
+    "layers",
+    "x",
+    "F",
+    "__init__",
+    "__class__",
+    "__dict__",
+    "__import__('os').system('echo pwned')",
+    "forward",
+    "training",
+    "Model",
+    "create_model",
+    "OrderedDict",
+    "in_channels",
+    "ACTIVATIONS",
+    "Sequential",
+    "$",
+    "$$",
+    "$$x",
+    "$nope",
+    "$classes",
+    "$filters",
+    "${x}",
+    "{x}",
+    "{{x}}",
+    "%s",
+    "%(x)s",
+    "[bold]",
+    "[/bold]",
+    "[/]",
+    "[link=x]",
+    "\\",
+    "\\n",
+    "'",
+    '"',
+    '"""',
+    "'''",
+    "`",
+    "#",
+    "# comment",
+    ": ",
+    "- ",
+    "\n",
+    "\r",
+    "\t",
+    "\x00",
+    "\x1b[31m",
+    "\u2028",
+    "\u202e",
+    "\ufeff",
+    "é",
+    "ß",
+    "名前",
+    "🙂",
+    "ｆｕｌｌ",
+    "x" * 300,
+    "depthwise",
+    "same",
+    "valid",
+    "relu",
+    "softmax",
+    "none",
 ]
 HUGE = [10**k + d for k in (3, 6, 7, 9, 12, 18, 19, 40, 400) for d in (-1, 0)]
 SNIPPETS = [b"[", b"]", b"{", b"}", b"&a ", b"*a", b"!tag ", b"!!str ", b": ", b"- ", b"-", b"\t", b"#", b"'", b'"', b"\n",
@@ -283,7 +363,8 @@ def unlocated(exc: Exception, path: Path) -> str | None:
 
 
 def run_case(path: Path, overrides: dict[str, str], out: Path, *, build_model: bool = False, sweep: bool = False) -> str:
-    """'accepted' or 'error'; raises DefectFound (or anything else: also a defect)."""
+    """'accepted', 'built' (accepted, and its torch model checked) or 'error'; raises
+    DefectFound (or anything else: also a defect)."""
     try:
         analysis = api.load(path, overrides)  # what params, check, build, verify start with
         print_table(analysis, _null_console())  # archc params
@@ -301,8 +382,8 @@ def run_case(path: Path, overrides: dict[str, str], out: Path, *, build_model: b
             values = [v for v in values if v.strip() and "," not in v] or ["1"]
             result = variants.run(path, {name: values}, {k: v for k, v in overrides.items() if k != name}, out / "variants")
             variants.table_rows(result)
-        if build_model:
-            check_torch_model(path, overrides, out)
+        if build_model and check_torch_model(path, overrides, out):
+            return "built"
     except (SpecError, UserError) as exc:
         problem = unlocated(exc, path)
         if problem:
@@ -401,10 +482,9 @@ def fuzz(cases: int, seed: int = 0, *, build_every: int = 50, sweep_every: int =
             summary.defects.append(Defect(spec.path.name, mutation, raw.decode("utf-8", errors="replace"), extra, problem))
             summary.kinds["defect"] += 1
             return
-        if outcome == "accepted":
-            summary.accepted += 1
-        else:
-            summary.errors += 1
+        summary.accepted += outcome != "error"
+        summary.built += outcome == "built"
+        summary.errors += outcome == "error"
         summary.kinds[mutation.split(":")[0] + " " + outcome] += 1
 
     try:
@@ -447,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"# {defect.problem}\n# {defect.mutation}; overrides {defect.overrides}\n{defect.text}", encoding="utf-8"
             )
     print(", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())))
-    print(f"{summary.line()}; {seconds:.0f} s ({seconds / max(summary.cases, 1) * 1000:.0f} ms a case, {args.jobs} processes)")
+    print(
+        f"{summary.line()}; torch models built {summary.built}; {seconds:.0f} s ({seconds / max(summary.cases, 1) * 1000:.0f} ms a case, {args.jobs} processes)"
+    )
     return 1 if summary.defects else 0
 
 

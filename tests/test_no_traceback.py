@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+from archc_backends.torch_backend import values
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,6 @@ from archc import codegen
 from archc.api import load
 from archc.backend import get
 from archc.cli import main
-from archc_backends.torch_backend import values
 
 ROOT = Path(__file__).parents[1]
 SPEC = ROOT / "examples" / "vgg16.yaml"
@@ -61,7 +61,9 @@ def test_renderers_refuse_a_non_finite_value(backend, bad):
         get(backend).render(dataclasses.replace(analysis, net=net))
 
 
-@pytest.mark.parametrize("command", [["params"], ["check"], ["build", "-o", "{tmp}"], ["variants", "--sweep", "classes=2,3", "-o", "{tmp}"]])
+@pytest.mark.parametrize(
+    "command", [["params"], ["check"], ["build", "-o", "{tmp}"], ["variants", "--sweep", "classes=2,3", "-o", "{tmp}"]]
+)
 def test_an_internal_error_is_one_line_naming_the_spec_and_exit_3(command, monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("planted")
@@ -87,4 +89,14 @@ def test_user_errors_still_exit_2(tmp_path):
     spec.write_text("name: x\ninput: [8, 8, 3]\nflows: {main: [!!python/object:os.system echo]}\n")
     result = CliRunner().invoke(main, ["params", str(spec)])
     assert result.exit_code == 2
-    assert result.output == f"error: {spec}:3:16: flows.main[0]: expected plain YAML without tags, found the tag '!!python/object:os.system'\n"
+    assert (
+        result.output == f"error: {spec}:3:16: flows.main[0]: expected plain YAML without tags, found the tag '!!python/object:os.system'\n"
+    )
+
+
+def test_names_that_look_like_rich_markup_are_printed_as_written(tmp_path):
+    spec = tmp_path / "markup.yaml"
+    spec.write_text("name: '[/bold]'\ninput: [8, 8, 3]\nflows:\n  '[red]':\n    - global_avg_pool: {name: '[/]'}\n")
+    result = CliRunner().invoke(main, ["params", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "[/bold]" in result.output and "[red]" in result.output and "[/]" in result.output
