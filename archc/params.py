@@ -62,7 +62,7 @@ def _infer_type(default: Any) -> str:
 
 
 def _words(msg: str) -> str:
-    return msg.replace("Input should be ", "").replace("Extra inputs are not permitted", "a known key")
+    return msg.replace("Input should be ", "").replace("Value error, ", "").replace("Extra inputs are not permitted", "a known key")
 
 
 def check(decl: Param, value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Golden error messages: each file in bad_specs/ states its expected message on line 1."""
+"""Golden error messages: each file in bad_specs/ states its expected message on line 1
+(from loading it, or from rendering it with a backend)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from archc.api import load
+from archc.backend import get, registered
 from archc.errors import SpecError
 
 BAD = Path(__file__).parent / "bad_specs"
@@ -22,11 +24,18 @@ def expected(path: Path) -> str:
     return first.removeprefix("# expect: ")
 
 
+def load_and_render(path: str) -> None:
+    """What `archc build` does before writing: a spec may also fail in a backend."""
+    analysis = load(path)
+    for name in registered():
+        get(name).render(analysis)
+
+
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_message(path, monkeypatch):
     monkeypatch.chdir(BAD)
     with pytest.raises(SpecError) as info:
-        load(path.name)
+        load_and_render(path.name)
     assert str(info.value) == expected(path)
 
 
