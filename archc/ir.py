@@ -215,7 +215,7 @@ for _cls in (Residual, Branches, Repeat, Call):
 class Param(BaseModel):
     """A declared spec parameter: a typed default the command line may override."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     type: Literal["int", "float", "bool", "str", "segments"]
     default: Plain
     choices: list[Plain] | None = None

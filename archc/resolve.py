@@ -14,9 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import ir
 from . import params as params_mod
 from .errors import did_you_mean, show
-from .ir import COMBINATORS, OPS, PLAIN, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Network, Node, Repeat, Residual, Where, plain
+from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Network, Node, Repeat, Residual, Where
 from .loader import Key, Source, load_file
 from .loader import dotted as dotted_key
 from .training import Training
@@ -171,9 +172,9 @@ class Resolver:
                         at_key=True,
                     )
                 try:
-                    plain(args[arg])
+                    ir.plain(args[arg])
                 except ValueError:
-                    raise self.error(key + ("args", arg), f"expected {PLAIN} as a default, found {show(args[arg])}") from None
+                    raise self.error(key + ("args", arg), f"expected {ir.PLAIN} as a default, found {show(args[arg])}") from None
             blocks[name] = (args, body["body"], str(body.get("doc") or ""))
         return blocks
 
