@@ -41,7 +41,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from archc import api, variants
-from archc.backend import get, registered
+from archc.backend import get, module_name, registered, write_all
 from archc.errors import SpecError, UserError
 from archc.report import print_table
 
@@ -275,8 +275,18 @@ def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str,
         if not where:
             break
         parent, last = at(tree, where[:-1]), where[-1]
-        edit = data.draw(st.sampled_from(["replace", "replace", "delete", "duplicate", "rename", "graft"]), label="edit")
-        if edit == "replace":
+        edit = data.draw(
+            st.sampled_from(["replace", "replace", "delete", "duplicate", "rename", "graft", "respell", "nudge"]), label="edit"
+        )
+        if edit == "respell":  # rename a word everywhere (a block, param, flow or layer name and its $refs): often valid
+            word = where[-1] if isinstance(where[-1], str) else str(at(tree, where))
+            new = data.draw(st.one_of(st.sampled_from(HOSTILE_TEXT), st.text(min_size=1, max_size=10)), label="new name")
+            tree = respell(tree, word, new)
+        elif edit == "nudge":  # a nearby number where there is one: usually still a valid spec
+            value = at(tree, where)
+            if isinstance(value, int) and not isinstance(value, bool):
+                parent[last] = data.draw(st.integers(max(value // 2, 1), value * 2 + 1), label="nudged")
+        elif edit == "replace":
             parent[last] = data.draw(values(words), label="value")
         elif edit == "delete":
             del parent[last]
@@ -296,8 +306,22 @@ def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str,
             parent[last] = copy.deepcopy(at(tree, other))
         done.append(f"{edit} {'.'.join(map(str, where))}")
     flow = data.draw(st.sampled_from([False, None]), label="flow style")
-    text = yaml.safe_dump(tree, sort_keys=False, allow_unicode=data.draw(st.booleans(), label="unicode"), default_flow_style=flow)
+    unicode = data.draw(st.booleans(), label="unicode")
+    text = yaml.dump(
+        tree, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, allow_unicode=unicode, default_flow_style=flow
+    )
     return text, "tree: " + "; ".join(done)
+
+
+def respell(value: Any, word: str, new: str) -> Any:
+    """``value`` with every key, text and ``$reference`` equal to ``word`` renamed to ``new``."""
+    if isinstance(value, dict):
+        return {(new if k == word else k): respell(v, word, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [respell(v, word, new) for v in value]
+    if value == word:
+        return new
+    return f"${new}" if value == f"${word}" else value
 
 
 def mutate_text(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[bytes, str]:
@@ -369,9 +393,11 @@ def run_case(path: Path, overrides: dict[str, str], out: Path, *, build_model: b
         analysis = api.load(path, overrides)  # what params, check, build, verify start with
         print_table(analysis, _null_console())  # archc params
         api.expectation_mismatches(analysis)  # archc check
-        backends = [b for b in BACKENDS if b in registered()]
-        for file in api.build(path, backends, out, overrides):  # archc build
-            source = file.read_text(encoding="utf-8")
+        files = {}
+        for name in [b for b in BACKENDS if b in registered()]:  # archc build: api.build without loading again
+            files[out / f"{module_name(analysis, name)}.py"] = get(name).render(analysis)
+        write_all(files)
+        for file, source in files.items():
             try:
                 compile(source, str(file), "exec")
             except (SyntaxError, ValueError) as exc:
