@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import json
 import multiprocessing
 import re
 import shutil
@@ -392,6 +393,7 @@ def run_case(path: Path, overrides: dict[str, str], out: Path, *, build_model: b
     try:
         analysis = api.load(path, overrides)  # what params, check, build, verify start with
         print_table(analysis, _null_console())  # archc params
+        json.dumps(analysis.as_dict())  # archc params --json
         api.expectation_mismatches(analysis)  # archc check
         files = {}
         for name in [b for b in BACKENDS if b in registered()]:  # archc build: api.build without loading again
