@@ -9,7 +9,7 @@ from functools import wraps
 
 import click
 
-from .errors import SpecError, UserError
+from .errors import SpecError, UserError, one_line
 from .params import parse_assignments
 
 
@@ -41,7 +41,8 @@ def _no_traceback(fn):
             if os.environ.get("ARCHC_TRACEBACK"):
                 raise
             spec = kwargs.get("spec") or ", ".join(kwargs.get("specs") or ()) or "<no spec>"
-            what = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+            what = one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            what = what if len(what) <= 200 else what[:197] + "..."
             click.echo(f"error: {spec}: a bug in archc, not in the spec ({what}); please report it with the spec", err=True)
             sys.exit(3)
 

@@ -61,7 +61,7 @@ def literal(value: Any) -> str:
 
     The one door through which values reach generated code: whatever it returns reads
     back as the value (``ast.literal_eval``), and what has no literal (nan, inf, a
-    mapping, an object) raises ValueError, so a renderer cannot emit a broken module."""
+    mapping, an object) raises TypeError, so a renderer cannot emit a broken module."""
     if isinstance(value, bool) or value is None or isinstance(value, int):
         return repr(value)
     if isinstance(value, float):
