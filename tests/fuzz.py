@@ -286,7 +286,8 @@ def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str,
         elif edit == "nudge":  # a nearby number where there is one: usually still a valid spec
             value = at(tree, where)
             if isinstance(value, int) and not isinstance(value, bool):
-                parent[last] = data.draw(st.integers(max(value // 2, 1), value * 2 + 1), label="nudged")
+                low, high = sorted((value // 2, value * 2 + 1))
+                parent[last] = data.draw(st.integers(low, high), label="nudged")
         elif edit == "replace":
             parent[last] = data.draw(values(words), label="value")
         elif edit == "delete":
