@@ -464,7 +464,15 @@ def check_torch_model(path: Path, overrides: dict[str, str], out: Path) -> bool:
 # -- the runner -------------------------------------------------------------------------
 
 
-def fuzz(cases: int, seed: int = 0, *, build_every: int = 50, sweep_every: int = 20, seeds: list[Seed] | None = None) -> Summary:
+def fuzz(
+    cases: int,
+    seed: int = 0,
+    *,
+    build_every: int = 50,
+    sweep_every: int = 20,
+    seeds: list[Seed] | None = None,
+    progress: bool = False,
+) -> Summary:
     """Run ``cases`` hypothesis-generated cases (fixed ``seed``: the same cases each run)."""
     seeds = seeds if seeds is not None else seed_specs()
     words = vocabulary(seeds)
@@ -510,11 +518,15 @@ def fuzz(cases: int, seed: int = 0, *, build_every: int = 50, sweep_every: int =
                 problem += f" (at {Path(where.filename).name}:{where.lineno})"
             summary.defects.append(Defect(spec.path.name, mutation, raw.decode("utf-8", errors="replace"), extra, problem))
             summary.kinds["defect"] += 1
+            if progress:
+                print(f"defect in {spec.path.name} ({mutation}): {problem}", file=sys.stderr, flush=True)
             return
         summary.accepted += outcome != "error"
         summary.built += outcome == "built"
         summary.errors += outcome == "error"
         summary.kinds[mutation.split(":")[0] + " " + outcome] += 1
+        if progress and summary.cases % 500 == 0:
+            print(f"seed {seed}: {summary.line()}", file=sys.stderr, flush=True)
 
     try:
         case()
@@ -525,7 +537,7 @@ def fuzz(cases: int, seed: int = 0, *, build_every: int = 50, sweep_every: int =
 
 def _worker(args: tuple[int, int, int]) -> Summary:
     cases, seed, build_every = args
-    return fuzz(cases, seed, build_every=build_every)
+    return fuzz(cases, seed, build_every=build_every, progress=True)
 
 
 def main(argv: list[str] | None = None) -> int:
