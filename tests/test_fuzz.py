@@ -74,3 +74,12 @@ def test_it_reports_a_torch_model_that_differs_from_the_ir(monkeypatch, wrong):
     summary = fuzz(20, seed=3, seeds=SMALL, build_every=1)
     assert summary.defects, "a wrong torch model went unnoticed"
     assert all("torch model" in d.problem for d in summary.defects)
+
+
+def test_a_spec_added_later_is_fuzzed_unchanged(tmp_path):
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "new.yml").write_text("name: new\ninput: [8, 8, 3]\nflows: {main: [global_avg_pool, dense: 2]}\n")
+    seeds = seed_specs(tmp_path)
+    assert [s.path.name for s in seeds] == ["new.yml"]
+    summary = fuzz(20, seed=4, seeds=seeds, build_every=0)
+    assert summary.cases == 20 and summary.defects == []
