@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test generated docs bench clean
+.PHONY: install run test generated docs fuzz bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ docs: install  ## redraw docs/diagrams/ from specs/ and examples/ (a test compar
 	@for spec in specs/*.yaml examples/*.yaml; do \
 		$(BIN)/archc graph $$spec -o docs/diagrams/$$(basename $$spec .yaml).svg || exit 1; \
 	done
+
+# Mutated copies of every spec in specs/ and examples/: each must end in a located error
+# or in valid generated code (tests/fuzz.py; the tests run a fixed-seed sample of 250).
+FUZZ_CASES ?= 10000
+FUZZ_SEED ?= 0
+fuzz: install  ## fuzz the compiler with FUZZ_CASES mutated specs; prints the defects and a summary line
+	$(BIN)/python tests/fuzz.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --jobs 2
 
 # Benchmarks (not tests): timm and torchvision need torch 2.14.1, so the PyTorch
 # comparison runs in its own .venv-bench; see benchmarks/RESULTS.md.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import wraps
 
 import click
 
-from .errors import SpecError, UserError
+from .errors import SpecError, UserError, one_line
 from .params import parse_assignments
 
 
@@ -22,6 +23,28 @@ def _friendly(fn):
         except (SpecError, UserError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+
+    return wrapper
+
+
+def _no_traceback(fn):
+    """Any other exception is a bug in archc, not in the spec: one line that says so,
+    with the spec's path, and exit status 3 (ARCHC_TRACEBACK=1 shows the traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("ARCHC_TRACEBACK"):
+                raise
+            spec = kwargs.get("spec") or ", ".join(kwargs.get("specs") or ()) or "<no spec>"
+            what = one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            what = what if len(what) <= 200 else what[:197] + "..."
+            click.echo(f"error: {spec}: a bug in archc, not in the spec ({what}); please report it with the spec", err=True)
+            sys.exit(3)
 
     return wrapper
 
@@ -47,6 +70,7 @@ def main() -> None:
 @specs_argument
 @param_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_no_traceback
 @_friendly
 def params(specs, params, as_json):
     """Shapes, parameter counts and multiply-adds per module."""
@@ -65,6 +89,7 @@ def params(specs, params, as_json):
 
 @main.command()
 @specs_argument
+@_no_traceback
 @_friendly
 def check(specs):
     """Compare each spec's computed counts with its expect: section (exit 1 on a mismatch)."""
@@ -103,6 +128,7 @@ def schema():
 @click.option("-b", "--backend", "backends", multiple=True, help="Backend to render (repeatable; default: all installed).")
 @click.option("-o", "--out", "out_dir", default="generated", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the parameter table.")
+@_no_traceback
 @_friendly
 def build(specs, params, backends, out_dir, quiet):
     """Render each spec with the chosen backends into OUT (all files or none)."""
@@ -143,21 +169,23 @@ def build(specs, params, backends, out_dir, quiet):
 @click.option(
     "--plot", "plot_file", type=click.Path(dir_okay=False), help="Draw parameters and multiply-adds against the swept value into this PNG."
 )
+@_no_traceback
 @_friendly
 def variants(spec, sweeps, params, out_dir, plot_file):
     """Write one resolved spec per combination of swept values, and a table of their counts."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .variants import parse_sweeps, plot, run, table_rows
 
     result = run(spec, parse_sweeps(sweeps), _overrides(params), out_dir)
     rows = table_rows(result)
-    table = Table(title=f"variants of {spec}", title_justify="left")
+    table = Table(title=escape(f"variants of {spec}"), title_justify="left")
     for column in rows[0]:
-        table.add_column(str(column))
+        table.add_column(escape(str(column)))
     for row in rows[1:]:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row))
+        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else escape(str(v)) for v in row))
     Console(width=None if Console().is_terminal else 160).print(table)
     click.echo(f"wrote {len([v for v in result.variants if v.file])} specs, variants.csv and variants.md to {out_dir}")
     if plot_file:
@@ -318,6 +346,7 @@ def train(
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random inputs per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random weights and input.")
 @click.option("--source", metavar="BACKEND", help="Backend the random weights go into first (default: torch).")
+@_no_traceback
 @_friendly
 def verify(spec, params, backends, tolerance, batch, seed, source):
     """Build SPEC with every backend; compare parameter counts per module, port one set of

@@ -12,6 +12,8 @@ once here so that backends (and their templates) only format it:
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,17 +57,32 @@ class Plan:
 
 
 def literal(value: Any) -> str:
-    """A Python literal for an IR value: ints, floats, bools, strings, tuples, None."""
-    if isinstance(value, bool) or value is None:
+    """A Python literal for an IR value: ints, floats, bools, strings, tuples, None.
+
+    The one door through which values reach generated code: whatever it returns reads
+    back as the value (``ast.literal_eval``), and what has no literal (nan, inf, a
+    mapping, an object) raises TypeError, so a renderer cannot emit a broken module."""
+    if isinstance(value, bool) or value is None or isinstance(value, int):
         return repr(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"no Python literal for the float {value!r}")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=True)  # a valid Python string literal too
+        return _NON_ASCII.sub(_escape, json.dumps(value, ensure_ascii=False))  # a valid Python string literal too
     if isinstance(value, (tuple, list)):
         inner = ", ".join(literal(v) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"
-    raise TypeError(f"no literal for {type(value).__name__}")
+    raise TypeError(f"no Python literal for a {type(value).__name__}")
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7e]")
+
+
+def _escape(match: re.Match) -> str:
+    """Python's escape for a character (JSON's surrogate pairs would read back as two)."""
+    n = ord(match.group())
+    return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:

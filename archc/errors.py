@@ -32,9 +32,21 @@ class SpecError(Exception):
         self.loc = loc
         self.message = message
 
+    def __str__(self) -> str:
+        return one_line(f"{self.loc}: {self.loc.path or '<spec>'}: {self.message}")
+
 
 class UserError(Exception):
     """A bad command-line request that is not about a spec's content (exit status 2)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """Line breaks and other unprintable characters (from a spec's keys and values) as
+    Python escapes: an error message stays one line, whatever the spec holds."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

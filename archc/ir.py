@@ -7,9 +7,10 @@ BN ``momentum`` uses the Keras meaning: the fraction of the running value that i
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .training import Training
 
@@ -32,6 +33,24 @@ def _pair(value: Any) -> Any:
 
 
 Pair = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_pair)]
+
+
+PLAIN = "a number, a text, true/false, null or a list of them"
+
+
+def plain(value: Any) -> Any:
+    """Values a spec passes around whole (param defaults and choices, block arguments)
+    are what generated code can write as a literal; ValueError for anything else."""
+    if isinstance(value, list):
+        for item in value:
+            plain(item)
+        return value
+    if value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    raise ValueError(PLAIN)
+
+
+Plain = Annotated[Any, AfterValidator(plain)]
 Segments = Literal["depthwise"] | PositiveInt
 
 
@@ -174,7 +193,7 @@ class Call(Node):
 
     op: Literal["call"] = "call"
     block: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: dict[str, Plain] = Field(default_factory=dict)
     body: list[Layer] = Field(min_length=1)
 
 
@@ -196,10 +215,10 @@ for _cls in (Residual, Branches, Repeat, Call):
 class Param(BaseModel):
     """A declared spec parameter: a typed default the command line may override."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     type: Literal["int", "float", "bool", "str", "segments"]
-    default: Any
-    choices: list[Any] | None = None
+    default: Plain
+    choices: list[Plain] | None = None
     min: float | None = None
     max: float | None = None
     doc: str = ""
@@ -207,7 +226,7 @@ class Param(BaseModel):
 
 class BlockDef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    args: dict[str, Any]  # name -> default (None: required)
+    args: dict[str, Plain]  # name -> default (None: required)
     doc: str = ""
 
 

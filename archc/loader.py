@@ -2,11 +2,15 @@
 
 PyYAML's safe composer gives nodes with marks; we construct the values ourselves so that
 every value and every mapping key keeps its line and column, and so that alias bombs,
-huge files and absurd nesting are refused before they cost time.
+huge files and absurd nesting are refused before they cost time. A spec is plain data:
+YAML tags (on any node, keys too) and numbers that are not finite are refused where they
+stand, so nothing later has to expect them.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ MAX_BYTES = 2_000_000
 MAX_NODES = 200_000
 MAX_DEPTH = 64
 
+LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what PyYAML counts as one
 Key = tuple[str | int, ...]
 
 
@@ -77,7 +82,12 @@ def load_text(raw: bytes | str, file: str = "<string>") -> Source:
             raise SpecError(
                 Location(file, 1, 1, ""), f"expected UTF-8 text, found byte {raw[exc.start]:#x} at offset {exc.start}"
             ) from None
-    loader = yaml.SafeLoader(raw)
+    try:
+        loader = _Composer(raw, file)
+    except yaml.reader.ReaderError as exc:  # the reader checks every character first
+        before = LINE_BREAK.split(raw[: exc.position])
+        where = Location(file, len(before), len(before[-1]) + 1, "")
+        raise SpecError(where, f"expected printable text, found the character {chr(exc.character)!r}") from None
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -96,6 +106,47 @@ def load_text(raw: bytes | str, file: str = "<string>") -> Source:
     return source
 
 
+class _Composer(yaml.SafeLoader):
+    """PyYAML's composer recurses once per nesting level: it refuses a node deeper than
+    MAX_DEPTH, and a tag on any node, before composing it. Its scanner looks ahead over
+    every open flow collection (`[[[[...`) in quadratic time: it refuses those first."""
+
+    def __init__(self, text: str, file: str):
+        super().__init__(text)
+        self.file = file
+        self.path: list[str | int] = []
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            mark = self.get_mark()
+            where = Location(self.file, mark.line + 1, mark.column + 1, dotted(tuple(self.path)))
+            raise SpecError(where, f"expected nesting at most {MAX_DEPTH} deep, found deeper")
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        part = index if isinstance(parent, yaml.SequenceNode) else getattr(index, "value", None)
+        nested = part is not None  # not the root, nor a mapping key (which stands at its mapping)
+        if nested:
+            self.path.append(part if isinstance(part, (str, int)) else "?")
+        where = Location(self.file, event.start_mark.line + 1, event.start_mark.column + 1, dotted(tuple(self.path)))
+        if len(self.path) > MAX_DEPTH:
+            raise SpecError(where, f"expected nesting at most {MAX_DEPTH} deep, found deeper")
+        if getattr(event, "tag", None) is not None:
+            raise SpecError(where, f"expected plain YAML without tags, found the tag {_written(event.start_mark)}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self.path.pop()
+
+
+def _written(mark: yaml.Mark) -> str:
+    """The token at ``mark`` as the spec spells it (a tag such as '!!map' or '!kernel')."""
+    token = re.match(r"[^\s,\[\]{}]*", mark.buffer[mark.index :] if mark.buffer else "")
+    return repr(token.group() if token else "")
+
+
 class _Builder:
     def __init__(self, source: Source, constructor: yaml.SafeLoader):
         self.source = source
@@ -110,10 +161,14 @@ class _Builder:
             raise self._at(node, key, f"expected nesting at most {MAX_DEPTH} deep, found deeper")
         self.source.values[key] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
-            self.constructor.flatten_mapping(node)
+            try:
+                self.constructor.flatten_mapping(node)  # merge keys: `<<: *defaults`
+            except yaml.MarkedYAMLError as exc:
+                found = (exc.problem or "").rpartition("found ")[2] or "something else"
+                raise self._at(node, key, f"expected a mapping (or a list of mappings) after '<<', found a {found}") from None
             out: dict[str, Any] = {}
             for knode, vnode in node.value:
-                name = self.constructor.construct_object(knode) if isinstance(knode, yaml.ScalarNode) else None
+                name = self._scalar(knode, key) if isinstance(knode, yaml.ScalarNode) else None
                 if not isinstance(name, str):
                     raise self._at(
                         knode, key, f"expected a text key, found {'a ' + type(name).__name__ if name is not None else 'a complex key'}"
@@ -125,10 +180,16 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, key + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self._scalar(node, key)
+
+    def _scalar(self, node: yaml.ScalarNode, key: Key) -> Any:
         try:
-            return self.constructor.construct_object(node)
-        except yaml.YAMLError as exc:
-            raise self._at(node, key, f"expected a plain value, found {getattr(exc, 'problem', exc)}") from None
+            value = self.constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: a timestamp like 2001-13-45
+            raise self._at(node, key, f"expected a plain value, found {node.value!r} ({getattr(exc, 'problem', exc)})") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._at(node, key, f"expected a finite number, found {node.value}")
+        return value
 
     def _at(self, node: yaml.Node, key: Key, message: str) -> SpecError:
         return SpecError(Location(self.source.file, node.start_mark.line + 1, node.start_mark.column + 1, dotted(key)), message)

@@ -3,6 +3,7 @@ overrides (from ``-p name=value``, ``--sweep`` or ``create_model(**overrides)``)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0"}
 TYPE_WORDS = {
     "int": "an integer",
-    "float": "a number",
+    "float": "a finite number",
     "bool": "true or false",
     "str": "a text",
     "segments": "'depthwise' or a positive integer",
@@ -61,7 +62,7 @@ def _infer_type(default: Any) -> str:
 
 
 def _words(msg: str) -> str:
-    return msg.replace("Input should be ", "").replace("Extra inputs are not permitted", "a known key")
+    return msg.replace("Input should be ", "").replace("Value error, ", "").replace("Extra inputs are not permitted", "a known key")
 
 
 def check(decl: Param, value: Any) -> Any:
@@ -101,10 +102,19 @@ def _convert(kind: str, value: Any) -> Any:
     if kind == "int":
         return value if isinstance(value, int) else None
     if kind == "float":
-        return float(value) if isinstance(value, (int, float)) else None
+        return _finite(value) if isinstance(value, (int, float)) else None
     if kind == "segments":
         return value if value == "depthwise" or (isinstance(value, int) and value >= 1) else None
     return value if isinstance(value, str) else None
+
+
+def _finite(number: int | float) -> float | None:
+    """The number as a float, or None where it has none (nan, inf, a 400-digit int)."""
+    try:
+        value = float(number)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:

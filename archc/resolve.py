@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import ir
 from . import params as params_mod
 from .errors import did_you_mean, show
 from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Network, Node, Repeat, Residual, Where
@@ -73,7 +74,7 @@ class Resolver:
         if not (isinstance(inp, list) and len(inp) == 3 and all(type(v) is int and 1 <= v <= 100_000 for v in inp)):
             raise self.error(("input",), f"expected [height, width, channels] as three positive integers, found {show(inp)}")
         decls = params_mod.declare(self.source, doc.get("params"))
-        values = params_mod.resolve(self.source, decls, overrides)
+        values = self.params = params_mod.resolve(self.source, decls, overrides)
         self.defaults = self.read_defaults(doc.get("defaults"))
         self.blocks = self.read_blocks(doc.get("blocks"))
         flows_raw = doc["flows"]
@@ -170,6 +171,10 @@ class Resolver:
                         f"expected an argument name that is an identifier other than name/when, found '{arg}'",
                         at_key=True,
                     )
+                try:
+                    ir.plain(args[arg])
+                except ValueError:
+                    raise self.error(key + ("args", arg), f"expected {ir.PLAIN} as a default, found {show(args[arg])}") from None
             blocks[name] = (args, body["body"], str(body.get("doc") or ""))
         return blocks
 
@@ -335,9 +340,10 @@ class Resolver:
                     raise self.error(key, f"expected a value for argument '{arg}' of block '{block}', found none", via=scope.via)
                 args[arg] = default
         here = self.source.loc(key).path
-        inner = Scope({**scope.symbols, **args}, common["path"], f"{scope.via} > {here}" if scope.via else here, scope.stack + (block,))
+        # a block body sees the spec's params and its own arguments, not its caller's
+        inner = Scope({**self.params, **args}, common["path"], f"{scope.via} > {here}" if scope.via else here, scope.stack + (block,))
         nodes = self.sequence(body, ("blocks", block, "body"), inner)
-        return self.build(Call, {**common, "refs": refs, "block": block, "args": args, "body": nodes}, key, scope)
+        return self.build(Call, {**common, "refs": refs, "block": block, "args": args, "body": nodes}, key, scope, {"args": key})
 
     def substitute(self, value: Any, key: Key, scope: Scope) -> tuple[Any, str | None]:
         """``$name`` -> (its value, 'name'); anything else -> (value, None)."""

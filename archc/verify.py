@@ -363,15 +363,16 @@ def _fmt_counts(c: tuple[int, int]) -> str:
 
 def print_result(result: Result, console: Any = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=None if Console().is_terminal else 132)
     analysis = result.analysis
     net = analysis.net
-    params = ", ".join(f"{k}={v}" for k, v in net.params.items())
+    params = escape(", ".join(f"{k}={v}" for k, v in net.params.items()))
     for name, missing in result.skipped.items():
         console.print(f"[yellow]backend '{name}' does not port weights (no {', '.join(missing)}): left out[/yellow]")
-    title = f"verify {net.name}  ({net.file}): parameters per module, trainable + non-trainable"
+    title = escape(f"verify {net.name}  ({net.file})") + ": parameters per module, trainable + non-trainable"
     table = Table(title=title, caption=f"params: {params}" if params else None, title_justify="left")
     table.add_column("module")
     table.add_column("kind")
@@ -381,7 +382,7 @@ def print_result(result: Result, console: Any = None) -> None:
     table.add_column("")
     for row in result.rows:
         cells = [_fmt_counts(found) if found == row.ir else f"[red]{_fmt_counts(found)}[/red]" for found in row.found.values()]
-        table.add_row(row.path, row.kind, _fmt_counts(row.ir), *cells, "ok" if row.ok else "[red]DIFFERS[/red]")
+        table.add_row(escape(row.path), row.kind, _fmt_counts(row.ir), *cells, "ok" if row.ok else "[red]DIFFERS[/red]")
     table.add_section()
     ir = (analysis.total.trainable, analysis.total.non_trainable)
     totals = [
@@ -395,7 +396,7 @@ def print_result(result: Result, console: Any = None) -> None:
     if len(result.backends) < 2:
         console.print("only one backend ports weights: counts checked, no outputs to compare")
     for error in result.weight_errors:
-        console.print(f"[red]{error}[/red]")
+        console.print(f"[red]{escape(str(error))}[/red]")
     for c in result.comparisons:
         t = Table(
             title=f"{c.other} vs {c.reference}: outputs of every instance (weights {c.reference} -> {c.other}, batch {result.batch}, seed {result.seed})",
@@ -405,7 +406,11 @@ def print_result(result: Result, console: Any = None) -> None:
             t.add_column(column, justify="left" if column == "module" else "right")
         for path, (n, d) in c.modules.items():
             t.add_row(
-                path, str(n), f"{d.abs:.2e}", f"{d.scale:.3g}", f"{d.rel:.2e}" if d.ok(result.tolerance) else f"[red]{d.rel:.2e}[/red]"
+                escape(path),
+                str(n),
+                f"{d.abs:.2e}",
+                f"{d.scale:.3g}",
+                f"{d.rel:.2e}" if d.ok(result.tolerance) else f"[red]{d.rel:.2e}[/red]",
             )
         t.add_section()
         o = c.output

@@ -1,14 +1,17 @@
-"""Golden error messages: each file in bad_specs/ states its expected message on line 1."""
+"""Golden error messages: each file in bad_specs/ states its expected message on line 1
+(from loading it, or from rendering it with a backend)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from archc.api import load
+from archc.backend import get, registered
 from archc.errors import SpecError
 
 BAD = Path(__file__).parent / "bad_specs"
@@ -21,11 +24,18 @@ def expected(path: Path) -> str:
     return first.removeprefix("# expect: ")
 
 
+def load_and_render(path: str) -> None:
+    """What `archc build` does before writing: a spec may also fail in a backend."""
+    analysis = load(path)
+    for name in registered():
+        get(name).render(analysis)
+
+
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_message(path, monkeypatch):
     monkeypatch.chdir(BAD)
     with pytest.raises(SpecError) as info:
-        load(path.name)
+        load_and_render(path.name)
     assert str(info.value) == expected(path)
 
 
@@ -74,3 +84,27 @@ def test_deep_nesting_is_refused(tmp_path):
     path.write_text("name: x\nflows: " + "[" * 200 + "]" * 200 + "\n")
     with pytest.raises(SpecError, match="nesting at most"):
         load(path)
+
+
+HOLES = ["deep_flow_style", "deep_block_style", "tag_on_key", "tag_on_mapping", "nan_param", "inf_block_arg"]
+
+
+@pytest.mark.parametrize("name", HOLES)
+def test_hostile_yaml_is_one_line_exit_2_within_a_second(name, monkeypatch):
+    """Nesting thousands deep (block and flow style), tags on keys and mappings, and
+    non-finite numbers end in the golden line, fast, with no traceback."""
+    path = BAD / f"{name}.yaml"
+    monkeypatch.chdir(BAD)
+    start = time.perf_counter()
+    with pytest.raises(SpecError):
+        load(path.name)
+    assert time.perf_counter() - start < 1.0
+    proc = subprocess.run([sys.executable, "-m", "archc", "params", path.name], cwd=BAD, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: {expected(path)}\n")
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf", "1e999", "1" * 400])
+def test_non_finite_overrides_are_refused(value):
+    spec = Path(__file__).parents[1] / "specs" / "xception.yaml"
+    with pytest.raises(SpecError, match="expected a finite number"):
+        load(spec, {"dropout": value})

@@ -508,7 +508,9 @@ def test_cli_builds_the_torch_file(tmp_path):
 def test_unsupported_specs_get_one_located_message(tmp_path):
     spec = small_spec(tmp_path, textwrap.dedent(SMALL).replace("    - flatten\n", "    - flatten: {when: $hidden}\n"))
     result = CliRunner().invoke(main, ["build", str(spec), "--backend", "torch", "-o", str(tmp_path), "-q"])
-    assert result.exit_code == 2 and "body/flatten1" in result.output
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.output.startswith(f"error: {spec}:")  # FILE:LINE:COL, like every spec error
+    assert "flows.body[3].flatten: expected what the torch backend can express, found `when: $hidden`" in result.output
 
 
 def test_layout_is_what_ruff_formats_at_any_width(tmp_path):

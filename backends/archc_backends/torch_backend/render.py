@@ -20,7 +20,7 @@ from archc import ir
 from archc.analysis import Analysis
 from archc.codegen import Plan
 from archc.codegen import plan as make_plan
-from archc.errors import UserError
+from archc.errors import Location, SpecError
 from archc.ir import (
     BN,
     Act,
@@ -108,8 +108,14 @@ TEMPLATES = Environment(
 )
 
 
-class Unsupported(UserError):
-    """A spec the IR accepts but this backend cannot express (said with the node's path)."""
+class Unsupported(SpecError):
+    """A spec the IR accepts but this backend cannot express, located at the node."""
+
+    def __init__(self, node: Node, found: str):
+        where = node.where
+        super().__init__(
+            Location(where.file, where.line, where.col, where.spec_path), f"expected what the torch backend can express, found {found}"
+        )
 
 
 @dataclass
@@ -151,9 +157,7 @@ class Renderer:
 
     def symbol(self, node: Node, ref: str, env: dict[str, Value]) -> Value:
         if ref not in env:
-            raise Unsupported(
-                f"{node.path}: '${ref}' names an argument of a calling block; the torch backend needs it declared as an argument of this block"
-            )
+            raise Unsupported(node, f"'${ref}', an argument of a calling block (declare it as an argument of this block)")
         return env[ref]
 
     def option(self, node: Node, env: dict[str, Value], name: str, keyword: str = "", fmt=v.code) -> list[tuple[str, str]]:
@@ -177,9 +181,7 @@ class Renderer:
             return cond, ch, rank
         new, new_rank = self.effect(node, env, v.assume(ch, cond), rank)
         if isinstance(cond, Sym) and new_rank != rank:
-            raise Unsupported(
-                f"{node.path}: a `when: ${node.refs['when']}` on a layer that turns feature maps into vectors is not supported"
-            )
+            raise Unsupported(node, f"`when: ${node.refs['when']}` on a layer that turns feature maps into vectors")
         return cond, v.switch(cond, new, ch), new_rank
 
     def effects(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:
@@ -208,7 +210,7 @@ class Renderer:
     def flat_size(self, node: Flatten) -> Lit:
         """A flatten's output size, as archc infers it for the spec's params."""
         if node.path not in self.analysis.shapes:
-            raise Unsupported(f"{node.path}: the size of a flatten that is switched off by default is not known")
+            raise Unsupported(node, "a flatten that is switched off by default (its output size is not known)")
         return Lit(self.analysis.shapes[node.path][1][0])
 
     # -- layers ---------------------------------------------------------------------------
@@ -357,7 +359,7 @@ class Renderer:
         try:
             return literal(value)
         except TypeError:
-            raise Unsupported(f"{node.path}: a block argument of {type(value).__name__} has no Python literal here") from None
+            raise Unsupported(node, f"a block argument of {type(value).__name__}, which has no Python literal") from None
 
     # -- classes --------------------------------------------------------------------------
 

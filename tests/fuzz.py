@@ -1,0 +1,578 @@
+"""Fuzz archc with mutations of its bundled specs: no input may end in a traceback or in
+broken code.
+
+Every spec under specs/ and examples/ (found by glob, so new ones join by themselves) is
+mutated by hypothesis, on its parsed tree (replace, delete, duplicate and rename keys,
+op names and values; hostile strings and numbers) or on its text (insert, delete,
+truncate bytes), sometimes with hostile ``-p`` overrides, and run in-process through
+what ``archc params | check | build | variants`` call. Each case must end either in a
+located SpecError/UserError (``FILE:LINE:COL`` inside the mutated file, one line), or
+in an accepted spec whose torch and Keras modules compile; for one accepted case in
+``--build-every``, the torch model is built at a small input size and its counts and
+output shape must equal the IR's. Anything else is a defect.
+
+    python tests/fuzz.py --cases 10000 --jobs 2      # make fuzz
+    python tests/fuzz.py --cases 200 --keep out/     # write each defect's input to out/
+
+Prints ``cases N, accepted A, located errors E, defects D`` and the time; exit 1 on a
+defect. tests/test_fuzz.py runs a fixed-seed sample in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import multiprocessing
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+
+from archc import api, variants
+from archc.backend import get, module_name, registered, write_all
+from archc.errors import SpecError, UserError
+from archc.report import print_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_GLOBS = ("specs/*.yaml", "specs/*.yml", "examples/*.yaml", "examples/*.yml")
+BACKENDS = ("torch", "keras")
+LINE_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what PyYAML counts as a new line
+LOCATED = re.compile(r"(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): ")
+
+# Strings that have broken code generators, YAML, rich markup or Python somewhere.
+HOSTILE_TEXT = [
+    "",
+    " ",
+    "_",
+    "0",
+    "-1",
+    "1e999",
+    "nan",
+    "inf",
+    "-inf",
+    "None",
+    "null",
+    "~",
+    "true",
+    "yes",
+    "no",
+    "on",
+    "class",
+    "def",
+    "lambda",
+    "import",
+    "return",
+    "self",
+    "super",
+    "print",
+    "torch",
+    "nn",
+    "keras",
+    "layers",
+    "x",
+    "F",
+    "__init__",
+    "__class__",
+    "__dict__",
+    "__import__('os').system('echo pwned')",
+    "forward",
+    "training",
+    "Model",
+    "create_model",
+    "OrderedDict",
+    "in_channels",
+    "ACTIVATIONS",
+    "Sequential",
+    "$",
+    "$$",
+    "$$x",
+    "$nope",
+    "$classes",
+    "$filters",
+    "${x}",
+    "{x}",
+    "{{x}}",
+    "%s",
+    "%(x)s",
+    "[bold]",
+    "[/bold]",
+    "[/]",
+    "[link=x]",
+    "\\",
+    "\\n",
+    "'",
+    '"',
+    '"""',
+    "'''",
+    "`",
+    "#",
+    "# comment",
+    ": ",
+    "- ",
+    "\n",
+    "\r",
+    "\t",
+    "\x00",
+    "\x1b[31m",
+    "\u2028",
+    "\u202e",
+    "\ufeff",
+    "é",
+    "ß",
+    "名前",
+    "🙂",
+    "ｆｕｌｌ",
+    "x" * 300,
+    "depthwise",
+    "same",
+    "valid",
+    "relu",
+    "softmax",
+    "none",
+]
+HUGE = [10**k + d for k in (3, 6, 7, 9, 12, 18, 19, 40, 400) for d in (-1, 0)]
+SNIPPETS = [b"[", b"]", b"{", b"}", b"&a ", b"*a", b"!tag ", b"!!str ", b": ", b"- ", b"-", b"\t", b"#", b"'", b'"', b"\n",
+            b"\n  ", b"\xff", b"\xc3", b"<<: ", b"? ", b"|", b">", b"%YAML 1.1\n", b"---\n", b"...\n", b",", b"$", b"0", b".nan",
+            b"1.0e+999", b"\x00", b"\r"]  # fmt: skip
+
+
+@dataclass
+class Summary:
+    cases: int = 0
+    accepted: int = 0
+    errors: int = 0
+    built: int = 0
+    defects: list[Defect] = field(default_factory=list)
+    kinds: Counter = field(default_factory=Counter)
+
+    def add(self, other: Summary) -> None:
+        self.cases += other.cases
+        self.accepted += other.accepted
+        self.errors += other.errors
+        self.built += other.built
+        self.defects += other.defects
+        self.kinds.update(other.kinds)
+
+    def line(self) -> str:
+        return f"cases {self.cases}, accepted {self.accepted}, located errors {self.errors}, defects {len(self.defects)}"
+
+
+@dataclass
+class Defect:
+    """An input that ended in something else than a located error or valid code."""
+
+    seed_spec: str
+    mutation: str
+    text: str
+    overrides: dict[str, str]
+    problem: str
+
+
+class DefectFound(Exception):
+    """Raised by the checks below; the runner records it as a defect."""
+
+
+# -- the seed corpus --------------------------------------------------------------------
+
+
+@dataclass
+class Seed:
+    path: Path
+    text: str
+    tree: Any
+
+
+def seed_specs(root: Path = ROOT) -> list[Seed]:
+    """Every bundled spec, parsed (plain YAML: the fuzzer owns no archc code)."""
+    paths = sorted({p for pattern in SEED_GLOBS for p in root.glob(pattern)})
+    return [Seed(p, p.read_text(encoding="utf-8"), yaml.safe_load(p.read_text(encoding="utf-8"))) for p in paths]
+
+
+def vocabulary(seeds: list[Seed]) -> list[str]:
+    """Every key and text value of the seeds: op names, field names, params, block names,
+    so that mutations swap real words too (new ops join by being used in a spec)."""
+    words: set[str] = set()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                words.add(str(key))
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+        elif isinstance(value, str) and len(value) < 40:
+            words.add(value)
+
+    for seed in seeds:
+        visit(seed.tree)
+    return sorted(words)
+
+
+# -- strategies -------------------------------------------------------------------------
+
+
+def scalars(words: list[str]) -> st.SearchStrategy:
+    return st.one_of(
+        st.sampled_from(words),
+        st.sampled_from(HOSTILE_TEXT),
+        st.text(max_size=12),
+        st.integers(-3, 300),
+        st.sampled_from(HUGE).map(lambda n: n if n % 2 else -n),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.0, -0.0, 0.5, 1.0, 1e-300, 1e300, 0.99, 1e-3]),
+        st.booleans(),
+        st.none(),
+    )
+
+
+def values(words: list[str]) -> st.SearchStrategy:
+    scalar = scalars(words)
+    return st.one_of(
+        scalar,
+        scalar,
+        st.lists(scalar, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(words), st.sampled_from(HOSTILE_TEXT)), scalar, max_size=3),
+    )
+
+
+def paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every position in a parsed tree: keys of mappings, indices of lists."""
+    out = [prefix]
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out += paths(value, prefix + (key,))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            out += paths(value, prefix + (i,))
+    return out
+
+
+def at(tree: Any, path: tuple) -> Any:
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
+def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str, str]:
+    """One to three tree edits, then YAML text (block or flow style)."""
+    tree = copy.deepcopy(seed.tree)
+    done = []
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        where = data.draw(st.sampled_from(paths(tree)[1:] or [()]), label="path")
+        if not where:
+            break
+        parent, last = at(tree, where[:-1]), where[-1]
+        edit = data.draw(
+            st.sampled_from(["replace", "replace", "delete", "duplicate", "rename", "graft", "respell", "nudge"]), label="edit"
+        )
+        if edit == "respell":  # rename a word everywhere (a block, param, flow or layer name and its $refs): often valid
+            word = where[-1] if isinstance(where[-1], str) else str(at(tree, where))
+            new = data.draw(st.one_of(st.sampled_from(HOSTILE_TEXT), st.text(min_size=1, max_size=10)), label="new name")
+            tree = respell(tree, word, new)
+        elif edit == "nudge":  # a nearby number where there is one: usually still a valid spec
+            value = at(tree, where)
+            if isinstance(value, int) and not isinstance(value, bool):
+                low, high = sorted((value // 2, value * 2 + 1))
+                parent[last] = data.draw(st.integers(low, high), label="nudged")
+        elif edit == "replace":
+            parent[last] = data.draw(values(words), label="value")
+        elif edit == "delete":
+            del parent[last]
+        elif edit == "duplicate" and isinstance(parent, list):
+            parent.insert(last, copy.deepcopy(parent[last]))
+        elif edit in ("duplicate", "rename") and isinstance(parent, dict):
+            new = data.draw(st.one_of(st.sampled_from(words), st.sampled_from(HOSTILE_TEXT), st.text(max_size=8)), label="key")
+            items = list(parent.items())
+            index = [k for k, _ in items].index(last)
+            items.insert(index + 1 if edit == "duplicate" else index, (new, copy.deepcopy(parent[last])))
+            if edit == "rename":
+                del items[index + 1]
+            parent.clear()
+            parent.update(items)
+        else:  # graft: a copy of another part of the spec (an op, a block body, a flow)
+            other = data.draw(st.sampled_from(paths(tree)), label="graft")
+            parent[last] = copy.deepcopy(at(tree, other))
+        done.append(f"{edit} {'.'.join(map(str, where))}")
+    flow = data.draw(st.sampled_from([False, None]), label="flow style")
+    unicode = data.draw(st.booleans(), label="unicode")
+    text = yaml.dump(
+        tree, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, allow_unicode=unicode, default_flow_style=flow
+    )
+    return text, "tree: " + "; ".join(done)
+
+
+def respell(value: Any, word: str, new: str) -> Any:
+    """``value`` with every key, text and ``$reference`` equal to ``word`` renamed to ``new``."""
+    if isinstance(value, dict):
+        return {(new if k == word else k): respell(v, word, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [respell(v, word, new) for v in value]
+    if value == word:
+        return new
+    return f"${new}" if value == f"${word}" else value
+
+
+def mutate_text(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[bytes, str]:
+    """One to three byte edits of the spec's text."""
+    raw = seed.text.encode("utf-8")
+    done = []
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        edit = data.draw(st.sampled_from(["insert", "insert", "delete", "truncate", "word", "line"]), label="edit")
+        pos = data.draw(st.integers(0, len(raw)), label="position")
+        if edit == "insert":
+            piece = data.draw(
+                st.one_of(st.sampled_from(SNIPPETS), st.binary(max_size=6), st.sampled_from(HOSTILE_TEXT).map(str.encode)), label="bytes"
+            )
+            raw = raw[:pos] + piece + raw[pos:]
+        elif edit == "delete":
+            raw = raw[:pos] + raw[pos + data.draw(st.integers(1, 40), label="length") :]
+        elif edit == "truncate":
+            raw = raw[:pos]
+        elif edit == "word":  # replace the word at pos with another spec word or a hostile one
+            match = re.compile(rb"[\w$.-]+").search(raw, pos)
+            if match:
+                new = data.draw(st.one_of(st.sampled_from(words), st.sampled_from(HOSTILE_TEXT)), label="word").encode()
+                raw = raw[: match.start()] + new + raw[match.end() :]
+        else:  # duplicate a line
+            start = raw.rfind(b"\n", 0, pos) + 1
+            end = raw.find(b"\n", pos)
+            end = len(raw) if end < 0 else end + 1
+            raw = raw[:end] + raw[start:end] + raw[end:]
+        done.append(f"{edit} @{pos}")
+    return raw, "text: " + "; ".join(done)
+
+
+def overrides(data: st.DataObject, seed: Seed, words: list[str]) -> dict[str, str]:
+    """Sometimes ``-p NAME=VALUE`` items: declared params (mostly) with hostile values."""
+    if not data.draw(st.integers(0, 4), label="overrides?") == 0:
+        return {}
+    declared = list(seed.tree.get("params") or {}) if isinstance(seed.tree, dict) else []
+    name = data.draw(st.sampled_from(declared) if declared else st.sampled_from(words), label="param")
+    value = data.draw(st.one_of(st.sampled_from(HOSTILE_TEXT), st.integers(-5, 10**6).map(str), st.sampled_from(words)), label="value")
+    return {name: value}
+
+
+# -- the oracle -------------------------------------------------------------------------
+
+
+def unlocated(exc: Exception, path: Path) -> str | None:
+    """Why an error is not a located one-line message inside ``path`` (None: it is)."""
+    text = str(exc)
+    if "\n" in text or "\r" in text:
+        return f"a message of several lines: {text!r}"
+    match = LOCATED.match(text)
+    if not match:
+        return f"no FILE:LINE:COL: {text!r}"
+    if match["file"] != str(path):
+        return f"located in {match['file']!r}, not in {str(path)!r}: {text!r}"
+    lines = LINE_BREAKS.split(path.read_bytes().decode("utf-8", errors="replace"))
+    line, col = int(match["line"]), int(match["col"])
+    if not 1 <= line <= len(lines) + 1:
+        return f"line {line} outside the file's {len(lines)} lines: {text!r}"
+    if not 1 <= col <= len(lines[line - 1] if line <= len(lines) else "") + 2:
+        return f"column {col} outside line {line}: {text!r}"
+    return None
+
+
+def run_case(path: Path, overrides: dict[str, str], out: Path, *, build_model: bool = False, sweep: bool = False) -> str:
+    """'accepted', 'built' (accepted, and its torch model checked) or 'error'; raises
+    DefectFound (or anything else: also a defect)."""
+    try:
+        analysis = api.load(path, overrides)  # what params, check, build, verify start with
+        print_table(analysis, _null_console())  # archc params
+        json.dumps(analysis.as_dict())  # archc params --json
+        api.expectation_mismatches(analysis)  # archc check
+        files = {}
+        for name in [b for b in BACKENDS if b in registered()]:  # archc build: api.build without loading again
+            files[out / f"{module_name(analysis, name)}.py"] = get(name).render(analysis)
+        write_all(files)
+        for file, source in files.items():
+            try:
+                compile(source, str(file), "exec")
+            except (SyntaxError, ValueError) as exc:
+                raise DefectFound(f"{file.name} does not compile: {exc}") from None
+        if sweep and analysis.net.param_decls:
+            name = sorted(analysis.net.param_decls)[0]
+            values = [str(analysis.net.params[name]), *overrides.values()]
+            values = [v for v in values if v.strip() and "," not in v] or ["1"]
+            result = variants.run(path, {name: values}, {k: v for k, v in overrides.items() if k != name}, out / "variants")
+            variants.table_rows(result)
+        if build_model and check_torch_model(path, overrides, out):
+            return "built"
+    except (SpecError, UserError) as exc:
+        problem = unlocated(exc, path)
+        if problem:
+            raise DefectFound(f"{type(exc).__name__} {problem}") from None
+        return "error"
+    return "accepted"
+
+
+def _null_console():
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=132)
+
+
+SMALL_SIZES = (32, 48, 64, 96, 128, 160)
+
+
+def check_torch_model(path: Path, overrides: dict[str, str], out: Path) -> bool:
+    """Build the generated torch model at the smallest input size the spec takes; its
+    counts and output shape must be the IR's. False when no small size fits."""
+    for size in SMALL_SIZES:
+        try:
+            analysis = api.load(path, overrides, input_size=(size, size))
+        except SpecError:
+            continue
+        if analysis.total.trainable + analysis.total.non_trainable > 50_000_000:
+            return False  # too big to build in a fuzz case (a mutation multiplied the widths)
+        import torch
+
+        backend = get("torch")
+        file = out / f"small_{size}_torch.py"
+        file.write_text(backend.render(analysis), encoding="utf-8")
+        model = backend.load(file).create_model().eval()
+        counts = backend.count(model)
+        expected = (analysis.total.trainable, analysis.total.non_trainable)
+        if counts != expected:
+            raise DefectFound(f"torch model at {size}x{size} counts {counts}, the IR {expected}")
+        h, w, c = analysis.net.input
+        with torch.no_grad():
+            y = model(torch.zeros(1, c, h, w))
+        shape = tuple(y.shape[1:])
+        ir = analysis.output if len(analysis.output) == 1 else (analysis.output[2], *analysis.output[:2])
+        if shape != tuple(ir):
+            raise DefectFound(f"torch model at {size}x{size} gives {shape}, the IR {tuple(ir)}")
+        return True
+    return False
+
+
+# -- the runner -------------------------------------------------------------------------
+
+
+def fuzz(
+    cases: int,
+    seed: int = 0,
+    *,
+    build_every: int = 50,
+    sweep_every: int = 20,
+    seeds: list[Seed] | None = None,
+    progress: bool = False,
+) -> Summary:
+    """Run ``cases`` hypothesis-generated cases (fixed ``seed``: the same cases each run)."""
+    seeds = seeds if seeds is not None else seed_specs()
+    words = vocabulary(seeds)
+    summary = Summary()
+    work = Path(tempfile.mkdtemp(prefix="archc-fuzz-"))
+
+    @hypothesis_seed(seed)
+    @settings(
+        max_examples=cases,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],  # every case counts; a defect is recorded, not shrunk
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.data())
+    def case(data: st.DataObject) -> None:
+        spec = data.draw(st.sampled_from(seeds), label="spec")
+        if data.draw(st.booleans(), label="tree?"):
+            text, mutation = mutate_tree(data, spec, words)
+            raw = text.encode("utf-8")
+        else:
+            raw, mutation = mutate_text(data, spec, words)
+        extra = overrides(data, spec, words)
+        folder = work / "case"
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "out").mkdir(parents=True)
+        path = folder / spec.path.name
+        path.write_bytes(raw)
+        summary.cases += 1
+        accepted = summary.accepted
+        try:
+            outcome = run_case(
+                path,
+                extra,
+                folder / "out",
+                build_model=build_every > 0 and accepted % build_every == build_every - 1,
+                sweep=sweep_every > 0 and accepted % sweep_every == 0,
+            )
+        except Exception as exc:  # noqa: BLE001 - every other ending is what we look for
+            problem = str(exc) if isinstance(exc, DefectFound) else "".join(traceback.format_exception_only(exc)).strip()
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            if where and not isinstance(exc, DefectFound):
+                problem += f" (at {Path(where.filename).name}:{where.lineno})"
+            summary.defects.append(Defect(spec.path.name, mutation, raw.decode("utf-8", errors="replace"), extra, problem))
+            summary.kinds["defect"] += 1
+            if progress:
+                print(f"defect in {spec.path.name} ({mutation}): {problem}", file=sys.stderr, flush=True)
+            return
+        summary.accepted += outcome != "error"
+        summary.built += outcome == "built"
+        summary.errors += outcome == "error"
+        summary.kinds[mutation.split(":")[0] + " " + outcome] += 1
+        if progress and summary.cases % 500 == 0:
+            print(f"seed {seed}: {summary.line()}", file=sys.stderr, flush=True)
+
+    try:
+        case()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _worker(args: tuple[int, int, int]) -> Summary:
+    cases, seed, build_every = args
+    return fuzz(cases, seed, build_every=build_every, progress=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="processes, each with its own seed and share of the cases")
+    parser.add_argument("--build-every", type=int, default=50, help="build the torch model for one accepted case in N (0: never)")
+    parser.add_argument("--keep", type=Path, help="write each defect's input (and what went wrong) into this folder")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    shares = [args.cases // args.jobs + (i < args.cases % args.jobs) for i in range(args.jobs)]
+    jobs = [(n, args.seed + i, args.build_every) for i, n in enumerate(shares)]
+    if args.jobs == 1:
+        results = [_worker(jobs[0])]
+    else:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            results = pool.map(_worker, jobs)
+    summary = Summary()
+    for result in results:
+        summary.add(result)
+    seconds = time.perf_counter() - start
+    for i, defect in enumerate(summary.defects):
+        print(f"defect {i + 1}: {defect.seed_spec} ({defect.mutation}, -p {defect.overrides}): {defect.problem}")
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            (args.keep / f"defect{i + 1}_{defect.seed_spec}").write_text(
+                f"# {defect.problem}\n# {defect.mutation}; overrides {defect.overrides}\n{defect.text}", encoding="utf-8"
+            )
+    print(", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())))
+    print(
+        f"{summary.line()}; torch models built {summary.built}; {seconds:.0f} s ({seconds / max(summary.cases, 1) * 1000:.0f} ms a case, {args.jobs} processes)"
+    )
+    return 1 if summary.defects else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""A fixed-seed sample of the fuzzer (tests/fuzz.py; `make fuzz` runs 10,000 cases), and
+proof that it catches what it is for."""
+
+from __future__ import annotations
+
+import pytest
+from fuzz import fuzz, seed_specs, vocabulary
+
+SEEDS = seed_specs()
+
+
+def test_the_bundled_specs_are_the_seeds():
+    names = {s.path.name for s in SEEDS}
+    assert {"xception.yaml", "inception_v3.yaml", "vgg16.yaml", "resnet50.yaml"} <= names
+    assert {"conv", "sepconv", "branches", "residual", "repeat"} <= set(vocabulary(SEEDS))
+
+
+def test_a_fixed_seed_sample_has_no_defects():
+    """Every mutated spec ends in a located one-line error or in code that compiles (and,
+    for every 25th accepted one, a torch model with the IR's counts and output shape)."""
+    summary = fuzz(250, seed=2026, build_every=25)
+    assert summary.defects == [], "\n".join(f"{d.seed_spec} {d.mutation}: {d.problem}" for d in summary.defects)
+    assert summary.cases == 250
+    assert summary.accepted >= 25 and summary.errors >= 100  # both endings are exercised
+    assert summary.built >= 1
+
+
+SMALL = [s for s in SEEDS if s.path.name == "vgg16.yaml"]
+
+
+def test_it_reports_a_renderer_that_emits_broken_code(monkeypatch):
+    from archc_backends.keras_backend import KerasBackend
+
+    render = KerasBackend.render
+    monkeypatch.setattr(KerasBackend, "render", lambda self, analysis: render(self, analysis) + "\nx = nan(\n")
+    summary = fuzz(30, seed=1, seeds=SMALL, build_every=0)
+    assert summary.accepted == 0 and len(summary.defects) >= 1
+    assert all("does not compile" in d.problem for d in summary.defects)
+
+
+def test_it_reports_a_bare_exception_from_the_loader(monkeypatch):
+    def broken(raw, file="<string>"):
+        raise KeyError("planted")
+
+    monkeypatch.setattr("archc.loader.load_text", broken)
+    summary = fuzz(10, seed=1, seeds=SMALL, build_every=0)
+    assert len(summary.defects) == 10
+    assert "KeyError: 'planted'" in summary.defects[0].problem
+
+
+def test_it_reports_an_error_located_outside_the_file(monkeypatch):
+    from archc.errors import Location, SpecError
+
+    def misplaced(self, overrides):
+        raise SpecError(Location(self.source.file, 10_000, 1, "flows"), "expected something, found nothing")
+
+    monkeypatch.setattr("archc.resolve.Resolver.network", misplaced)
+    summary = fuzz(10, seed=1, seeds=SMALL, build_every=0)
+    assert summary.defects and all("outside the file" in d.problem or "no FILE" in d.problem for d in summary.defects)
+
+
+@pytest.mark.parametrize("wrong", ["counts", "shape"])
+def test_it_reports_a_torch_model_that_differs_from_the_ir(monkeypatch, wrong):
+    from archc_backends.torch_backend import TorchBackend
+
+    if wrong == "counts":
+        monkeypatch.setattr(TorchBackend, "count", lambda self, model: (1, 2))
+    else:
+        wrapped = (
+            "\n\n_create = create_model\n\n\ndef create_model(**kw):\n    return nn.Sequential(_create(**kw), nn.Unflatten(1, (1, -1)))\n"
+        )
+        render = TorchBackend.render
+        monkeypatch.setattr(TorchBackend, "render", lambda self, a: render(self, a) + wrapped)
+    summary = fuzz(20, seed=3, seeds=SMALL, build_every=1)
+    assert summary.defects, "a wrong torch model went unnoticed"
+    assert all("torch model" in d.problem for d in summary.defects)
+
+
+def test_a_spec_added_later_is_fuzzed_unchanged(tmp_path):
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "new.yml").write_text("name: new\ninput: [8, 8, 3]\nflows: {main: [global_avg_pool, dense: 2]}\n")
+    seeds = seed_specs(tmp_path)
+    assert [s.path.name for s in seeds] == ["new.yml"]
+    summary = fuzz(20, seed=4, seeds=seeds, build_every=0)
+    assert summary.cases == 20 and summary.defects == []
