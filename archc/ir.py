@@ -229,6 +229,7 @@ class Network(BaseModel):
     file: str
     description: str = ""
     input: tuple[PositiveInt, PositiveInt, PositiveInt]
+    input_refs: dict[int, str] = Field(default_factory=dict)  # input position -> its expression
     params: dict[str, Any]
     param_decls: dict[str, Param]
     blocks: dict[str, BlockDef]

@@ -20,7 +20,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from archc.analysis import Analysis
-from archc.codegen import Plan, literal, plan
+from archc.codegen import Plan, helper_source, literal, plan
 from archc.errors import Location, SpecError
 from archc.ir import (
     BN,
@@ -280,6 +280,7 @@ class Renderer:
         self.net = analysis.net
         self.plan = plan(analysis)
         self.helper = False  # whether some sepconv needs _separable_conv
+        self.index: str | None = None  # the loop variable of the repeat being rendered
         self.globals = {"keras", "layers", HELPER, "create_model"} | {b.func for b in self.plan.blocks.values()}
         # each block function's name-prefix parameter: 'name' unless an argument has it
         self.prefix = {b: Namespace(set(self.plan.signature(b))).create("name") for b in self.plan.blocks}
@@ -288,7 +289,7 @@ class Renderer:
         return Scope(Namespace(set(taken) | set(self.plan.params.values()) | self.globals | AMBIGUOUS | {"x"}))
 
     def sym(self, node: Node, field_name: str) -> str:
-        return self.plan.symbol(node, field_name, getattr(node, field_name))
+        return self.plan.symbol(node, field_name, getattr(node, field_name), self.index)
 
     # -- sequences and combinators --
 
@@ -303,7 +304,7 @@ class Renderer:
                 out.append(line(f"{dst} = {cur}"))
                 cur = dst
             stmts = self.node(node, cur, dst, prefix, scope)
-            out.extend(block(f"if {self.plan.symbol(node, 'when', True)}:", stmts) if "when" in node.refs else stmts)
+            out.extend(block(f"if {self.plan.symbol(node, 'when', True, self.index)}:", stmts) if "when" in node.refs else stmts)
             cur = dst
         if cur != dst:
             out.append(line(f"{dst} = {cur}"))
@@ -314,7 +315,7 @@ class Renderer:
         if isinstance(node, Call):
             bp = self.plan.blocks[node.block]
             decl = self.net.blocks[node.block]
-            args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg])}" for arg, ident in zip(decl.args, bp.args)]
+            args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg], self.index)}" for arg, ident in zip(decl.args, bp.args)]
             args += [f"{param}={param}" for param in bp.params]
             return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
         if isinstance(node, Residual):
@@ -324,7 +325,9 @@ class Renderer:
         if isinstance(node, Repeat):
             var = scope.loop_var()
             scope.depth += 1
+            outer, self.index = self.index, var
             body = self.sequence(node.body, dst, dst, child_prefix(self.plan, node, name, "body", var), scope)
+            self.index = outer
             scope.depth -= 1
             return block(f"for {var} in range({self.sym(node, 'times')}):", body)
         return self.op(node, cur, dst, name)
@@ -489,7 +492,7 @@ class Renderer:
             'if keras.config.image_data_format() != "channels_last":',
             [raise_value_error('"expected the channels_last image data format (this model is NHWC)"')],
         )
-        body += [Stmt("blank"), call(f"{inputs} = keras.Input(", [f"shape={literal(tuple(net.input))}", 'name="input"'], ")")]
+        body += [Stmt("blank"), call(f"{inputs} = keras.Input(", [f"shape=({', '.join(self.plan.input_size())})", 'name="input"'], ")")]
         src = inputs
         for flow, layers in net.flows.items():
             ident = self.plan.ident[flow]
@@ -545,7 +548,14 @@ class Renderer:
         for b in blocks:
             b["signature"] = layout([b["signature"]], 0)[0]
         model["signature"] = layout([model["signature"]], 0)[0]
-        return env.get_template("module.py.j2").render(header=self.header(), helper=self.helper, blocks=blocks, model=model)
+        return env.get_template("module.py.j2").render(
+            header=self.header(),
+            helper=self.helper,
+            math="math" in self.plan.needs,
+            functions=[helper_source(f) for f in sorted(self.plan.needs - {"math"})],
+            blocks=blocks,
+            model=model,
+        )
 
 
 def environment() -> Environment:

@@ -33,9 +33,11 @@ class IfElse:
 
 @dataclass(frozen=True)
 class Lambda:
-    """``lambda: body``: a body built anew on every call (one per repeat)."""
+    """``lambda: body``: a body built anew on every call (one per repeat); with a
+    ``param``, ``lambda i: body``, called with the repeat's index."""
 
     body: Expr
+    param: str = ""
 
 
 Expr = str | Call | IfElse | Lambda
@@ -50,7 +52,7 @@ def flat(expr: Expr) -> str:
         return f"{expr.func}({', '.join(_flat_arg(a) for a in expr.args)})"
     if isinstance(expr, IfElse):
         return f"{flat(expr.then)} if {expr.cond} else {flat(expr.other)}"
-    return f"lambda: {flat(expr.body)}"
+    return f"lambda{' ' + expr.param if expr.param else ''}: {flat(expr.body)}"
 
 
 def _flat_arg(arg: Arg) -> str:
@@ -66,7 +68,7 @@ def lines(expr: Expr, depth: int, prefix: str = "", suffix: str = "") -> list[st
     if isinstance(expr, Call):
         return _explode(expr, depth, prefix, suffix)
     if isinstance(expr, Lambda):
-        return lines(expr.body, depth, f"{prefix}lambda: ", suffix)
+        return lines(expr.body, depth, f"{prefix}lambda{' ' + expr.param if expr.param else ''}: ", suffix)
     return _conditional(expr, depth, prefix, suffix)
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from archc import ir
+from archc import expr, ir
 from archc.analysis import Analysis
-from archc.codegen import Plan
+from archc.codegen import Plan, helper_source
 from archc.codegen import plan as make_plan
 from archc.errors import UserError
 from archc.ir import (
@@ -79,6 +79,7 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "Residual": (),
     "Branches": (),
     "Repeat": (),
+    "IndexedRepeat": (),
 }
 
 # Names the generated code gives its own meaning; no spec name may become one of them.
@@ -150,11 +151,21 @@ class Renderer:
         return Lit(getattr(node, name)) if ref is None else self.symbol(node, ref, env)
 
     def symbol(self, node: Node, ref: str, env: dict[str, Value]) -> Value:
-        if ref not in env:
-            raise Unsupported(
-                f"{node.path}: '${ref}' names an argument of a calling block; the torch backend needs it declared as an argument of this block"
-            )
-        return env[ref]
+        """A ``$name`` or ``${...}`` as the generated code sees it here: a literal where
+        every name it reads is one, else the expression over the code's names."""
+        tree = expr.parse(ref)
+        for name in sorted(expr.names(tree)):
+            if name not in env:
+                raise Unsupported(
+                    f"{node.path}: '{name}' in {expr.spelled(ref)} names an argument of a calling block; "
+                    "the torch backend needs it declared as an argument of this block"
+                )
+        if isinstance(tree, expr.Name):
+            return env[tree.name]
+        values = {n: env[n] for n in expr.names(tree)}
+        if all(isinstance(value, Lit) for value in values.values()):
+            return Lit(expr.evaluate(tree, {n: value.value for n, value in values.items()}))
+        return Sym(expr.to_python(tree, lambda n: v.atom(v.code(values[n]))))
 
     def option(self, node: Node, env: dict[str, Value], name: str, keyword: str = "", fmt=v.code) -> list[tuple[str, str]]:
         """``keyword=value`` unless the field keeps the IR's default (which torch shares)."""
@@ -196,7 +207,9 @@ class Renderer:
             return ch, 1
         if isinstance(node, Flatten):
             return (self.flat_size(node), 1) if rank == 3 else (ch, 1)
-        if isinstance(node, (Residual, Repeat)):
+        if isinstance(node, Repeat):  # integers are the same in every iteration (the resolver checks)
+            return self.effects(node.body, {**env, expr.INDEX: Lit(0)}, ch, rank)
+        if isinstance(node, Residual):
             return self.effects(node.body, env, ch, rank)
         if isinstance(node, Branches):
             outs = [self.effects(path, env, ch, rank) for path in node.paths.values()]
@@ -339,6 +352,9 @@ class Renderer:
 
     def layer_repeat(self, node: Repeat, env, ch, rank) -> Expr:
         times = v.code(self.value(node, "times", env))
+        if self.plan.reads_index(node):  # each body gets its index: Repeat passes it in
+            body = self.sequential(node.body, {**env, expr.INDEX: Sym(expr.INDEX)}, ch, rank)
+            return Call(self.use("IndexedRepeat"), (times, Lambda(body, expr.INDEX)))
         return Call(self.use("Repeat"), (times, Lambda(self.sequential(node.body, env, ch, rank))))
 
     def layer_call(self, node: ir.Call, env, ch, rank) -> Expr:
@@ -454,7 +470,8 @@ def render(analysis: Analysis) -> str:
     helpers = r.helper_order()
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
-        imports=imports(r.ordered_dict, helpers),
+        imports=imports(r.ordered_dict, helpers, r.plan.needs),
+        functions=[helper_source(f) for f in sorted(r.plan.needs - {"math"})],
         input_size=literal((analysis.net.input[2], *analysis.net.input[:2])),
         helpers=[f"helpers/{h}.py.j2" for h in helpers],
         classes=[*(blocks[b] for b in r.block_order()), model],
@@ -462,13 +479,14 @@ def render(analysis: Analysis) -> str:
     )
 
 
-def imports(ordered_dict: bool, helpers: list[str]) -> list[str]:
+def imports(ordered_dict: bool, helpers: list[str], needs: set[str]) -> list[str]:
     """The import lines, grouped and sorted as isort (ruff's I rules) wants them."""
     stdlib = [
         line
         for line, used in (
             ("from collections import OrderedDict", ordered_dict),
-            ("from collections.abc import Callable", "Repeat" in helpers),
+            ("import math", "math" in needs),
+            ("from collections.abc import Callable", "Repeat" in helpers or "IndexedRepeat" in helpers),
         )
         if used
     ]
@@ -546,7 +564,7 @@ def _fresh_after(node: Node, fresh: bool, env: dict[str, Value], renderer: Rende
     if isinstance(node, Residual):
         return renderer.value(node, "use_shortcut", env) == Lit(True) or _fresh_after_sequence(node.body, env, renderer)
     if isinstance(node, Repeat):
-        return _fresh_after_sequence(node.body, env, renderer)
+        return _fresh_after_sequence(node.body, {**env, expr.INDEX: Lit(0)}, renderer)
     if isinstance(node, ir.Call):
         return _fresh_after_sequence(node.body, renderer.callee_env(node, env), renderer)
     return False  # activations, dropout (the identity in eval), flatten (a view)
