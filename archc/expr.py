@@ -3,8 +3,8 @@
 A small grammar of our own (a subset of Python's expression syntax, so that a backend can
 print an expression as code) is parsed into a typed AST, evaluated over the params, block
 arguments and the repeat index, and printed back with names mapped to the generated
-code's identifiers. Nothing is ever handed to Python's ``eval``; the only functions are
-the ones in :data:`FUNCTIONS`.
+code's identifiers. No spec text is ever run as Python code; the only functions are the
+ones in :data:`FUNCTIONS`.
 
     expression  := or_test ["if" or_test "else" expression]
     or_test     := and_test ("or" and_test)*
@@ -313,7 +313,9 @@ def evaluate(tree: Expr, symbols: Mapping[str, Any]) -> Any:
         return tree.value
     if isinstance(tree, Name):
         if tree.name not in symbols:
-            raise ExprError(f"expected a param, block argument or repeat index, found '{tree.name}'{did_you_mean(tree.name, symbols)}", tree.start)
+            raise ExprError(
+                f"expected a param, block argument or repeat index, found '{tree.name}'{did_you_mean(tree.name, symbols)}", tree.start
+            )
         return symbols[tree.name]
     if isinstance(tree, Unary):
         value = evaluate(tree.operand, symbols)
@@ -335,7 +337,9 @@ def evaluate(tree: Expr, symbols: Mapping[str, Any]) -> Any:
     args = [_number(evaluate(arg, symbols), arg) for arg in tree.args]
     for i in INT_ARGS.get(tree.name, ()):
         if i < len(args) and (not isinstance(args[i], int) or args[i] < 1):
-            raise ExprError(f"expected a positive integer as argument {i + 1} of {tree.name}(), found {show(args[i])}", _start(tree.args[i]))
+            raise ExprError(
+                f"expected a positive integer as argument {i + 1} of {tree.name}(), found {show(args[i])}", _start(tree.args[i])
+            )
     if tree.name in ("ceil", "floor", "round", "int"):
         _finite(args[0], tree.args[0])
     return _finite(FUNCTIONS[tree.name].call(*args), tree)

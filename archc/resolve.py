@@ -3,7 +3,7 @@ block calls, name every node, and validate each node with its pydantic model.
 
 A field whose whole value is ``$name`` takes the value of a block argument or param of
 that name (``$$`` escapes a literal ``$``); one written ``${...}`` takes the value of an
-expression over them and the repeat index (archc/expr.py, never Python's ``eval``). Each
+expression over them and the repeat index (archc/expr.py; nothing is run as Python). Each
 such field keeps its expression in the node's ``refs``, so that backends can print it.
 """
 
