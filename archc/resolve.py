@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import params as params_mod
 from .errors import did_you_mean, show
-from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Network, Node, Repeat, Residual, Where
+from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Gate, Network, Node, Repeat, Residual, Where
 from .loader import Key, Source, load_file
 from .loader import dotted as dotted_key
 from .training import Training
@@ -223,6 +223,8 @@ class Resolver:
             )
         if kind == "branches" and isinstance(value, (list, dict)) and not (isinstance(value, dict) and "paths" in value):
             value = {"paths": value}
+        if kind == "gate" and isinstance(value, list):
+            value = {"body": value}
         if value is None:
             fields: dict[str, Any] = {}
         elif isinstance(value, dict):
@@ -256,6 +258,10 @@ class Resolver:
             short = fields.get("shortcut")
             shortcut = [] if short is None else self.sequence(short, key + ("shortcut",), scope.at(path + "/shortcut"))
             return self.build(Residual, {**common, "refs": refs, "body": body, "shortcut": shortcut, "use_shortcut": use}, key, scope)
+        if kind == "gate":
+            self.check_keys(fields, key, ("body",), "gate key")
+            body = self.sequence(fields.get("body"), key + ("body",), scope.at(path + "/body"))
+            return self.build(Gate, {**common, "refs": refs, "body": body}, key, scope)
         if kind == "branches":
             self.check_keys(fields, key, ("paths",), "branches key")
             raw = fields.get("paths")
