@@ -18,7 +18,23 @@ from pydantic import BaseModel, ValidationError
 from . import expr
 from . import params as params_mod
 from .errors import Location, SpecError, did_you_mean, show
-from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Network, Node, Repeat, Residual, Where, walk
+from .ir import (
+    COMBINATORS,
+    OPS,
+    SHORTHAND,
+    SYSTEM_FIELDS,
+    BlockDef,
+    Branches,
+    Call,
+    Expect,
+    Gate,
+    Network,
+    Node,
+    Repeat,
+    Residual,
+    Where,
+    walk,
+)
 from .loader import Key, Source, load_file
 from .loader import dotted as dotted_key
 from .training import Training
@@ -233,6 +249,8 @@ class Resolver:
             )
         if kind == "branches" and isinstance(value, (list, dict)) and not (isinstance(value, dict) and "paths" in value):
             value = {"paths": value}
+        if kind == "gate" and isinstance(value, list):
+            value = {"body": value}
         if value is None:
             fields: dict[str, Any] = {}
         elif isinstance(value, dict):
@@ -266,6 +284,10 @@ class Resolver:
             short = fields.get("shortcut")
             shortcut = [] if short is None else self.sequence(short, key + ("shortcut",), scope.at(path + "/shortcut"))
             return self.build(Residual, {**common, "refs": refs, "body": body, "shortcut": shortcut, "use_shortcut": use}, key, scope)
+        if kind == "gate":
+            self.check_keys(fields, key, ("body",), "gate key")
+            body = self.sequence(fields.get("body"), key + ("body",), scope.at(path + "/body"))
+            return self.build(Gate, {**common, "refs": refs, "body": body}, key, scope)
         if kind == "branches":
             self.check_keys(fields, key, ("paths",), "branches key")
             raw = fields.get("paths")

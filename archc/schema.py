@@ -47,6 +47,12 @@ def spec_schema() -> dict[str, Any]:
             "required": ["body"],
             "additionalProperties": False,
         },
+        "gate": {
+            "anyOf": [
+                LAYERS,
+                {"type": "object", "properties": {"body": LAYERS, **META}, "required": ["body"], "additionalProperties": False},
+            ]
+        },
         "branches": {
             "anyOf": [
                 {"type": "array", "items": LAYERS, "minItems": 2},

@@ -112,9 +112,7 @@ def extend(sub):
     return st.one_of(
         st.builds(expr.Unary, st.just("-"), sub, st.just(0)),
         st.builds(expr.Binary, st.sampled_from(["+", "-", "*", "/", "//", "%"]), sub, sub, st.just(0)),
-        st.builds(
-            expr.Cond, sub, st.builds(expr.Binary, st.sampled_from(["<", ">=", "==", "!="]), sub, sub, st.just(0)), sub, st.just(0)
-        ),
+        st.builds(expr.Cond, sub, st.builds(expr.Binary, st.sampled_from(["<", ">=", "==", "!="]), sub, sub, st.just(0)), sub, st.just(0)),
         st.builds(lambda f, args: expr.Func(f, tuple(args), 0), st.sampled_from(["min", "max"]), st.lists(sub, min_size=2, max_size=3)),
         st.builds(lambda f, a: expr.Func(f, (a,), 0), st.sampled_from(["abs", "ceil", "floor", "round", "int"]), sub),
     )
@@ -203,7 +201,7 @@ def test_fields_repeat_counts_and_input_from_expressions():
 
 
 def test_iterations_may_differ_only_in_non_integer_numbers():
-    spec = SPEC.replace('kernel: 1}', 'kernel: "${1 + 2 * i}"}')
+    spec = SPEC.replace("kernel: 1}", 'kernel: "${1 + 2 * i}"}')
     with pytest.raises(SpecError) as info:
         compile_spec(load_text(spec, "t.yaml"))
     assert str(info.value) == (
@@ -220,7 +218,7 @@ def test_the_index_is_not_seen_inside_a_block_body():
 
 
 def test_a_quoted_expression_is_located_inside_its_quotes():
-    spec = SPEC.replace("make_divisible(32 * width, 8)}\", kernel: 3", "make_divisible(32 * widht, 8)}\", kernel: 3")
+    spec = SPEC.replace('make_divisible(32 * width, 8)}", kernel: 3', 'make_divisible(32 * widht, 8)}", kernel: 3')
     with pytest.raises(SpecError) as info:
         compile_spec(load_text(spec, "t.yaml"))
     line = spec.splitlines()[8]
