@@ -23,7 +23,6 @@ import numpy as np
 from archc.analysis import Analysis
 from archc.codegen import plan
 from archc.instances import Instance, instances, weighted
-from archc.ir import BN, Conv, Dense, Residual, SepConv
 
 from .render import layer_names
 
@@ -40,29 +39,38 @@ def _layers(model: Any) -> dict[str, Any]:
     return {layer.name: layer for layer in model.layers}
 
 
+# op -> {Keras weight name: role} of its one layer (a sepconv: see _sepconv_parts)
+ROLES: dict[str, dict[str, str]] = {
+    "conv": {"kernel": "kernel", "bias": "bias"},
+    "dense": {"kernel": "kernel", "bias": "bias"},
+    "depthwise": {"depthwise_kernel": "kernel", "bias": "bias"},
+    "bn": {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")},
+    "layer_norm": {"gamma": "gamma", "beta": "beta"},
+    "layer_scale": {"gamma": "gamma"},
+    "normalize": {"mean": "mean", "variance": "variance", "count": "count"},
+}
+
+
 def _parts(inst: Instance, names: dict[str, str], layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
     """(layer, {Keras weight name: role}) for each layer that holds the instance's weights."""
     pattern = names.get(inst.path)
     if pattern is None:
         return []
     name = pattern.format(*inst.indices)
-    node = inst.node
-    if isinstance(node, (Conv, Dense)):
-        roles = {"kernel": "kernel", "bias": "bias"}
-    elif isinstance(node, BN):
-        roles = {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")}
-    elif isinstance(node, SepConv):
-        if name in layers:  # one SeparableConv2D
-            roles = {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"}
-        else:
-            parts = [
-                (f"{name}_spatial", {"kernel": "spatial", "bias": "spatial_bias"}),
-                (f"{name}_pointwise", {"kernel": "pointwise", "bias": "bias"}),
-            ]
-            return [(layers[n], r) for n, r in parts if n in layers]
-    else:
-        return []
-    return [(layers[name], roles)] if name in layers else []
+    if inst.node.op == "sepconv":
+        return _sepconv_parts(name, layers)
+    roles = ROLES.get(inst.node.op)
+    return [(layers[name], roles)] if roles and name in layers else []
+
+
+def _sepconv_parts(name: str, layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
+    if name in layers:  # one SeparableConv2D
+        return [(layers[name], {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"})]
+    parts = [
+        (f"{name}_spatial", {"kernel": "spatial", "bias": "spatial_bias"}),
+        (f"{name}_pointwise", {"kernel": "pointwise", "bias": "bias"}),
+    ]
+    return [(layers[n], r) for n, r in parts if n in layers]
 
 
 def _variables(inst: Instance, names: dict[str, str], layers: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +115,7 @@ def load(model: Any, analysis: Analysis, weights: dict[str, dict[str, np.ndarray
             value = np.asarray(given.pop(role))
             if tuple(value.shape) != tuple(v.shape):
                 raise WeightError(f"{inst.key}: '{role}' of shape {tuple(value.shape)} does not fit the Keras weight {tuple(v.shape)}")
-            v.assign(value)
+            v.assign(value.astype(v.dtype) if "int" in str(v.dtype) else value)  # Normalization's count
         if given:
             raise WeightError(f"{inst.key}: the Keras layer has no '{sorted(given)[0]}'")
 
@@ -132,9 +140,9 @@ def _output_layer(inst: Instance, names: dict[str, str], layers: dict[str, Any])
     if pattern is None:
         return None
     name = pattern.format(*inst.indices)
-    if isinstance(inst.node, SepConv) and name not in layers:
+    if inst.node.op == "sepconv" and name not in layers:
         name = f"{name}_pointwise"
-    if isinstance(inst.node, Residual) and not inst.node.use_shortcut:
+    if inst.node.op == "residual" and not inst.node.use_shortcut:
         return None  # `use_shortcut: $param` switched off: no addition
     return layers.get(name)
 
