@@ -526,8 +526,8 @@ def imports(ordered_dict: bool, helpers: list[str], needs: set[str]) -> list[str
     stdlib = [
         line
         for line, used in (
+            ("import math", "math" in needs),  # isort: plain imports before from-imports
             ("from collections import OrderedDict", ordered_dict),
-            ("import math", "math" in needs),
             ("from collections.abc import Callable", "Repeat" in helpers or "IndexedRepeat" in helpers),
         )
         if used
