@@ -45,15 +45,16 @@ def _pair(value: Any) -> Any:
 def _margins(value: Any) -> Any:
     """Zero padding: p (all sides), [h, w] (top = bottom = h, left = right = w), or
     [[top, bottom], [left, right]], as Keras's ZeroPadding2D takes it."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return ((value, value), (value, value))
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return ((value[0], value[0]), (value[1], value[1]))
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value):
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) and len(v) == 2 for v in value):
         return tuple(tuple(v) for v in value)
-    return value
+    raise ValueError(MARGINS)
+
+
+MARGINS = "an integer, a list [height, width] or [[top, bottom], [left, right]] of integers >= 0"
 
 
 Pair = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_pair)]
@@ -527,6 +528,7 @@ Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}
 # `act: relu` means {kind: relu}
+SHORTHAND_LISTS = frozenset({"zero_pad"})  # shorthands whose value may be a list
 SHORTHAND = {"act": "kind", "dropout": "rate", "drop_path": "rate", "dense": "units", "zero_pad": "padding", "rescale": "scale"}
 
 for _cls in (*COMBINATOR_CLASSES, Call):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import params as params_mod
 from .errors import did_you_mean, show
-from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Gate, Network, Node, Repeat, Residual, Where
+from .ir import COMBINATORS, OPS, SHORTHAND, SHORTHAND_LISTS, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Gate, Network, Node, Repeat, Residual, Where
 from .loader import Key, Source, load_file
 from .loader import dotted as dotted_key
 from .training import Training
@@ -229,7 +229,7 @@ class Resolver:
             fields: dict[str, Any] = {}
         elif isinstance(value, dict):
             fields = dict(value)
-        elif kind in SHORTHAND and not isinstance(value, list):
+        elif kind in SHORTHAND and (not isinstance(value, list) or kind in SHORTHAND_LISTS):
             fields = {SHORTHAND[kind]: value}
         else:
             raise self.error(fkey, f"expected a mapping of fields for '{kind}', found {show(value)}", via=scope.via)

@@ -161,7 +161,7 @@ def load(model: Any, analysis: Analysis, weights: dict[str, dict[str, np.ndarray
                 value = _from_neutral(inst, role, np.asarray(given.pop(role)))
                 if tuple(value.shape) != tuple(t.shape):
                     raise WeightError(f"{inst.key}: '{role}' of shape {tuple(value.shape)} does not fit the torch tensor {tuple(t.shape)}")
-                t.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                t.copy_(torch.from_numpy(np.ascontiguousarray(value).reshape(value.shape)))  # 0-d stays 0-d
             if given:
                 raise WeightError(f"{inst.key}: the torch module has no '{sorted(given)[0]}'")
 
