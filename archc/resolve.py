@@ -16,7 +16,23 @@ from pydantic import BaseModel, ValidationError
 
 from . import params as params_mod
 from .errors import did_you_mean, show
-from .ir import COMBINATORS, OPS, SHORTHAND, SHORTHAND_LISTS, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Gate, Network, Node, Repeat, Residual, Where
+from .ir import (
+    COMBINATORS,
+    OPS,
+    SHORTHAND,
+    SHORTHAND_LISTS,
+    SYSTEM_FIELDS,
+    BlockDef,
+    Branches,
+    Call,
+    Expect,
+    Gate,
+    Network,
+    Node,
+    Repeat,
+    Residual,
+    Where,
+)
 from .loader import Key, Source, load_file
 from .loader import dotted as dotted_key
 from .training import Training

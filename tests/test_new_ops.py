@@ -187,9 +187,7 @@ def test_densenet121_is_keras_applications_weight_for_weight(tmp_path):
     rng = np.random.default_rng(0)
     for theirs, mine in zip(*weighted, strict=True):
         assert type(theirs) is type(mine), (theirs.name, mine.name)
-        values = [
-            np.asarray(w) if w.name.endswith("kernel") else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in theirs.weights
-        ]
+        values = [np.asarray(w) if w.name.endswith("kernel") else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in theirs.weights]
         theirs.set_weights(values)
         mine.set_weights(values)
     x = rng.standard_normal((2, 64, 64, 3)).astype("float32")
