@@ -398,6 +398,24 @@ class Dense(Node):
         return inp[0] * self.units
 
 
+class ChannelDense(Node):
+    """A dense layer over the channels of every pixel (Keras's Dense on a feature map,
+    as ConvNeXt's pointwise layers are written; a 1x1 conv in another layout)."""
+
+    op: Literal["channel_dense"] = "channel_dense"
+    units: PositiveInt
+    bias: StrictBool = True
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return (*feature_map(self, shape)[:2], self.units)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"kernel": (inp[2], self.units)} | _bias(self, self.units)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        return out[0] * out[1] * inp[2] * self.units
+
+
 class Dropout(Node):
     op: Literal["dropout"] = "dropout"
     rate: Annotated[float, Field(ge=0, lt=1)]
@@ -520,10 +538,10 @@ class Call(Node):
 
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
-    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, Dropout, DropPath,
+    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | Dropout | DropPath | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}

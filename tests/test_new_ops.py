@@ -2,8 +2,8 @@
 layer_scale, drop_path, the hard/smooth activations, depthwise, rescale, normalize) and
 repeats whose body grows the channels: shapes and counts in the IR, the same counts in
 both backends, the same outputs in both (``archc verify``), and a torch training step.
-DenseNet-121 (examples/densenet.yaml) is held to keras.applications.DenseNet121 weight
-for weight, at 64x64 so that the test stays small."""
+The families in examples/ (DenseNet-121, ConvNeXt-Tiny) are held to keras.applications
+weight for weight, at a small input so that the tests stay small."""
 
 from __future__ import annotations
 
@@ -121,9 +121,10 @@ def test_instances_of_a_growing_repeat_see_their_own_input(new_ops):
         assert conv.input[-1] == ch and conv.output[-1] == 4
 
 
-def test_densenet121_counts_are_keras_applications():
-    a = load(DENSENET)
-    assert (a.total.trainable, a.total.non_trainable) == (7_978_856, 83_648)
+@pytest.mark.parametrize("spec, counts", [("densenet", (7_978_856, 83_648)), ("convnext", (28_589_128, 0))])
+def test_family_counts_are_keras_applications(spec, counts):
+    a = load(ROOT / f"examples/{spec}.yaml")
+    assert (a.total.trainable, a.total.non_trainable) == counts
 
 
 # -- the backends -------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_generated_torch_models_train(new_ops, tmp_path):
 
     from archc.backend import get
 
-    for spec, size in ((new_ops, None), (DENSENET, (32, 32))):
+    for spec, size in ((new_ops, None), (DENSENET, (32, 32)), (ROOT / "examples/convnext.yaml", (32, 32))):
         a = load(spec, input_size=size)
         model = build_model(get("torch"), a, tmp_path)
         model.train()
@@ -161,36 +162,53 @@ def test_generated_torch_models_train(new_ops, tmp_path):
         assert not missing, (spec.name, missing[:3])
 
 
-def test_densenet_verifies_across_backends(tmp_path):
-    small = tmp_path / "densenet.yaml"
-    small.write_text(DENSENET.read_text().replace("input: [224, 224, 3]", "input: [32, 32, 3]"))
+@pytest.mark.parametrize("spec", ["densenet", "convnext"])
+def test_families_verify_across_backends(spec, tmp_path):
+    small = tmp_path / f"{spec}.yaml"
+    small.write_text((ROOT / f"examples/{spec}.yaml").read_text().replace("input: [224, 224, 3]", "input: [32, 32, 3]"))
     result = run("verify", small, "--batch", "1")
     assert result.exit_code == 0, result.output
     assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output
 
 
-def test_densenet121_is_keras_applications_weight_for_weight(tmp_path):
-    """As the Xception test in test_keras_backend.py: pair the weighted layers in
-    ``model.layers`` order, copy the reference's weights (BN statistics, scales, offsets
-    randomised first) and compare outputs, at 64x64."""
+def leaves(model) -> list:
+    """The weighted layers in call order, nested Sequential models (ConvNeXt's stem and
+    downsampling blocks) opened."""
+    out = []
+    for layer in model.layers:
+        out += leaves(layer) if hasattr(layer, "layers") else [layer] if layer.weights else []
+    return out
+
+
+# (spec, keras.applications constructor, input size for the comparison)
+FAMILIES = [("densenet", "DenseNet121", 64), ("convnext", "ConvNeXtTiny", 32)]
+
+
+@pytest.mark.parametrize("spec, reference, size", FAMILIES, ids=[f[1] for f in FAMILIES])
+def test_same_model_as_keras_applications(spec, reference, size, tmp_path):
+    """As the Xception test in test_keras_backend.py: the counts agree at full size; at
+    a small input, pair the weighted layers in call order, copy the reference's weights
+    (all but kernels randomised first: BN statistics, scales, offsets, biases) and compare
+    outputs."""
     keras = pytest.importorskip("keras")
     import numpy as np
 
     from archc.backend import get
 
     backend = get("keras")
-    a = load(DENSENET, input_size=(64, 64))
+    constructor = getattr(keras.applications, reference)
+    full = load(ROOT / f"examples/{spec}.yaml")
+    assert backend.count(constructor(weights=None, classifier_activation=None)) == (full.total.trainable, full.total.non_trainable)
+    a = load(ROOT / f"examples/{spec}.yaml", input_size=(size, size))
     ours = build_model(backend, a, tmp_path)
-    ref = keras.applications.DenseNet121(weights=None, input_shape=(64, 64, 3), classifier_activation=None)
-    assert backend.count(ours) == backend.count(ref) == (a.total.trainable, a.total.non_trainable)
-    weighted = [[layer for layer in m.layers if layer.weights] for m in (ref, ours)]
+    ref = constructor(weights=None, input_shape=(size, size, 3), classifier_activation=None)
     rng = np.random.default_rng(0)
-    for theirs, mine in zip(*weighted, strict=True):
-        assert type(theirs) is type(mine), (theirs.name, mine.name)
+    for theirs, mine in zip(leaves(ref), leaves(ours), strict=True):
+        assert type(theirs).__name__ == type(mine).__name__, (theirs.name, mine.name)  # LayerScale: each module's own class
         values = [np.asarray(w) if w.name.endswith("kernel") else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in theirs.weights]
         theirs.set_weights(values)
         mine.set_weights(values)
-    x = rng.standard_normal((2, 64, 64, 3)).astype("float32")
+    x = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
     expected = np.asarray(ref(x, training=False))
     found = np.asarray(ours(x, training=False))
     assert np.abs(expected).max() > 1e-3

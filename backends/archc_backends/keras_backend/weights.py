@@ -43,6 +43,7 @@ def _layers(model: Any) -> dict[str, Any]:
 ROLES: dict[str, dict[str, str]] = {
     "conv": {"kernel": "kernel", "bias": "bias"},
     "dense": {"kernel": "kernel", "bias": "bias"},
+    "channel_dense": {"kernel": "kernel", "bias": "bias"},
     "depthwise": {"kernel": "kernel", "bias": "bias"},
     "bn": {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")},
     "layer_norm": {"gamma": "gamma", "beta": "beta"},

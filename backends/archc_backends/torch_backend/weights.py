@@ -14,7 +14,8 @@ The layouts, torch -> neutral (= Keras):
 - depthwise: weight (C*dm, 1, kh, kw) -> kernel (kh, kw, C, dm), as a sepconv's spatial;
 - layer_norm: weight -> gamma, bias -> beta; layer_scale: gamma; normalize (without
   given constants): mean, variance, count;
-- dense: weight (units, in) -> kernel (in, units). The flatten before a dense layer is
+- dense: weight (units, in) -> kernel (in, units); channel_dense (a 1x1 conv):
+  weight (units, in, 1, 1) -> kernel (in, units). The flatten before a dense layer is
   in (H, W, C) order in both frameworks (FlattenHWC), so no row permutation.
 """
 
@@ -105,6 +106,9 @@ WEIGHTS: dict[str, TorchWeights] = {
         {"spatial": _sepconv_spatial(False), "pointwise": _conv_from_neutral},
     ),
     "dense": TorchWeights(_module_weights, {"kernel": _transpose}, {"kernel": _transpose}),
+    "channel_dense": TorchWeights(
+        _module_weights, {"kernel": lambda a, inst: a[:, :, 0, 0].T}, {"kernel": lambda a, inst: a.T[:, :, None, None]}
+    ),
     "bn": TorchWeights(lambda m: _norm(m) | {"moving_mean": m.running_mean, "moving_variance": m.running_var}),
     "layer_norm": TorchWeights(_norm),
     "layer_scale": TorchWeights(lambda m: {"gamma": m.gamma}),
