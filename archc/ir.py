@@ -45,15 +45,16 @@ def _pair(value: Any) -> Any:
 def _margins(value: Any) -> Any:
     """Zero padding: p (all sides), [h, w] (top = bottom = h, left = right = w), or
     [[top, bottom], [left, right]], as Keras's ZeroPadding2D takes it."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return ((value, value), (value, value))
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return ((value[0], value[0]), (value[1], value[1]))
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value):
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) and len(v) == 2 for v in value):
         return tuple(tuple(v) for v in value)
-    return value
+    raise ValueError(MARGINS)
+
+
+MARGINS = "an integer, a list [height, width] or [[top, bottom], [left, right]] of integers >= 0"
 
 
 Pair = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_pair)]
@@ -397,6 +398,24 @@ class Dense(Node):
         return inp[0] * self.units
 
 
+class ChannelDense(Node):
+    """A dense layer over the channels of every pixel (Keras's Dense on a feature map,
+    as ConvNeXt's pointwise layers are written; a 1x1 conv in another layout)."""
+
+    op: Literal["channel_dense"] = "channel_dense"
+    units: PositiveInt
+    bias: StrictBool = True
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return (*feature_map(self, shape)[:2], self.units)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"kernel": (inp[2], self.units)} | _bias(self, self.units)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        return out[0] * out[1] * inp[2] * self.units
+
+
 class Dropout(Node):
     op: Literal["dropout"] = "dropout"
     rate: Annotated[float, Field(ge=0, lt=1)]
@@ -519,14 +538,15 @@ class Call(Node):
 
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
-    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, Dropout, DropPath,
+    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | Dropout | DropPath | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}
 # `act: relu` means {kind: relu}
+SHORTHAND_LISTS = frozenset({"zero_pad"})  # shorthands whose value may be a list
 SHORTHAND = {"act": "kind", "dropout": "rate", "drop_path": "rate", "dense": "units", "zero_pad": "padding", "rescale": "scale"}
 
 for _cls in (*COMBINATOR_CLASSES, Call):

@@ -22,6 +22,7 @@ from .ir import (
     COMBINATORS,
     OPS,
     SHORTHAND,
+    SHORTHAND_LISTS,
     SYSTEM_FIELDS,
     BlockDef,
     Branches,
@@ -255,7 +256,7 @@ class Resolver:
             fields: dict[str, Any] = {}
         elif isinstance(value, dict):
             fields = dict(value)
-        elif kind in SHORTHAND and not isinstance(value, list):
+        elif kind in SHORTHAND and (not isinstance(value, list) or kind in SHORTHAND_LISTS):
             fields = {SHORTHAND[kind]: value}
         else:
             raise self.error(fkey, f"expected a mapping of fields for '{kind}', found {show(value)}", via=scope.via)

@@ -143,7 +143,7 @@ def _weights(node, shapes, inp, m2, normal, kernel, around_one):
 
     cin = inp[-1]
     arrays = {"bias": normal(shapes["bias"], SPREAD * TARGET**0.5)} if "bias" in shapes else {}
-    if node.op in ("conv", "dense"):
+    if node.op in ("conv", "dense", "channel_dense"):
         shape = shapes["kernel"]
         return arrays | {"kernel": kernel(shape, math.prod(shape[:-1]), m2)}, TARGET * (1 + SPREAD**2)
     if node.op == "depthwise":

@@ -583,6 +583,7 @@ LAYERS: dict[str, Callable[..., list[Stmt]]] = {
     "global_avg_pool": _one("GlobalAveragePooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False)),
     "flatten": _one("Flatten", lambda r, node: []),  # channels_last: Keras flattens in (H, W, C) order, as the IR says
     "dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
+    "channel_dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
     "dropout": _one("Dropout", lambda r, node: [r.sym(node, "rate")]),
     # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
     "drop_path": _one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"]),

@@ -43,6 +43,7 @@ def _layers(model: Any) -> dict[str, Any]:
 ROLES: dict[str, dict[str, str]] = {
     "conv": {"kernel": "kernel", "bias": "bias"},
     "dense": {"kernel": "kernel", "bias": "bias"},
+    "channel_dense": {"kernel": "kernel", "bias": "bias"},
     "depthwise": {"kernel": "kernel", "bias": "bias"},
     "bn": {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")},
     "layer_norm": {"gamma": "gamma", "beta": "beta"},
@@ -83,6 +84,11 @@ def _variables(inst: Instance, names: dict[str, str], layers: dict[str, Any]) ->
     return out
 
 
+def _neutral(v: Any) -> np.ndarray:
+    """A variable's value, float32 (Normalization's integer count too, as torch holds it)."""
+    return np.array(v.numpy(), dtype=np.float32 if "int" in str(v.dtype) else None, copy=True)
+
+
 def export(model: Any, analysis: Analysis) -> dict[str, dict[str, np.ndarray]]:
     """The model's weights in the neutral format."""
     names, layers = _names(analysis), _layers(model)
@@ -91,7 +97,7 @@ def export(model: Any, analysis: Analysis) -> dict[str, dict[str, np.ndarray]]:
         variables = _variables(inst, names, layers)
         if not variables:
             raise WeightError(f"{inst.key}: no Keras layer for this instance")
-        out[inst.key] = {role: np.array(v.numpy(), copy=True) for role, v in variables.items()}
+        out[inst.key] = {role: _neutral(v) for role, v in variables.items()}
     return out
 
 
@@ -118,6 +124,9 @@ def load(model: Any, analysis: Analysis, weights: dict[str, dict[str, np.ndarray
             v.assign(value.astype(v.dtype) if "int" in str(v.dtype) else value)  # Normalization's count
         if given:
             raise WeightError(f"{inst.key}: the Keras layer has no '{sorted(given)[0]}'")
+        for layer, _ in _parts(inst, names, layers):
+            if isinstance(layer, keras.layers.Normalization):
+                layer.finalize_state()  # it computes from copies of its state, made here
 
 
 def counts(model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:

@@ -330,6 +330,10 @@ class Renderer:
     def layer_dense(self, node: ir.Dense, env, ch, rank) -> Expr:
         return Call("nn.Linear", (v.code(ch), v.code(self.value(node, "units", env)), *self.option(node, env, "bias")))
 
+    def layer_channeldense(self, node, env, ch, rank) -> Expr:
+        """A 1x1 conv: the same weights as a dense layer over each pixel's channels."""
+        return Call("nn.Conv2d", (v.code(ch), v.code(self.value(node, "units", env)), "1", *self.option(node, env, "bias")))
+
     def layer_dropout(self, node: ir.Dropout, env, ch, rank) -> Expr:
         return Call("nn.Dropout", (v.code(self.value(node, "rate", env)),))
 
@@ -659,6 +663,7 @@ EMITTERS: dict[str, TorchOp] = {
     "global_avg_pool": TorchOp(Renderer.layer_globalavgpool, _pool),
     "flatten": TorchOp(Renderer.layer_flatten, _flatten),
     "dense": TorchOp(Renderer.layer_dense, _to("units", 1)),
+    "channel_dense": TorchOp(Renderer.layer_channeldense, _to("units")),
     "dropout": TorchOp(Renderer.layer_dropout),
     "drop_path": TorchOp(Renderer.layer_droppath),
     "residual": TorchOp(Renderer.layer_residual, _body),

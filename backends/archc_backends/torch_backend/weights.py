@@ -14,7 +14,8 @@ The layouts, torch -> neutral (= Keras):
 - depthwise: weight (C*dm, 1, kh, kw) -> kernel (kh, kw, C, dm), as a sepconv's spatial;
 - layer_norm: weight -> gamma, bias -> beta; layer_scale: gamma; normalize (without
   given constants): mean, variance, count;
-- dense: weight (units, in) -> kernel (in, units). The flatten before a dense layer is
+- dense: weight (units, in) -> kernel (in, units); channel_dense (a 1x1 conv):
+  weight (units, in, 1, 1) -> kernel (in, units). The flatten before a dense layer is
   in (H, W, C) order in both frameworks (FlattenHWC), so no row permutation.
 """
 
@@ -105,6 +106,9 @@ WEIGHTS: dict[str, TorchWeights] = {
         {"spatial": _sepconv_spatial(False), "pointwise": _conv_from_neutral},
     ),
     "dense": TorchWeights(_module_weights, {"kernel": _transpose}, {"kernel": _transpose}),
+    "channel_dense": TorchWeights(
+        _module_weights, {"kernel": lambda a, inst: a[:, :, 0, 0].T}, {"kernel": lambda a, inst: a.T[:, :, None, None]}
+    ),
     "bn": TorchWeights(lambda m: _norm(m) | {"moving_mean": m.running_mean, "moving_variance": m.running_var}),
     "layer_norm": TorchWeights(_norm),
     "layer_scale": TorchWeights(lambda m: {"gamma": m.gamma}),
@@ -161,7 +165,7 @@ def load(model: Any, analysis: Analysis, weights: dict[str, dict[str, np.ndarray
                 value = _from_neutral(inst, role, np.asarray(given.pop(role)))
                 if tuple(value.shape) != tuple(t.shape):
                     raise WeightError(f"{inst.key}: '{role}' of shape {tuple(value.shape)} does not fit the torch tensor {tuple(t.shape)}")
-                t.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                t.copy_(torch.from_numpy(np.ascontiguousarray(value).reshape(value.shape)))  # 0-d stays 0-d
             if given:
                 raise WeightError(f"{inst.key}: the torch module has no '{sorted(given)[0]}'")
 
