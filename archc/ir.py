@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from . import expr
 from .errors import Location, SpecError
 from .training import Training
 
@@ -219,7 +220,7 @@ class SepConv(Node):
     def infer(self, shape: Shape, run: Run) -> Shape:
         c = feature_map(self, shape)[2]
         if self.segments != "depthwise" and c % self.segments:
-            origin = f" (from ${self.refs['segments']})" if "segments" in self.refs else ""
+            origin = f" (from {expr.spelled(self.refs['segments'])})" if "segments" in self.refs else ""
             raise self.fail(f"expected segments that divide the {c} input channels, found segments {self.segments}{origin}")
         return (*spatial(self, shape, self.kernel, self.stride, self.padding), self.filters)
 

@@ -7,7 +7,11 @@ from typing import Any
 from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, Expect, Param
 from .training import Training
 
-REF = {"type": "string", "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$", "description": "a param or block argument"}
+REF = {
+    "type": "string",
+    "pattern": r"^\$([A-Za-z_][A-Za-z0-9_]*|\{.*\})$",
+    "description": "a param or block argument ($name), or an expression over them and the repeat index (${...})",
+}
 PAIR = {
     "anyOf": [
         {"type": "integer", "minimum": 1},
@@ -95,7 +99,7 @@ def spec_schema() -> dict[str, Any]:
             "description": {"type": "string"},
             "input": {
                 "type": "array",
-                "items": {"type": "integer", "minimum": 1},
+                "items": {"anyOf": [{"type": "integer", "minimum": 1}, REF]},
                 "minItems": 3,
                 "maxItems": 3,
                 "description": "[height, width, channels]",
