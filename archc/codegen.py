@@ -107,7 +107,7 @@ def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
     framework's attribute names), which no identifier made from a spec name may take."""
     net = analysis.net
     result = Plan(analysis)
-    reserved = set(reserved)
+    reserved = set(reserved) | {expr.INDEX}  # the repeat index's loop variable: no param or argument takes it
     names = Namespace({"create_model", "Model"} | reserved)
     result.params = {p: names.create(p, "param") for p in net.params}
     flows = Namespace(reserved, attribute=True)
