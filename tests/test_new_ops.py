@@ -224,3 +224,16 @@ def test_same_model_as_keras_applications(spec, params, reference, size, tmp_pat
     found = np.asarray(ours(x, training=False))
     assert np.abs(expected).max() > 1e-3
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_schema_accepts_the_new_ops_and_refuses_a_bad_padding(new_ops):
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    from archc.schema import spec_schema
+
+    validator = jsonschema.Draft202012Validator(spec_schema())
+    spec = yaml.safe_load(new_ops.read_text())
+    assert not list(validator.iter_errors(spec))
+    spec["flows"]["pre"][3] = {"zero_pad": {"padding": [1, 2, 3]}}
+    assert list(validator.iter_errors(spec))
