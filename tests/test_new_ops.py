@@ -2,7 +2,7 @@
 layer_scale, drop_path, the hard/smooth activations, depthwise, rescale, normalize) and
 repeats whose body grows the channels: shapes and counts in the IR, the same counts in
 both backends, the same outputs in both (``archc verify``), and a torch training step.
-The families in examples/ (DenseNet-121, ConvNeXt-Tiny) are held to keras.applications
+The families in examples/ (DenseNet-121, ConvNeXt-Tiny, MobileNetV3 small and large) are held to keras.applications
 weight for weight, at a small input so that the tests stay small."""
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ def test_instances_of_a_growing_repeat_see_their_own_input(new_ops):
         assert conv.input[-1] == ch and conv.output[-1] == 4
 
 
-@pytest.mark.parametrize("spec, counts", [("densenet", (7_978_856, 83_648)), ("convnext", (28_589_128, 0))])
+@pytest.mark.parametrize(
+    "spec, counts", [("densenet", (7_978_856, 83_648)), ("convnext", (28_589_128, 0)), ("mobilenet_v3", (2_542_856, 12_112))]
+)
 def test_family_counts_are_keras_applications(spec, counts):
     a = load(ROOT / f"examples/{spec}.yaml")
     assert (a.total.trainable, a.total.non_trainable) == counts
@@ -151,7 +153,11 @@ def test_generated_torch_models_train(new_ops, tmp_path):
 
     from archc.backend import get
 
-    for spec, size in ((new_ops, None), (DENSENET, (32, 32)), (ROOT / "examples/convnext.yaml", (32, 32))):
+    for spec, size in (
+        (new_ops, None),
+        (DENSENET, (32, 32)),
+        *((ROOT / f"examples/{f}.yaml", (32, 32)) for f in ("convnext", "mobilenet_v3")),
+    ):
         a = load(spec, input_size=size)
         model = build_model(get("torch"), a, tmp_path)
         model.train()
@@ -162,7 +168,7 @@ def test_generated_torch_models_train(new_ops, tmp_path):
         assert not missing, (spec.name, missing[:3])
 
 
-@pytest.mark.parametrize("spec", ["densenet", "convnext"])
+@pytest.mark.parametrize("spec", ["densenet", "convnext", "mobilenet_v3"])
 def test_families_verify_across_backends(spec, tmp_path):
     small = tmp_path / f"{spec}.yaml"
     small.write_text((ROOT / f"examples/{spec}.yaml").read_text().replace("input: [224, 224, 3]", "input: [32, 32, 3]"))
@@ -180,12 +186,17 @@ def leaves(model) -> list:
     return out
 
 
-# (spec, keras.applications constructor, input size for the comparison)
-FAMILIES = [("densenet", "DenseNet121", 64), ("convnext", "ConvNeXtTiny", 32)]
+# (spec, params, keras.applications constructor, input size for the comparison)
+FAMILIES = [
+    ("densenet", {}, "DenseNet121", 64),
+    ("convnext", {}, "ConvNeXtTiny", 32),
+    ("mobilenet_v3", {}, "MobileNetV3Small", 64),
+    ("mobilenet_v3", {"large": True, "small": False}, "MobileNetV3Large", 64),
+]
 
 
-@pytest.mark.parametrize("spec, reference, size", FAMILIES, ids=[f[1] for f in FAMILIES])
-def test_same_model_as_keras_applications(spec, reference, size, tmp_path):
+@pytest.mark.parametrize("spec, params, reference, size", FAMILIES, ids=[f[2] for f in FAMILIES])
+def test_same_model_as_keras_applications(spec, params, reference, size, tmp_path):
     """As the Xception test in test_keras_backend.py: the counts agree at full size; at
     a small input, pair the weighted layers in call order, copy the reference's weights
     (all but kernels randomised first: BN statistics, scales, offsets, biases) and compare
@@ -197,9 +208,9 @@ def test_same_model_as_keras_applications(spec, reference, size, tmp_path):
 
     backend = get("keras")
     constructor = getattr(keras.applications, reference)
-    full = load(ROOT / f"examples/{spec}.yaml")
+    full = load(ROOT / f"examples/{spec}.yaml", params)
     assert backend.count(constructor(weights=None, classifier_activation=None)) == (full.total.trainable, full.total.non_trainable)
-    a = load(ROOT / f"examples/{spec}.yaml", input_size=(size, size))
+    a = load(ROOT / f"examples/{spec}.yaml", params, input_size=(size, size))
     ours = build_model(backend, a, tmp_path)
     ref = constructor(weights=None, input_shape=(size, size, 3), classifier_activation=None)
     rng = np.random.default_rng(0)
@@ -213,3 +224,16 @@ def test_same_model_as_keras_applications(spec, reference, size, tmp_path):
     found = np.asarray(ours(x, training=False))
     assert np.abs(expected).max() > 1e-3
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_schema_accepts_the_new_ops_and_refuses_a_bad_padding(new_ops):
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    from archc.schema import spec_schema
+
+    validator = jsonschema.Draft202012Validator(spec_schema())
+    spec = yaml.safe_load(new_ops.read_text())
+    assert not list(validator.iter_errors(spec))
+    spec["flows"]["pre"][3] = {"zero_pad": {"padding": [1, 2, 3]}}
+    assert list(validator.iter_errors(spec))

@@ -57,6 +57,7 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "AvgPool2dSame": ("_pair", "same_pad", "pad_same"),
     "avg_pool2d": ("symmetric_padding", "AvgPool2dSame"),
     "activation": (),
+    "zero_padding": (),
     "SeparableConv2d": ("conv2d", "activation"),
     "KerasBatchNorm2d": (),
     "KerasBatchNorm1d": (),
@@ -389,7 +390,7 @@ class Renderer:
 
     def layer_zeropad(self, node, env, ch, rank) -> Expr:
         if "padding" in node.refs:
-            raise Unsupported(f"{node.path}: the torch backend needs a zero_pad's padding written out")
+            return Call("nn.ZeroPad2d", (Call(self.use("zero_padding"), (v.code(self.value(node, "padding", env)),)),))
         (top, bottom), (left, right) = node.padding
         return Call("nn.ZeroPad2d", (literal((left, right, top, bottom)),))
 
