@@ -191,7 +191,7 @@ FAMILIES = [
     ("densenet", {}, "DenseNet121", 64),
     ("convnext", {}, "ConvNeXtTiny", 32),
     ("mobilenet_v3", {}, "MobileNetV3Small", 64),
-    ("mobilenet_v3", {"large": True, "small": False}, "MobileNetV3Large", 64),
+    ("mobilenet_v3", {"large": True}, "MobileNetV3Large", 64),
 ]
 
 
