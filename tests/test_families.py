@@ -119,6 +119,18 @@ class _Defaults:
         return lambda **kw: getattr(self.app, name)(weights=None, classifier_activation=None, **kw)
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("efficientnet", {"width": 1.1, "depth": 1.2, "resolution": 64}), ("mobilenet_v2", {"alpha": 0.35, "size": 96})],
+)
+def test_keras_create_model_overrides_give_archc_counts(name, overrides, built):
+    """Widths, depths and repeat counts stay code in the generated module."""
+    model = built[name][0].create_model(**overrides)
+    analysis = load(CASES[name][0], overrides)
+    assert get("keras").count(model) == (analysis.total.trainable, analysis.total.non_trainable)
+    assert model.input_shape[1:3] == analysis.net.input[:2]
+
+
 @pytest.mark.parametrize("variant", ["B0", "B3"])
 def test_drop_path_rates_are_keras_applications(variant, built):
     """Stochastic depth grows with the block's index over the whole network, as Keras's
