@@ -237,3 +237,27 @@ def test_schema_accepts_the_new_ops_and_refuses_a_bad_padding(new_ops):
     assert not list(validator.iter_errors(spec))
     spec["flows"]["pre"][3] = {"zero_pad": {"padding": [1, 2, 3]}}
     assert list(validator.iter_errors(spec))
+
+
+def test_generated_code_for_the_new_ops_is_formatted_and_lint_clean(new_ops, tmp_path):
+    """As for the bundled specs: ruff format leaves the files alone (at this repo's width and
+    at ruff's default), and ruff check finds nothing, in both backends."""
+    import shutil
+    import subprocess
+
+    from archc.api import build
+
+    exe = shutil.which("ruff")
+    if exe is None:
+        pytest.skip("ruff is not installed")
+    specs = [new_ops, *(ROOT / f"examples/{f}.yaml" for f in ("densenet", "convnext", "mobilenet_v3"))]
+    files = [str(p) for spec in specs for p in build(spec, ["torch", "keras"], tmp_path)]
+    torch_files = [f for f in files if f.endswith("_torch.py")]
+    for args, paths in (
+        (["format", "--check"], files),
+        (["format", "--check", "--isolated"], torch_files),
+        (["check", "--no-cache"], files),
+        (["check", "--no-cache", "--isolated", "--select", "E,F,W,I,B,UP"], torch_files),
+    ):
+        result = subprocess.run([exe, *args, *paths], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stdout + result.stderr
