@@ -329,17 +329,14 @@ class Resolver:
     def same_structure(self, first: list[Node], other: list[Node], i: int, scope: Scope) -> None:
         """Iterations of a repeat are one body in the IR (iteration 0, with the index in
         ``refs``): they may differ only in non-integer numbers (rates, scales), which no
-        shape or count depends on."""
+        shape or count depends on. A block call's arguments are judged by what they
+        produce in its body (an integer index that only feeds a rate is fine)."""
         for a, b in zip(walk(first), walk(other), strict=True):
             for name in type(a).model_fields:
-                if name in SYSTEM_FIELDS or name in ("body", "shortcut", "paths"):
+                if name in SYSTEM_FIELDS or name in ("body", "shortcut", "paths", "args"):
                     continue
                 x, y = getattr(a, name), getattr(b, name)
-                if name == "args":
-                    pairs = [(f"{name}.{k}", x[k], y[k]) for k in x if x[k] != y[k]]
-                else:
-                    pairs = [(name, x, y)] if x != y else []
-                for field, first_value, value in pairs:
+                for field, first_value, value in [(name, x, y)] if x != y else []:
                     if not (type(first_value) is float or type(value) is float) or isinstance(first_value, bool) or isinstance(value, bool):
                         where = a.where
                         raise SpecError(
