@@ -176,3 +176,16 @@ def test_archc_verify_passes(name):
     result = CliRunner().invoke(main, ["verify", str(spec), *args, "--batch", "1"])
     assert result.exit_code == 0, result.output
     assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output
+
+
+def test_convnext_drop_path_rates_are_keras_applications(tmp_path):
+    """ConvNeXt's rates, from 0 to drop_path over all blocks (numpy's linspace in Keras,
+    whose ConvNeXt leaves out the first block's zero-rate layer)."""
+    from keras.src.applications.convnext import ConvNeXt  # ConvNeXtTiny() does not take the rate
+
+    ref = ConvNeXt(depths=[3, 3, 9, 3], projection_dims=[96, 192, 384, 768], drop_path_rate=0.1, weights=None, input_shape=(32, 32, 3))
+    expected = [layer.drop_path_rate for layer in ref.layers if type(layer).__name__ == "StochasticDepth"]
+    (path,) = build(ROOT / "examples/convnext.yaml", ["torch"], tmp_path)
+    model = get("torch").load(path).create_model(drop_path=0.1)
+    found = [m.rate for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert found[0] == 0.0 and found[1:] == expected and len(expected) == 17
