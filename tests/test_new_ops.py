@@ -250,7 +250,7 @@ def test_generated_code_for_the_new_ops_is_formatted_and_lint_clean(new_ops, tmp
     exe = shutil.which("ruff")
     if exe is None:
         pytest.skip("ruff is not installed")
-    specs = [new_ops, *(ROOT / f"examples/{f}.yaml" for f in ("densenet", "convnext", "mobilenet_v3"))]
+    specs = [new_ops, *(ROOT / f"examples/{f}.yaml" for f in ("densenet", "convnext", "mobilenet_v3", "mobilenet_v2"))]
     files = [str(p) for spec in specs for p in build(spec, ["torch", "keras"], tmp_path)]
     torch_files = [f for f in files if f.endswith("_torch.py")]
     for args, paths in (
