@@ -691,11 +691,8 @@ def grow(ch: Channels, growth: Channels, runs: Value) -> Channels:
     """``ch + runs * growth``: the channels after ``runs`` runs of a growing body."""
     if all(isinstance(x, Lit) for x in (ch, growth, runs)):
         return Lit(ch.value + runs.value * growth.value)
-    step = growth.value if isinstance(growth, Lit) else None
-    product = f"{_term(runs)} * {step}" if step is not None and not isinstance(runs, Lit) else f"{_term(runs)} * {_term(growth)}"
-    if isinstance(ch, Lit) and ch.value == 0:
-        return Sym(product)
-    return Sym(f"{v.code(ch)} + {product}")
+    base = f"({v.code(ch)})" if isinstance(ch, v.Choice) else v.code(ch)  # `+` binds tighter than `if`
+    return Sym(f"{base} + {_term(runs)} * {_term(growth)}")
 
 
 def torch_plan(analysis: Analysis) -> Plan:
