@@ -2,9 +2,11 @@
 
 The generated module mirrors the IR tree: a flow is an ``nn.Sequential`` attribute of
 the model, a block instance a module of its block's class, a residual a ``Residual``
-(``body``, ``shortcut``), branches a ``Branches`` keyed by path, a repeat a ``Repeat``
-of N bodies; every attribute name is ``plan.ident[path]``. :func:`qualified_names`
-spells that mapping out for tests and cross-backend checks.
+(``body``, ``shortcut``), a gate a ``Gate`` (``body``), branches a ``Branches`` keyed
+by path, a repeat a ``Repeat`` of N bodies (a ``GrowingRepeat`` where each body gets
+more channels); every attribute name is ``plan.ident[path]``. :func:`qualified_names`
+spells that mapping out for tests and cross-backend checks. Each op's emitter, channel
+rule and child attributes are one entry of ``EMITTERS``.
 """
 
 from __future__ import annotations
