@@ -258,3 +258,19 @@ def test_generated_code_for_the_new_ops_is_formatted_and_lint_clean(new_ops, tmp
     ):
         result = subprocess.run([exe, *args, *paths], capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_repeated_body_may_set_the_channels(tmp_path):
+    """A repeat of convs that changes the channels in its first run only: the IR counts each
+    run with its own input, torch builds run 0 for the input's channels, and both backends
+    agree."""
+    spec = tmp_path / "stage.yaml"
+    spec.write_text(
+        "name: stage\ninput: [12, 12, 3]\nflows:\n  main:\n"
+        "    - repeat: {times: 3, body: [conv: {filters: 8, kernel: 3, padding: same}, bn, act: relu]}\n"
+        "    - global_avg_pool\n    - dense: 2\n"
+    )
+    a = load(spec)
+    assert a.counts["main/repeat1"].trainable == (27 * 8 + 8 + 16) + 2 * (72 * 8 + 8 + 16)
+    result = run("verify", spec)
+    assert result.exit_code == 0, result.output

@@ -192,18 +192,21 @@ class Renderer:
         return rule(self, node, env, ch, rank) if rule else (ch, rank)
 
     def repeat_channels(self, node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, Channels | None, int]:
-        """(channels after, growth per run or None where the body keeps them, rank after)
-        of a repeat. A body that changes the channels must add the same number each run
-        (DenseNet's concatenation): ``in + growth``."""
+        """(channels after, channels into run ``i`` as code of ``i`` or None where every run
+        gets ``ch``, rank after) of a repeat. A body that changes the channels either adds
+        the same number each run (DenseNet's concatenation: ``in + i * growth``) or sets
+        them whatever it gets (a conv: ``in if i == 0 else filters``)."""
         after, after_rank = self.effects(node.body, env, ch, rank)
         if after == ch:
             return after, None, after_rank
         probe = Sym("in_channels")
         grown, _ = self.effects(node.body, env, probe, rank)
         growth = minus(grown, probe)
-        if growth is None:
-            raise Unsupported(f"{node.path}: a repeated body that changes the channels must add a fixed number to them (a concatenation)")
-        return grow(ch, growth, self.value(node, "times", env)), growth, after_rank
+        if growth is not None:
+            return grow(ch, growth, self.value(node, "times", env)), grow(ch, growth, Sym("i")), after_rank
+        if grown == after:
+            return after, Sym(f"{_term(ch)} if i == 0 else {_term(after)}"), after_rank
+        raise Unsupported(f"{node.path}: a repeated body must add a fixed number of channels or set them, whatever it gets")
 
     def flat_size(self, node: ir.Flatten) -> Lit:
         """A flatten's output size, as archc infers it for the spec's params."""
@@ -345,11 +348,10 @@ class Renderer:
 
     def layer_repeat(self, node, env, ch, rank) -> Expr:
         times = v.code(self.value(node, "times", env))
-        _, growth, _ = self.repeat_channels(node, env, ch, rank)
-        if growth is None:
+        _, inputs, _ = self.repeat_channels(node, env, ch, rank)
+        if inputs is None:
             return Call(self.use("Repeat"), (times, Lambda(self.sequential(node.body, env, ch, rank))))
-        body = self.sequential(node.body, env, grow(ch, growth, Sym("i")), rank)
-        return Call(self.use("GrowingRepeat"), (times, Lambda(body, "i")))
+        return Call(self.use("GrowingRepeat"), (times, Lambda(self.sequential(node.body, env, inputs, rank), "i")))
 
     def layer_gate(self, node, env, ch, rank) -> Expr:
         return Call(self.use("Gate"), (self.sequential(node.body, env, ch, rank),))
