@@ -7,8 +7,9 @@ repeat written after that repeat's own segment::
     entry/down1/residual1/body/sep_bn1/sepconv1
     middle/repeat[3]/middle1/residual1/body/sep_bn1/sepconv1
 
-The neutral weight format is ``{instance key: {role: array}}`` for every enabled conv,
-sepconv, bn and dense instance, in the IR's layout (which is Keras's):
+The neutral weight format is ``{instance key: {role: array}}`` for every enabled
+instance of an op with weights (its ``roles``, archc/ir.py), in the IR's layout (which
+is Keras's):
 
 ===========  ==========================================================================
 op           roles and shapes
@@ -19,7 +20,15 @@ sepconv      ``spatial``: depthwise (kh, kw, C, depth_multiplier), or with integ
              ``pointwise`` (1, 1, C * depth_multiplier, filters); ``bias`` (filters)
 bn           ``gamma`` if scale, ``beta`` if center; ``moving_mean``, ``moving_variance``
 dense        ``kernel`` (in, units); ``bias`` (units) if it has one
+depthwise    ``kernel`` (kh, kw, C, depth_multiplier); ``bias`` (C * depth_multiplier)
+channel_...  (channel_dense) ``kernel`` (C, units); ``bias`` (units)
+layer_norm   ``gamma`` if scale, ``beta`` if center (C)
+layer_scale  ``gamma`` (C)
+normalize    without given values: ``mean``, ``variance`` (C), ``count`` () (non-trainable)
 ===========  ==========================================================================
+
+A node inside a repeat whose body grows the channels has instances of different
+shapes: each instance's input and output are its own (``Analysis.instance_shapes``).
 
 Nothing here imports a framework (or numpy): shapes and keys only.
 """

@@ -430,6 +430,9 @@ class DropPath(Node):
     op: Literal["drop_path"] = "drop_path"
     rate: Annotated[float, Field(ge=0, lt=1)]
 
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return feature_map(self, shape)
+
 
 # -- combinators -----------------------------------------------------------------------------
 

@@ -147,25 +147,22 @@ def test_verify_passes_for_the_new_ops(new_ops):
     assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output
 
 
-def test_generated_torch_models_train(new_ops, tmp_path):
-    """A forward and backward pass in training mode (drop path active) reaches every weight."""
+@pytest.mark.parametrize("spec", ["new_ops", "densenet", "convnext", "mobilenet_v3"])
+def test_generated_torch_models_train(spec, new_ops, tmp_path):
+    """A forward and backward pass in training mode (drop path active) at 32x32 reaches
+    every weight."""
     import torch
 
     from archc.backend import get
 
-    for spec, size in (
-        (new_ops, None),
-        (DENSENET, (32, 32)),
-        *((ROOT / f"examples/{f}.yaml", (32, 32)) for f in ("convnext", "mobilenet_v3")),
-    ):
-        a = load(spec, input_size=size)
-        model = build_model(get("torch"), a, tmp_path)
-        model.train()
-        x = torch.randn(2, a.net.input[2], *a.net.input[:2])
-        loss = model(x).square().mean()
-        loss.backward()
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-        assert not missing, (spec.name, missing[:3])
+    path = new_ops if spec == "new_ops" else ROOT / f"examples/{spec}.yaml"
+    a = load(path, input_size=None if spec == "new_ops" else (32, 32))
+    model = build_model(get("torch"), a, tmp_path)
+    model.train()
+    x = torch.randn(2, a.net.input[2], *a.net.input[:2])
+    model(x).square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:3]
 
 
 @pytest.mark.parametrize("spec", ["densenet", "convnext", "mobilenet_v3"])
@@ -261,3 +258,19 @@ def test_generated_code_for_the_new_ops_is_formatted_and_lint_clean(new_ops, tmp
     ):
         result = subprocess.run([exe, *args, *paths], capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_repeated_body_may_set_the_channels(tmp_path):
+    """A repeat of convs that changes the channels in its first run only: the IR counts each
+    run with its own input, torch builds run 0 for the input's channels, and both backends
+    agree."""
+    spec = tmp_path / "stage.yaml"
+    spec.write_text(
+        "name: stage\ninput: [12, 12, 3]\nflows:\n  main:\n"
+        "    - repeat: {times: 3, body: [conv: {filters: 8, kernel: 3, padding: same}, bn, act: relu]}\n"
+        "    - global_avg_pool\n    - dense: 2\n"
+    )
+    a = load(spec)
+    assert a.counts["main/repeat1"].trainable == (27 * 8 + 8 + 16) + 2 * (72 * 8 + 8 + 16)
+    result = run("verify", spec)
+    assert result.exit_code == 0, result.output

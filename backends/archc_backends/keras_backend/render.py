@@ -2,7 +2,8 @@
 
 Every decision is made here (which Keras layer a node becomes, which keyword arguments
 it needs, which names, conditions and loops surround it, where a long call is wrapped);
-the templates in ``templates/`` only print it. Nothing here imports a framework.
+the templates in ``templates/`` only print it. Nothing here imports a framework. Each
+op's emitter is one entry of ``LAYERS``.
 
 Layer names: a node's Keras name is the identifiers of its IR path (``plan.ident``)
 joined by '_'. Residual and branch children add their label ('body', 'shortcut', the

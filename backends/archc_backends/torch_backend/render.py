@@ -2,9 +2,11 @@
 
 The generated module mirrors the IR tree: a flow is an ``nn.Sequential`` attribute of
 the model, a block instance a module of its block's class, a residual a ``Residual``
-(``body``, ``shortcut``), branches a ``Branches`` keyed by path, a repeat a ``Repeat``
-of N bodies; every attribute name is ``plan.ident[path]``. :func:`qualified_names`
-spells that mapping out for tests and cross-backend checks.
+(``body``, ``shortcut``), a gate a ``Gate`` (``body``), branches a ``Branches`` keyed
+by path, a repeat a ``Repeat`` of N bodies (an ``IndexedRepeat`` where each body is
+built for its index: the channels it gets, a rate); every attribute name is ``plan.ident[path]``. :func:`qualified_names`
+spells that mapping out for tests and cross-backend checks. Each op's emitter, channel
+rule and child attributes are one entry of ``EMITTERS``.
 """
 
 from __future__ import annotations
@@ -200,10 +202,11 @@ class Renderer:
         return rule(self, node, env, ch, rank) if rule else (ch, rank)
 
     def repeat_channels(self, node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, Channels | None, int]:
-        """(channels after, growth per run or None where the body keeps them, rank after)
-        of a repeat. A body that changes the channels must add the same number each run
-        (DenseNet's concatenation): ``in + growth``. Channels are integers, the same in
-        every iteration (the resolver checks), so the index is taken as 0 here."""
+        """(channels after, channels into run ``i`` as code of ``i`` or None where every run
+        gets ``ch``, rank after) of a repeat. A body that changes the channels either adds
+        the same number each run (DenseNet's concatenation: ``in + i * growth``) or sets
+        them whatever it gets (a conv: ``in if i == 0 else filters``). Channels are
+        integers, the same in every run's body (the resolver checks), so the index is 0 here."""
         env = {**env, expr.INDEX: Lit(0)}
         after, after_rank = self.effects(node.body, env, ch, rank)
         if after == ch:
@@ -211,9 +214,11 @@ class Renderer:
         probe = Sym("in_channels")
         grown, _ = self.effects(node.body, env, probe, rank)
         growth = minus(grown, probe)
-        if growth is None:
-            raise Unsupported(f"{node.path}: a repeated body that changes the channels must add a fixed number to them (a concatenation)")
-        return grow(ch, growth, self.value(node, "times", env)), growth, after_rank
+        if growth is not None:
+            return grow(ch, growth, self.value(node, "times", env)), grow(ch, growth, Sym("i")), after_rank
+        if grown == after:
+            return after, Sym(f"{_term(ch)} if i == 0 else {_term(after)}"), after_rank
+        raise Unsupported(f"{node.path}: a repeated body must add a fixed number of channels or set them, whatever it gets")
 
     def flat_size(self, node: ir.Flatten) -> Lit:
         """A flatten's output size, as archc infers it for the spec's params."""
@@ -355,13 +360,11 @@ class Renderer:
 
     def layer_repeat(self, node, env, ch, rank) -> Expr:
         times = v.code(self.value(node, "times", env))
-        times = v.code(self.value(node, "times", env))
-        _, growth, _ = self.repeat_channels(node, env, ch, rank)
-        if growth is None and not self.plan.reads_index(node):
+        _, inputs, _ = self.repeat_channels(node, env, ch, rank)
+        if inputs is None and not self.plan.reads_index(node):
             return Call(self.use("Repeat"), (times, Lambda(self.sequential(node.body, env, ch, rank))))
-        # the body's values (a growing channel count, a rate) depend on the run's index
-        index = Sym(expr.INDEX)
-        body = self.sequential(node.body, {**env, expr.INDEX: index}, ch if growth is None else grow(ch, growth, index), rank)
+        # each run's values (the channels it receives, a rate) depend on its index
+        body = self.sequential(node.body, {**env, expr.INDEX: Sym(expr.INDEX)}, ch if inputs is None else inputs, rank)
         return Call(self.use("IndexedRepeat"), (times, Lambda(body, expr.INDEX)))
 
     def layer_gate(self, node, env, ch, rank) -> Expr:
@@ -708,11 +711,8 @@ def grow(ch: Channels, growth: Channels, runs: Value) -> Channels:
     """``ch + runs * growth``: the channels after ``runs`` runs of a growing body."""
     if all(isinstance(x, Lit) for x in (ch, growth, runs)):
         return Lit(ch.value + runs.value * growth.value)
-    step = growth.value if isinstance(growth, Lit) else None
-    product = f"{_term(runs)} * {step}" if step is not None and not isinstance(runs, Lit) else f"{_term(runs)} * {_term(growth)}"
-    if isinstance(ch, Lit) and ch.value == 0:
-        return Sym(product)
-    return Sym(f"{v.code(ch)} + {product}")
+    base = f"({v.code(ch)})" if isinstance(ch, v.Choice) else v.code(ch)  # `+` binds tighter than `if`
+    return Sym(f"{base} + {_term(runs)} * {_term(growth)}")
 
 
 def torch_plan(analysis: Analysis) -> Plan:
