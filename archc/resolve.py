@@ -44,6 +44,7 @@ TOP_KEYS = ("name", "description", "input", "params", "defaults", "blocks", "flo
 LAYER_META = ("name", "when")
 RESERVED = set(OPS) | set(COMBINATORS) | {"call"}
 INDEX = expr.INDEX
+MAX_UNROLLED = 100_000  # layers resolved to check a repeat whose body reads its index
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,14 @@ class Resolver:
         reads = self.index_reads
         body = self.sequence(fields.get("body"), key + ("body",), inner)
         if self.index_reads > reads:
+            size = sum(1 for _ in walk(body))
+            if size * times > MAX_UNROLLED:
+                raise self.error(
+                    key_of_times,
+                    f"expected a repeat whose body reads the index i to have at most {MAX_UNROLLED:,} layers in all "
+                    f"(each iteration is resolved to check it), found {times} x {size}",
+                    via=scope.via,
+                )
             for i in range(1, times):
                 again = self.sequence(fields.get("body"), key + ("body",), replace(inner, symbols={**scope.symbols, INDEX: i}))
                 self.same_structure(body, again, i, scope)

@@ -210,6 +210,15 @@ def test_iterations_may_differ_only_in_non_integer_numbers():
     )
 
 
+def test_a_huge_repeat_that_reads_its_index_is_refused_before_the_work():
+    spec = SPEC.replace("times: ${ceil(2 * depth)}", "times: 10000").replace("- dropout: ${0.2 * i / 4}", "- dropout: ${0.2 * i / 40000}")
+    spec = spec.replace("body:\n          - conv:", "body:\n" + "          - bn\n" * 9 + "          - conv:")
+    with pytest.raises(SpecError) as info:
+        compile_spec(load_text(spec, "t.yaml"))
+    assert "expected a repeat whose body reads the index i to have at most 100,000 layers in all" in str(info.value)
+    assert "found 10000 x 11" in str(info.value)
+
+
 def test_the_index_is_not_seen_inside_a_block_body():
     spec = SPEC.replace("flows:", "blocks:\n  b:\n    body: [dropout: $i]\nflows:").replace("- dropout: ${0.2 * i / 4}", "- b")
     with pytest.raises(SpecError) as info:
