@@ -398,31 +398,27 @@ def _start(tree: Expr) -> int:
 # -- inspection and printing --------------------------------------------------------------
 
 
+def parts(tree: Expr) -> tuple[Expr, ...]:
+    """The subexpressions of ``tree``."""
+    if isinstance(tree, Unary):
+        return (tree.operand,)
+    if isinstance(tree, Binary):
+        return (tree.left, tree.right)
+    if isinstance(tree, Cond):
+        return (tree.then, tree.test, tree.other)
+    return tree.args if isinstance(tree, Func) else ()
+
+
 def names(tree: Expr) -> set[str]:
     """The names an expression reads."""
-    if isinstance(tree, Name):
-        return {tree.name}
-    if isinstance(tree, Num):
-        return set()
-    if isinstance(tree, Unary):
-        return names(tree.operand)
-    if isinstance(tree, Binary):
-        return names(tree.left) | names(tree.right)
-    if isinstance(tree, Cond):
-        return names(tree.then) | names(tree.test) | names(tree.other)
-    return set().union(*(names(a) for a in tree.args)) if tree.args else set()
+    own = {tree.name} if isinstance(tree, Name) else set()
+    return own.union(*(names(p) for p in parts(tree)))
 
 
 def needs(tree: Expr) -> set[str]:
     """What generated code must provide for the functions ``tree`` calls."""
     own = {FUNCTIONS[tree.name].needs} - {""} if isinstance(tree, Func) else set()
-    parts = {
-        Unary: lambda t: [t.operand],
-        Binary: lambda t: [t.left, t.right],
-        Cond: lambda t: [t.then, t.test, t.other],
-        Func: lambda t: list(t.args),
-    }.get(type(tree), lambda t: [])(tree)
-    return own.union(*(needs(p) for p in parts))
+    return own.union(*(needs(p) for p in parts(tree)))
 
 
 def to_python(tree: Expr, name: Callable[[str], str]) -> str:
