@@ -2,16 +2,19 @@
 
 Multiply-adds count convolutions and dense layers (the conventional MACs); BN, pooling
 and activations count none. Trainable: kernels, biases, BN gamma/beta; non-trainable:
-BN moving mean and variance.
+BN moving mean and variance. Each op says which weights it has (``roles``) and its
+multiply-adds (``macs``); the counts are summed over every instance, so a repeat whose
+body grows the channels counts each run with its own input.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .errors import Location, SpecError
-from .ir import BN, Call, Conv, Dense, Network, Node, Repeat, Residual, SepConv, children
-from .shapes import Shape, Shapes, infer, output_shape
+from .ir import Network, Node, children
+from .shapes import Shape, Shapes, infer_instances, output_shape
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,11 @@ class Analysis:
 
     net: Network
     shapes: Shapes
-    counts: dict[str, Counts]
+    counts: dict[str, Counts]  # IR path -> counts of its first instance (children included)
     rows: list[Row] = field(default_factory=list)
     total: Counts = Counts()
     output: Shape = ()
+    instance_shapes: Shapes = field(default_factory=dict)  # instance key -> shapes
 
     def as_dict(self) -> dict:
         return {
@@ -86,50 +90,43 @@ MAX_LAYERS = 1_000_000
 
 def analyse(net: Network) -> Analysis:
     _layer_count([n for layers in net.flows.values() for n in layers])
-    shapes = infer(net)
+    shapes, at = infer_instances(net)
     counts: dict[str, Counts] = {}
-    result = Analysis(net, shapes, counts, output=output_shape(net, shapes))
+    result = Analysis(net, shapes, counts, output=output_shape(net, shapes), instance_shapes=at)
     total = Counts()
     for flow, layers in net.flows.items():
         for node in layers:
             if not node.when:
                 continue
-            c = _count(node, shapes, counts)
+            c = _count(node, node.path, ("", ""), at, counts)
             total += c
-            kind = node.block if isinstance(node, Call) else node.op
-            repeat = node.times if isinstance(node, Repeat) else 1
-            result.rows.append(Row(flow, node.name, kind, repeat, shapes[node.path][1], c))
+            result.rows.append(Row(flow, node.name, node.label(), node.repeats(), shapes[node.path][1], c))
     result.total = total
     return result
 
 
-def _count(node: Node, shapes: Shapes, counts: dict[str, Counts]) -> Counts:
-    inp, out = shapes[node.path]
-    c = Counts()
-    if isinstance(node, Conv):
-        per_out = node.kernel[0] * node.kernel[1] * (inp[2] // node.groups)
-        c = Counts(per_out * node.filters + (node.filters if node.bias else 0), 0, out[0] * out[1] * node.filters * per_out)
-    elif isinstance(node, SepConv):
-        cin, mid = inp[2], inp[2] * node.depth_multiplier
-        segments = cin if node.segments == "depthwise" else node.segments
-        spatial = node.kernel[0] * node.kernel[1] * (cin // segments) * mid
-        pointwise = mid * node.filters
-        c = Counts(spatial + pointwise + (node.filters if node.bias else 0), 0, out[0] * out[1] * (spatial + pointwise))
-    elif isinstance(node, BN):
-        ch = inp[-1]
-        c = Counts(ch * (int(node.center) + int(node.scale)), 2 * ch, 0)
-    elif isinstance(node, Dense):
-        c = Counts(inp[0] * node.units + (node.units if node.bias else 0), 0, inp[0] * node.units)
-    else:
-        for label, seq in children(node):
-            if isinstance(node, Residual) and label == "shortcut" and not node.use_shortcut:
-                continue
+def own_counts(node: Node, inp: Shape, out: Shape) -> Counts:
+    """One run of ``node`` alone (not its children): its weights and multiply-adds."""
+    trainable = non_trainable = 0
+    for role, shape in node.roles(inp).items():
+        if role in node.frozen_roles:
+            non_trainable += math.prod(shape)
+        else:
+            trainable += math.prod(shape)
+    return Counts(trainable, non_trainable, node.macs(inp, out))
+
+
+def _count(node: Node, key: str, base: tuple[str, str], at: Shapes, counts: dict[str, Counts]) -> Counts:
+    """Counts of the instance ``key`` of ``node``, its running children included."""
+    inp, out = at[key]
+    c = own_counts(node, inp, out)
+    for index in range(node.repeats()):
+        inner = (node.path, f"{key}[{index}]") if node.indexed else base
+        for _, seq in node.running():
             for child in seq:
                 if child.when:
-                    c += _count(child, shapes, counts)
-        if isinstance(node, Repeat):
-            c = c * node.times
-    counts[node.path] = c
+                    c += _count(child, inner[1] + child.path[len(inner[0]) :], inner, at, counts)
+    counts.setdefault(node.path, c)
     return c
 
 
@@ -141,7 +138,7 @@ def _layer_count(layers: list[Node]) -> int:
         if not node.when:
             continue
         inner = sum(_layer_count(seq) for _, seq in children(node))
-        count = 1 + (node.times * inner if isinstance(node, Repeat) else inner)
+        count = 1 + node.repeats() * inner
         if count > MAX_LAYERS:
             w = node.where
             raise SpecError(

@@ -6,11 +6,15 @@ once here so that backends (and their templates) only format it:
 - ``Plan.blocks``: one definition per block used, taken from its first instance (all
   instances share their structure; values that differ are ``refs`` to arguments);
 - ``Plan.signature[block]``: the block's declared arguments, then the spec params its
-  body uses (directly or through nested blocks), which the generated code passes in.
+  body uses (directly or through nested blocks), which the generated code passes in;
+- ``Plan.expression``: a field written ``$name`` or ``${...}`` as Python source over
+  those identifiers (and the loop variable of an enclosing repeat), and ``Plan.needs``:
+  what those expressions call that the module must provide (``math``, ``make_divisible``).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -18,8 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import expr
 from .analysis import Analysis
-from .ir import Call, Node, children, walk
+from .ir import Call, Node, Repeat, children, walk
 from .naming import Namespace, class_name
 
 
@@ -40,20 +45,49 @@ class Plan:
     blocks: dict[str, BlockPlan] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)  # spec param -> identifier
     owner: dict[str, str | None] = field(default_factory=dict)  # node path -> enclosing block
+    in_repeat: set[str] = field(default_factory=set)  # paths of nodes that see a repeat index
+    needs: set[str] = field(default_factory=set)  # 'math', 'make_divisible'
 
     def signature(self, block: str) -> list[str]:
         plan = self.blocks[block]
         return plan.args + plan.params
 
-    def symbol(self, node: Node, field_name: str, value: Any) -> str:
-        """A field as Python source: the argument of the enclosing block or the param it
-        references (arguments shadow params), else a literal."""
+    def symbol(self, node: Node, field_name: str, value: Any, index: str | None = None) -> str:
+        """A field as Python source: its expression if written ``$name``/``${...}``,
+        else a literal. ``index``: the loop variable of the enclosing repeat."""
         ref = node.refs.get(field_name)
-        if not ref:
-            return literal(value)
+        return self.expression(node, ref, index) if ref else literal(value)
+
+    def expression(self, node: Node, ref: str, index: str | None = None) -> str:
+        """``ref`` (as the resolver recorded it on ``node``) as Python source: names are the
+        repeat index, else arguments of the enclosing block, else params."""
         block = self.owner.get(node.path)
         declared = list(self.analysis.net.blocks[block].args) if block else []
-        return self.blocks[block].args[declared.index(ref)] if ref in declared else self.params[ref]
+
+        def name(n: str) -> str:
+            if n == expr.INDEX and node.path in self.in_repeat:
+                if index is None:
+                    raise ValueError(f"{node.path}: no loop variable for the repeat index")
+                return index
+            return self.blocks[block].args[declared.index(n)] if n in declared else self.params[n]
+
+        return expr.to_python(expr.parse(ref), name)
+
+    def input_size(self) -> list[str]:
+        """The input's (height, width, channels) as Python source over the params."""
+        net = self.analysis.net
+        refs = net.input_refs
+        return [expr.to_python(expr.parse(refs[i]), self.params.__getitem__) if i in refs else literal(v) for i, v in enumerate(net.input)]
+
+    def reads_index(self, repeat: Repeat) -> bool:
+        """Whether a repeat's body reads its index (so the generated loop must name it)."""
+        return any(expr.INDEX in expr.names(expr.parse(r)) for n in _direct(repeat.body) for r in n.refs.values())
+
+
+def helper_source(name: str) -> str:
+    """The source of a function generated code defines for its expressions: archc's own,
+    so that the generated model computes exactly what archc computed."""
+    return inspect.getsource({"make_divisible": expr.make_divisible}[name]).rstrip() + "\n"
 
 
 def literal(value: Any) -> str:
@@ -90,7 +124,7 @@ def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
     framework's attribute names), which no identifier made from a spec name may take."""
     net = analysis.net
     result = Plan(analysis)
-    reserved = set(reserved)
+    reserved = set(reserved) | {expr.INDEX}  # the repeat index's loop variable: no param or argument takes it
     names = Namespace({"create_model", "Model"} | reserved)
     result.params = {p: names.create(p, "param") for p in net.params}
     flows = Namespace(reserved, attribute=True)
@@ -112,6 +146,9 @@ def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
                 [],
             )
     _owners(result.owner, [n for layers in net.flows.values() for n in layers], None)
+    _repeated(result.in_repeat, [n for layers in net.flows.values() for n in layers], False)
+    refs = [r for node in walk([n for layers in net.flows.values() for n in layers]) for r in node.refs.values()]
+    result.needs = set().union(*(expr.needs(expr.parse(r)) for r in [*refs, *net.input_refs.values()]))
     for block in result.blocks:
         used = _free_params(result, block, set())
         result.blocks[block].params = [result.params[p] for p in net.params if p in used]
@@ -124,6 +161,24 @@ def _owners(owner: dict[str, str | None], layers: list[Node], block: str | None)
         owner[node.path] = block
         for _, seq in children(node):
             _owners(owner, seq, node.block if isinstance(node, Call) else block)
+
+
+def _repeated(paths: set[str], layers: list[Node], inside: bool) -> None:
+    """Record the nodes whose expressions see a repeat index (a block body does not)."""
+    for node in layers:
+        if inside:
+            paths.add(node.path)
+        for _, seq in children(node):
+            _repeated(paths, seq, False if isinstance(node, Call) else inside or isinstance(node, Repeat))
+
+
+def _direct(layers: list[Node]):
+    """The nodes of ``layers`` and below, not looking into block bodies."""
+    for node in layers:
+        yield node
+        if not isinstance(node, Call):
+            for _, seq in children(node):
+                yield from _direct(seq)
 
 
 def _arg_names(args: list[str], params: dict[str, str], reserved: set[str]) -> list[str]:
@@ -149,7 +204,7 @@ def _free_params(result: Plan, block: str, seen: set[str]) -> set[str]:
     declared = set(result.analysis.net.blocks[block].args)
     used: set[str] = set()
     for node in walk(bp.instance.body):
-        used |= {r for r in node.refs.values() if r not in declared}
+        used |= {name for r in node.refs.values() for name in expr.names(expr.parse(r)) if name not in declared}
         if isinstance(node, Call) and node.block not in seen:
             used |= _free_params(result, node.block, seen | {block}) - declared
     return used & set(result.analysis.net.params)

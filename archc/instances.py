@@ -7,8 +7,9 @@ repeat written after that repeat's own segment::
     entry/down1/residual1/body/sep_bn1/sepconv1
     middle/repeat[3]/middle1/residual1/body/sep_bn1/sepconv1
 
-The neutral weight format is ``{instance key: {role: array}}`` for every enabled conv,
-sepconv, bn and dense instance, in the IR's layout (which is Keras's):
+The neutral weight format is ``{instance key: {role: array}}`` for every enabled
+instance of an op with weights (its ``roles``, archc/ir.py), in the IR's layout (which
+is Keras's):
 
 ===========  ==========================================================================
 op           roles and shapes
@@ -19,7 +20,15 @@ sepconv      ``spatial``: depthwise (kh, kw, C, depth_multiplier), or with integ
              ``pointwise`` (1, 1, C * depth_multiplier, filters); ``bias`` (filters)
 bn           ``gamma`` if scale, ``beta`` if center; ``moving_mean``, ``moving_variance``
 dense        ``kernel`` (in, units); ``bias`` (units) if it has one
+depthwise    ``kernel`` (kh, kw, C, depth_multiplier); ``bias`` (C * depth_multiplier)
+channel_...  (channel_dense) ``kernel`` (C, units); ``bias`` (units)
+layer_norm   ``gamma`` if scale, ``beta`` if center (C)
+layer_scale  ``gamma`` (C)
+normalize    without given values: ``mean``, ``variance`` (C), ``count`` () (non-trainable)
 ===========  ==========================================================================
+
+A node inside a repeat whose body grows the channels has instances of different
+shapes: each instance's input and output are its own (``Analysis.instance_shapes``).
 
 Nothing here imports a framework (or numpy): shapes and keys only.
 """
@@ -28,11 +37,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .analysis import Analysis, Counts
-from .ir import BN, Conv, Dense, Node, Repeat, SepConv, children
+from .analysis import Analysis, Counts, own_counts
+from .ir import Node
 from .shapes import Shape
-
-WEIGHTED = (Conv, SepConv, BN, Dense)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Instance:
 
     @property
     def weighted(self) -> bool:
-        return isinstance(self.node, WEIGHTED)
+        return bool(self.node.roles(self.input))
 
 
 def instances(analysis: Analysis) -> list[Instance]:
@@ -57,21 +64,22 @@ def instances(analysis: Analysis) -> list[Instance]:
     children before the node (a residual's body, then its shortcut, then the residual;
     branches in order, then their concatenation), repeats unrolled."""
     out: list[Instance] = []
-    shapes = analysis.shapes
+    shapes = analysis.instance_shapes
 
     def visit(nodes: list[Node], indices: tuple[int, ...], base: tuple[str, str], module: str | None) -> None:
         for node in nodes:
-            if node.path not in shapes:  # switched off (when: false, a dropped shortcut)
+            key = base[1] + node.path[len(base[0]) :]
+            if key not in shapes:  # switched off (when: false, a dropped shortcut)
                 continue
             top = module or node.path
-            key = base[1] + node.path[len(base[0]) :]
-            if isinstance(node, Repeat):
-                for i in range(node.times):
-                    visit(node.body, (*indices, i), (node.path, f"{key}[{i}]"), top)
+            if node.indexed:
+                for i in range(node.repeats()):
+                    for _, seq in node.children():
+                        visit(seq, (*indices, i), (node.path, f"{key}[{i}]"), top)
             else:
-                for _, seq in children(node):
+                for _, seq in node.children():
                     visit(seq, indices, base, top)
-            inp, outp = shapes[node.path]
+            inp, outp = shapes[key]
             out.append(Instance(key, node.path, indices, node, top, inp, outp))
 
     for layers in analysis.net.flows.values():
@@ -91,40 +99,11 @@ def modules(analysis: Analysis) -> list[str]:
 
 def roles(instance: Instance) -> dict[str, tuple[int, ...]]:
     """role -> shape of the instance's arrays in the neutral format (empty: no weights)."""
-    node, cin = instance.node, instance.input[-1]
-    if isinstance(node, Conv):
-        shapes = {"kernel": (*node.kernel, cin // node.groups, node.filters)}
-        return shapes | ({"bias": (node.filters,)} if node.bias else {})
-    if isinstance(node, SepConv):
-        mid = cin * node.depth_multiplier
-        if node.segments == "depthwise":
-            spatial = (*node.kernel, cin, node.depth_multiplier)
-        else:
-            spatial = (*node.kernel, cin // node.segments, mid)
-        shapes = {"spatial": spatial, "pointwise": (1, 1, mid, node.filters)}
-        return shapes | ({"bias": (node.filters,)} if node.bias else {})
-    if isinstance(node, BN):
-        shapes = {"gamma": (cin,)} if node.scale else {}
-        shapes |= {"beta": (cin,)} if node.center else {}
-        return shapes | {"moving_mean": (cin,), "moving_variance": (cin,)}
-    if isinstance(node, Dense):
-        return {"kernel": (cin, node.units)} | ({"bias": (node.units,)} if node.bias else {})
-    return {}
-
-
-NON_TRAINABLE = frozenset({"moving_mean", "moving_variance"})
+    return instance.node.roles(instance.input)
 
 
 def counts(instance: Instance) -> Counts:
     """(trainable, non-trainable) of one instance, from its roles (agrees with
-    ``analysis.counts[path]``, which counts one instance of a node inside a repeat)."""
-    trainable = non_trainable = 0
-    for role, shape in roles(instance).items():
-        size = 1
-        for n in shape:
-            size *= n
-        if role in NON_TRAINABLE:
-            non_trainable += size
-        else:
-            trainable += size
-    return Counts(trainable, non_trainable)
+    ``analysis.counts[path]`` for a node's first instance)."""
+    c = own_counts(instance.node, instance.input, instance.output)
+    return Counts(c.trainable, c.non_trainable)

@@ -35,6 +35,7 @@ class Source:
     data: Any
     values: dict[Key, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    quoted: set[Key] = field(default_factory=set)  # scalars written in quotes: their text starts one column later
 
     def loc(self, key: Key, *, at_key: bool = False) -> Location:
         """The location of ``key``; falls back to the nearest written parent."""
@@ -160,6 +161,8 @@ class _Builder:
         if depth > MAX_DEPTH:
             raise self._at(node, key, f"expected nesting at most {MAX_DEPTH} deep, found deeper")
         self.source.values[key] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"'):
+            self.source.quoted.add(key)
         if isinstance(node, yaml.MappingNode):
             try:
                 self.constructor.flatten_mapping(node)  # merge keys: `<<: *defaults`

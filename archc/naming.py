@@ -9,7 +9,7 @@ import re
 import unicodedata
 
 _KEYWORDS = set(keyword.kwlist) | set(keyword.softkwlist)
-_RESERVED = _KEYWORDS | set(dir(builtins)) | {"self", "torch", "nn", "F", "keras", "layers", "x"}
+_RESERVED = _KEYWORDS | set(dir(builtins)) | {"self", "torch", "nn", "F", "keras", "layers", "x", "math", "make_divisible"}
 
 
 def identifier(name: str, fallback: str = "layer", *, attribute: bool = False) -> str:

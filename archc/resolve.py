@@ -1,9 +1,10 @@
 """Resolve a loaded spec into the IR: substitute params and block arguments, expand
 block calls, name every node, and validate each node with its pydantic model.
 
-Substitution is deliberately tiny: a field whose whole value is ``$name`` takes the value
-of a block argument or param of that name (``$$`` escapes a literal ``$``). Nothing is
-evaluated.
+A field whose whole value is ``$name`` takes the value of a block argument or param of
+that name (``$$`` escapes a literal ``$``); one written ``${...}`` takes the value of an
+expression over them and the repeat index (archc/expr.py; nothing is run as Python). Each
+such field keeps its expression in the node's ``refs``, so that backends can print it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,27 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import ir
+from . import expr, ir
 from . import params as params_mod
-from .errors import did_you_mean, show
-from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, BlockDef, Branches, Call, Expect, Network, Node, Repeat, Residual, Where
+from .errors import Location, SpecError, did_you_mean, show
+from .ir import (
+    COMBINATORS,
+    OPS,
+    SHORTHAND,
+    SHORTHAND_LISTS,
+    SYSTEM_FIELDS,
+    BlockDef,
+    Branches,
+    Call,
+    Expect,
+    Gate,
+    Network,
+    Node,
+    Repeat,
+    Residual,
+    Where,
+    walk,
+)
 from .loader import Key, Source, load_file
 from .loader import dotted as dotted_key
 from .training import Training
@@ -25,6 +43,8 @@ from .training import Training
 TOP_KEYS = ("name", "description", "input", "params", "defaults", "blocks", "flows", "expect", "training")
 LAYER_META = ("name", "when")
 RESERVED = set(OPS) | set(COMBINATORS) | {"call"}
+INDEX = expr.INDEX
+MAX_UNROLLED = 100_000  # layers resolved to check a repeat whose body reads its index
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,7 @@ class Scope:
     path: str  # the IR path of the enclosing node
     via: str = ""  # the call sites leading here, for messages
     stack: tuple[str, ...] = ()  # block names being expanded (recursion guard)
+    in_repeat: bool = False  # whether INDEX names the index of an enclosing repeat
 
     def at(self, path: str) -> Scope:
         return replace(self, path=path)
@@ -50,6 +71,7 @@ class Resolver:
     def __init__(self, source: Source):
         self.source = source
         self.doc = source.data
+        self.index_reads = 0  # expressions that read the repeat index, so far
 
     def error(self, key: Key, message: str, *, at_key: bool = False, via: str = ""):
         err = self.source.error(key, message, at_key=at_key)
@@ -70,11 +92,15 @@ class Resolver:
                 raise self.error((), f"expected a top-level '{required}', found none")
         if not isinstance(doc["name"], str) or not doc["name"]:
             raise self.error(("name",), f"expected a non-empty text, found {show(doc['name'])}")
-        inp = doc["input"]
-        if not (isinstance(inp, list) and len(inp) == 3 and all(type(v) is int and 1 <= v <= 100_000 for v in inp)):
-            raise self.error(("input",), f"expected [height, width, channels] as three positive integers, found {show(inp)}")
         decls = params_mod.declare(self.source, doc.get("params"))
         values = self.params = params_mod.resolve(self.source, decls, overrides)
+        inp, input_refs = doc["input"], {}
+        if isinstance(inp, list):
+            resolved = [self.substitute(v, ("input", i), Scope(values, "input")) for i, v in enumerate(inp)]
+            inp = [v for v, _ in resolved]
+            input_refs = {i: ref for i, (_, ref) in enumerate(resolved) if ref}
+        if not (isinstance(inp, list) and len(inp) == 3 and all(type(v) is int and 1 <= v <= 100_000 for v in inp)):
+            raise self.error(("input",), f"expected [height, width, channels] as three positive integers, found {show(inp)}")
         self.defaults = self.read_defaults(doc.get("defaults"))
         self.blocks = self.read_blocks(doc.get("blocks"))
         flows_raw = doc["flows"]
@@ -117,6 +143,7 @@ class Resolver:
             file=self.source.file,
             description=str(doc.get("description") or ""),
             input=tuple(inp),
+            input_refs=input_refs,
             params=values,
             param_decls=decls,
             blocks={name: BlockDef(args=args, doc=doc_) for name, (args, _, doc_) in self.blocks.items()},
@@ -228,11 +255,13 @@ class Resolver:
             )
         if kind == "branches" and isinstance(value, (list, dict)) and not (isinstance(value, dict) and "paths" in value):
             value = {"paths": value}
+        if kind == "gate" and isinstance(value, list):
+            value = {"body": value}
         if value is None:
             fields: dict[str, Any] = {}
         elif isinstance(value, dict):
             fields = dict(value)
-        elif kind in SHORTHAND and not isinstance(value, list):
+        elif kind in SHORTHAND and (not isinstance(value, list) or kind in SHORTHAND_LISTS):
             fields = {SHORTHAND[kind]: value}
         else:
             raise self.error(fkey, f"expected a mapping of fields for '{kind}', found {show(value)}", via=scope.via)
@@ -261,6 +290,10 @@ class Resolver:
             short = fields.get("shortcut")
             shortcut = [] if short is None else self.sequence(short, key + ("shortcut",), scope.at(path + "/shortcut"))
             return self.build(Residual, {**common, "refs": refs, "body": body, "shortcut": shortcut, "use_shortcut": use}, key, scope)
+        if kind == "gate":
+            self.check_keys(fields, key, ("body",), "gate key")
+            body = self.sequence(fields.get("body"), key + ("body",), scope.at(path + "/body"))
+            return self.build(Gate, {**common, "refs": refs, "body": body}, key, scope)
         if kind == "branches":
             self.check_keys(fields, key, ("paths",), "branches key")
             raw = fields.get("paths")
@@ -287,9 +320,43 @@ class Resolver:
         if ref:
             refs["times"] = ref
         if type(times) is not int or not 1 <= times <= 10_000:
-            raise self.error(key_of_times, f"expected a repeat count from 1 to 10000, found {show(times)}", via=scope.via)
-        body = self.sequence(fields.get("body"), key + ("body",), scope.at(path))
+            found = show(times) + (f" (from {expr.spelled(ref)})" if ref else "")
+            raise self.error(key_of_times, f"expected a repeat count from 1 to 10000, found {found}", via=scope.via)
+        inner = replace(scope, path=path, symbols={**scope.symbols, INDEX: 0}, in_repeat=True)
+        reads = self.index_reads
+        body = self.sequence(fields.get("body"), key + ("body",), inner)
+        if self.index_reads > reads:
+            size = sum(1 for _ in walk(body))
+            if size * times > MAX_UNROLLED:
+                raise self.error(
+                    key_of_times,
+                    f"expected a repeat whose body reads the index i to have at most {MAX_UNROLLED:,} layers in all "
+                    f"(each iteration is resolved to check it), found {times} x {size}",
+                    via=scope.via,
+                )
+            for i in range(1, times):
+                again = self.sequence(fields.get("body"), key + ("body",), replace(inner, symbols={**scope.symbols, INDEX: i}))
+                self.same_structure(body, again, i, scope)
         return self.build(Repeat, {**common, "refs": refs, "times": times, "body": body}, key, scope)
+
+    def same_structure(self, first: list[Node], other: list[Node], i: int, scope: Scope) -> None:
+        """Iterations of a repeat are one body in the IR (iteration 0, with the index in
+        ``refs``): they may differ only in non-integer numbers (rates, scales), which no
+        shape or count depends on. A block call's arguments are judged by what they
+        produce in its body (an integer index that only feeds a rate is fine)."""
+        for a, b in zip(walk(first), walk(other), strict=True):
+            for name in type(a).model_fields:
+                if name in SYSTEM_FIELDS or name in ("body", "shortcut", "paths", "args"):
+                    continue
+                x, y = getattr(a, name), getattr(b, name)
+                for field, first_value, value in [(name, x, y)] if x != y else []:
+                    if not (type(first_value) is float or type(value) is float) or isinstance(first_value, bool) or isinstance(value, bool):
+                        where = a.where
+                        raise SpecError(
+                            Location(where.file, where.line, where.col, where.spec_path),
+                            f"expected '{field}' to be the same in every iteration (only non-integer numbers such as rates may "
+                            f"depend on the repeat index), found {show(first_value)} at i=0 and {show(value)} at i={i}",
+                        )
 
     def where(self, key: Key, scope: Scope) -> Where:
         """A node's location: its op key where there is one, else its value."""
@@ -346,11 +413,16 @@ class Resolver:
         return self.build(Call, {**common, "refs": refs, "block": block, "args": args, "body": nodes}, key, scope, {"args": key})
 
     def substitute(self, value: Any, key: Key, scope: Scope) -> tuple[Any, str | None]:
-        """``$name`` -> (its value, 'name'); anything else -> (value, None)."""
+        """``$name`` -> (its value, 'name'); ``${...}`` -> (its value, the expression);
+        anything else -> (value, None)."""
+        if isinstance(value, str) and value.startswith("${"):
+            return self.expression(value, key, scope)
         if isinstance(value, str) and value.startswith("$"):
             if value.startswith("$$"):
                 return value[1:], None
             name = value[1:]
+            if scope.in_repeat and name == INDEX:
+                self.index_reads += 1
             if name not in scope.symbols:
                 raise self.error(
                     key, f"expected a param or block argument, found '{value}'{did_you_mean(name, scope.symbols)}", via=scope.via
@@ -359,8 +431,28 @@ class Resolver:
         if isinstance(value, (list, dict)):
             items = value if isinstance(value, list) else value.values()
             if any(isinstance(v, str) and v.startswith("$") and not v.startswith("$$") for v in items):
+                if key == ("input",):
+                    raise self.error(key, f"expected [height, width, channels], found {show(value)}", via=scope.via)
                 raise self.error(key, "expected a $reference as a whole field value, found one inside a list or mapping", via=scope.via)
         return value, None
+
+    def expression(self, value: str, key: Key, scope: Scope) -> tuple[Any, str]:
+        """The value of ``${...}``; an error points at the offending part of the text."""
+        text = value[2:-1] if value.endswith("}") else None
+        try:
+            if text is None:
+                raise expr.ExprError("expected '}' at the end of the expression, found none", len(value) - 2)
+            tree = expr.parse(text)
+            if scope.in_repeat and INDEX in expr.names(tree):
+                self.index_reads += 1
+            result = expr.evaluate(tree, scope.symbols)
+        except expr.ExprError as exc:
+            loc = self.source.loc(key)
+            loc.col += 2 + exc.start + (key in self.source.quoted)
+            if scope.via:
+                loc.path += f" (in {scope.via})"
+            raise SpecError(loc, exc.message) from None
+        return result, text.strip()
 
     def build(self, cls: type[Node], data: dict[str, Any], key: Key, scope: Scope, keys: dict[str, Key] | None = None) -> Node:
         try:
@@ -389,7 +481,7 @@ class Resolver:
             return self.error(key + tuple(loc[:-1]), f"expected a '{name}' field in '{kind}', found none", via=via)
         found = show(err.get("input"))
         if refs and field in refs:
-            found += f" (from ${refs[field]})"
+            found += f" (from {expr.spelled(refs[field])})"
         msg = err["msg"].replace("Input should be ", "").replace("Value should have ", "").replace("Value error, ", "")
         if msg.startswith(("greater", "less")):
             msg = "a value " + msg

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, Expect, Param
+from .ir import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, Expect, Param, ZeroPad
 from .training import Training
 
-REF = {"type": "string", "pattern": r"^\$[A-Za-z_][A-Za-z0-9_]*$", "description": "a param or block argument"}
+REF = {
+    "type": "string",
+    "pattern": r"^\$([A-Za-z_][A-Za-z0-9_]*|\{.*\})$",
+    "description": "a param or block argument ($name), or an expression over them and the repeat index (${...})",
+}
 PAIR = {
     "anyOf": [
         {"type": "integer", "minimum": 1},
         {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
     ]
+}
+NON_NEGATIVE = {"type": "integer", "minimum": 0}
+MARGINS = {
+    "anyOf": [
+        NON_NEGATIVE,
+        {"type": "array", "items": NON_NEGATIVE, "minItems": 2, "maxItems": 2},
+        {"type": "array", "items": {"type": "array", "items": NON_NEGATIVE, "minItems": 2, "maxItems": 2}, "minItems": 2, "maxItems": 2},
+    ],
+    "description": "p, [height, width] or [[top, bottom], [left, right]]",
 }
 META = {"name": {"type": "string", "minLength": 1}, "when": {"anyOf": [{"type": "boolean"}, REF]}}
 LAYERS = {"type": "array", "items": {"$ref": "#/$defs/layer"}, "minItems": 1}
@@ -27,6 +40,8 @@ def _fields(cls) -> dict[str, Any]:
         prop = {k: v for k, v in prop.items() if k != "title"}
         if name in ("kernel", "stride", "pool"):
             prop = PAIR
+        if cls is ZeroPad and name == "padding":
+            prop = MARGINS
         props[name] = {"anyOf": [prop, REF]}
     # no "required": a spec's `defaults:` section may supply any field
     return {"type": "object", "properties": {**props, **META}, "additionalProperties": False}
@@ -38,7 +53,7 @@ def spec_schema() -> dict[str, Any]:
         body = _fields(cls)
         options = [body, {"type": "null"}]
         if op in SHORTHAND:
-            options.append({"anyOf": [{"type": ["string", "number", "integer"]}]})
+            options.append({"anyOf": [{"type": ["string", "number", "integer"]}, *([MARGINS] if op == "zero_pad" else [])]})
         ops[op] = {"type": "object", "properties": {op: {"anyOf": options}}, "required": [op], "additionalProperties": False}
     combinators = {
         "residual": {
@@ -46,6 +61,12 @@ def spec_schema() -> dict[str, Any]:
             "properties": {"body": LAYERS, "shortcut": LAYERS, "use_shortcut": {"anyOf": [{"type": "boolean"}, REF]}, **META},
             "required": ["body"],
             "additionalProperties": False,
+        },
+        "gate": {
+            "anyOf": [
+                LAYERS,
+                {"type": "object", "properties": {"body": LAYERS, **META}, "required": ["body"], "additionalProperties": False},
+            ]
         },
         "branches": {
             "anyOf": [
@@ -89,7 +110,7 @@ def spec_schema() -> dict[str, Any]:
             "description": {"type": "string"},
             "input": {
                 "type": "array",
-                "items": {"type": "integer", "minimum": 1},
+                "items": {"anyOf": [{"type": "integer", "minimum": 1}, REF]},
                 "minItems": 3,
                 "maxItems": 3,
                 "description": "[height, width, channels]",

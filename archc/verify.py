@@ -13,6 +13,7 @@ Nothing here imports a framework at import time: backends do, when they build mo
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -23,8 +24,7 @@ from typing import Any
 from .analysis import Analysis
 from .backend import get, missing_weight_porting, module_name, registered
 from .errors import UserError
-from .instances import Instance, instances, modules, roles, weighted
-from .ir import BN, Act, Branches, Call, Conv, Dense, Repeat, Residual, SepConv
+from .instances import Instance, instances, modules, weighted
 
 TOLERANCE = 1e-4  # the largest difference allowed, relative to the largest |reference value|
 PREFERRED_SOURCE = "torch"  # where random weights go in first (any backend that ports weights)
@@ -83,7 +83,7 @@ def random_weights(analysis: Analysis, seed: int = 0) -> dict[str, dict[str, Any
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    shapes = analysis.shapes
+    at = analysis.instance_shapes
     out: dict[str, dict[str, Any]] = {}
 
     def normal(shape, std):
@@ -92,54 +92,31 @@ def random_weights(analysis: Analysis, seed: int = 0) -> dict[str, dict[str, Any
     def kernel(shape, fan_in, m2, target=TARGET):
         return normal(shape, (target / (fan_in * m2)) ** 0.5)
 
+    def around_one(shape):
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+
     def sequence(nodes, m2, base):
         for node in nodes:
-            if node.path in shapes:
-                m2 = one(node, m2, base)
+            key = base[1] + node.path[len(base[0]) :]
+            if key in at:
+                m2 = one(node, key, m2, base)
         return m2
 
-    def one(node, m2, base):
-        key = base[1] + node.path[len(base[0]) :]
-        inst = Instance(key, node.path, (), node, "", *shapes[node.path])
-        cin = inst.input[-1]
-        role_shapes = roles(inst)
-        bias = {"bias": normal(role_shapes["bias"], SPREAD * TARGET**0.5)} if "bias" in role_shapes else {}
-        if isinstance(node, (Conv, Dense)):
-            shape = role_shapes["kernel"]
-            out[key] = {"kernel": kernel(shape, int(np.prod(shape[:-1])), m2), **bias}
-            return TARGET * (1 + SPREAD**2)
-        if isinstance(node, SepConv):
-            spatial = role_shapes["spatial"]
-            fan_in = spatial[0] * spatial[1] * (1 if node.segments == "depthwise" else spatial[2])
-            mid = SQUASH.get(node.between, 1.0)
-            out[key] = {
-                "spatial": kernel(spatial, fan_in, m2, 1.0),
-                "pointwise": kernel(role_shapes["pointwise"], cin * node.depth_multiplier, mid),
-                **bias,
-            }
-            return TARGET * (1 + SPREAD**2)
-        if isinstance(node, BN):
-            arrays = {"gamma": rng.uniform(0.5, 1.5, cin).astype(np.float32)} if node.scale else {}
-            arrays |= {"beta": normal(cin, SPREAD)} if node.center else {}
-            arrays["moving_mean"] = normal(cin, SPREAD * m2**0.5)
-            arrays["moving_variance"] = (m2 * rng.uniform(0.5, 1.5, cin)).astype(np.float32)
-            out[key] = arrays
-            return 1.0
-        if isinstance(node, Act):
-            return m2 * SQUASH.get(node.kind, 1.0)
-        if isinstance(node, Residual):
-            body = sequence(node.body, m2, base)
-            return body + (sequence(node.shortcut, m2, base) if node.use_shortcut else 0.0)
-        if isinstance(node, Branches):
-            parts = [(sequence(seq, m2, base), _channels(seq, shapes, cin)) for seq in node.paths.values()]
-            return sum(p * c for p, c in parts) / sum(c for _, c in parts)
-        if isinstance(node, Repeat):
-            for i in range(node.times):
-                m2 = sequence(node.body, m2, (node.path, f"{key}[{i}]"))
+    def one(node, key, m2, base):
+        inp, outp = at[key]
+        shapes = node.roles(inp)
+        if shapes:
+            arrays, m2 = _weights(node, shapes, inp, m2, normal, kernel, around_one)
+            out[key] = {role: arrays[role] for role in shapes}
+        if not node.children():
+            return m2 * SQUASH.get(getattr(node, "kind", ""), 1.0)  # activations squash; other ops keep the scale
+        if node.indexed:
+            for i in range(node.repeats()):
+                for _, seq in node.running():
+                    m2 = sequence(seq, m2, (node.path, f"{key}[{i}]"))
             return m2
-        if isinstance(node, Call):
-            return sequence(node.body, m2, base)
-        return m2  # pools, flatten, dropout: about the same scale
+        parts = [(sequence(seq, m2, base), _channels(seq, at, base, inp[-1])) for _, seq in node.running()]
+        return COMBINE.get(node.op, lambda parts, m2: parts[-1][0])(parts, m2)
 
     m2 = 1.0
     for layers in analysis.net.flows.values():
@@ -149,10 +126,55 @@ def random_weights(analysis: Analysis, seed: int = 0) -> dict[str, dict[str, Any
     return {key: out[key] for key in expected}
 
 
-def _channels(nodes: list, shapes: dict, channels: int) -> int:
+# How a combinator's mean square follows from its parts' (mean square, channels); the
+# others (a block call) pass their one part's on.
+COMBINE = {
+    "residual": lambda parts, m2: sum(p for p, _ in parts),
+    "branches": lambda parts, m2: sum(p * c for p, c in parts) / sum(c for _, c in parts),
+    "gate": lambda parts, m2: m2 * SQUASH["sigmoid"],
+}
+
+
+def _weights(node, shapes, inp, m2, normal, kernel, around_one):
+    """(role -> random array, mean square after the op) for one weighted instance: kernels
+    scaled by their fan-in, normalisations' statistics near their input's, the rest random
+    around their neutral value."""
+    import numpy as np
+
+    cin = inp[-1]
+    arrays = {"bias": normal(shapes["bias"], SPREAD * TARGET**0.5)} if "bias" in shapes else {}
+    if node.op in ("conv", "dense", "channel_dense"):
+        shape = shapes["kernel"]
+        return arrays | {"kernel": kernel(shape, math.prod(shape[:-1]), m2)}, TARGET * (1 + SPREAD**2)
+    if node.op == "depthwise":
+        shape = shapes["kernel"]
+        return arrays | {"kernel": kernel(shape, shape[0] * shape[1], m2)}, TARGET * (1 + SPREAD**2)
+    if node.op == "sepconv":
+        spatial = shapes["spatial"]
+        fan_in = spatial[0] * spatial[1] * (1 if node.segments == "depthwise" else spatial[2])
+        arrays |= {
+            "spatial": kernel(spatial, fan_in, m2, 1.0),
+            "pointwise": kernel(shapes["pointwise"], cin * node.depth_multiplier, SQUASH.get(node.between, 1.0)),
+        }
+        return arrays, TARGET * (1 + SPREAD**2)
+    for role, shape in shapes.items():
+        if role in ("gamma", "variance", "moving_variance"):
+            arrays[role] = around_one(shape) * (m2 if "variance" in role else 1.0)
+        elif role in ("moving_mean", "mean", "beta"):
+            arrays[role] = normal(shape, SPREAD * (m2**0.5 if "mean" in role else 1.0))
+        elif role == "count":
+            arrays[role] = np.zeros(shape, np.float32)
+        elif role not in arrays:
+            arrays[role] = around_one(shape)
+    normalises = any("variance" in role for role in shapes) or node.op == "layer_norm"
+    return arrays, 1.0 if normalises else m2
+
+
+def _channels(nodes: list, at: dict, base: tuple[str, str], channels: int) -> int:
     """Channels out of a sequence (its input's when every node is switched off)."""
-    enabled = [n for n in nodes if n.path in shapes]
-    return shapes[enabled[-1].path][1][-1] if enabled else channels
+    keys = [base[1] + n.path[len(base[0]) :] for n in nodes]
+    enabled = [k for k in keys if k in at]
+    return at[enabled[-1]][1][-1] if enabled else channels
 
 
 def first_difference(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> str | None:

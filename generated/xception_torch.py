@@ -138,7 +138,10 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
     "silu": nn.SiLU,
+    "swish": nn.SiLU,
     "gelu": nn.GELU,
+    "hard_sigmoid": nn.Hardsigmoid,
+    "hard_swish": nn.Hardswish,
     "softmax": lambda: nn.Softmax(dim=1),
 }
 

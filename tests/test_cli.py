@@ -47,7 +47,7 @@ def test_python_dash_m_is_the_same_program():
 def test_check_passes_for_bundled_specs():
     result = run("check", str(ROOT / "specs"), str(ROOT / "examples"))
     assert result.exit_code == 0, result.output
-    assert result.output.count(": ok (") == 6
+    assert result.output.count(": ok (") == len([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")])  # every one has expect:
 
 
 def test_check_names_spec_number_expected_and_found(tmp_path):

@@ -192,14 +192,14 @@ def test_generated_code_is_formatted_and_lint_clean(tmp_path, tiny, hostile):
 
 @pytest.mark.parametrize("spec", SPECS + EXAMPLES, ids=lambda p: p.stem)
 def test_module_shape(spec):
-    """Only keras imported; a header naming the spec, params and counts; one function
+    """Only keras (and the standard library's math) imported; a header naming the spec, params and counts; one function
     per block with the plan's signature; create_model with the params as keywords."""
     analysis = load(spec)
     text = BACKEND.render(analysis)
     tree = ast.parse(text)
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported == {"keras"}
+    assert imported == {"keras"} | ({"math"} if "math.ceil(" in text or "math.floor(" in text else set())  # math: ceil/floor in expressions
     header = ast.get_docstring(tree)
     assert f"'{analysis.net.name}' ({spec.name})" in header
     assert f"{analysis.total.trainable:,} trainable and {analysis.total.non_trainable:,} non-trainable" in header

@@ -2,7 +2,8 @@
 
 Every decision is made here (which Keras layer a node becomes, which keyword arguments
 it needs, which names, conditions and loops surround it, where a long call is wrapped);
-the templates in ``templates/`` only print it. Nothing here imports a framework.
+the templates in ``templates/`` only print it. Nothing here imports a framework. Each
+op's emitter is one entry of ``LAYERS``.
 
 Layer names: a node's Keras name is the identifiers of its IR path (``plan.ident``)
 joined by '_'. Residual and branch children add their label ('body', 'shortcut', the
@@ -13,6 +14,7 @@ the same names for every IR path, for tools that map IR nodes to Keras layers.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,25 +22,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from archc.analysis import Analysis
-from archc.codegen import Plan, literal, plan
+from archc.codegen import Plan, helper_source, literal, plan
 from archc.errors import Location, SpecError
-from archc.ir import (
-    BN,
-    Act,
-    AvgPool,
-    Branches,
-    Call,
-    Conv,
-    Dense,
-    Dropout,
-    Flatten,
-    GlobalAvgPool,
-    MaxPool,
-    Node,
-    Repeat,
-    Residual,
-    SepConv,
-)
+from archc.ir import Node
 from archc.naming import Namespace, identifier
 
 LINE_LENGTH = 140  # the project's ruff line length: generated code is already formatted
@@ -47,7 +33,6 @@ HELPER = "_separable_conv"  # spec names never start with '_', so no block can t
 LOOP_VARS = ("i", "j", "k")
 AMBIGUOUS = {"l", "O", "I"}  # E741
 TEMPLATES = Path(__file__).parent / "templates"
-OP_LAYERS = (Conv, SepConv, BN, Act, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, Dropout)  # one layer call each
 
 
 # -- statements: what the templates print -------------------------------------------------
@@ -194,11 +179,11 @@ def node_name(p: Plan, prefix: str, node: Node) -> str:
 
 def child_prefix(p: Plan, node: Node, name: str, label: str, loop_var: str) -> str:
     """The name prefix of the nodes in one child sequence of ``node`` (named ``name``)."""
-    if isinstance(node, (Residual, Branches)):
-        return f"{name}_{p.ident[f'{node.path}:{label}']}"
-    if isinstance(node, Repeat):
+    if node.op == "call":
+        return name  # its body is named under the call
+    if node.indexed:
         return f"{name}_{{{loop_var}}}"
-    return name  # a Call: its body is named under the call
+    return f"{name}_{p.ident[f'{node.path}:{label}']}"
 
 
 def layer_names(p: Plan) -> dict[str, str]:
@@ -221,8 +206,8 @@ def layer_names(p: Plan) -> dict[str, str]:
             if not node.when and "when" not in node.refs:
                 continue
             name = node_name(p, prefix, node)
-            makes_layer = not isinstance(node, (Repeat, Call, Residual)) or (
-                isinstance(node, Residual) and (node.use_shortcut or "use_shortcut" in node.refs)
+            makes_layer = node.op not in ("repeat", "call", "residual") or (
+                node.op == "residual" and (node.use_shortcut or "use_shortcut" in node.refs)
             )
             if makes_layer:
                 if name in seen:
@@ -235,7 +220,7 @@ def layer_names(p: Plan) -> dict[str, str]:
                 seen[name] = node
                 names[node.path] = name
             for label, seq in _children(node):
-                visit(seq, child_prefix(p, node, name, label, str(depth)), depth + isinstance(node, Repeat))
+                visit(seq, child_prefix(p, node, name, label, str(depth)), depth + node.indexed)
 
     for flow, layers in p.analysis.net.flows.items():
         visit(layers, p.ident[flow], 0)
@@ -243,17 +228,15 @@ def layer_names(p: Plan) -> dict[str, str]:
 
 
 def _children(node: Node) -> list[tuple[str, list[Node]]]:
-    if isinstance(node, Residual):
+    """A node's child sequences in the order the generated code calls them (a residual's
+    shortcut first, as keras.applications does)."""
+    if node.op == "residual":
         return (
             [("shortcut", node.shortcut), ("body", node.body)]
             if node.use_shortcut or "use_shortcut" in node.refs
             else [("body", node.body)]
         )
-    if isinstance(node, Branches):
-        return list(node.paths.items())
-    if isinstance(node, (Repeat, Call)):
-        return [("body", node.body)]
-    return []
+    return node.children()
 
 
 # -- the renderer ---------------------------------------------------------------------------
@@ -279,8 +262,9 @@ class Renderer:
         self.analysis = analysis
         self.net = analysis.net
         self.plan = plan(analysis)
-        self.helper = False  # whether some sepconv needs _separable_conv
-        self.globals = {"keras", "layers", HELPER, "create_model"} | {b.func for b in self.plan.blocks.values()}
+        self.helpers: set[str] = set()  # helpers the module defines: _separable_conv, LayerScale
+        self.index: str | None = None  # the loop variable of the repeat being rendered
+        self.globals = {"keras", "layers", HELPER, "LayerScale", "create_model"} | {b.func for b in self.plan.blocks.values()}
         # each block function's name-prefix parameter: 'name' unless an argument has it
         self.prefix = {b: Namespace(set(self.plan.signature(b))).create("name") for b in self.plan.blocks}
 
@@ -288,7 +272,7 @@ class Renderer:
         return Scope(Namespace(set(taken) | set(self.plan.params.values()) | self.globals | AMBIGUOUS | {"x"}))
 
     def sym(self, node: Node, field_name: str) -> str:
-        return self.plan.symbol(node, field_name, getattr(node, field_name))
+        return self.plan.symbol(node, field_name, getattr(node, field_name), self.index)
 
     # -- sequences and combinators --
 
@@ -298,38 +282,45 @@ class Renderer:
         out: list[Stmt] = []
         cur = src
         for node in nodes:
-            direct = isinstance(node, (Call, *OP_LAYERS)) and "when" not in node.refs
+            direct = not node.children() or node.op == "call"
+            direct = direct and "when" not in node.refs
             if cur != dst and not direct:
                 out.append(line(f"{dst} = {cur}"))
                 cur = dst
             stmts = self.node(node, cur, dst, prefix, scope)
-            out.extend(block(f"if {self.plan.symbol(node, 'when', True)}:", stmts) if "when" in node.refs else stmts)
+            out.extend(block(f"if {self.plan.symbol(node, 'when', True, self.index)}:", stmts) if "when" in node.refs else stmts)
             cur = dst
         if cur != dst:
             out.append(line(f"{dst} = {cur}"))
         return out
 
     def node(self, node: Node, cur: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
-        name = node_name(self.plan, prefix, node)
-        if isinstance(node, Call):
-            bp = self.plan.blocks[node.block]
-            decl = self.net.blocks[node.block]
-            args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg])}" for arg, ident in zip(decl.args, bp.args)]
-            args += [f"{param}={param}" for param in bp.params]
-            return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
-        if isinstance(node, Residual):
-            return self.residual(node, dst, name, scope)
-        if isinstance(node, Branches):
-            return self.branches(node, dst, name, scope)
-        if isinstance(node, Repeat):
-            var = scope.loop_var()
-            scope.depth += 1
-            body = self.sequence(node.body, dst, dst, child_prefix(self.plan, node, name, "body", var), scope)
-            scope.depth -= 1
-            return block(f"for {var} in range({self.sym(node, 'times')}):", body)
-        return self.op(node, cur, dst, name)
+        return LAYERS[node.op](self, node, cur, dst, node_name(self.plan, prefix, node), scope)
 
-    def residual(self, node: Residual, x: str, name: str, scope: Scope) -> list[Stmt]:
+    def call_block(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+        bp = self.plan.blocks[node.block]
+        decl = self.net.blocks[node.block]
+        args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg], self.index)}" for arg, ident in zip(decl.args, bp.args)]
+        args += [f"{param}={param}" for param in bp.params]
+        return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
+
+    def repeat(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+        var = scope.loop_var()
+        scope.depth += 1
+        outer, self.index = self.index, var
+        body = self.sequence(node.body, dst, dst, child_prefix(self.plan, node, name, "body", var), scope)
+        self.index = outer
+        scope.depth -= 1
+        return block(f"for {var} in range({self.sym(node, 'times')}):", body)
+
+    def gate(self, node: Node, cur: str, x: str, name: str, scope: Scope) -> list[Stmt]:
+        """``x * body(x)``: the body runs on a copy, then one multiply (keras.applications'
+        squeeze-and-excite)."""
+        gate = scope.names.create("gate")
+        body = self.sequence(node.body, x, gate, child_prefix(self.plan, node, name, "body", ""), scope)
+        return body + [call(f"{x} = layers.multiply(", [f"[{x}, {gate}]", f"name={name_expr(name)}"], ")")]
+
+    def residual(self, node: Node, x: str, name: str, scope: Scope) -> list[Stmt]:
         if not node.use_shortcut and "use_shortcut" not in node.refs:
             return self.sequence(node.body, x, x, child_prefix(self.plan, node, name, "body", ""), scope)
         short = scope.names.create("shortcut")
@@ -341,7 +332,7 @@ class Renderer:
             return block(condition, shortcut) + body + block(condition, add)
         return shortcut + body + add
 
-    def branches(self, node: Branches, x: str, name: str, scope: Scope) -> list[Stmt]:
+    def branches(self, node: Node, x: str, name: str, scope: Scope) -> list[Stmt]:
         out: list[Stmt] = []
         outputs = []
         for label, seq in node.paths.items():
@@ -352,10 +343,8 @@ class Renderer:
 
     # -- layers --
 
-    def op(self, node: Node, cur: str, dst: str, name: str) -> list[Stmt]:
-        if isinstance(node, SepConv):
-            return self.sepconv(node, cur, dst, name)
-        cls, args = self.layer_args(node)
+    def layer(self, cls: str, args: list[str], cur: str, dst: str, name: str) -> list[Stmt]:
+        """``dst = layers.cls(args, name=name)(cur)``: an op that is one Keras layer."""
         return [call(f"{dst} = layers.{cls}(", [*args, f"name={name_expr(name)}"], f")({cur})")]
 
     def opt(self, node: Node, field_name: str, keyword: str, default: Any) -> list[str]:
@@ -365,45 +354,12 @@ class Renderer:
             return [f"{keyword}={self.sym(node, field_name)}"]
         return []
 
-    def layer_args(self, node: Node) -> tuple[str, list[str]]:
-        s, opt = self.sym, self.opt
-        if isinstance(node, Conv):
-            return "Conv2D", [
-                s(node, "filters"),
-                s(node, "kernel"),
-                *opt(node, "stride", "strides", (1, 1)),
-                *opt(node, "padding", "padding", "valid"),
-                *opt(node, "groups", "groups", 1),
-                *opt(node, "bias", "use_bias", True),
-            ]
-        if isinstance(node, BN):  # every convention explicit: these change outputs and counts
-            return "BatchNormalization", [
-                f"epsilon={s(node, 'epsilon')}",
-                f"momentum={s(node, 'momentum')}",
-                f"center={s(node, 'center')}",
-                f"scale={s(node, 'scale')}",
-            ]
-        if isinstance(node, Act):
-            return "Activation", [s(node, "kind")]
-        if isinstance(node, (MaxPool, AvgPool)):
-            cls = "MaxPooling2D" if isinstance(node, MaxPool) else "AveragePooling2D"
-            return cls, [s(node, "pool"), *opt(node, "stride", "strides", None), *opt(node, "padding", "padding", "valid")]
-        if isinstance(node, GlobalAvgPool):
-            return "GlobalAveragePooling2D", []
-        if isinstance(node, Flatten):  # channels_last: Keras flattens in (H, W, C) order, as the IR says
-            return "Flatten", []
-        if isinstance(node, Dense):
-            return "Dense", [s(node, "units"), *opt(node, "bias", "use_bias", True)]
-        if isinstance(node, Dropout):
-            return "Dropout", [s(node, "rate")]
-        raise AssertionError(f"no Keras layer for {node.op}")
-
-    def sepconv(self, node: SepConv, cur: str, dst: str, name: str) -> list[Stmt]:
+    def sepconv(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         s, opt = self.sym, self.opt
         shared = [*opt(node, "stride", "strides", (1, 1)), *opt(node, "padding", "padding", "valid")]
         multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
         if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
-            self.helper = True
+            self.helpers.add(HELPER)
             args = [
                 cur,
                 s(node, "filters"),
@@ -489,7 +445,7 @@ class Renderer:
             'if keras.config.image_data_format() != "channels_last":',
             [raise_value_error('"expected the channels_last image data format (this model is NHWC)"')],
         )
-        body += [Stmt("blank"), call(f"{inputs} = keras.Input(", [f"shape={literal(tuple(net.input))}", 'name="input"'], ")")]
+        body += [Stmt("blank"), call(f"{inputs} = keras.Input(", [f"shape=({', '.join(self.plan.input_size())})", 'name="input"'], ")")]
         src = inputs
         for flow, layers in net.flows.items():
             ident = self.plan.ident[flow]
@@ -545,7 +501,99 @@ class Renderer:
         for b in blocks:
             b["signature"] = layout([b["signature"]], 0)[0]
         model["signature"] = layout([model["signature"]], 0)[0]
-        return env.get_template("module.py.j2").render(header=self.header(), helper=self.helper, blocks=blocks, model=model)
+        return env.get_template("module.py.j2").render(
+            header=self.header(),
+            helper=HELPER in self.helpers,
+            layer_scale="LayerScale" in self.helpers,
+            math="math" in self.plan.needs,
+            functions=[helper_source(f) for f in sorted(self.plan.needs - {"math"})],
+            blocks=blocks,
+            model=model,
+        )
+
+
+# -- the table: one emitter per op ------------------------------------------------------------
+
+
+def _one(cls: str, args: Callable[[Renderer, Node], list[str]]) -> Callable:
+    """An emitter for an op that is one Keras layer ``cls`` with ``args(renderer, node)``."""
+    return lambda r, node, cur, dst, name, scope: r.layer(cls, args(r, node), cur, dst, name)
+
+
+def _conv(r: Renderer, node: Node) -> list[str]:
+    return [
+        r.sym(node, "filters"),
+        r.sym(node, "kernel"),
+        *r.opt(node, "stride", "strides", (1, 1)),
+        *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "groups", "groups", 1),
+        *r.opt(node, "bias", "use_bias", True),
+    ]
+
+
+def _depthwise(r: Renderer, node: Node) -> list[str]:
+    return [
+        r.sym(node, "kernel"),
+        *r.opt(node, "stride", "strides", (1, 1)),
+        *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "depth_multiplier", "depth_multiplier", 1),
+        *r.opt(node, "bias", "use_bias", True),
+    ]
+
+
+def _bn(r: Renderer, node: Node) -> list[str]:  # every convention explicit: these change outputs and counts
+    return [
+        f"epsilon={r.sym(node, 'epsilon')}",
+        f"momentum={r.sym(node, 'momentum')}",
+        f"center={r.sym(node, 'center')}",
+        f"scale={r.sym(node, 'scale')}",
+    ]
+
+
+def _layer_norm(r: Renderer, node: Node) -> list[str]:
+    return [f"epsilon={r.sym(node, 'epsilon')}", *r.opt(node, "center", "center", True), *r.opt(node, "scale", "scale", True)]
+
+
+def _pool(r: Renderer, node: Node) -> list[str]:
+    return [r.sym(node, "pool"), *r.opt(node, "stride", "strides", None), *r.opt(node, "padding", "padding", "valid")]
+
+
+def _normalize(r: Renderer, node: Node) -> list[str]:
+    return [f"mean={literal(node.mean)}", f"variance={literal(node.variance)}"] if node.mean is not None else []
+
+
+def _layer_scale(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    r.helpers.add("LayerScale")
+    return [call(f"{dst} = LayerScale(", [r.sym(node, "init"), f"name={name_expr(name)}"], f")({cur})")]
+
+
+LAYERS: dict[str, Callable[..., list[Stmt]]] = {
+    "conv": _one("Conv2D", _conv),
+    "depthwise": _one("DepthwiseConv2D", _depthwise),
+    "sepconv": Renderer.sepconv,
+    "bn": _one("BatchNormalization", _bn),
+    "layer_norm": _one("LayerNormalization", _layer_norm),
+    "layer_scale": _layer_scale,
+    "act": _one("Activation", lambda r, node: [r.sym(node, "kind")]),
+    "identity": _one("Identity", lambda r, node: []),
+    "zero_pad": _one("ZeroPadding2D", lambda r, node: [r.sym(node, "padding")]),
+    "rescale": _one("Rescaling", lambda r, node: [r.sym(node, "scale"), *r.opt(node, "offset", "offset", 0.0)]),
+    "normalize": _one("Normalization", _normalize),
+    "maxpool": _one("MaxPooling2D", _pool),
+    "avgpool": _one("AveragePooling2D", _pool),
+    "global_avg_pool": _one("GlobalAveragePooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False)),
+    "flatten": _one("Flatten", lambda r, node: []),  # channels_last: Keras flattens in (H, W, C) order, as the IR says
+    "dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
+    "channel_dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
+    "dropout": _one("Dropout", lambda r, node: [r.sym(node, "rate")]),
+    # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
+    "drop_path": _one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"]),
+    "residual": lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
+    "gate": Renderer.gate,
+    "branches": lambda r, node, cur, dst, name, scope: r.branches(node, dst, name, scope),
+    "repeat": Renderer.repeat,
+    "call": Renderer.call_block,
+}
 
 
 def environment() -> Environment:

@@ -23,7 +23,6 @@ import numpy as np
 from archc.analysis import Analysis
 from archc.codegen import plan
 from archc.instances import Instance, instances, weighted
-from archc.ir import BN, Conv, Dense, Residual, SepConv
 
 from .render import layer_names
 
@@ -40,29 +39,39 @@ def _layers(model: Any) -> dict[str, Any]:
     return {layer.name: layer for layer in model.layers}
 
 
+# op -> {Keras weight name: role} of its one layer (a sepconv: see _sepconv_parts)
+ROLES: dict[str, dict[str, str]] = {
+    "conv": {"kernel": "kernel", "bias": "bias"},
+    "dense": {"kernel": "kernel", "bias": "bias"},
+    "channel_dense": {"kernel": "kernel", "bias": "bias"},
+    "depthwise": {"kernel": "kernel", "bias": "bias"},
+    "bn": {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")},
+    "layer_norm": {"gamma": "gamma", "beta": "beta"},
+    "layer_scale": {"gamma": "gamma"},
+    "normalize": {"mean": "mean", "variance": "variance", "count": "count"},
+}
+
+
 def _parts(inst: Instance, names: dict[str, str], layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
     """(layer, {Keras weight name: role}) for each layer that holds the instance's weights."""
     pattern = names.get(inst.path)
     if pattern is None:
         return []
     name = pattern.format(*inst.indices)
-    node = inst.node
-    if isinstance(node, (Conv, Dense)):
-        roles = {"kernel": "kernel", "bias": "bias"}
-    elif isinstance(node, BN):
-        roles = {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")}
-    elif isinstance(node, SepConv):
-        if name in layers:  # one SeparableConv2D
-            roles = {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"}
-        else:
-            parts = [
-                (f"{name}_spatial", {"kernel": "spatial", "bias": "spatial_bias"}),
-                (f"{name}_pointwise", {"kernel": "pointwise", "bias": "bias"}),
-            ]
-            return [(layers[n], r) for n, r in parts if n in layers]
-    else:
-        return []
-    return [(layers[name], roles)] if name in layers else []
+    if inst.node.op == "sepconv":
+        return _sepconv_parts(name, layers)
+    roles = ROLES.get(inst.node.op)
+    return [(layers[name], roles)] if roles and name in layers else []
+
+
+def _sepconv_parts(name: str, layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
+    if name in layers:  # one SeparableConv2D
+        return [(layers[name], {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"})]
+    parts = [
+        (f"{name}_spatial", {"kernel": "spatial", "bias": "spatial_bias"}),
+        (f"{name}_pointwise", {"kernel": "pointwise", "bias": "bias"}),
+    ]
+    return [(layers[n], r) for n, r in parts if n in layers]
 
 
 def _variables(inst: Instance, names: dict[str, str], layers: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +84,11 @@ def _variables(inst: Instance, names: dict[str, str], layers: dict[str, Any]) ->
     return out
 
 
+def _neutral(v: Any) -> np.ndarray:
+    """A variable's value, float32 (Normalization's integer count too, as torch holds it)."""
+    return np.array(v.numpy(), dtype=np.float32 if "int" in str(v.dtype) else None, copy=True)
+
+
 def export(model: Any, analysis: Analysis) -> dict[str, dict[str, np.ndarray]]:
     """The model's weights in the neutral format."""
     names, layers = _names(analysis), _layers(model)
@@ -83,7 +97,7 @@ def export(model: Any, analysis: Analysis) -> dict[str, dict[str, np.ndarray]]:
         variables = _variables(inst, names, layers)
         if not variables:
             raise WeightError(f"{inst.key}: no Keras layer for this instance")
-        out[inst.key] = {role: np.array(v.numpy(), copy=True) for role, v in variables.items()}
+        out[inst.key] = {role: _neutral(v) for role, v in variables.items()}
     return out
 
 
@@ -107,9 +121,12 @@ def load(model: Any, analysis: Analysis, weights: dict[str, dict[str, np.ndarray
             value = np.asarray(given.pop(role))
             if tuple(value.shape) != tuple(v.shape):
                 raise WeightError(f"{inst.key}: '{role}' of shape {tuple(value.shape)} does not fit the Keras weight {tuple(v.shape)}")
-            v.assign(value)
+            v.assign(value.astype(v.dtype) if "int" in str(v.dtype) else value)  # Normalization's count
         if given:
             raise WeightError(f"{inst.key}: the Keras layer has no '{sorted(given)[0]}'")
+        for layer, _ in _parts(inst, names, layers):
+            if isinstance(layer, keras.layers.Normalization):
+                layer.finalize_state()  # it computes from copies of its state, made here
 
 
 def counts(model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
@@ -132,9 +149,9 @@ def _output_layer(inst: Instance, names: dict[str, str], layers: dict[str, Any])
     if pattern is None:
         return None
     name = pattern.format(*inst.indices)
-    if isinstance(inst.node, SepConv) and name not in layers:
+    if inst.node.op == "sepconv" and name not in layers:
         name = f"{name}_pointwise"
-    if isinstance(inst.node, Residual) and not inst.node.use_shortcut:
+    if inst.node.op == "residual" and not inst.node.use_shortcut:
         return None  # `use_shortcut: $param` switched off: no addition
     return layers.get(name)
 

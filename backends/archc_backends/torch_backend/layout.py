@@ -33,9 +33,10 @@ class IfElse:
 
 @dataclass(frozen=True)
 class Lambda:
-    """``lambda: body``: a body built anew on every call (one per repeat)."""
+    """``lambda: body`` (or ``lambda param: body``): a body built anew on every call."""
 
     body: Expr
+    param: str = ""
 
 
 Expr = str | Call | IfElse | Lambda
@@ -50,7 +51,11 @@ def flat(expr: Expr) -> str:
         return f"{expr.func}({', '.join(_flat_arg(a) for a in expr.args)})"
     if isinstance(expr, IfElse):
         return f"{flat(expr.then)} if {expr.cond} else {flat(expr.other)}"
-    return f"lambda: {flat(expr.body)}"
+    return f"{_head(expr)}{flat(expr.body)}"
+
+
+def _head(expr: Lambda) -> str:
+    return f"lambda {expr.param}: " if expr.param else "lambda: "
 
 
 def _flat_arg(arg: Arg) -> str:
@@ -66,7 +71,7 @@ def lines(expr: Expr, depth: int, prefix: str = "", suffix: str = "") -> list[st
     if isinstance(expr, Call):
         return _explode(expr, depth, prefix, suffix)
     if isinstance(expr, Lambda):
-        return lines(expr.body, depth, f"{prefix}lambda: ", suffix)
+        return lines(expr.body, depth, f"{prefix}{_head(expr)}", suffix)
     return _conditional(expr, depth, prefix, suffix)
 
 

@@ -2,42 +2,29 @@
 
 The generated module mirrors the IR tree: a flow is an ``nn.Sequential`` attribute of
 the model, a block instance a module of its block's class, a residual a ``Residual``
-(``body``, ``shortcut``), branches a ``Branches`` keyed by path, a repeat a ``Repeat``
-of N bodies; every attribute name is ``plan.ident[path]``. :func:`qualified_names`
-spells that mapping out for tests and cross-backend checks.
+(``body``, ``shortcut``), a gate a ``Gate`` (``body``), branches a ``Branches`` keyed
+by path, a repeat a ``Repeat`` of N bodies (an ``IndexedRepeat`` where each body is
+built for its index: the channels it gets, a rate); every attribute name is ``plan.ident[path]``. :func:`qualified_names`
+spells that mapping out for tests and cross-backend checks. Each op's emitter, channel
+rule and child attributes are one entry of ``EMITTERS``.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from archc import ir
+from archc import expr, ir
 from archc.analysis import Analysis
-from archc.codegen import Plan
+from archc.codegen import Plan, helper_source
 from archc.codegen import plan as make_plan
 from archc.errors import Location, SpecError
-from archc.ir import (
-    BN,
-    Act,
-    AvgPool,
-    Branches,
-    Conv,
-    Dense,
-    Dropout,
-    Flatten,
-    GlobalAvgPool,
-    MaxPool,
-    Node,
-    Repeat,
-    Residual,
-    SepConv,
-    children,
-)
+from archc.ir import Node, children
 from archc.naming import Namespace, class_name
 
 from . import values as v
@@ -72,17 +59,25 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "AvgPool2dSame": ("_pair", "same_pad", "pad_same"),
     "avg_pool2d": ("symmetric_padding", "AvgPool2dSame"),
     "activation": (),
+    "zero_padding": (),
     "SeparableConv2d": ("conv2d", "activation"),
     "KerasBatchNorm2d": (),
     "KerasBatchNorm1d": (),
     "FlattenHWC": (),
+    "LayerNorm2d": (),
+    "LayerScale": (),
+    "Rescaling": (),
+    "Normalization": (),
+    "DropPath": (),
     "Residual": (),
+    "Gate": (),
     "Branches": (),
     "Repeat": (),
+    "IndexedRepeat": (),
 }
 
 # Names the generated code gives its own meaning; no spec name may become one of them.
-RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE"}
+RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE", "i"}
 
 ACTIVATIONS = {
     "relu": Call("nn.ReLU"),
@@ -91,13 +86,18 @@ ACTIVATIONS = {
     "sigmoid": Call("nn.Sigmoid"),
     "tanh": Call("nn.Tanh"),
     "silu": Call("nn.SiLU"),
+    "swish": Call("nn.SiLU"),
     "gelu": Call("nn.GELU"),
+    "hard_sigmoid": Call("nn.Hardsigmoid"),
+    "hard_swish": Call("nn.Hardswish"),
     "softmax": Call("nn.Softmax", (("dim", "1"),)),
 }
 IDENTITY = Call("nn.Identity")
 IN_PLACE = {ACTIVATIONS[k]: Call(ACTIVATIONS[k].func, (("inplace", "True"),)) for k in ("relu", "relu6")}
 # Ops whose output is a new tensor that their own backward pass does not read.
-FRESH_OUTPUT = (Conv, SepConv, BN, MaxPool, AvgPool, GlobalAvgPool, Dense, Branches)
+FRESH_OUTPUT = frozenset(
+    {"conv", "depthwise", "sepconv", "bn", "layer_norm", "maxpool", "avgpool", "global_avg_pool", "dense", "branches", "zero_pad"}
+)
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     undefined=StrictUndefined,
@@ -156,9 +156,18 @@ class Renderer:
         return Lit(getattr(node, name)) if ref is None else self.symbol(node, ref, env)
 
     def symbol(self, node: Node, ref: str, env: dict[str, Value]) -> Value:
-        if ref not in env:
-            raise Unsupported(node, f"'${ref}', an argument of a calling block (declare it as an argument of this block)")
-        return env[ref]
+        """A ``$name`` or ``${...}`` as the generated code sees it here: a literal where
+        every name it reads is one, else the expression over the code's names."""
+        tree = expr.parse(ref)
+        for name in sorted(expr.names(tree)):
+            if name not in env:
+                raise Unsupported(node, f"'{name}' in {expr.spelled(ref)}, an argument of a calling block (declare it as an argument of this block)")
+        if isinstance(tree, expr.Name):
+            return env[tree.name]
+        values = {n: env[n] for n in expr.names(tree)}
+        if all(isinstance(value, Lit) for value in values.values()):
+            return Lit(expr.evaluate(tree, {n: value.value for n, value in values.items()}))
+        return Sym(expr.to_python(tree, lambda n: v.atom(v.code(values[n]))))
 
     def option(self, node: Node, env: dict[str, Value], name: str, keyword: str = "", fmt=v.code) -> list[tuple[str, str]]:
         """``keyword=value`` unless the field keeps the IR's default (which torch shares)."""
@@ -190,24 +199,29 @@ class Renderer:
         return ch, rank
 
     def effect(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:
-        if isinstance(node, (Conv, SepConv)):
-            return self.value(node, "filters", env), rank
-        if isinstance(node, Dense):
-            return self.value(node, "units", env), 1
-        if isinstance(node, GlobalAvgPool):
-            return ch, 1
-        if isinstance(node, Flatten):
-            return (self.flat_size(node), 1) if rank == 3 else (ch, 1)
-        if isinstance(node, (Residual, Repeat)):
-            return self.effects(node.body, env, ch, rank)
-        if isinstance(node, Branches):
-            outs = [self.effects(path, env, ch, rank) for path in node.paths.values()]
-            return v.total([c for c, _ in outs]), outs[0][1]
-        if isinstance(node, ir.Call):
-            return self.effects(node.body, self.callee_env(node, env), ch, rank)
-        return ch, rank
+        rule = EMITTERS[node.op].channels
+        return rule(self, node, env, ch, rank) if rule else (ch, rank)
 
-    def flat_size(self, node: Flatten) -> Lit:
+    def repeat_channels(self, node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, Channels | None, int]:
+        """(channels after, channels into run ``i`` as code of ``i`` or None where every run
+        gets ``ch``, rank after) of a repeat. A body that changes the channels either adds
+        the same number each run (DenseNet's concatenation: ``in + i * growth``) or sets
+        them whatever it gets (a conv: ``in if i == 0 else filters``). Channels are
+        integers, the same in every run's body (the resolver checks), so the index is 0 here."""
+        env = {**env, expr.INDEX: Lit(0)}
+        after, after_rank = self.effects(node.body, env, ch, rank)
+        if after == ch:
+            return after, None, after_rank
+        probe = Sym("in_channels")
+        grown, _ = self.effects(node.body, env, probe, rank)
+        growth = minus(grown, probe)
+        if growth is not None:
+            return grow(ch, growth, self.value(node, "times", env)), grow(ch, growth, Sym("i")), after_rank
+        if grown == after:
+            return after, Sym(f"{_term(ch)} if i == 0 else {_term(after)}"), after_rank
+        raise Unsupported(node, "a repeated body that neither adds a fixed number of channels nor sets them")
+
+    def flat_size(self, node: ir.Flatten) -> Lit:
         """A flatten's output size, as archc infers it for the spec's params."""
         if node.path not in self.analysis.shapes:
             raise Unsupported(node, "a flatten that is switched off by default (its output size is not known)")
@@ -227,7 +241,7 @@ class Renderer:
             if cond == Lit(False):
                 continue
             expr = self.layer(node, env, v.assume(ch, cond), rank)
-            if fresh and isinstance(node, Act) and expr in IN_PLACE:
+            if fresh and node.op == "act" and expr in IN_PLACE:
                 expr = IN_PLACE[expr]
             items.append((self.plan.ident[node.path], IfElse(expr, cond.code, IDENTITY) if isinstance(cond, Sym) else expr))
             fresh = _fresh_after(node, fresh, env, self) and (fresh or not isinstance(cond, Sym))
@@ -243,7 +257,7 @@ class Renderer:
         return Call("nn.Sequential", (Call("OrderedDict", tuple(items)),))
 
     def layer(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> Expr:
-        return getattr(self, f"layer_{type(node).__name__.lower()}")(node, env, ch, rank)
+        return EMITTERS[node.op].emit(self, node, env, ch, rank)
 
     def use(self, helper: str) -> str:
         self.helpers.add(helper)
@@ -264,36 +278,36 @@ class Renderer:
             return self.use(same), []
         return self.use(factory), [("padding", v.code(padding))]
 
-    def layer_conv(self, node: Conv, env, ch, rank) -> Expr:
+    def layer_conv(self, node: ir.Conv, env, ch, rank) -> Expr:
         kernel, stride = self.value(node, "kernel", env), self.value(node, "stride", env)
         func, padding = self.padded(node, env, kernel, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
         args = (v.code(ch), v.code(self.value(node, "filters", env)), v.size(kernel))
         rest = self.option(node, env, "stride", fmt=v.size) + padding + self.option(node, env, "groups") + self.option(node, env, "bias")
         return Call(func, (*args, *rest))
 
-    def layer_sepconv(self, node: SepConv, env, ch, rank) -> Expr:
+    def layer_sepconv(self, node: ir.SepConv, env, ch, rank) -> Expr:
         args = (v.code(ch), v.code(self.value(node, "filters", env)), v.size(self.value(node, "kernel", env)))
         rest = self.option(node, env, "stride", fmt=v.size)
         for name in ("padding", "depth_multiplier", "segments", "between", "bias"):
             rest += self.option(node, env, name)
         return Call(self.use("SeparableConv2d"), (*args, *rest))
 
-    def pool(self, node: MaxPool | AvgPool, env, names: tuple[str, str, str]) -> tuple[str, tuple, list]:
+    def pool(self, node: ir.MaxPool | ir.AvgPool, env, names: tuple[str, str, str]) -> tuple[str, tuple, list]:
         kernel, stride = self.value(node, "pool", env), self.value(node, "stride", env)
         func, padding = self.padded(node, env, kernel, stride, *names)
         return func, (v.size(kernel), *self.option(node, env, "stride", fmt=v.size)), padding
 
-    def layer_maxpool(self, node: MaxPool, env, ch, rank) -> Expr:
+    def layer_maxpool(self, node: ir.MaxPool, env, ch, rank) -> Expr:
         func, args, padding = self.pool(node, env, ("nn.MaxPool2d", "MaxPool2dSame", "max_pool2d"))
         return Call(func, (*args, *padding))
 
-    def layer_avgpool(self, node: AvgPool, env, ch, rank) -> Expr:
+    def layer_avgpool(self, node: ir.AvgPool, env, ch, rank) -> Expr:
         """TF leaves padded cells out of the average: count_include_pad=False."""
         func, args, padding = self.pool(node, env, ("nn.AvgPool2d", "AvgPool2dSame", "avg_pool2d"))
         exclude = [("count_include_pad", "False")] if func == "nn.AvgPool2d" and padding else []
         return Call(func, (*args, *padding, *exclude))
 
-    def layer_bn(self, node: BN, env, ch, rank) -> Expr:
+    def layer_bn(self, node: ir.BN, env, ch, rank) -> Expr:
         dims = "2d" if rank == 3 else "1d"
         center, scale = self.value(node, "center", env), self.value(node, "scale", env)
         args = (
@@ -308,23 +322,29 @@ class Renderer:
         flags = self.option(node, env, "center") + self.option(node, env, "scale")
         return Call(self.use(f"KerasBatchNorm{dims}"), (*args, *flags))
 
-    def layer_act(self, node: Act, env, ch, rank) -> Expr:
+    def layer_act(self, node: ir.Act, env, ch, rank) -> Expr:
         kind = self.value(node, "kind", env)
         return ACTIVATIONS[kind.value] if isinstance(kind, Lit) else Call(self.use("activation"), (kind.code,))
 
-    def layer_globalavgpool(self, node: GlobalAvgPool, env, ch, rank) -> Expr:
+    def layer_globalavgpool(self, node: ir.GlobalAvgPool, env, ch, rank) -> Expr:
+        if node.keepdims:
+            return Call("nn.AdaptiveAvgPool2d", ("1",))
         return Call("nn.Sequential", (Call("nn.AdaptiveAvgPool2d", ("1",)), Call("nn.Flatten")))
 
-    def layer_flatten(self, node: Flatten, env, ch, rank) -> Expr:
+    def layer_flatten(self, node: ir.Flatten, env, ch, rank) -> Expr:
         return Call(self.use("FlattenHWC")) if rank == 3 else Call("nn.Flatten")
 
-    def layer_dense(self, node: Dense, env, ch, rank) -> Expr:
+    def layer_dense(self, node: ir.Dense, env, ch, rank) -> Expr:
         return Call("nn.Linear", (v.code(ch), v.code(self.value(node, "units", env)), *self.option(node, env, "bias")))
 
-    def layer_dropout(self, node: Dropout, env, ch, rank) -> Expr:
+    def layer_channeldense(self, node, env, ch, rank) -> Expr:
+        """A 1x1 conv: the same weights as a dense layer over each pixel's channels."""
+        return Call("nn.Conv2d", (v.code(ch), v.code(self.value(node, "units", env)), "1", *self.option(node, env, "bias")))
+
+    def layer_dropout(self, node: ir.Dropout, env, ch, rank) -> Expr:
         return Call("nn.Dropout", (v.code(self.value(node, "rate", env)),))
 
-    def layer_residual(self, node: Residual, env, ch, rank) -> Expr:
+    def layer_residual(self, node: ir.Residual, env, ch, rank) -> Expr:
         use = self.value(node, "use_shortcut", env)
         shortcut: Expr = "None"
         if use != Lit(False):
@@ -335,13 +355,58 @@ class Renderer:
             args += (("inplace", "True"),)  # the body's output is fresh: add the shortcut into it
         return Call(self.use("Residual"), args)
 
-    def layer_branches(self, node: Branches, env, ch, rank) -> Expr:
+    def layer_branches(self, node: ir.Branches, env, ch, rank) -> Expr:
         paths = [(self.plan.ident[f"{node.path}:{label}"], self.sequential(nodes, env, ch, rank)) for label, nodes in node.paths.items()]
         return Call(self.use("Branches"), tuple(paths))
 
-    def layer_repeat(self, node: Repeat, env, ch, rank) -> Expr:
+    def layer_repeat(self, node, env, ch, rank) -> Expr:
         times = v.code(self.value(node, "times", env))
-        return Call(self.use("Repeat"), (times, Lambda(self.sequential(node.body, env, ch, rank))))
+        _, inputs, _ = self.repeat_channels(node, env, ch, rank)
+        if inputs is None and not self.plan.reads_index(node):
+            return Call(self.use("Repeat"), (times, Lambda(self.sequential(node.body, env, ch, rank))))
+        # each run's values (the channels it receives, a rate) depend on its index
+        body = self.sequential(node.body, {**env, expr.INDEX: Sym(expr.INDEX)}, ch if inputs is None else inputs, rank)
+        return Call(self.use("IndexedRepeat"), (times, Lambda(body, expr.INDEX)))
+
+    def layer_gate(self, node, env, ch, rank) -> Expr:
+        return Call(self.use("Gate"), (self.sequential(node.body, env, ch, rank),))
+
+    def layer_depthwise(self, node, env, ch, rank) -> Expr:
+        kernel, stride = self.value(node, "kernel", env), self.value(node, "stride", env)
+        func, padding = self.padded(node, env, kernel, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
+        out = times(ch, self.value(node, "depth_multiplier", env))
+        rest = self.option(node, env, "stride", fmt=v.size) + padding + [("groups", v.code(ch))] + self.option(node, env, "bias")
+        return Call(func, (v.code(ch), v.code(out), v.size(kernel), *rest))
+
+    def layer_layernorm(self, node, env, ch, rank) -> Expr:
+        center, scale = self.value(node, "center", env), self.value(node, "scale", env)
+        if center != scale or not isinstance(center, Lit):
+            raise Unsupported(node, "a layer_norm with only one of center and scale")
+        args = (v.code(ch), ("eps", v.code(self.value(node, "epsilon", env))))
+        args += () if center.value else (("elementwise_affine", "False"),)
+        return Call(self.use("LayerNorm2d") if rank == 3 else "nn.LayerNorm", args)
+
+    def layer_layerscale(self, node, env, ch, rank) -> Expr:
+        return Call(self.use("LayerScale"), (v.code(ch), v.code(self.value(node, "init", env))))
+
+    def layer_identity(self, node, env, ch, rank) -> Expr:
+        return IDENTITY
+
+    def layer_zeropad(self, node, env, ch, rank) -> Expr:
+        if "padding" in node.refs:
+            return Call("nn.ZeroPad2d", (Call(self.use("zero_padding"), (v.code(self.value(node, "padding", env)),)),))
+        (top, bottom), (left, right) = node.padding
+        return Call("nn.ZeroPad2d", (literal((left, right, top, bottom)),))
+
+    def layer_rescale(self, node, env, ch, rank) -> Expr:
+        return Call(self.use("Rescaling"), (v.code(self.value(node, "scale", env)), *self.option(node, env, "offset")))
+
+    def layer_normalize(self, node, env, ch, rank) -> Expr:
+        given = [(name, literal(tuple(getattr(node, name)))) for name in ("mean", "variance") if getattr(node, name) is not None]
+        return Call(self.use("Normalization"), (v.code(ch), *given))
+
+    def layer_droppath(self, node, env, ch, rank) -> Expr:
+        return Call(self.use("DropPath"), (v.code(self.value(node, "rate", env)),))
 
     def layer_call(self, node: ir.Call, env, ch, rank) -> Expr:
         block = self.plan.blocks[node.block]
@@ -419,7 +484,7 @@ class Renderer:
 def _calls(nodes: list[Node]):
     """Block calls directly in ``nodes`` (not inside other calls)."""
     for node in nodes:
-        if isinstance(node, ir.Call):
+        if node.op == "call":
             yield node
         else:
             for _, seq in children(node):
@@ -456,7 +521,8 @@ def render(analysis: Analysis) -> str:
     helpers = r.helper_order()
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
-        imports=imports(r.ordered_dict, helpers),
+        imports=imports(r.ordered_dict, helpers, r.plan.needs),
+        functions=[helper_source(f) for f in sorted(r.plan.needs - {"math"})],
         input_size=literal((analysis.net.input[2], *analysis.net.input[:2])),
         helpers=[f"helpers/{h}.py.j2" for h in helpers],
         classes=[*(blocks[b] for b in r.block_order()), model],
@@ -464,13 +530,14 @@ def render(analysis: Analysis) -> str:
     )
 
 
-def imports(ordered_dict: bool, helpers: list[str]) -> list[str]:
+def imports(ordered_dict: bool, helpers: list[str], needs: set[str]) -> list[str]:
     """The import lines, grouped and sorted as isort (ruff's I rules) wants them."""
     stdlib = [
         line
         for line, used in (
+            ("import math", "math" in needs),  # isort: plain imports before from-imports
             ("from collections import OrderedDict", ordered_dict),
-            ("from collections.abc import Callable", "Repeat" in helpers),
+            ("from collections.abc import Callable", "Repeat" in helpers or "IndexedRepeat" in helpers),
         )
         if used
     ]
@@ -518,21 +585,135 @@ def qualified_names(plan: Plan) -> dict[str, str]:
             if not node.when and "when" not in node.refs:
                 continue
             name = names[node.path] = f"{prefix}{plan.ident[node.path]}"
-            if isinstance(node, Residual):
-                walk(node.body, f"{name}.body.", depth)
-                if node.use_shortcut or "use_shortcut" in node.refs:
-                    walk(node.shortcut, f"{name}.shortcut.", depth)
-            elif isinstance(node, Branches):
-                for label, seq in node.paths.items():
-                    walk(seq, f"{name}.{plan.ident[f'{node.path}:{label}']}.", depth)
-            elif isinstance(node, Repeat):
-                walk(node.body, f"{name}.{{{depth}}}.", depth + 1)
-            elif isinstance(node, ir.Call):
-                walk(node.body, f"{name}.", depth)
+            for label, seq in node.children():
+                if label == "shortcut" and not (node.use_shortcut or "use_shortcut" in node.refs):
+                    continue
+                inner = EMITTERS[node.op].attribute(plan, node, label, depth)
+                walk(seq, f"{name}.{inner}." if inner else f"{name}.", depth + node.indexed)
 
     for flow, nodes in plan.analysis.net.flows.items():
         walk(nodes, f"{plan.ident[flow]}.", 0)
     return names
+
+
+# -- the table: one entry per op ------------------------------------------------------------
+
+
+def _keep(r: Renderer, node, env, ch, rank):
+    return ch, rank
+
+
+def _vector(r: Renderer, node, env, ch, rank):
+    return ch, 1
+
+
+def _to(field: str, new_rank: int | None = None):
+    """Channels become the node's ``field`` (a conv's filters)."""
+    return lambda r, node, env, ch, rank: (r.value(node, field, env), rank if new_rank is None else new_rank)
+
+
+def _body(r: Renderer, node, env, ch, rank):
+    return r.effects(node.body, env, ch, rank)
+
+
+def _branches(r: Renderer, node, env, ch, rank):
+    outs = [r.effects(path, env, ch, rank) for path in node.paths.values()]
+    return v.total([c for c, _ in outs]), outs[0][1]
+
+
+def _repeat(r: Renderer, node, env, ch, rank):
+    after, _, after_rank = r.repeat_channels(node, env, ch, rank)
+    return after, after_rank
+
+
+def _flatten(r: Renderer, node, env, ch, rank):
+    return (r.flat_size(node), 1) if rank == 3 else (ch, 1)
+
+
+def _pool(r: Renderer, node, env, ch, rank):
+    return (ch, 3) if node.keepdims else (ch, 1)
+
+
+def _label(plan: Plan, node, label: str, depth: int) -> str:
+    return label
+
+
+@dataclass(frozen=True)
+class TorchOp:
+    """How the torch backend renders one op: ``emit`` gives the module expression,
+    ``channels`` what the node does to (channels, rank) as generated code sees them
+    (default: nothing), ``attribute`` the attribute that holds a child sequence."""
+
+    emit: Callable
+    channels: Callable | None = None
+    attribute: Callable = _label
+
+
+EMITTERS: dict[str, TorchOp] = {
+    "conv": TorchOp(Renderer.layer_conv, _to("filters")),
+    "depthwise": TorchOp(
+        Renderer.layer_depthwise, lambda r, node, env, ch, rank: (times(ch, r.value(node, "depth_multiplier", env)), rank)
+    ),
+    "sepconv": TorchOp(Renderer.layer_sepconv, _to("filters")),
+    "bn": TorchOp(Renderer.layer_bn),
+    "layer_norm": TorchOp(Renderer.layer_layernorm),
+    "layer_scale": TorchOp(Renderer.layer_layerscale),
+    "act": TorchOp(Renderer.layer_act),
+    "identity": TorchOp(Renderer.layer_identity),
+    "zero_pad": TorchOp(Renderer.layer_zeropad),
+    "rescale": TorchOp(Renderer.layer_rescale),
+    "normalize": TorchOp(Renderer.layer_normalize),
+    "maxpool": TorchOp(Renderer.layer_maxpool),
+    "avgpool": TorchOp(Renderer.layer_avgpool),
+    "global_avg_pool": TorchOp(Renderer.layer_globalavgpool, _pool),
+    "flatten": TorchOp(Renderer.layer_flatten, _flatten),
+    "dense": TorchOp(Renderer.layer_dense, _to("units", 1)),
+    "channel_dense": TorchOp(Renderer.layer_channeldense, _to("units")),
+    "dropout": TorchOp(Renderer.layer_dropout),
+    "drop_path": TorchOp(Renderer.layer_droppath),
+    "residual": TorchOp(Renderer.layer_residual, _body),
+    "gate": TorchOp(Renderer.layer_gate, _keep),
+    "branches": TorchOp(Renderer.layer_branches, _branches, lambda plan, node, label, depth: plan.ident[f"{node.path}:{label}"]),
+    "repeat": TorchOp(Renderer.layer_repeat, _repeat, lambda plan, node, label, depth: f"{{{depth}}}"),
+    "call": TorchOp(
+        Renderer.layer_call, lambda r, node, env, ch, rank: r.effects(node.body, r.callee_env(node, env), ch, rank), lambda *_: ""
+    ),
+}
+
+
+# -- channel arithmetic for repeats that grow the channels and depthwise multipliers ------------
+
+
+def _term(value: Channels) -> str:
+    """A value as an operand of ``*`` or ``+``: parenthesised unless it is one name or number."""
+    text = v.code(value)
+    return text if text.isidentifier() or text.replace(".", "").isdigit() else f"({text})"
+
+
+def times(ch: Channels, factor: Value) -> Channels:
+    """``ch * factor`` (a depthwise conv's output channels)."""
+    if isinstance(factor, Lit) and factor.value == 1:
+        return ch
+    if isinstance(ch, Lit) and isinstance(factor, Lit):
+        return Lit(ch.value * factor.value)
+    return Sym(f"{_term(ch)} * {_term(factor)}")
+
+
+def minus(grown: Channels, base: Sym) -> Channels | None:
+    """``grown - base`` where ``grown`` is ``base`` plus terms not involving it, else None."""
+    if isinstance(grown, v.Sum) and base.code in grown.terms and grown.terms.count(base.code) == 1:
+        rest = tuple(t for t in grown.terms if t != base.code)
+        if not any(base.code in t for t in rest):
+            return v.Sum(rest, grown.const) if rest else Lit(grown.const)
+    return None
+
+
+def grow(ch: Channels, growth: Channels, runs: Value) -> Channels:
+    """``ch + runs * growth``: the channels after ``runs`` runs of a growing body."""
+    if all(isinstance(x, Lit) for x in (ch, growth, runs)):
+        return Lit(ch.value + runs.value * growth.value)
+    base = f"({v.code(ch)})" if isinstance(ch, v.Choice) else v.code(ch)  # `+` binds tighter than `if`
+    return Sym(f"{base} + {_term(runs)} * {_term(growth)}")
 
 
 def torch_plan(analysis: Analysis) -> Plan:
@@ -543,15 +724,15 @@ def torch_plan(analysis: Analysis) -> Plan:
 def _fresh_after(node: Node, fresh: bool, env: dict[str, Value], renderer: Renderer) -> bool:
     """Whether the tensor after ``node`` is one that later in-place ops may overwrite:
     made by this sequence, and not read by any backward pass (an activation's is)."""
-    if isinstance(node, FRESH_OUTPUT):
+    if node.op in FRESH_OUTPUT:
         return True
-    if isinstance(node, Residual):
+    if node.op == "residual":
         return renderer.value(node, "use_shortcut", env) == Lit(True) or _fresh_after_sequence(node.body, env, renderer)
-    if isinstance(node, Repeat):
-        return _fresh_after_sequence(node.body, env, renderer)
-    if isinstance(node, ir.Call):
+    if node.op == "repeat":
+        return _fresh_after_sequence(node.body, {**env, expr.INDEX: Lit(0)}, renderer)
+    if node.op == "call":
         return _fresh_after_sequence(node.body, renderer.callee_env(node, env), renderer)
-    return False  # activations, dropout (the identity in eval), flatten (a view)
+    return False  # activations, dropout (the identity in eval), flatten (a view), a gate's product
 
 
 def _fresh_after_sequence(nodes: list[Node], env: dict[str, Value], renderer: Renderer) -> bool:

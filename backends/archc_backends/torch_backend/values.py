@@ -4,6 +4,7 @@ classes need, since one class serves instances with different arguments."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -87,6 +88,22 @@ def code(value: Channels) -> str:
     return f"{then} if {value.cond} else {code(value.other)}"
 
 
+def atom(code: str) -> str:
+    """``code`` as an operand: in parentheses unless it is a name, a number or a call."""
+    if re.fullmatch(r"[\w.]+", code) or (re.fullmatch(r"[\w.]+\(.*\)", code) and _closes_at_end(code)):
+        return code
+    return f"({code})"
+
+
+def _closes_at_end(code: str) -> bool:
+    depth = 0
+    for pos, ch in enumerate(code):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and ch == ")":
+            return pos == len(code) - 1
+    return False
+
+
 def size(value: Value) -> str:
     """A kernel, stride or pool size: ``3`` for (3, 3), ``(1, 7)`` otherwise."""
     if isinstance(value, Lit) and isinstance(value.value, (tuple, list)) and len(set(value.value)) == 1:
@@ -105,7 +122,7 @@ def total(parts: list[Channels]) -> Channels:
             terms += part.terms
             const += part.const
         else:
-            terms.append(code(part) if isinstance(part, Sym) else f"({code(part)})")
+            terms.append(atom(code(part)) if isinstance(part, Sym) else f"({code(part)})")
     return Sum(tuple(terms), const) if terms else Lit(const)
 
 
@@ -131,7 +148,7 @@ def torch_momentum(keras: Value) -> Value:
     """Keras keeps ``momentum`` of the running value, torch takes ``momentum`` of the new
     one: 0.99 -> 0.01, computed in decimal so that it prints as 0.01."""
     if isinstance(keras, Sym):
-        return Sym(f"1 - {keras.code}")
+        return Sym(f"1 - {atom(keras.code)}")
     return Lit(float(Decimal(1) - Decimal(repr(keras.value))))
 
 

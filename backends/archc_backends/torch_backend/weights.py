@@ -11,12 +11,18 @@ The layouts, torch -> neutral (= Keras):
 - bn: weight -> gamma, bias -> beta, running_mean / running_var -> moving_mean /
   moving_variance (``num_batches_tracked`` has no Keras counterpart: the generated
   code always sets a momentum, so torch never reads it);
-- dense: weight (units, in) -> kernel (in, units). The flatten before a dense layer is
+- depthwise: weight (C*dm, 1, kh, kw) -> kernel (kh, kw, C, dm), as a sepconv's spatial;
+- layer_norm: weight -> gamma, bias -> beta; layer_scale: gamma; normalize (without
+  given constants): mean, variance, count;
+- dense: weight (units, in) -> kernel (in, units); channel_dense (a 1x1 conv):
+  weight (units, in, 1, 1) -> kernel (in, units). The flatten before a dense layer is
   in (H, W, C) order in both frameworks (FlattenHWC), so no row permutation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,6 @@ import torch
 
 from archc.analysis import Analysis
 from archc.instances import Instance, instances, weighted
-from archc.ir import BN, Conv, Dense, SepConv
 
 from .render import qualified_names, torch_plan
 
@@ -41,40 +46,90 @@ def _module(model: Any, names: dict[str, str], inst: Instance) -> torch.nn.Modul
     return model.get_submodule(name.format(*inst.indices))
 
 
+def _conv_to_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
+    return a.transpose(2, 3, 1, 0)  # (out, in/g, kh, kw) -> (kh, kw, in/g, out)
+
+
+def _conv_from_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
+    return a.transpose(3, 2, 0, 1)
+
+
+def _depthwise_to_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
+    """(C*dm, 1, kh, kw), output channel c*dm + m -> (kh, kw, C, dm)."""
+    c = inst.input[-1]
+    kh, kw = a.shape[-2:]
+    return a.reshape(c, a.shape[0] // c, kh, kw).transpose(2, 3, 0, 1)
+
+
+def _depthwise_from_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
+    kh, kw, c, dm = a.shape
+    return a.transpose(2, 3, 0, 1).reshape(c * dm, 1, kh, kw)
+
+
+def _sepconv_spatial(to_neutral: bool):
+    def layout(a: np.ndarray, inst: Instance) -> np.ndarray:
+        if inst.node.segments == "depthwise":
+            return _depthwise_to_neutral(a, inst) if to_neutral else _depthwise_from_neutral(a, inst)
+        return _conv_to_neutral(a, inst) if to_neutral else _conv_from_neutral(a, inst)
+
+    return layout
+
+
+def _transpose(a: np.ndarray, inst: Instance) -> np.ndarray:
+    return a.T
+
+
+def _module_weights(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    return {"kernel": module.weight, "bias": module.bias}
+
+
+def _norm(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    return {"gamma": module.weight, "beta": module.bias}
+
+
+@dataclass(frozen=True)
+class TorchWeights:
+    """One op's weights in torch: ``tensors(module)`` -> role -> tensor (None: absent);
+    ``to_neutral`` / ``from_neutral``: role -> the layout change (default: none)."""
+
+    tensors: Callable[[torch.nn.Module], dict[str, torch.Tensor | None]]
+    to_neutral: dict[str, Callable] = field(default_factory=dict)
+    from_neutral: dict[str, Callable] = field(default_factory=dict)
+
+
+WEIGHTS: dict[str, TorchWeights] = {
+    "conv": TorchWeights(_module_weights, {"kernel": _conv_to_neutral}, {"kernel": _conv_from_neutral}),
+    "depthwise": TorchWeights(_module_weights, {"kernel": _depthwise_to_neutral}, {"kernel": _depthwise_from_neutral}),
+    "sepconv": TorchWeights(
+        lambda m: {"spatial": m.spatial.weight, "pointwise": m.pointwise.weight, "bias": m.pointwise.bias},
+        {"spatial": _sepconv_spatial(True), "pointwise": _conv_to_neutral},
+        {"spatial": _sepconv_spatial(False), "pointwise": _conv_from_neutral},
+    ),
+    "dense": TorchWeights(_module_weights, {"kernel": _transpose}, {"kernel": _transpose}),
+    "channel_dense": TorchWeights(
+        _module_weights, {"kernel": lambda a, inst: a[:, :, 0, 0].T}, {"kernel": lambda a, inst: a.T[:, :, None, None]}
+    ),
+    "bn": TorchWeights(lambda m: _norm(m) | {"moving_mean": m.running_mean, "moving_variance": m.running_var}),
+    "layer_norm": TorchWeights(_norm),
+    "layer_scale": TorchWeights(lambda m: {"gamma": m.gamma}),
+    "normalize": TorchWeights(lambda m: {"mean": m.mean, "variance": m.variance, "count": m.count}),
+}
+
+
 def _to_neutral(inst: Instance, role: str, t: torch.Tensor) -> np.ndarray:
     a = t.detach().cpu().numpy()
-    if role in ("bias", "gamma", "beta", "moving_mean", "moving_variance"):
-        return a.copy()
-    if isinstance(inst.node, Dense):
-        return np.ascontiguousarray(a.T)
-    if isinstance(inst.node, SepConv) and role == "spatial" and inst.node.segments == "depthwise":
-        c, dm = inst.input[-1], inst.node.depth_multiplier
-        kh, kw = a.shape[-2:]
-        return np.ascontiguousarray(a.reshape(c, dm, kh, kw).transpose(2, 3, 0, 1))
-    return np.ascontiguousarray(a.transpose(2, 3, 1, 0))  # (out, in/g, kh, kw) -> (kh, kw, in/g, out)
+    layout = WEIGHTS[inst.node.op].to_neutral.get(role)
+    return np.ascontiguousarray(layout(a, inst)) if layout else a.copy()
 
 
 def _from_neutral(inst: Instance, role: str, a: np.ndarray) -> np.ndarray:
-    if role in ("bias", "gamma", "beta", "moving_mean", "moving_variance"):
-        return a
-    if isinstance(inst.node, Dense):
-        return a.T
-    if isinstance(inst.node, SepConv) and role == "spatial" and inst.node.segments == "depthwise":
-        kh, kw, c, dm = a.shape
-        return a.transpose(2, 3, 0, 1).reshape(c * dm, 1, kh, kw)
-    return a.transpose(3, 2, 0, 1)
+    layout = WEIGHTS[inst.node.op].from_neutral.get(role)
+    return layout(a, inst) if layout else a
 
 
 def _tensors(inst: Instance, module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
     """role -> the tensor that holds it in ``module`` (None where the module lacks it)."""
-    node = inst.node
-    if isinstance(node, (Conv, Dense)):
-        return {"kernel": module.weight, "bias": module.bias}
-    if isinstance(node, SepConv):
-        return {"spatial": module.spatial.weight, "pointwise": module.pointwise.weight, "bias": module.pointwise.bias}
-    if isinstance(node, BN):
-        return {"gamma": module.weight, "beta": module.bias, "moving_mean": module.running_mean, "moving_variance": module.running_var}
-    return {}
+    return WEIGHTS[inst.node.op].tensors(module)
 
 
 def export(model: Any, analysis: Analysis) -> dict[str, dict[str, np.ndarray]]:
@@ -110,7 +165,7 @@ def load(model: Any, analysis: Analysis, weights: dict[str, dict[str, np.ndarray
                 value = _from_neutral(inst, role, np.asarray(given.pop(role)))
                 if tuple(value.shape) != tuple(t.shape):
                     raise WeightError(f"{inst.key}: '{role}' of shape {tuple(value.shape)} does not fit the torch tensor {tuple(t.shape)}")
-                t.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                t.copy_(torch.from_numpy(np.ascontiguousarray(value).reshape(value.shape)))  # 0-d stays 0-d
             if given:
                 raise WeightError(f"{inst.key}: the torch module has no '{sorted(given)[0]}'")
 
