@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from .analysis import Analysis, Counts
-from .ir import SYSTEM_FIELDS, Branches, Call, Node, Repeat, Residual, children
+from .ir import SYSTEM_FIELDS, Branches, Call, Gate, Node, Repeat, Residual, children
 from .shapes import Shape, fmt
 
 # -- geometry (SVG user units, about pixels) -------------------------------------------
@@ -172,11 +172,24 @@ def _sepconv(n) -> str:
     return f"SeparableConv {n.filters}, {_size(n.kernel)}{_stride(n.stride)}{extra}"
 
 
+def _margins(m: tuple[tuple[int, int], tuple[int, int]]) -> str:
+    (top, bottom), (left, right) = m
+    return str(top) if top == bottom == left == right else f"{top},{bottom} x {left},{right}"
+
+
 def _pool(name: str) -> Callable:
     return lambda n: f"{name} {_size(n.pool)}{_stride(n.stride or n.pool)}"
 
 
-_ACT = {"relu": "ReLU", "relu6": "ReLU6", "elu": "ELU", "silu": "SiLU", "gelu": "GELU"}
+_ACT = {
+    "relu": "ReLU",
+    "relu6": "ReLU6",
+    "elu": "ELU",
+    "silu": "SiLU",
+    "gelu": "GELU",
+    "hard_swish": "HardSwish",
+    "hard_sigmoid": "HardSigmoid",
+}
 
 LABELS: dict[str, Callable[[Node], str]] = {
     "conv": _conv,
@@ -189,6 +202,17 @@ LABELS: dict[str, Callable[[Node], str]] = {
     "flatten": lambda n: "Flatten",
     "dense": lambda n: f"Dense {n.units}",
     "dropout": lambda n: f"Dropout {n.rate:g}",
+    "depthwise": lambda n: (
+        f"DepthwiseConv {_size(n.kernel)}{_stride(n.stride)}" + (f", x{n.depth_multiplier}" if n.depth_multiplier > 1 else "")
+    ),
+    "channel_dense": lambda n: f"Dense {n.units} (per pixel)",
+    "layer_norm": lambda n: "LayerNorm",
+    "layer_scale": lambda n: "LayerScale",
+    "drop_path": lambda n: f"DropPath {n.rate:g}",
+    "identity": lambda n: "Identity",
+    "zero_pad": lambda n: f"ZeroPad {_margins(n.padding)}",
+    "rescale": lambda n: f"Rescale x{n.scale:.4g}" + (f" {n.offset:+g}" if n.offset else ""),
+    "normalize": lambda n: "Normalize",
 }
 
 FILLS = {
@@ -200,6 +224,9 @@ FILLS = {
     "avgpool": "#dcefdc",
     "global_avg_pool": "#dcefdc",
     "dense": "#f8dfcf",
+    "depthwise": "#dbe8f6",
+    "channel_dense": "#dbe8f6",
+    "layer_norm": "#eeeeee",
 }
 DEFAULT_FILL = "#ffffff"
 COLLAPSED_FILL = "#e6e0f3"
@@ -330,6 +357,9 @@ class _Layout:
             return self.residual(node, ctx, inner)
         if isinstance(node, Branches):
             return self.parallel(node, inner, "concat", ctx.key(node))
+        if isinstance(node, Gate):  # x * body(x): the body beside the identity line, joined by "x"
+            piece = self.joined(self.sequence(node.body, inner), Piece(0, 0, 0, []), "\u00d7", ctx.key(node))
+            return self.frame(piece, "gate", self.counts_note(node), "block", ctx.key(node))
         # a combinator archc did not know when this was written: its sequences side by
         # side in a frame, meeting at a node named after it
         body = self.parallel(node, inner, op_title(node.op), ctx.key(node))
@@ -393,7 +423,11 @@ class _Layout:
         body = self.sequence(node.body, inner)
         if not node.use_shortcut:
             return body
-        short = self.sequence(node.shortcut, inner)
+        return self.joined(body, self.sequence(node.shortcut, inner), "+", ctx.key(node))
+
+    def joined(self, body: Piece, short: Piece, symbol: str, key: str) -> Piece:
+        """``body`` and a second line (``short``; empty: the identity) from one fork,
+        meeting at a join drawn with ``symbol`` ("+" for a residual, "x" for a gate)."""
         top = GAP  # fork at y=0, columns start at `top`
         x_short = body.w + HGAP + short.axis  # the shortcut's line, right of the body
         bottom = top + max(body.h, short.h)
@@ -409,7 +443,7 @@ class _Layout:
             items.append(Edge(((x_short, top + short.h), (x_short, join_y), (a + r, join_y))))
         else:
             items.append(Edge(((a, top / 2), (x_short, top / 2), (x_short, join_y), (a + r, join_y))))
-        items.append(Join(a, join_y, 2 * r, 2 * r, "+", ctx.key(node)))
+        items.append(Join(a, join_y, 2 * r, 2 * r, symbol, key))
         w = max(body.w, x_short + max(short.w - short.axis, 0)) + 4
         return Piece(w, join_y + r, a, items)
 
@@ -444,6 +478,11 @@ class _Layout:
     # a flow: a labelled column, wrapped into more columns when it is long
     def flow(self, name: str, nodes: list[Node], column: float) -> Piece:
         nodes = self.enabled(nodes)
+        while len(nodes) == 1 and isinstance(nodes[0], Call) and self.options.depth is None:
+            # a flow that is one block (MobileNetV3's small or large net): wrap its body,
+            # the block named in the flow's title
+            name = f"{name}: {_call_title(nodes[0])}"
+            nodes = self.enabled(nodes[0].body)
         heights = [self.node(node, _Ctx()).h + GAP for node in nodes]
         limit = sum(heights) / math.ceil(sum(heights) / column)  # columns of about equal height
         chunks: list[list[Node]] = [[]]

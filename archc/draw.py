@@ -5,6 +5,7 @@ failure leaves nothing behind."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .analysis import Analysis
@@ -12,6 +13,18 @@ from .diagram import FONT, LINE_H, PAD, SMALL, Box, Diagram, Edge, Frame, Join, 
 
 STROKE = "#333333"
 ARROW = 5.0
+
+
+CIRCLED = ("+", "\u00d7")  # joins drawn as a circled sign: a residual's sum, a gate's product
+
+
+def circled_strokes(join: Join) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """The two strokes of a circled "+" (upright) or "x" (diagonal), inside its circle."""
+    d = join.w / 2 - 3
+    if join.symbol == "+":
+        return [((join.x - d, join.y), (join.x + d, join.y)), ((join.x, join.y - d), (join.x, join.y + d))]
+    e = d * math.sqrt(0.5)
+    return [((join.x - e, join.y - e), (join.x + e, join.y + e)), ((join.x - e, join.y + e), (join.x + e, join.y - e))]
 
 
 def _n(v: float) -> str:
@@ -102,12 +115,11 @@ def to_svg(diagram: Diagram) -> str:
                 out.append(f'<polygon class="head" points="{pts(arrowhead(item.points))}"/>')
         elif isinstance(item, Join):
             out.append(f'<g class="join" data-path={quoteattr(item.path)} data-symbol={quoteattr(item.symbol)}>')
-            if item.symbol == "+":
+            if item.symbol in CIRCLED:
                 r = item.w / 2
                 out.append(f'<circle cx="{_n(item.x)}" cy="{_n(item.y)}" r="{_n(r)}"/>')
-                out.append(
-                    f'<path class="edge" d="M{_n(item.x - r + 3)},{_n(item.y)}H{_n(item.x + r - 3)}M{_n(item.x)},{_n(item.y - r + 3)}V{_n(item.y + r - 3)}"/>'
-                )
+                d = "".join(f"M{_n(a[0])},{_n(a[1])}L{_n(b[0])},{_n(b[1])}" for a, b in circled_strokes(item))
+                out.append(f'<path class="edge" d="{d}"/>')
             else:
                 out.append(
                     f'<rect x="{_n(item.x - item.w / 2)}" y="{_n(item.y - item.h / 2)}" width="{_n(item.w)}" height="{_n(item.h)}" rx="7"/>'
@@ -179,11 +191,10 @@ def draw_matplotlib(diagram: Diagram, path: Path) -> None:
             if item.arrow:
                 ax.add_patch(Polygon(arrowhead(item.points), closed=True, fc=STROKE, ec="none"))
         elif isinstance(item, Join):
-            if item.symbol == "+":
-                r = item.w / 2
-                ax.add_patch(Circle((item.x, item.y), r, fc="white", ec=STROKE, lw=0.8))
-                ax.plot([item.x - r + 3, item.x + r - 3], [item.y, item.y], color=STROKE, lw=0.8)
-                ax.plot([item.x, item.x], [item.y - r + 3, item.y + r - 3], color=STROKE, lw=0.8)
+            if item.symbol in CIRCLED:
+                ax.add_patch(Circle((item.x, item.y), item.w / 2, fc="white", ec=STROKE, lw=0.8))
+                for a, b in circled_strokes(item):
+                    ax.plot([a[0], b[0]], [a[1], b[1]], color=STROKE, lw=0.8)
             else:
                 x, y = item.x - item.w / 2, item.y - item.h / 2
                 ax.add_patch(FancyBboxPatch((x, y), item.w, item.h, "round,pad=0,rounding_size=7", fc="white", ec=STROKE, lw=0.8))

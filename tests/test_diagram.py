@@ -200,13 +200,24 @@ def test_variants_draw_their_own_picture():
 def test_an_op_added_later_gets_a_generic_label():
     from typing import Literal
 
-    class LayerNorm(Node):
-        op: Literal["layer_norm"] = "layer_norm"
+    class PixelShuffle(Node):
+        op: Literal["pixel_shuffle"] = "pixel_shuffle"
+        upscale: int = 2
         epsilon: float = 1e-5
-        affine: bool = True
 
-    assert label(LayerNorm(name="ln", epsilon=1e-6)) == "LayerNorm epsilon 1e-06"
-    assert label(LayerNorm(name="ln")) == "LayerNorm"
+    assert label(PixelShuffle(name="ps", epsilon=1e-6)) == "PixelShuffle epsilon 1e-06"
+    assert label(PixelShuffle(name="ps")) == "PixelShuffle"
+
+
+def test_a_gate_is_its_body_beside_the_identity_joined_by_a_product():
+    spec = ROOT / "examples/mobilenet_v3.yaml"
+    analysis = load(spec)
+    root = svg_of(spec)
+    gates = [n.path for nodes in analysis.net.flows.values() for n in walk(nodes) if n.op == "gate" and n.path in analysis.shapes]
+    joins = {g.get("data-path"): g.get("data-symbol") for g in groups(root, "join")}
+    assert gates and all(joins.get(path) == "\u00d7" for path in gates)
+    labels = {t.text for t in root.iter(f"{SVG}text")}
+    assert {"DepthwiseConv 3x3, stride 2", "HardSwish", "HardSigmoid"} <= labels
 
 
 def test_docs_diagrams_are_up_to_date():
