@@ -24,7 +24,7 @@ run: install  ## build the bundled specs with every backend and print their tabl
 test: install  ## the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/archc check specs/ examples/
-	$(BIN)/python -m pytest -n 2 --durations=15
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --durations=15  # ruff on PATH: the lint tests of generated code run
 
 generated: install  ## rebuild generated/ from specs/
 	$(BIN)/archc build specs/ --quiet
