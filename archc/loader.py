@@ -35,7 +35,10 @@ class Source:
     data: Any
     values: dict[Key, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Key, tuple[int, int]] = field(default_factory=dict)
-    quoted: set[Key] = field(default_factory=set)  # scalars written in quotes: their text starts one column later
+    # scalars whose text stands verbatim on one line (no folding, no escapes): how many
+    # columns after the value's start the text begins (1 behind a quote), so that an error
+    # inside the text (an expression's offending part) can point at its column
+    verbatim: dict[Key, int] = field(default_factory=dict)
 
     def loc(self, key: Key, *, at_key: bool = False) -> Location:
         """The location of ``key``; falls back to the nearest written parent."""
@@ -48,6 +51,14 @@ class Source:
             probe = probe[:-1]
         line, col = table.get(probe, (1, 1))
         return Location(self.file, line, col, dotted(key))
+
+    def text_start(self, key: Key) -> int | None:
+        """Columns from the location of ``key`` (as :meth:`loc` finds it) to the start of
+        its text, where that text stands verbatim on one line; None where it does not."""
+        probe = tuple(key)
+        while probe and probe not in self.values:
+            probe = probe[:-1]
+        return self.verbatim.get(probe)
 
     def error(self, key: Key, message: str, *, at_key: bool = False) -> SpecError:
         return SpecError(self.loc(key, at_key=at_key), message)
@@ -161,8 +172,10 @@ class _Builder:
         if depth > MAX_DEPTH:
             raise self._at(node, key, f"expected nesting at most {MAX_DEPTH} deep, found deeper")
         self.source.values[key] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"'):
-            self.source.quoted.add(key)
+        if isinstance(node, yaml.ScalarNode) and node.start_mark.line == node.end_mark.line:
+            quote = int(node.style in ("'", '"'))
+            if node.end_mark.index - node.start_mark.index == len(node.value) + 2 * quote:
+                self.source.verbatim[key] = quote
         if isinstance(node, yaml.MappingNode):
             try:
                 self.constructor.flatten_mapping(node)  # merge keys: `<<: *defaults`

@@ -448,7 +448,9 @@ class Resolver:
             result = expr.evaluate(tree, scope.symbols)
         except expr.ExprError as exc:
             loc = self.source.loc(key)
-            loc.col += 2 + exc.start + (key in self.source.quoted)
+            start = self.source.text_start(key)
+            if start is not None:  # else the value's start: its text is not its source
+                loc.col += 2 + exc.start + start
             if scope.via:
                 loc.path += f" (in {scope.via})"
             raise SpecError(loc, exc.message) from None
