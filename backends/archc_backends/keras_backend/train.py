@@ -192,9 +192,10 @@ def tf_random_box(tf, height, width, draw, area, aspect):
     ratio = tf.exp(log_low + draw[1] * (log_high - log_low))
     pixels = fraction * h_full * w_full
     w, h = tf.sqrt(pixels * ratio), tf.sqrt(pixels / ratio)
-    fit = tf.minimum(tf.minimum(1.0, w_full / w), h_full / h)
-    w = tf.minimum(w_full, tf.maximum(1.0, tf.round(w * fit)))
-    h = tf.minimum(h_full, tf.maximum(1.0, tf.round(h * fit)))
+    one = tf.constant(1.0, tf.float64)
+    fit = tf.minimum(tf.minimum(one, w_full / w), h_full / h)
+    w = tf.minimum(w_full, tf.maximum(one, tf.round(w * fit)))
+    h = tf.minimum(h_full, tf.maximum(one, tf.round(h * fit)))
     top, left = tf.floor(draw[2] * (h_full - h + 1)), tf.floor(draw[3] * (w_full - w + 1))
     return tf.cast(tf.stack([top, left, h, w]), tf.int32)
 
