@@ -174,9 +174,9 @@ def prepare(config: RunConfig) -> Prepared:
 class DataSource:
     """An image folder (``files``, ``labels``, ``class_names``) or the synthetic source.
 
-    ``load(i, box)`` returns image ``i`` of a folder as uint8 height x width x channels:
-    the region ``box`` picks (the whole image when ``None``) resized to the network's
-    input. The synthetic source makes whole batches at once (:class:`SyntheticTables`)."""
+    ``load(i, box, flip)`` returns image ``i`` of a folder as uint8 height x width x
+    channels: the region ``box`` picks (the whole image when ``None``) resized to the
+    network's input, flipped left-right when ``flip``. The synthetic source makes whole batches at once (:class:`SyntheticTables`)."""
 
     kind: str  # "folder" or "synthetic"
     size: int
@@ -189,8 +189,8 @@ class DataSource:
     class_names: list[str] = field(default_factory=list)
     seed: int = 0
 
-    def load(self, index: int, box: Box | None = None):
-        return load_image(self.files[index], self.height, self.width, self.channels, box)
+    def load(self, index: int, box: Box | None = None, flip: bool = False):
+        return load_image(self.files[index], self.height, self.width, self.channels, box, flip)
 
     def label(self, index: int) -> int:
         return index % self.classes if self.kind == SYNTHETIC else self.labels[index]
@@ -283,9 +283,10 @@ def central_box(height: int, width: int, fraction: float) -> tuple[int, int, int
     return top, left, height - 2 * top, width - 2 * left
 
 
-def load_image(path: str, height: int, width: int, channels: int = 3, box: Box | None = None):
+def load_image(path: str, height: int, width: int, channels: int = 3, box: Box | None = None, flip: bool = False):
     """A JPEG/PNG file as uint8 height x width x channels: the region ``box`` picks (the
-    whole image when ``None``) resized (bilinear, antialiased) to the input.
+    whole image when ``None``) resized (bilinear, antialiased) to the input, flipped
+    left-right when ``flip``.
 
     JPEGs are decoded at reduced size where the region allows (libjpeg's DCT scaling by
     1/2, 1/4 or 1/8, Pillow's ``draft``), and the resize reduces by whole factors first
@@ -299,10 +300,13 @@ def load_image(path: str, height: int, width: int, channels: int = 3, box: Box |
         top, left, h, w = box(full_h, full_w) if box is not None else (0, 0, full_h, full_w)
         img.draft(mode, (math.ceil(full_w * width / w), math.ceil(full_h * height / h)))  # no-op for PNG
         sx, sy = full_w / img.size[0], full_h / img.size[1]
-        img = img.convert(mode)
+        if img.mode != mode:
+            img = img.convert(mode)
         region = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
         if img.size != (width, height) or region != (0, 0, width, height):
             img = img.resize((width, height), Image.BILINEAR, box=region, reducing_gap=3.0)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
     return array[:, :, None] if channels == 1 else array
 
@@ -314,14 +318,17 @@ SYNTHETIC_POOL = 16  # noise images per source
 
 @dataclass(frozen=True)
 class SyntheticTables:
-    """The synthetic source as two small tables, so that a trainer makes a whole batch with
-    one gather and one add, on its device: sample ``i`` has label ``i % classes`` and is
-    ``clip(colours[i % classes] + noise[(i // classes) % SYNTHETIC_POOL], 0, 255)``. The
-    colour of a class is the same for every seed (a smoke run can learn it); the noise
-    depends on the seed (a validation source, another seed, holds other samples)."""
+    """The synthetic source as two small uint8 tables, so that a trainer makes a whole
+    batch with one gather and one add, on its device: sample ``i`` has label ``i % classes``
+    and is ``noise[(i // classes) % SYNTHETIC_POOL]`` plus, on every pixel, the colour of
+    its class (``rows[i % classes]``: the colour repeated along an image row, so the add
+    runs over contiguous rows). Colours 40..215 (stored less 40) plus noise -40..40 (stored
+    plus 40) never pass 255: uint8 adds without clipping. The colours are the same for
+    every seed (a smoke run can learn them); the noise depends on the seed (a validation
+    source, another seed, holds other samples)."""
 
-    colours: Any  # int16 classes x channels
-    noise: Any  # int16 SYNTHETIC_POOL x height x width x channels
+    rows: Any  # uint8 classes x (width * channels)
+    noise: Any  # uint8 SYNTHETIC_POOL x height x width x channels
 
     @classmethod
     def make(cls, classes: int, height: int, width: int, channels: int, seed: int) -> SyntheticTables:
@@ -329,15 +336,16 @@ class SyntheticTables:
 
         colours = np.stack([np.random.default_rng([0, label]).integers(40, 216, size=channels) for label in range(classes)])
         noise = np.random.default_rng([seed, 1]).integers(-40, 41, size=(SYNTHETIC_POOL, height, width, channels))
-        return cls(colours.astype(np.int16), noise.astype(np.int16))
+        return cls(np.tile(colours - 40, (1, width)).astype(np.uint8), (noise + 40).astype(np.uint8))
 
     def batch(self, index):
         """uint8 images of samples ``index`` (numpy; the trainers do the same with their ops)."""
         import numpy as np
 
         index = np.asarray(index)
-        classes = len(self.colours)
-        return np.clip(self.colours[index % classes][:, None, None, :] + self.noise[(index // classes) % SYNTHETIC_POOL], 0, 255).astype(np.uint8)
+        images = self.noise[(index // len(self.rows)) % SYNTHETIC_POOL]
+        images.reshape(len(index), images.shape[1], -1)[:] += self.rows[index % len(self.rows)][:, None, :]
+        return images
 
 
 # -- steps: what each replica sees -------------------------------------------------------------

@@ -101,7 +101,7 @@ def test_torch_ema_warms_up_from_the_initial_weights():
     ema = torch_train.make_ema(RECIPE, net)
     history = [net.weight.detach().clone().double()]
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
-    for step in range(1, 8):
+    for _ in range(7):
         optimizer.zero_grad()
         net(torch.randn(4, 3)).square().sum().backward()
         optimizer.step()
@@ -118,7 +118,7 @@ def test_keras_ema_warms_up_from_the_initial_weights():
     keras_train.start_ema(model, optimizer)
     kernel = model.trainable_variables[0]
     history = [kernel.numpy().astype(np.float64)]
-    for step in range(1, 8):
+    for _ in range(7):
         x = tf.random.normal((4, 3))
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(tf.square(model(x)))

@@ -148,7 +148,9 @@ def test_load_image_crops_then_resizes_with_reduced_size_decode(tmp_path):
     from PIL import Image
 
     yy, xx = np.mgrid[0:600, 0:800]
-    Image.fromarray(np.stack([xx * 255 // 799, yy * 255 // 599, np.zeros_like(xx)], -1).astype(np.uint8)).save(tmp_path / "g.jpg", quality=95)
+    Image.fromarray(np.stack([xx * 255 // 799, yy * 255 // 599, np.zeros_like(xx)], -1).astype(np.uint8)).save(
+        tmp_path / "g.jpg", quality=95
+    )
     whole = load_image(str(tmp_path / "g.jpg"), 60, 80)
     assert whole.shape == (60, 80, 3) and whole.flags.writeable
     right_half = load_image(str(tmp_path / "g.jpg"), 60, 40, box=lambda h, w: (0, w // 2, h, w // 2))

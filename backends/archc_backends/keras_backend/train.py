@@ -240,7 +240,12 @@ def _images(tf, source, training, index, flipped, draws, fraction):
 
         image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
         image.set_shape((None, None, c))
-        image = tf.image.resize(image, (h, w), method="bilinear", antialias=True)
+        shrink = tf.reduce_any(tf.shape(image)[:2] > (h, w))  # antialiasing matters (and costs) only when shrinking
+        image = tf.cond(
+            shrink,
+            lambda: tf.image.resize(image, (h, w), method="bilinear", antialias=True),
+            lambda: tf.image.resize(image, (h, w), method="bilinear"),
+        )
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
         return image, tf.gather(labels, i)
@@ -254,12 +259,13 @@ def _batches(tf, source, training, index, flipped, draws, batch, drop_remainder,
     batch at a time from two small tables (one gather and one add)."""
     if source.kind == SYNTHETIC:
         tables = source.tables()
-        colours, noise = tf.constant(tables.colours), tf.constant(tables.noise)
-        classes = len(tables.colours)
+        rows, noise = tf.constant(tables.rows), tf.constant(tables.noise)
+        classes, shape = len(tables.rows), (source.height, source.width, source.channels)
 
         def make(i):
-            pixels = tf.gather(colours, i % classes)[:, None, None, :] + tf.gather(noise, (i // classes) % len(tables.noise))
-            return tf.cast(tf.clip_by_value(pixels, 0, 255), tf.uint8), tf.cast(i % classes, tf.int32)
+            images = tf.gather(noise, (i // classes) % len(tables.noise))
+            images = tf.reshape(images, (-1, shape[0], shape[1] * shape[2])) + tf.gather(rows, i % classes)[:, None, :]
+            return tf.reshape(images, (-1, *shape)), tf.cast(i % classes, tf.int32)
 
         ds = tf.data.Dataset.from_tensor_slices(index).batch(batch, drop_remainder=drop_remainder)
         return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -122,20 +122,17 @@ class Samples:
         self.augment = training.augment
 
     def __getitem__(self, item):
-        import numpy as np
         import torch
 
         index, flip, box = item
         if isinstance(box, tuple):
             draw, area, aspect = box, self.augment.crop_area, self.augment.crop_aspect
-            image = self.source.load(index, lambda h, w: random_box(h, w, draw, area, aspect))
+            image = self.source.load(index, lambda h, w: random_box(h, w, draw, area, aspect), flip)
         elif box is not None and box < 1:
-            image = self.source.load(index, lambda h, w: central_box(h, w, box))
+            image = self.source.load(index, lambda h, w: central_box(h, w, box), flip)
         else:
-            image = self.source.load(index)
-        if flip:
-            image = image[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(image)), self.source.label(index)
+            image = self.source.load(index, None, flip)
+        return torch.from_numpy(image), self.source.label(index)
 
 
 class Plan:
@@ -169,13 +166,14 @@ class Plan:
 
 
 class SyntheticBatches:
-    """Batches of the synthetic source made on the device: one gather and one add each."""
+    """Batches of the synthetic source made on the device: one gather and one add each
+    (:class:`archc.trainkit.SyntheticTables`)."""
 
     def __init__(self, source, device):
         import torch
 
         tables = source.tables()
-        self.colours = torch.as_tensor(tables.colours, device=device)
+        self.rows = torch.as_tensor(tables.rows, device=device)
         self.noise = torch.as_tensor(tables.noise, device=device)
         self.device = device
 
@@ -183,9 +181,10 @@ class SyntheticBatches:
         import torch
 
         index = torch.as_tensor(index, device=self.device)
-        classes = len(self.colours)
-        pixels = self.colours[index % classes][:, None, None, :] + self.noise[(index // classes) % len(self.noise)]
-        return pixels.clamp_(0, 255).to(torch.uint8), index % classes
+        labels = index % len(self.rows)
+        images = self.noise.index_select(0, (index // len(self.rows)) % len(self.noise))
+        images.view(len(index), images.shape[1], -1).add_(self.rows.index_select(0, labels)[:, None, :])
+        return images, labels
 
     def stream(self, batches):
         return (self(index) for index in batches)
