@@ -462,15 +462,14 @@ def _run(config, job, torch, F, DistributedDataParallel) -> None:
         meter.add(schedule.global_batch)
         end_of_epoch = step % schedule.steps_per_epoch == 0
         if step % config.log_every == 0 or step == total:
-            job.all_sum(window)
-            rate, elapsed = meter.report()
+            loss_sum, steps_summed = job.all_sum(window).tolist()  # the one host sync, every --log-every steps
+            rate, elapsed = meter.report()  # after the sync: the window's work is done
             if log is not None:
-                loss_mean = float(window[0] / window[1])
                 log.train(
                     step,
                     step / schedule.steps_per_epoch,
                     step * schedule.global_batch,
-                    loss_mean,
+                    loss_sum / steps_summed,
                     schedule.learning_rate(step - 1),
                     rate,
                     elapsed,
