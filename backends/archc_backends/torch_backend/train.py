@@ -17,9 +17,9 @@ The recipe, made explicit (the same numbers as the Keras trainer, see archc.trai
   so the kernels' parameter group gets ``weight_decay = 2 * wd``;
 - learning rate: ``LambdaLR`` stepping once per optimizer step, the step's rate from
   :func:`archc.training.learning_rate_at`;
-- EMA (Polyak averaging): ``torch.optim.swa_utils.AveragedModel`` with
-  ``get_ema_multi_avg_fn(decay)`` over the parameters (the first update copies them);
-  evaluation and ``final_ema.pt`` use it with the live BN statistics;
+- EMA (Polyak averaging): :class:`WarmEMA` over the parameters, from the initial weights,
+  with the warm-up of :func:`archc.training.ema_decay_at`; evaluation and
+  ``final_ema.pt`` use it with the live BN statistics;
 - BN running statistics: DDP broadcasts rank 0's before every forward; before every
   checkpoint, evaluation and at the end they are averaged over the ranks (as the Keras
   trainer does), so that every rank holds the same model.
@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 from archc.errors import UserError
+from archc.training import ema_decay_at
 from archc.trainkit import (
     SYNTHETIC,
     MetricLog,
@@ -178,9 +179,12 @@ class SyntheticBatches:
         self.device = device
 
     def __call__(self, index):
+        import numpy as np
         import torch
 
-        index = torch.as_tensor(index, device=self.device)
+        index = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        if self.device.type == "cuda":  # pinned: the copy does not wait for the GPU
+            index = index.pin_memory().to(self.device, non_blocking=True)
         labels = index % len(self.rows)
         images = self.noise.index_select(0, (index // len(self.rows)) % len(self.noise))
         images.view(len(index), images.shape[1], -1).add_(self.rows.index_select(0, labels)[:, None, :])
@@ -254,26 +258,40 @@ def make_scheduler(optimizer, schedule: Schedule):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.learning_rate(step) / initial)
 
 
+class WarmEMA:
+    """The EMA of the trainable weights with the warm-up of
+    :func:`archc.training.ema_decay_at`, starting from the initial weights.
+
+    Not ``torch.optim.swa_utils.AveragedModel``: its update reads its step counter from a
+    tensor, which costs a host-device sync every step (a blocking copy of the CPU counter,
+    or a read of a GPU one). Here the counter is a Python int and the update one
+    ``torch._foreach_lerp_`` with a Python weight: nothing waits for the GPU."""
+
+    def __init__(self, decay: float, model):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.updates = 0
+
+    def update_parameters(self, model) -> None:
+        import torch
+
+        self.updates += 1
+        keep = ema_decay_at(self.decay, self.updates)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()], 1.0 - keep)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
 def make_ema(training, model):
-    """``AveragedModel`` with the warm-up of :func:`archc.training.ema_decay_at`, computed on
-    the device from its update counter (no host sync). Its counter starts at 1: the initial
-    weights are the first average, and the update after step ``t`` sees ``n_averaged == t``."""
-    if training.ema is None:
-        return None
-    import torch
-    from torch.optim.swa_utils import AveragedModel
-
-    decay = training.ema.decay
-
-    def warm_ema(averages, current, n_averaged):
-        step = n_averaged.to(torch.float32)
-        keep = torch.clamp((1 + step) / (10 + step), max=decay)  # archc.training.ema_decay_at
-        torch._foreach_mul_(averages, keep)
-        torch._foreach_add_(averages, torch._foreach_mul(current, 1 - keep))
-
-    ema = AveragedModel(model, multi_avg_fn=warm_ema, use_buffers=False)
-    ema.n_averaged.fill_(1)
-    return ema
+    return WarmEMA(training.ema.decay, model) if training.ema is not None else None
 
 
 def average_buffers(model, job: Distributed) -> None:
