@@ -68,7 +68,7 @@ def render(spec: Path, tmp_path: Path, overrides=None, size=None):
 @pytest.mark.parametrize("path", GENERATED, ids=lambda p: p.stem)
 def test_generated_models_pass_weight_and_bias_together(path, batch_norm_calls):
     module = BACKEND.load(path)
-    run_both_modes(module.create_model(), module.INPUT_SIZE)
+    run_both_modes(module.create_model(), module.INPUT_SIZE, batch=1)
     assert batch_norm_calls and all(weight == bias for weight, bias in batch_norm_calls), set(batch_norm_calls)
 
 
