@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test generated docs fuzz bench clean
+.PHONY: install run test generated docs fuzz bench digits clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,17 @@ bench: install .venv-bench/.installed  ## generated models vs timm/torchvision/k
 	.venv-bench/bin/python benchmarks/bench_torch.py --wait-idle 300
 	$(BIN)/python benchmarks/bench_keras.py --wait-idle 300
 	$(BIN)/python benchmarks/bench_compile.py
+
+# A real data set learned (long: tens of minutes per backend on a few CPU cores; not CI):
+# scikit-learn's digits as PNG folders, Xception trained on them with both trainers.
+DIGITS_TRAIN = specs/xception.yaml -p middle_repeats=1 -p classes=10 --image-size 71 --epochs 10 --no-augment --no-resume \
+	--data runs/digits/data/train --val-data runs/digits/data/val --log-every 11
+digits: install  ## Xception learns scikit-learn's digits (>= 95% validation top-1) with both backends
+	$(BIN)/python -m pip install --quiet -e '.[digits]'
+	rm -rf runs/digits/data && $(BIN)/python benchmarks/digits.py runs/digits/data
+	$(BIN)/archc train $(DIGITS_TRAIN) --backend torch -o runs/digits/torch
+	$(BIN)/archc train $(DIGITS_TRAIN) --backend keras -o runs/digits/keras
+	tail -n 3 runs/digits/torch/eval.csv runs/digits/keras/eval.csv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

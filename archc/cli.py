@@ -253,8 +253,8 @@ def variants(spec, sweeps, params, out_dir, plot_file):
     help="torch memory format (auto: on GPU).",
 )
 @click.option("--loader-workers", type=click.IntRange(min=0), help="Data-loading processes per replica (default: 4 on GPU, 0 on CPU).")
-@click.option("--no-augment", is_flag=True, help="No random horizontal flips of the training images.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights, the data order and the flips.")
+@click.option("--no-augment", is_flag=True, help="No random crops or flips of the training images (the recipe's augment:).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights, the data order, the crops and the flips.")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),

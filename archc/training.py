@@ -47,9 +47,32 @@ class LearningRate(_Strict):
 
 
 class EMA(_Strict):
-    """Polyak averaging: an exponential moving average of the weights, used to evaluate."""
+    """Polyak averaging: an exponential moving average of the weights, used to evaluate,
+    with TensorFlow's warm-up (:func:`ema_decay_at`)."""
 
     decay: Annotated[float, Field(gt=0, lt=1)] = 0.9999
+
+
+class Augment(_Strict):
+    """Inception-style augmentation (Szegedy et al. 2015, "Going deeper with convolutions",
+    section 6; torchvision's RandomResizedCrop and timm use the same defaults): train on a
+    random box of ``crop_area`` of the image's area (uniform) and aspect ratio in
+    ``crop_aspect`` (log-uniform), resized to the input, flipped left-right at random;
+    evaluate on the central ``eval_crop`` of each side (0.875, TF-slim's Inception
+    evaluation), resized to the input."""
+
+    crop_area: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.08, 1.0)
+    crop_aspect: tuple[Positive, Positive] = (3 / 4, 4 / 3)
+    flip: Annotated[bool, Field(strict=True)] = True
+    eval_crop: Annotated[float, Field(gt=0, le=1)] = 0.875
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        for name in ("crop_area", "crop_aspect"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name}: expected [low, high] with low <= high, found [{low}, {high}]")
+        return self
 
 
 class Training(_Strict):
@@ -61,6 +84,7 @@ class Training(_Strict):
     batch_size: Annotated[int, Field(strict=True, ge=1)]  # per replica (process / device)
     epochs: Annotated[float, Field(gt=0)]
     ema: EMA | None = None
+    augment: Augment | None = None  # None: the whole image resized, random flips (train); resized (eval)
 
 
 # -- the recipe as numbers: what both trainers compute, with no framework --------------------
@@ -90,3 +114,13 @@ def learning_rate_at(lr: LearningRate, samples_seen: float, samples_per_epoch: f
     if lr.warmup_epochs > 0:
         rate *= min(1.0, (samples_seen + batch) / (lr.warmup_epochs * samples_per_epoch))
     return rate
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA decay of the update after optimizer step ``step`` (1, 2, ...):
+    ``min(decay, (1 + step) / (10 + step))``, ``tf.train.ExponentialMovingAverage``'s
+    ``num_updates`` warm-up that the Inception and Xception TensorFlow recipes use. The
+    average starts from the initial weights; early on it follows the weights closely, so
+    evaluating it means something at any step, and it reaches ``decay`` after
+    ``(10 * decay - 1) / (1 - decay)`` steps (89,990 for 0.9999)."""
+    return min(decay, (1 + step) / (10 + step))

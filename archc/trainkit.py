@@ -62,7 +62,7 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32
     channels_last: str = "auto"  # torch: auto (on GPU), on, off
     loader_workers: int | None = None  # data-loading processes per replica; None: 4 on GPU, 0 on CPU
-    augment: bool = True  # random horizontal flips (image folders only)
+    augment: bool = True  # the recipe's random crops and flips (image folders only)
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
 
@@ -174,8 +174,9 @@ def prepare(config: RunConfig) -> Prepared:
 class DataSource:
     """An image folder (``files``, ``labels``, ``class_names``) or the synthetic source.
 
-    ``load(i)`` returns sample ``i`` as (uint8 array height x width x channels, label), resized to
-    the network's input."""
+    ``load(i, box, flip)`` returns image ``i`` of a folder as uint8 height x width x
+    channels: the region ``box`` picks (the whole image when ``None``) resized to the
+    network's input, flipped left-right when ``flip``. The synthetic source makes whole batches at once (:class:`SyntheticTables`)."""
 
     kind: str  # "folder" or "synthetic"
     size: int
@@ -188,10 +189,14 @@ class DataSource:
     class_names: list[str] = field(default_factory=list)
     seed: int = 0
 
-    def load(self, index: int):
-        if self.kind == SYNTHETIC:
-            return synthetic_image(index, self.classes, self.height, self.width, self.channels, self.seed), index % self.classes
-        return load_image(self.files[index], self.height, self.width, self.channels), self.labels[index]
+    def load(self, index: int, box: Box | None = None, flip: bool = False):
+        return load_image(self.files[index], self.height, self.width, self.channels, box, flip)
+
+    def label(self, index: int) -> int:
+        return index % self.classes if self.kind == SYNTHETIC else self.labels[index]
+
+    def tables(self) -> SyntheticTables:
+        return SyntheticTables.make(self.classes, self.height, self.width, self.channels, self.seed)
 
     def describe(self) -> str:
         if self.kind == SYNTHETIC:
@@ -239,36 +244,108 @@ def scan_image_folder(root: str | Path, option: str = "--data") -> tuple[list[st
     return names, files, labels
 
 
-def load_image(path: str, height: int, width: int, channels: int = 3):
-    """A JPEG/PNG file as uint8 height x width x channels, resized (bilinear) to the input."""
+# -- augmentation: the same boxes in both trainers ---------------------------------------------
+
+#: A crop box of an image of (height, width): (top, left, box height, box width).
+Box = Callable[[int, int], tuple[int, int, int, int]]
+
+
+def crop_draws(size: int, epoch: int, seed: int):
+    """Four uniform numbers in [0, 1) per sample of ``epoch``: the random crop's area, aspect
+    ratio, top and left (:func:`random_box`). Drawn once per epoch for the whole data set,
+    so the trainers pass the same numbers whatever sample a replica or worker loads."""
+    import numpy as np
+
+    return np.random.default_rng([seed, 4, epoch]).random((size, 4))
+
+
+def random_box(height: int, width: int, draw: Sequence[float], area: Sequence[float], aspect: Sequence[float]) -> tuple[int, int, int, int]:
+    """The Inception-style crop of an image of ``height`` x ``width`` for the numbers ``draw``
+    (:func:`crop_draws`): area a fraction of the image's uniform in ``area``, aspect ratio
+    (width / height) log-uniform in ``aspect``, position uniform. A box wider or taller than
+    the image is scaled down to fit, keeping its aspect ratio (torchvision redraws it up to
+    ten times instead). The Keras trainer computes the same numbers with TensorFlow ops
+    (float64, the same roundings); a test checks they agree."""
+    fraction = area[0] + draw[0] * (area[1] - area[0])
+    log_low, log_high = math.log(aspect[0]), math.log(aspect[1])
+    ratio = math.exp(log_low + draw[1] * (log_high - log_low))
+    pixels = fraction * height * width
+    w, h = math.sqrt(pixels * ratio), math.sqrt(pixels / ratio)
+    fit = min(1.0, width / w, height / h)
+    w = min(width, max(1, round(w * fit)))
+    h = min(height, max(1, round(h * fit)))
+    return math.floor(draw[2] * (height - h + 1)), math.floor(draw[3] * (width - w + 1)), h, w
+
+
+def central_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
+    """The central ``fraction`` of each side, as ``tf.image.central_crop`` computes it."""
+    top, left = int((height - height * fraction) / 2), int((width - width * fraction) / 2)
+    return top, left, height - 2 * top, width - 2 * left
+
+
+def load_image(path: str, height: int, width: int, channels: int = 3, box: Box | None = None, flip: bool = False):
+    """A JPEG/PNG file as uint8 height x width x channels: the region ``box`` picks (the
+    whole image when ``None``) resized (bilinear, antialiased) to the input, flipped
+    left-right when ``flip``.
+
+    JPEGs are decoded at reduced size where the region allows (libjpeg's DCT scaling by
+    1/2, 1/4 or 1/8, Pillow's ``draft``), and the resize reduces by whole factors first
+    (``reducing_gap``): large photos cost little more than small ones."""
     import numpy as np
     from PIL import Image
 
+    mode = "L" if channels == 1 else "RGB"
     with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
+        full_w, full_h = img.size
+        top, left, h, w = box(full_h, full_w) if box is not None else (0, 0, full_h, full_w)
+        img.draft(mode, (math.ceil(full_w * width / w), math.ceil(full_h * height / h)))  # no-op for PNG
+        sx, sy = full_w / img.size[0], full_h / img.size[1]
+        if img.mode != mode:
+            img = img.convert(mode)
+        region = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
+        if img.size != (width, height) or region != (0, 0, width, height):
+            img = img.resize((width, height), Image.BILINEAR, box=region, reducing_gap=3.0)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        array = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
     return array[:, :, None] if channels == 1 else array
 
 
-def synthetic_image(index: int, classes: int, height: int, width: int, channels: int, seed: int = 0):
-    """Sample ``index`` of the synthetic source: label ``index % classes``; a colour of its
-    class (the same for every seed) plus noise deterministic in (seed, index), so that a
-    smoke run can learn it and a validation source (another seed) holds other samples."""
-    import numpy as np
+# -- the synthetic source ----------------------------------------------------------------------
 
-    label = index % classes
-    colour = np.random.default_rng([0, label]).integers(40, 216, size=channels)
-    noise = np.random.default_rng([seed, 1, index]).integers(-40, 41, size=(height, width, channels))
-    return np.clip(colour[None, None, :] + noise, 0, 255).astype(np.uint8)
+SYNTHETIC_POOL = 16  # noise images per source
 
 
-def to_unit_range(images):
-    """uint8 pixels -> float32 in [-1, 1], the Inception/Xception preprocessing."""
-    import numpy as np
+@dataclass(frozen=True)
+class SyntheticTables:
+    """The synthetic source as two small uint8 tables, so that a trainer makes a whole
+    batch with one gather and one add, on its device: sample ``i`` has label ``i % classes``
+    and is ``noise[(i // classes) % SYNTHETIC_POOL]`` plus, on every pixel, the colour of
+    its class (``rows[i % classes]``: the colour repeated along an image row, so the add
+    runs over contiguous rows). Colours 40..215 (stored less 40) plus noise -40..40 (stored
+    plus 40) never pass 255: uint8 adds without clipping. The colours are the same for
+    every seed (a smoke run can learn them); the noise depends on the seed (a validation
+    source, another seed, holds other samples)."""
 
-    return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+    rows: Any  # uint8 classes x (width * channels)
+    noise: Any  # uint8 SYNTHETIC_POOL x height x width x channels
+
+    @classmethod
+    def make(cls, classes: int, height: int, width: int, channels: int, seed: int) -> SyntheticTables:
+        import numpy as np
+
+        colours = np.stack([np.random.default_rng([0, label]).integers(40, 216, size=channels) for label in range(classes)])
+        noise = np.random.default_rng([seed, 1]).integers(-40, 41, size=(SYNTHETIC_POOL, height, width, channels))
+        return cls(np.tile(colours - 40, (1, width)).astype(np.uint8), (noise + 40).astype(np.uint8))
+
+    def batch(self, index):
+        """uint8 images of samples ``index`` (numpy; the trainers do the same with their ops)."""
+        import numpy as np
+
+        index = np.asarray(index)
+        images = self.noise[(index // len(self.rows)) % SYNTHETIC_POOL]
+        images.reshape(len(index), images.shape[1], -1)[:] += self.rows[index % len(self.rows)][:, None, :]
+        return images
 
 
 # -- steps: what each replica sees -------------------------------------------------------------
@@ -332,6 +409,25 @@ def flips(size: int, epoch: int, seed: int):
     import numpy as np
 
     return np.random.default_rng([seed, 3, epoch]).random(size) < 0.5
+
+
+def epoch_augmentation(training: Training, source: DataSource, epoch: int, seed: int, enabled: bool = True):
+    """(flips, crop draws) of ``epoch`` for the training images: a bool per sample (flip
+    left-right) and the (size, 4) numbers of :func:`random_box`, or ``None`` where the recipe
+    (``augment:``) or ``--no-augment`` leaves it out. A recipe without ``augment:`` flips
+    and resizes the whole image; the synthetic source is never augmented."""
+    import numpy as np
+
+    augment = training.augment
+    if not enabled or source.kind == SYNTHETIC:
+        return np.zeros(source.size, bool), None
+    flipped = flips(source.size, epoch, seed) if augment is None or augment.flip else np.zeros(source.size, bool)
+    return flipped, (crop_draws(source.size, epoch, seed) if augment is not None else None)
+
+
+def eval_fraction(training: Training) -> float:
+    """The central fraction of each side evaluated: the recipe's ``eval_crop`` (1: all)."""
+    return training.augment.eval_crop if training.augment is not None else 1.0
 
 
 # -- files: checkpoints, metrics, digests ------------------------------------------------------

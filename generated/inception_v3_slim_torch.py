@@ -89,12 +89,26 @@ def conv2d(in_channels, out_channels, kernel_size, stride=1, padding="valid", **
 
 class KerasBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d with Keras's ``center`` (beta) and ``scale`` (gamma) chosen
-    separately: torch's ``affine`` has both or neither, Keras exactly the ones asked."""
+    separately: torch's ``affine`` has both or neither, Keras exactly the ones asked.
+
+    CUDA's batch norm takes a weight and a bias or neither, so with only one of them the
+    other is passed as its constant (gamma 1 or beta 0): a buffer outside the state_dict,
+    which changes no value and no parameter."""
 
     def __init__(self, num_features, eps, momentum, center=True, scale=True):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=False)
         self.weight = nn.Parameter(torch.ones(num_features)) if scale else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if center else None
+        self.register_buffer("unit_weight", torch.ones(num_features) if center and not scale else None, persistent=False)
+        self.register_buffer("zero_bias", torch.zeros(num_features) if scale and not center else None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        weight = self.weight if self.weight is not None else self.unit_weight
+        bias = self.bias if self.bias is not None else self.zero_bias
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, self.momentum, self.eps)
 
 
 class Branches(nn.ModuleDict):

@@ -20,6 +20,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
 pytest.importorskip("PIL")
 
+from events import check_against_csv  # noqa: E402
 from imagefolder import make_image_folder  # noqa: E402
 
 from archc.training import LearningRate, learning_rate_at  # noqa: E402
@@ -115,6 +116,7 @@ def test_two_multiworker_mirrored_workers_stay_identical_and_learn(tmp_path):
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4, losses
     evals = list(csv.DictReader(open(out / "eval.csv")))
     assert [(e["step"], e["weights"], e["samples"]) for e in evals] == [("6", "ema", "48"), ("12", "ema", "48")]
+    check_against_csv(out / "tensorboard", rows, evals)  # TensorBoard holds the same numbers
 
     import keras
 

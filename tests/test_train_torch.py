@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("PIL")
 
+from events import check_against_csv  # noqa: E402
 from imagefolder import make_image_folder  # noqa: E402
 
 from archc.training import LearningRate, learning_rate_at  # noqa: E402
@@ -59,6 +60,7 @@ def test_two_process_torchrun_keeps_replicas_identical_and_learns(tmp_path):
     assert all(float(r["images_per_s"]) > 0 for r in rows)
     evals = list(csv.DictReader(open(out / "eval.csv")))  # after each epoch, on both ranks' shards
     assert [(e["step"], e["weights"], e["samples"]) for e in evals] == [("6", "ema", "48"), ("12", "ema", "48")]
+    check_against_csv(out / "tensorboard", rows, evals)  # TensorBoard holds the same numbers
 
     run = json.loads((out / "run.json").read_text())
     assert run["replicas"] == 2 and run["global_batch"] == 8 and run["engine"] == "torch/ddp"

@@ -13,18 +13,22 @@ from click.testing import CliRunner
 
 from archc.cli import main
 from archc.errors import UserError
-from archc.training import LearningRate, Optimizer, Training, learning_rate_at
+from archc.training import Augment, LearningRate, Optimizer, Training, ema_decay_at, learning_rate_at
 from archc.trainkit import (
     MetricLog,
     RunConfig,
     Schedule,
+    SyntheticTables,
     atomic_write,
+    central_box,
     compile_model,
+    crop_draws,
     epoch_order,
+    load_image,
     parse_image_size,
+    random_box,
     replica_indices,
     scan_image_folder,
-    synthetic_image,
 )
 
 ROOT = Path(__file__).parents[1]
@@ -115,12 +119,48 @@ def test_image_folder_listing(tmp_path):
 
 
 def test_synthetic_source_is_deterministic_and_learnable():
-    a = synthetic_image(5, 4, 8, 8, 3, seed=0)
-    assert a.dtype == np.uint8 and a.shape == (8, 8, 3)
-    assert (a == synthetic_image(5, 4, 8, 8, 3, seed=0)).all()
-    same_class = [synthetic_image(i, 4, 8, 8, 3).mean(axis=(0, 1)) for i in (1, 5, 9)]
-    other = synthetic_image(2, 4, 8, 8, 3).mean(axis=(0, 1))
+    tables = SyntheticTables.make(4, 8, 8, 3, seed=0)
+    a = tables.batch([5, 1, 2])
+    assert a.dtype == np.uint8 and a.shape == (3, 8, 8, 3)
+    assert (a == SyntheticTables.make(4, 8, 8, 3, seed=0).batch([5, 1, 2])).all()
+    assert (a[0] != SyntheticTables.make(4, 8, 8, 3, seed=1).batch([5])[0]).any()  # another seed, other samples
+    same_class = [m.mean(axis=(0, 1)) for m in tables.batch([1, 5, 9])]
+    other = tables.batch([2])[0].mean(axis=(0, 1))
     assert max(np.abs(c - same_class[0]).max() for c in same_class) < np.abs(other - same_class[0]).max()
+
+
+def test_inception_crop_boxes_are_seeded_and_follow_the_recipe():
+    augment = Augment()
+    assert (augment.crop_area, augment.crop_aspect, augment.eval_crop) == ((0.08, 1.0), (0.75, 4 / 3), 0.875)
+    draws = crop_draws(2000, epoch=3, seed=7)
+    assert (draws == crop_draws(2000, epoch=3, seed=7)).all() and not (draws == crop_draws(2000, epoch=4, seed=7)).all()
+    boxes = np.array([random_box(375, 500, d, augment.crop_area, augment.crop_aspect) for d in draws])
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 375).all() and (left + w <= 500).all()
+    area, aspect = h * w / (375 * 500), w / h
+    assert area.min() > 0.075 and area.max() <= 1 and aspect.min() > 0.74 and aspect.max() < 1.35
+    assert 0.45 < area.mean() < 0.6  # uniform over [0.08, 1] but for the boxes shrunk to fit
+    assert abs(np.log(aspect).mean()) < 0.02 and len({tuple(b) for b in boxes}) > 1900  # log-uniform, centred on square
+    assert central_box(375, 500, 0.875) == (23, 31, 329, 438) and central_box(8, 8, 0.875) == (0, 0, 8, 8)
+
+
+def test_load_image_crops_then_resizes_with_reduced_size_decode(tmp_path):
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:600, 0:800]
+    Image.fromarray(np.stack([xx * 255 // 799, yy * 255 // 599, np.zeros_like(xx)], -1).astype(np.uint8)).save(
+        tmp_path / "g.jpg", quality=95
+    )
+    whole = load_image(str(tmp_path / "g.jpg"), 60, 80)
+    assert whole.shape == (60, 80, 3) and whole.flags.writeable
+    right_half = load_image(str(tmp_path / "g.jpg"), 60, 40, box=lambda h, w: (0, w // 2, h, w // 2))
+    assert abs(int(right_half[:, 0, 0].mean()) - 128) < 6 and abs(int(right_half[:, -1, 0].mean()) - 252) < 6  # red: x
+    assert abs(int(right_half[0, :, 1].mean()) - 2) < 6 and abs(int(right_half[-1, :, 1].mean()) - 253) < 6  # green: y
+
+
+def test_ema_warm_up_follows_tensorflows_num_updates():
+    assert ema_decay_at(0.9999, 1) == 2 / 11 and ema_decay_at(0.9999, 90) == 0.91
+    assert ema_decay_at(0.9999, 89_990) == pytest.approx(0.9999) and ema_decay_at(0.9999, 10**6) == 0.9999
 
 
 def test_image_size_and_recipe_overrides():

@@ -30,6 +30,7 @@ checkpoint to resume, so OUT must be on storage all hosts share.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -45,13 +46,13 @@ from archc.trainkit import (
     check_resumable,
     checkpoint_path,
     digest,
+    epoch_augmentation,
     epoch_order,
-    flips,
+    eval_fraction,
     prepare,
     remove_stale_temporaries,
     run_info,
     run_signature,
-    synthetic_image,
     write_json,
 )
 
@@ -138,14 +139,42 @@ def make_schedule(schedule: Schedule):
     )
 
 
+def warm_ema(optimizer_class):
+    """``optimizer_class`` whose EMA (``use_ema``) has the warm-up of
+    :func:`archc.training.ema_decay_at`: Keras' own update uses ``ema_momentum`` from the
+    second step on. The update runs before the step counter moves, so the step done is
+    ``iterations + 1``; the averages start from the initial weights (:func:`start_ema`)."""
+
+    class WarmEMA(optimizer_class):
+        def _update_model_variables_moving_average(self, trainable_variables):
+            from keras import ops
+
+            step = ops.cast(self.iterations + 1, "float32")
+            keep = ops.minimum(self.ema_momentum, (1 + step) / (10 + step))
+            for var, average in zip(trainable_variables, self._model_variables_moving_average):
+                if average is not None:
+                    average.assign(keep * average + (1 - keep) * var)
+
+    WarmEMA.__name__ = WarmEMA.__qualname__ = f"WarmEMA{optimizer_class.__name__}"
+    return WarmEMA
+
+
 def make_optimizer(training, learning_rate):
     import keras
 
     opt = training.optimizer
     ema = {"use_ema": training.ema is not None, "ema_momentum": training.ema.decay if training.ema else 0.99}
     if opt.kind == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=opt.momentum, nesterov=opt.nesterov, **ema)
-    return keras.optimizers.RMSprop(learning_rate=learning_rate, rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon, **ema)
+        return warm_ema(keras.optimizers.SGD)(learning_rate=learning_rate, momentum=opt.momentum, nesterov=opt.nesterov, **ema)
+    return warm_ema(keras.optimizers.RMSprop)(learning_rate=learning_rate, rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon, **ema)
+
+
+def start_ema(model, optimizer) -> None:
+    """The EMA starts from the initial weights (Keras' starts from zeros and copies the
+    weights at the first step)."""
+    if optimizer.use_ema:
+        for var, average in zip(model.trainable_variables, optimizer._model_variables_moving_average):
+            average.assign(var)
 
 
 def is_kernel(variable) -> bool:
@@ -153,39 +182,103 @@ def is_kernel(variable) -> bool:
     return len(variable.shape) >= 2
 
 
-def _samples(tf, source, index, flipped):
-    """Samples ``index`` of ``source`` (flipped left-right where ``flipped``) as a tf.data
-    pipeline of (image in [-1, 1], label), in order."""
-    ds = tf.data.Dataset.from_tensor_slices((index, flipped))
+def tf_random_box(tf, height, width, draw, area, aspect):
+    """:func:`archc.trainkit.random_box` in TensorFlow ops, the same float64 arithmetic and
+    roundings (half to even): the same boxes as the torch trainer for the same draws."""
+    h_full, w_full = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    draw = tf.cast(draw, tf.float64)
+    fraction = area[0] + draw[0] * (area[1] - area[0])
+    log_low, log_high = math.log(aspect[0]), math.log(aspect[1])
+    ratio = tf.exp(log_low + draw[1] * (log_high - log_low))
+    pixels = fraction * h_full * w_full
+    w, h = tf.sqrt(pixels * ratio), tf.sqrt(pixels / ratio)
+    one = tf.constant(1.0, tf.float64)
+    fit = tf.minimum(tf.minimum(one, w_full / w), h_full / h)
+    w = tf.minimum(w_full, tf.maximum(one, tf.round(w * fit)))
+    h = tf.minimum(h_full, tf.maximum(one, tf.round(h * fit)))
+    top, left = tf.floor(draw[2] * (h_full - h + 1)), tf.floor(draw[3] * (w_full - w + 1))
+    return tf.cast(tf.stack([top, left, h, w]), tf.int32)
+
+
+def tf_central_box(tf, height, width, fraction):
+    """:func:`archc.trainkit.central_box` (``tf.image.central_crop``'s box) in TensorFlow ops."""
+    size = tf.cast(tf.stack([height, width]), tf.float64)
+    start = tf.cast((size - size * fraction) / 2, tf.int32)
+    return tf.concat([start, tf.stack([height, width]) - 2 * start], 0)
+
+
+def _images(tf, source, training, index, flipped, draws, fraction):
+    """Images ``index`` of a folder as a tf.data pipeline of (uint8 image, label), in order:
+    the random crop of ``draws`` (training) or the central ``fraction`` (evaluation; 1: the
+    whole image), resized (bilinear, antialiased) to the input, flipped where ``flipped``.
+    JPEGs are decoded only inside the box (``decode_and_crop_jpeg``)."""
+    import numpy as np
+
     h, w, c = source.height, source.width, source.channels
+    files = tf.constant(source.files)
+    labels = tf.constant(source.labels, tf.int32)
+    augment = training.augment
+    crop = draws is not None and augment is not None
+    draws = np.zeros((len(index), 4)) if draws is None else draws
+
+    def box_of(size, draw):
+        if crop and fraction is None:
+            return tf_random_box(tf, size[0], size[1], draw, augment.crop_area, augment.crop_aspect)
+        return tf_central_box(tf, size[0], size[1], 1.0 if fraction is None else fraction)
+
+    def load(i, flip, draw):
+        data = tf.io.read_file(tf.gather(files, i))
+
+        def jpeg():
+            box = box_of(tf.io.extract_jpeg_shape(data)[:2], draw)
+            return tf.io.decode_and_crop_jpeg(data, box, channels=c)
+
+        def other():
+            image = tf.io.decode_image(data, channels=c, expand_animations=False)
+            top, left, bh, bw = tf.unstack(box_of(tf.shape(image)[:2], draw))
+            return image[top : top + bh, left : left + bw]
+
+        image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+        image.set_shape((None, None, c))
+        shrink = tf.reduce_any(tf.shape(image)[:2] > (h, w))  # antialiasing matters (and costs) only when shrinking
+        image = tf.cond(
+            shrink,
+            lambda: tf.image.resize(image, (h, w), method="bilinear", antialias=True),
+            lambda: tf.image.resize(image, (h, w), method="bilinear"),
+        )
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+        return image, tf.gather(labels, i)
+
+    ds = tf.data.Dataset.from_tensor_slices((index, flipped, draws))
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _batches(tf, source, training, index, flipped, draws, batch, drop_remainder, fraction=None):
+    """Batches of (uint8 images, labels): a folder's images, or synthetic ones made a whole
+    batch at a time from two small tables (one gather and one add)."""
     if source.kind == SYNTHETIC:
+        tables = source.tables()
+        rows, noise = tf.constant(tables.rows), tf.constant(tables.noise)
+        classes, shape = len(tables.rows), (source.height, source.width, source.channels)
 
         def make(i):
-            return synthetic_image(int(i), source.classes, h, w, c, source.seed)
+            images = tf.gather(noise, (i // classes) % len(tables.noise))
+            images = tf.reshape(images, (-1, shape[0], shape[1] * shape[2])) + tf.gather(rows, i % classes)[:, None, :]
+            return tf.reshape(images, (-1, *shape)), tf.cast(i % classes, tf.int32)
 
-        def load(i, f):
-            image = tf.numpy_function(make, [i], tf.uint8, stateful=False)
-            image.set_shape((h, w, c))
-            return image, tf.cast(i % source.classes, tf.int32), f
-
-    else:
-        files = tf.constant(source.files)
-        labels = tf.constant(source.labels, tf.int32)
-
-        def load(i, f):
-            image = tf.io.decode_image(tf.io.read_file(tf.gather(files, i)), channels=c, expand_animations=False)
-            image.set_shape((None, None, c))
-            return image, tf.gather(labels, i), f
-
-    def finish(image, label, f):
-        image = tf.image.resize(tf.cast(image, tf.float32), (h, w), method="bilinear", antialias=True)
-        image = tf.cond(f, lambda: tf.image.flip_left_right(image), lambda: image)
-        return image / 127.5 - 1.0, label
-
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.from_tensor_slices(index).batch(batch, drop_remainder=drop_remainder)
+        return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = _images(tf, source, training, index, flipped, draws, fraction)
+    return ds.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def train_pipeline(tf, source, order, flip, steps, skip, batch, replicas_here, first_replica, global_batch, augment):
+def to_input(tf, x):
+    """uint8 images -> float32 in [-1, 1] (the Inception/Xception preprocessing), on the device."""
+    return tf.cast(x, tf.float32) / 127.5 - 1.0
+
+
+def train_pipeline(tf, source, training, order, flip, draws, steps, skip, batch, replicas_here, first_replica, global_batch):
     """One pipeline's batches of an epoch, steps ``skip..steps-1``: for each step, the
     batches of its local replicas in replica order (the strategy hands them out in turn),
     replica ``r`` taking slice ``r`` of the step's global batch (archc.trainkit)."""
@@ -197,15 +290,14 @@ def train_pipeline(tf, source, order, flip, steps, skip, batch, replicas_here, f
         for local in range(replicas_here)
     ]
     index = np.concatenate(picks).astype(np.int64) if picks else np.zeros((0,), np.int64)
-    flipped = flip[index] if (augment and source.kind != SYNTHETIC) else np.zeros(len(index), bool)
-    return _samples(tf, source, index, flipped).batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _batches(tf, source, training, index, flip[index], None if draws is None else draws[index], batch, True)
 
 
-def val_pipeline(tf, source, batch):
+def val_pipeline(tf, source, training, batch):
     import numpy as np
 
     index = np.arange(source.size, dtype=np.int64)
-    return _samples(tf, source, index, np.zeros(source.size, bool)).batch(batch).prefetch(tf.data.AUTOTUNE)
+    return _batches(tf, source, training, index, np.zeros(source.size, bool), None, batch, False, eval_fraction(training))
 
 
 def run(config: RunConfig) -> None:
@@ -233,6 +325,7 @@ def run(config: RunConfig) -> None:
         model = module.create_model()
         optimizer = make_optimizer(training, make_schedule(schedule))
         optimizer.build(model.trainable_variables)
+        start_ema(model, optimizer)
     kernels = [is_kernel(v) for v in model.trainable_variables]
     stats = [v for v in model.non_trainable_weights if "float" in str(v.dtype)]  # BN moving mean and variance
     decay = 2.0 * training.weight_decay / replicas
@@ -241,6 +334,7 @@ def run(config: RunConfig) -> None:
     global_batch = schedule.global_batch
 
     def forward_backward(x, y):
+        x = to_input(tf, x)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
             per_example = keras.losses.categorical_crossentropy(tf.one_hot(y, classes), logits, from_logits=True, label_smoothing=smoothing)
@@ -313,23 +407,24 @@ def run(config: RunConfig) -> None:
     while step < total:
         epoch, skip = divmod(step, schedule.steps_per_epoch)
         order = epoch_order(prepared.train.size, epoch, config.seed)
-        flip = flips(prepared.train.size, epoch, config.seed)
+        flip, draws = epoch_augmentation(training, prepared.train, epoch, config.seed, config.augment)
         steps_here = min(schedule.steps_per_epoch, total - epoch * schedule.steps_per_epoch)
 
-        def dataset_fn(ctx, order=order, flip=flip, skip=skip, steps_here=steps_here):
+        def dataset_fn(ctx, order=order, flip=flip, draws=draws, skip=skip, steps_here=steps_here):
             here = replicas // ctx.num_input_pipelines
             return train_pipeline(
                 tf,
                 prepared.train,
+                training,
                 order,
                 flip,
+                draws,
                 steps_here,
                 skip,
                 training.batch_size,
                 here,
                 ctx.input_pipeline_id * here,
                 global_batch,
-                config.augment,
             )
 
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -447,8 +542,8 @@ def _evaluate(tf, keras, plain: PlainCopy, model, optimizer, prepared, log, step
     ema = _ema_weights(model, optimizer)
     plain.load(ema if ema is not None else [v.numpy() for v in model.weights])
     total_loss, correct, count = 0.0, 0, 0
-    for x, y in val_pipeline(tf, prepared.val, prepared.training.batch_size):
-        logits = plain.scores(x)
+    for x, y in val_pipeline(tf, prepared.val, prepared.training, prepared.training.batch_size):
+        logits = plain.scores(to_input(tf, x))
         total_loss += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
         correct += int(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.int32)))
         count += int(tf.shape(y)[0])

@@ -17,9 +17,9 @@ The recipe, made explicit (the same numbers as the Keras trainer, see archc.trai
   so the kernels' parameter group gets ``weight_decay = 2 * wd``;
 - learning rate: ``LambdaLR`` stepping once per optimizer step, the step's rate from
   :func:`archc.training.learning_rate_at`;
-- EMA (Polyak averaging): ``torch.optim.swa_utils.AveragedModel`` with
-  ``get_ema_multi_avg_fn(decay)`` over the parameters (the first update copies them);
-  evaluation and ``final_ema.pt`` use it with the live BN statistics;
+- EMA (Polyak averaging): :class:`WarmEMA` over the parameters, from the initial weights,
+  with the warm-up of :func:`archc.training.ema_decay_at`; evaluation and
+  ``final_ema.pt`` use it with the live BN statistics;
 - BN running statistics: DDP broadcasts rank 0's before every forward; before every
   checkpoint, evaluation and at the end they are averaged over the ranks (as the Keras
   trainer does), so that every rank holds the same model.
@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 from archc.errors import UserError
+from archc.training import ema_decay_at
 from archc.trainkit import (
     SYNTHETIC,
     MetricLog,
@@ -42,17 +43,19 @@ from archc.trainkit import (
     Schedule,
     Throughput,
     atomic_write,
+    central_box,
     check_resumable,
     checkpoint_path,
     digest,
+    epoch_augmentation,
     epoch_order,
-    flips,
+    eval_fraction,
     prepare,
+    random_box,
     remove_stale_temporaries,
     replica_indices,
     run_info,
     run_signature,
-    to_unit_range,
     write_json,
 )
 
@@ -103,45 +106,125 @@ class Distributed:
 
 
 # -- data --------------------------------------------------------------------------------------
+#
+# Workers decode and resize to uint8 (Pillow, reduced-size JPEG decode); batches travel as
+# uint8 NHWC in pinned memory (a quarter of float32's bytes) and become float in [-1, 1]
+# on the device (:func:`to_input`). The synthetic source skips the loader: its batches are
+# made on the device from two small tables.
 
 
 class Samples:
-    """A map-style dataset over a DataSource: item (index, flip) -> (CHW float in [-1, 1], label)."""
+    """A map-style dataset over an image folder: item (index, flip, box) -> (uint8 HWC, label),
+    ``box`` the random crop's four numbers (:func:`archc.trainkit.random_box`), the
+    evaluation's central fraction, or ``None`` for the whole image."""
 
-    def __init__(self, source):
+    def __init__(self, source, training):
         self.source = source
+        self.augment = training.augment
 
     def __getitem__(self, item):
+        import torch
+
+        index, flip, box = item
+        if isinstance(box, tuple):
+            draw, area, aspect = box, self.augment.crop_area, self.augment.crop_aspect
+            image = self.source.load(index, lambda h, w: random_box(h, w, draw, area, aspect), flip)
+        elif box is not None and box < 1:
+            image = self.source.load(index, lambda h, w: central_box(h, w, box), flip)
+        else:
+            image = self.source.load(index, None, flip)
+        return torch.from_numpy(image), self.source.label(index)
+
+
+class Plan:
+    """This rank's training batches from step ``start`` to ``total``, epoch after epoch, made
+    lazily (an ImageNet run has millions): lists of (index, flip, crop draws) items, or of
+    indices for the synthetic source. One loader iterates the whole run, so its workers
+    live from the first step to the last."""
+
+    def __init__(self, prepared, schedule: Schedule, start: int, total: int, rank: int, augment: bool, seed: int):
+        self.prepared, self.schedule, self.start, self.total = prepared, schedule, start, total
+        self.rank, self.augment, self.seed = rank, augment, seed
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self):
+        source, schedule = self.prepared.train, self.schedule
+        per_epoch = schedule.steps_per_epoch
+        step = self.start
+        while step < self.total:
+            epoch = step // per_epoch
+            order = epoch_order(source.size, epoch, self.seed)
+            flipped, draws = epoch_augmentation(self.prepared.training, source, epoch, self.seed, self.augment)
+            for s in range(step - epoch * per_epoch, min(per_epoch, self.total - epoch * per_epoch)):
+                index = replica_indices(order, s, schedule.global_batch, schedule.batch_size, self.rank)
+                if source.kind == SYNTHETIC:
+                    yield index
+                else:
+                    yield [(int(i), bool(flipped[i]), tuple(draws[i].tolist()) if draws is not None else None) for i in index]
+                step += 1
+
+
+class SyntheticBatches:
+    """Batches of the synthetic source made on the device: one gather and one add each
+    (:class:`archc.trainkit.SyntheticTables`)."""
+
+    def __init__(self, source, device):
+        import torch
+
+        tables = source.tables()
+        self.rows = torch.as_tensor(tables.rows, device=device)
+        self.noise = torch.as_tensor(tables.noise, device=device)
+        self.device = device
+
+    def __call__(self, index):
         import numpy as np
         import torch
 
-        index, flip = item
-        image, label = self.source.load(int(index))
-        if flip:
-            image = image[:, ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(to_unit_range(image).transpose(2, 0, 1)))
-        return x, label
+        index = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        if self.device.type == "cuda":  # pinned: the copy does not wait for the GPU
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        labels = index % len(self.rows)
+        images = self.noise.index_select(0, (index // len(self.rows)) % len(self.noise))
+        images.view(len(index), images.shape[1], -1).add_(self.rows.index_select(0, labels)[:, None, :])
+        return images, labels
+
+    def stream(self, batches):
+        return (self(index) for index in batches)
 
 
-def train_batches(prepared, schedule: Schedule, epoch: int, skip: int, steps: int, rank: int, augment: bool, seed: int):
-    """This rank's (index, flip) batches of ``epoch``, steps ``skip..steps-1``."""
-    order = epoch_order(prepared.train.size, epoch, seed)
-    flipped = flips(prepared.train.size, epoch, seed) if augment and prepared.train.kind != SYNTHETIC else None
-    out = []
-    for step in range(skip, steps):
-        index = replica_indices(order, step, schedule.global_batch, schedule.batch_size, rank)
-        out.append([(int(i), bool(flipped[i]) if flipped is not None else False) for i in index])
-    return out
-
-
-def loader(source, batches, workers: int, pin: bool):
+def loader(source, training, batches, workers: int, pin: bool):
     import torch
 
     # its own generator: making an iterator would otherwise draw from the global RNG (which
     # drives dropout), and a resumed run makes one more iterator than an uninterrupted one
     return torch.utils.data.DataLoader(
-        Samples(source), batch_sampler=batches, num_workers=workers, pin_memory=pin, generator=torch.Generator().manual_seed(0)
+        Samples(source, training),
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(0),
     )
+
+
+def to_input(x, memory_format):
+    """uint8 NHWC on the device -> float32 NCHW in [-1, 1] (the Inception/Xception
+    preprocessing) in ``memory_format``: NHWC is channels_last already."""
+    import torch
+
+    return (x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0).contiguous(memory_format=memory_format)
+
+
+def eval_batches(prepared, rank: int, world: int):
+    """This rank's evaluation batches: every ``world``-th image, the recipe's central crop."""
+    source, batch = prepared.val, prepared.training.batch_size
+    mine = list(range(rank, source.size, world))
+    if source.kind == SYNTHETIC:
+        return [mine[k : k + batch] for k in range(0, len(mine), batch)]
+    fraction = eval_fraction(prepared.training)
+    return [[(i, False, fraction) for i in mine[k : k + batch]] for k in range(0, len(mine), batch)]
 
 
 # -- the model and the optimizer ----------------------------------------------------------------
@@ -175,12 +258,40 @@ def make_scheduler(optimizer, schedule: Schedule):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.learning_rate(step) / initial)
 
 
-def make_ema(training, model):
-    if training.ema is None:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+class WarmEMA:
+    """The EMA of the trainable weights with the warm-up of
+    :func:`archc.training.ema_decay_at`, starting from the initial weights.
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(training.ema.decay), use_buffers=False)
+    Not ``torch.optim.swa_utils.AveragedModel``: its update reads its step counter from a
+    tensor, which costs a host-device sync every step (a blocking copy of the CPU counter,
+    or a read of a GPU one). Here the counter is a Python int and the update one
+    ``torch._foreach_lerp_`` with a Python weight: nothing waits for the GPU."""
+
+    def __init__(self, decay: float, model):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.updates = 0
+
+    def update_parameters(self, model) -> None:
+        import torch
+
+        self.updates += 1
+        keep = ema_decay_at(self.decay, self.updates)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()], 1.0 - keep)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+def make_ema(training, model):
+    return WarmEMA(training.ema.decay, model) if training.ema is not None else None
 
 
 def average_buffers(model, job: Distributed) -> None:
@@ -309,17 +420,21 @@ def _run(config, job, torch, F, DistributedDataParallel) -> None:
             }
             atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
 
+    val_synthetic = SyntheticBatches(prepared.val, job.device) if prepared.val is not None and prepared.val.kind == SYNTHETIC else None
+
+    def val_loader(batches):
+        return loader(prepared.val, training, batches, workers, cuda)
+
     def evaluate(step_done: int) -> None:
         average_buffers(net, job)
         target = ema_model(ema, net) or net
         target.eval()
-        source = prepared.val
-        mine = list(range(job.rank, source.size, job.world))
-        batches = [[(i, False) for i in mine[k : k + training.batch_size]] for k in range(0, len(mine), training.batch_size)]
         sums = torch.zeros(3, dtype=torch.float64, device=job.device)
+        batches = eval_batches(prepared, job.rank, job.world)
+        stream = val_synthetic.stream(batches) if val_synthetic is not None else val_loader(batches)
         with torch.no_grad(), torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
-            for x, y in loader(source, batches, workers, cuda):
-                x = x.to(job.device, non_blocking=True, memory_format=memory_format)
+            for x, y in stream:
+                x = to_input(x.to(job.device, non_blocking=True), memory_format)
                 y = y.to(job.device, non_blocking=True)
                 logits = target(x).float()
                 sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
@@ -342,47 +457,47 @@ def _run(config, job, torch, F, DistributedDataParallel) -> None:
     net.train()
     meter = Throughput()
     window = torch.zeros(2, dtype=torch.float64, device=job.device)  # loss sum, steps
-    while step < total:
-        epoch, skip = divmod(step, schedule.steps_per_epoch)
-        steps_here = min(schedule.steps_per_epoch, total - epoch * schedule.steps_per_epoch)
-        batches = train_batches(prepared, schedule, epoch, skip, steps_here, job.rank, config.augment, config.seed)
-        for x, y in loader(prepared.train, batches, workers, cuda):
-            x = x.to(job.device, non_blocking=True, memory_format=memory_format)
-            y = y.to(job.device, non_blocking=True)
-            with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=training.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(net)
-            window[0] += loss.detach().double()
-            window[1] += 1
-            step += 1
-            meter.add(schedule.global_batch)
-            end_of_epoch = step % schedule.steps_per_epoch == 0
-            if step % config.log_every == 0 or step == total:
-                job.all_sum(window)
-                rate, elapsed = meter.report()
-                if log is not None:
-                    loss_mean = float(window[0] / window[1])
-                    log.train(
-                        step,
-                        step / schedule.steps_per_epoch,
-                        step * schedule.global_batch,
-                        loss_mean,
-                        schedule.learning_rate(step - 1),
-                        rate,
-                        elapsed,
-                        total,
-                    )
-                window.zero_()
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:
-                save(step)
-            if prepared.val is not None and (end_of_epoch or step == total):
-                evaluate(step)
+    plan = Plan(prepared, schedule, step, total, job.rank, config.augment, config.seed)
+    if prepared.train.kind == SYNTHETIC:
+        stream = SyntheticBatches(prepared.train, job.device).stream(plan)
+    else:
+        stream = iter(loader(prepared.train, training, plan, workers, cuda))
+    for x, y in stream:
+        x = to_input(x.to(job.device, non_blocking=True), memory_format)
+        y = y.to(job.device, non_blocking=True)
+        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=training.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(net)
+        window[0] += loss.detach().double()
+        window[1] += 1
+        step += 1
+        meter.add(schedule.global_batch)
+        end_of_epoch = step % schedule.steps_per_epoch == 0
+        if step % config.log_every == 0 or step == total:
+            loss_sum, steps_summed = job.all_sum(window).tolist()  # the one host sync, every --log-every steps
+            rate, elapsed = meter.report()  # after the sync: the window's work is done
+            if log is not None:
+                log.train(
+                    step,
+                    step / schedule.steps_per_epoch,
+                    step * schedule.global_batch,
+                    loss_sum / steps_summed,
+                    schedule.learning_rate(step - 1),
+                    rate,
+                    elapsed,
+                    total,
+                )
+            window.zero_()
+        if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:
+            save(step)
+        if prepared.val is not None and (end_of_epoch or step == total):
+            evaluate(step)
 
     # -- the end ----------------------------------------------------------------------------
     average_buffers(net, job)
