@@ -571,7 +571,7 @@ class MetricLog:
             self.tensorboard.scalar("train/lr", lr, step)
             self.tensorboard.scalar("train/images_per_s", images_per_s, step)
 
-    def eval(self, step: int, epoch: float, weights: str, loss: float, top1: float, samples: int) -> None:
+    def evaluation(self, step: int, epoch: float, weights: str, loss: float, top1: float, samples: int) -> None:
         self.echo(f"eval at step {step} ({weights} weights): loss {loss:.4f}  top-1 {top1:.4f}  on {samples} images")
         _append(self.out / "eval.csv", self.EVAL, [step, f"{epoch:.4f}", weights, f"{loss:.6f}", f"{top1:.6f}", samples])
         if self.tensorboard is not None:

@@ -32,7 +32,7 @@ def export_onnx(analysis: Analysis, path: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="archc-view-") as tmp:
         source = Path(tmp) / f"{module_name(analysis, 'torch')}.py"
         write_all({source: backend.render(analysis)})
-        model = backend.load(source).create_model().eval()
+        model = backend.load(source).create_model().train(False)  # inference mode
         height, width, channels = analysis.net.input
         image = torch.zeros(1, channels, height, width)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # notes about optional torchvision ops

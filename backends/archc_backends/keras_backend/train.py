@@ -547,7 +547,7 @@ def _evaluate(tf, keras, plain: PlainCopy, model, optimizer, prepared, log, step
         total_loss += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
         correct += int(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.int32)))
         count += int(tf.shape(y)[0])
-    log.eval(step, step / schedule.steps_per_epoch, "ema" if ema is not None else "live", total_loss / count, correct / count, count)
+    log.evaluation(step, step / schedule.steps_per_epoch, "ema" if ema is not None else "live", total_loss / count, correct / count, count)
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -444,7 +444,7 @@ def _run(config, job, torch, F, DistributedDataParallel) -> None:
         target.train()
         if log is not None:
             loss, correct, count = sums.tolist()
-            log.eval(
+            log.evaluation(
                 step_done,
                 step_done / schedule.steps_per_epoch,
                 "ema" if ema is not None else "live",
