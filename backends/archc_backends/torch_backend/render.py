@@ -21,6 +21,7 @@ from archc.analysis import Analysis
 from archc.codegen import Plan
 from archc.codegen import plan as make_plan
 from archc.errors import UserError
+from archc.fold import folds
 from archc.ir import (
     BN,
     Act,
@@ -83,6 +84,10 @@ HELPERS: dict[str, tuple[str, ...]] = {
 
 # Names the generated code gives its own meaning; no spec name may become one of them.
 RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE"}
+RESERVED |= {"re", "BN_FOLDS", "fold_batchnorm", "_matches"}  # the batch norm fold (templates/fold.py.j2)
+
+# op -> the submodule whose output channels a batch norm after it scales (archc.fold)
+FOLD_INTO = {"conv": "", "sepconv": ".pointwise", "dense": ""}
 
 ACTIVATIONS = {
     "relu": Call("nn.ReLU"),
@@ -452,9 +457,12 @@ def render(analysis: Analysis) -> str:
     model = r.model_class()
     blocks = {b: r.block_class(b) for b in r.plan.blocks}  # parents first: ranks are known
     helpers = r.helper_order()
+    names = qualified_names(r.plan)
+    bn_folds = [(names[f.producer] + FOLD_INTO[f.op], names[f.bn]) for f in folds(analysis)]
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
-        imports=imports(r.ordered_dict, helpers),
+        imports=imports(r.ordered_dict, helpers, bool(bn_folds)),
+        folds=bn_folds,
         input_size=literal((analysis.net.input[2], *analysis.net.input[:2])),
         helpers=[f"helpers/{h}.py.j2" for h in helpers],
         classes=[*(blocks[b] for b in r.block_order()), model],
@@ -462,11 +470,12 @@ def render(analysis: Analysis) -> str:
     )
 
 
-def imports(ordered_dict: bool, helpers: list[str]) -> list[str]:
+def imports(ordered_dict: bool, helpers: list[str], folds: bool) -> list[str]:
     """The import lines, grouped and sorted as isort (ruff's I rules) wants them."""
     stdlib = [
         line
         for line, used in (
+            ("import re", folds),
             ("from collections import OrderedDict", ordered_dict),
             ("from collections.abc import Callable", "Repeat" in helpers),
         )
