@@ -84,7 +84,7 @@ HELPERS: dict[str, tuple[str, ...]] = {
 
 # Names the generated code gives its own meaning; no spec name may become one of them.
 RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE"}
-RESERVED |= {"re", "BN_FOLDS", "fold_batchnorm", "_matches"}  # the batch norm fold (templates/fold.py.j2)
+RESERVED |= {"BN_FOLDS", "fold_batchnorm", "_expand"}  # the batch norm fold (templates/fold.py.j2)
 
 # op -> the submodule whose output channels a batch norm after it scales (archc.fold)
 FOLD_INTO = {"conv": "", "sepconv": ".pointwise", "dense": ""}
@@ -461,7 +461,7 @@ def render(analysis: Analysis) -> str:
     bn_folds = [(names[f.producer] + FOLD_INTO[f.op], names[f.bn]) for f in folds(analysis)]
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
-        imports=imports(r.ordered_dict, helpers, bool(bn_folds)),
+        imports=imports(r.ordered_dict, helpers),
         folds=bn_folds,
         input_size=literal((analysis.net.input[2], *analysis.net.input[:2])),
         helpers=[f"helpers/{h}.py.j2" for h in helpers],
@@ -470,12 +470,11 @@ def render(analysis: Analysis) -> str:
     )
 
 
-def imports(ordered_dict: bool, helpers: list[str], folds: bool) -> list[str]:
+def imports(ordered_dict: bool, helpers: list[str]) -> list[str]:
     """The import lines, grouped and sorted as isort (ruff's I rules) wants them."""
     stdlib = [
         line
         for line, used in (
-            ("import re", folds),
             ("from collections import OrderedDict", ordered_dict),
             ("from collections.abc import Callable", "Repeat" in helpers),
         )
