@@ -401,6 +401,31 @@ def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
     click.echo(f"wrote {result.path} ({fmt})")
 
 
+@main.command("import")
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True))
+@param_option
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["keras.applications"]),
+    required=True,
+    help="Where the weights come from: a keras.applications model of the same architecture.",
+)
+@click.argument("src", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The checkpoint to write.")
+@click.option("--to", "target", type=click.Choice(["torch", "keras"]), required=True, help="torch (a state_dict) or keras (.weights.h5).")
+@_friendly
+def import_(spec, params, source, src, out, target):
+    """Weights of a keras.applications model (FILE: .h5 as it ships them, or .weights.h5)
+    into SPEC's generated model, matched by structure; one line naming the first layer
+    that does not fit when the architectures differ."""
+    from .api import load
+    from .importer import import_keras_applications
+
+    n = import_keras_applications(load(spec, _overrides(params)), src, out, target)
+    click.echo(f"wrote {out}: {n} layers with weights from {src} ({source} -> {target})")
+
+
 @main.command()
 def backends():
     """List the installed backends."""

@@ -119,15 +119,14 @@ def export(
 
         h, w, c = analysis.net.input
         x = np.random.default_rng(seed + 1).standard_normal((batch, h, w, c)).astype(np.float32)
-        can_fold = fold and hasattr(module, "fold_batchnorm")
-        result = ExportResult(out, fmt, folded_instances(analysis) if can_fold else 0, batch_norms(analysis), origin)
+        result = ExportResult(out, fmt, folded_instances(analysis) if fold else 0, batch_norms(analysis), origin)
         tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             if target_name == "torch":
-                checks = _export_torch(module, model, can_fold, fmt, x, tmp)
+                checks = _export_torch(module, model, fold, fmt, x, tmp)
             else:
-                checks = _export_keras(module, model, can_fold, x, tmp)
+                checks = _export_keras(module, model, fold, x, tmp)
             result.checks = [(what, _difference(ref, y).rel) for what, ref, y in checks]
             bad = [(what, rel) for what, rel in result.checks if not rel <= tolerance]
             if bad:

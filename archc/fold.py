@@ -54,12 +54,13 @@ def folds(analysis: Analysis) -> list[Fold]:
     out: list[Fold] = []
 
     def sequence(nodes: list[Node]) -> None:
-        for before, node in zip(nodes, nodes[1:]):
-            if isinstance(node, BN) and before.op in PRODUCERS and _same_condition(before, node):
-                out.append(Fold(before.path, node.path, before.op))
+        before = None
         for node in nodes:
+            if isinstance(node, BN) and before is not None and before.op in PRODUCERS and _same_condition(before, node):
+                out.append(Fold(before.path, node.path, before.op))
             for _, seq in children(node):
                 sequence(seq)
+            before = node
 
     for layers in analysis.net.flows.values():
         sequence(layers)
