@@ -234,7 +234,7 @@ def test_export_cli_torchscript_and_keras_load_and_match(folds_spec, tmp_path):
     assert result.exit_code == 0, result.output
     assert "batch norms folded: 9 of 13" in result.output
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
-    assert not any(isinstance(m, torch.jit.RecursiveScriptModule) and m.original_name.startswith("BatchNorm") for m in loaded.modules())
+    assert sum("BatchNorm" in m.original_name for m in loaded.modules()) == 13 - 9
     with torch.no_grad():
         assert _difference(expected, loaded(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()).rel < 1e-5
 
