@@ -131,9 +131,7 @@ def export(
             bad = [(what, rel) for what, rel in result.checks if not rel <= tolerance]
             if bad:
                 what, rel = bad[0]
-                raise ExportCheckFailed(
-                    f"export check failed: {what}: relative difference {rel:.2e} > {tolerance:g}; {out} not written"
-                )
+                raise ExportCheckFailed(f"export check failed: {what}: relative difference {rel:.2e} > {tolerance:g}; {out} not written")
             os.replace(tmp, out)
         finally:
             if tmp.exists():

@@ -81,4 +81,3 @@ def batch_norms(analysis: Analysis) -> int:
     from .instances import instances
 
     return sum(1 for inst in instances(analysis) if isinstance(inst.node, BN))
-
