@@ -15,7 +15,7 @@ also runs on a GPU machine without pydantic:
   python3 benchmarks/bench_inference.py --device cuda --amp bf16 --channels-last --batches 1 8 64
 
 The folded model's outputs are compared with the unfolded one's on the same input
-before timing (max relative difference printed; above 1e-4 (fp32) the run stops).
+before timing (max relative difference printed; on CPU in fp32 the run stops above 1e-4).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def run_model(model: str, path: Path, args: argparse.Namespace) -> dict:
     a, b = runners["generated"].forward().float(), runners["folded"].forward().float()
     difference = ((a - b).abs().max() / a.abs().max()).item()
     log(f"{model}: folded vs unfolded outputs: max relative difference {difference:.2e}")
-    if args.amp == "none" and not difference <= 1e-4:
+    if args.device == "cpu" and args.amp == "none" and not difference <= 1e-4:  # (CUDA convs may use TF32)
         raise SystemExit(f"{model}: the folded model's outputs differ from the unfolded one's by {difference:.2e} relative")
 
     rows = []
