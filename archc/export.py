@@ -158,6 +158,12 @@ def _quiet():
 def _export_torch(module: Any, model: Any, fold: bool, fmt: str, x: Any, path: Path) -> list[tuple[str, Any, Any]]:
     import torch
 
+    if fmt == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ModuleNotFoundError as exc:
+            raise UserError(f"expected {exc.name} for --format onnx (pip install 'archc[export]'), found it not installed") from None
     model.eval()
     folded = module.fold_batchnorm(copy.deepcopy(model)) if fold else model
     example = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
