@@ -439,6 +439,75 @@ def view(spec, params, port, host, no_browser, onnx_file):
                 pass
 
 
+# -- deploy and reuse: archc export / archc import (docs/export.md) ---------------------------
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True))
+@param_option
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "keras"]), required=True, help="What to write.")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, exists=True),
+    help="A torch state_dict (.pt/.pth) or Keras .weights.h5 of SPEC, as archc convert reads them (default: seeded random weights).",
+)
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The file to write (.onnx, .pt, .keras).")
+@click.option("--no-fold", is_flag=True, help="Keep the batch norms (default: fold each into the layer before it).")
+@click.option("--image-size", metavar="H|HxW", help="Export for this input size instead of the spec's.")
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-4,
+    show_default=True,
+    help="Largest output difference allowed, relative to the largest |unfolded output|.",
+)
+@_friendly
+def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
+    """An inference model of SPEC with its batch norms folded, as ONNX, TorchScript or a
+    .keras file; written only when its outputs match the unfolded model's (exit 1 if not)."""
+    from .api import load
+    from .export import ExportCheckFailed
+    from .export import export as run_export
+    from .trainkit import parse_image_size
+
+    analysis = load(spec, _overrides(params), parse_image_size(image_size) if image_size else None)
+    try:
+        result = run_export(analysis, fmt, out, weights, fold=not no_fold, tolerance=tolerance)
+    except ExportCheckFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"weights: {result.weights}")
+    click.echo(f"batch norms folded: {result.folded} of {result.batch_norms}")
+    for what, rel in result.checks:
+        click.echo(f"{what}: max relative difference {rel:.2e}")
+    click.echo(f"wrote {result.path} ({fmt})")
+
+
+@main.command("import")
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True))
+@param_option
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["keras.applications"]),
+    required=True,
+    help="Where the weights come from: a keras.applications model of the same architecture.",
+)
+@click.argument("src", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The checkpoint to write.")
+@click.option("--to", "target", type=click.Choice(["torch", "keras"]), required=True, help="torch (a state_dict) or keras (.weights.h5).")
+@_friendly
+def import_(spec, params, source, src, out, target):
+    """Weights of a keras.applications model (FILE: .h5 as it ships them, or .weights.h5)
+    into SPEC's generated model, matched by structure; one line naming the first layer
+    that does not fit when the architectures differ."""
+    from .api import load
+    from .importer import import_keras_applications
+
+    n = import_keras_applications(load(spec, _overrides(params)), src, out, target)
+    click.echo(f"wrote {out}: {n} layers with weights from {src} ({source} -> {target})")
+
+
 @main.command()
 def backends():
     """List the installed backends."""

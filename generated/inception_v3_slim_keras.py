@@ -147,3 +147,158 @@ def create_model(*, classes=1000, dropout=0.0):
     x = layers.Dense(classes, name="head_classifier")(x)
 
     return keras.Model(inputs, x, name="inception_v3_slim")
+
+
+# Each batch norm that directly follows a conv, a separable conv (its pointwise conv) or
+# a dense layer, by layer name ({0}, {1}: repeat indices), as archc found them in the
+# spec: (the layer whose output channels the batch norm scales, the batch norm).
+BN_FOLDS = (
+    ("stem_unit1_conv1", "stem_unit1_bn1"),
+    ("stem_unit2_conv1", "stem_unit2_bn1"),
+    ("stem_unit3_conv1", "stem_unit3_bn1"),
+    ("stem_unit4_conv1", "stem_unit4_bn1"),
+    ("stem_unit5_conv1", "stem_unit5_bn1"),
+    ("grid35_mixed0_branches1_b1x1_unit1_conv1", "grid35_mixed0_branches1_b1x1_unit1_bn1"),
+    ("grid35_mixed0_branches1_b5x5_unit1_conv1", "grid35_mixed0_branches1_b5x5_unit1_bn1"),
+    ("grid35_mixed0_branches1_b5x5_unit2_conv1", "grid35_mixed0_branches1_b5x5_unit2_bn1"),
+    ("grid35_mixed0_branches1_b3x3dbl_unit1_conv1", "grid35_mixed0_branches1_b3x3dbl_unit1_bn1"),
+    ("grid35_mixed0_branches1_b3x3dbl_unit2_conv1", "grid35_mixed0_branches1_b3x3dbl_unit2_bn1"),
+    ("grid35_mixed0_branches1_b3x3dbl_unit3_conv1", "grid35_mixed0_branches1_b3x3dbl_unit3_bn1"),
+    ("grid35_mixed0_branches1_pool_unit1_conv1", "grid35_mixed0_branches1_pool_unit1_bn1"),
+    ("grid35_mixed1_branches1_b1x1_unit1_conv1", "grid35_mixed1_branches1_b1x1_unit1_bn1"),
+    ("grid35_mixed1_branches1_b5x5_unit1_conv1", "grid35_mixed1_branches1_b5x5_unit1_bn1"),
+    ("grid35_mixed1_branches1_b5x5_unit2_conv1", "grid35_mixed1_branches1_b5x5_unit2_bn1"),
+    ("grid35_mixed1_branches1_b3x3dbl_unit1_conv1", "grid35_mixed1_branches1_b3x3dbl_unit1_bn1"),
+    ("grid35_mixed1_branches1_b3x3dbl_unit2_conv1", "grid35_mixed1_branches1_b3x3dbl_unit2_bn1"),
+    ("grid35_mixed1_branches1_b3x3dbl_unit3_conv1", "grid35_mixed1_branches1_b3x3dbl_unit3_bn1"),
+    ("grid35_mixed1_branches1_pool_unit1_conv1", "grid35_mixed1_branches1_pool_unit1_bn1"),
+    ("grid35_mixed2_branches1_b1x1_unit1_conv1", "grid35_mixed2_branches1_b1x1_unit1_bn1"),
+    ("grid35_mixed2_branches1_b5x5_unit1_conv1", "grid35_mixed2_branches1_b5x5_unit1_bn1"),
+    ("grid35_mixed2_branches1_b5x5_unit2_conv1", "grid35_mixed2_branches1_b5x5_unit2_bn1"),
+    ("grid35_mixed2_branches1_b3x3dbl_unit1_conv1", "grid35_mixed2_branches1_b3x3dbl_unit1_bn1"),
+    ("grid35_mixed2_branches1_b3x3dbl_unit2_conv1", "grid35_mixed2_branches1_b3x3dbl_unit2_bn1"),
+    ("grid35_mixed2_branches1_b3x3dbl_unit3_conv1", "grid35_mixed2_branches1_b3x3dbl_unit3_bn1"),
+    ("grid35_mixed2_branches1_pool_unit1_conv1", "grid35_mixed2_branches1_pool_unit1_bn1"),
+    ("grid35_mixed3_branches1_b3x3_unit1_conv1", "grid35_mixed3_branches1_b3x3_unit1_bn1"),
+    ("grid35_mixed3_branches1_b3x3dbl_unit1_conv1", "grid35_mixed3_branches1_b3x3dbl_unit1_bn1"),
+    ("grid35_mixed3_branches1_b3x3dbl_unit2_conv1", "grid35_mixed3_branches1_b3x3dbl_unit2_bn1"),
+    ("grid35_mixed3_branches1_b3x3dbl_unit3_conv1", "grid35_mixed3_branches1_b3x3dbl_unit3_bn1"),
+    ("grid17_mixed4_branches1_b1x1_unit1_conv1", "grid17_mixed4_branches1_b1x1_unit1_bn1"),
+    ("grid17_mixed4_branches1_b7x7_unit1_conv1", "grid17_mixed4_branches1_b7x7_unit1_bn1"),
+    ("grid17_mixed4_branches1_b7x7_unit2_conv1", "grid17_mixed4_branches1_b7x7_unit2_bn1"),
+    ("grid17_mixed4_branches1_b7x7_unit3_conv1", "grid17_mixed4_branches1_b7x7_unit3_bn1"),
+    ("grid17_mixed4_branches1_b7x7dbl_unit1_conv1", "grid17_mixed4_branches1_b7x7dbl_unit1_bn1"),
+    ("grid17_mixed4_branches1_b7x7dbl_unit2_conv1", "grid17_mixed4_branches1_b7x7dbl_unit2_bn1"),
+    ("grid17_mixed4_branches1_b7x7dbl_unit3_conv1", "grid17_mixed4_branches1_b7x7dbl_unit3_bn1"),
+    ("grid17_mixed4_branches1_b7x7dbl_unit4_conv1", "grid17_mixed4_branches1_b7x7dbl_unit4_bn1"),
+    ("grid17_mixed4_branches1_b7x7dbl_unit5_conv1", "grid17_mixed4_branches1_b7x7dbl_unit5_bn1"),
+    ("grid17_mixed4_branches1_pool_unit1_conv1", "grid17_mixed4_branches1_pool_unit1_bn1"),
+    ("grid17_mixed5_branches1_b1x1_unit1_conv1", "grid17_mixed5_branches1_b1x1_unit1_bn1"),
+    ("grid17_mixed5_branches1_b7x7_unit1_conv1", "grid17_mixed5_branches1_b7x7_unit1_bn1"),
+    ("grid17_mixed5_branches1_b7x7_unit2_conv1", "grid17_mixed5_branches1_b7x7_unit2_bn1"),
+    ("grid17_mixed5_branches1_b7x7_unit3_conv1", "grid17_mixed5_branches1_b7x7_unit3_bn1"),
+    ("grid17_mixed5_branches1_b7x7dbl_unit1_conv1", "grid17_mixed5_branches1_b7x7dbl_unit1_bn1"),
+    ("grid17_mixed5_branches1_b7x7dbl_unit2_conv1", "grid17_mixed5_branches1_b7x7dbl_unit2_bn1"),
+    ("grid17_mixed5_branches1_b7x7dbl_unit3_conv1", "grid17_mixed5_branches1_b7x7dbl_unit3_bn1"),
+    ("grid17_mixed5_branches1_b7x7dbl_unit4_conv1", "grid17_mixed5_branches1_b7x7dbl_unit4_bn1"),
+    ("grid17_mixed5_branches1_b7x7dbl_unit5_conv1", "grid17_mixed5_branches1_b7x7dbl_unit5_bn1"),
+    ("grid17_mixed5_branches1_pool_unit1_conv1", "grid17_mixed5_branches1_pool_unit1_bn1"),
+    ("grid17_mixed6_branches1_b1x1_unit1_conv1", "grid17_mixed6_branches1_b1x1_unit1_bn1"),
+    ("grid17_mixed6_branches1_b7x7_unit1_conv1", "grid17_mixed6_branches1_b7x7_unit1_bn1"),
+    ("grid17_mixed6_branches1_b7x7_unit2_conv1", "grid17_mixed6_branches1_b7x7_unit2_bn1"),
+    ("grid17_mixed6_branches1_b7x7_unit3_conv1", "grid17_mixed6_branches1_b7x7_unit3_bn1"),
+    ("grid17_mixed6_branches1_b7x7dbl_unit1_conv1", "grid17_mixed6_branches1_b7x7dbl_unit1_bn1"),
+    ("grid17_mixed6_branches1_b7x7dbl_unit2_conv1", "grid17_mixed6_branches1_b7x7dbl_unit2_bn1"),
+    ("grid17_mixed6_branches1_b7x7dbl_unit3_conv1", "grid17_mixed6_branches1_b7x7dbl_unit3_bn1"),
+    ("grid17_mixed6_branches1_b7x7dbl_unit4_conv1", "grid17_mixed6_branches1_b7x7dbl_unit4_bn1"),
+    ("grid17_mixed6_branches1_b7x7dbl_unit5_conv1", "grid17_mixed6_branches1_b7x7dbl_unit5_bn1"),
+    ("grid17_mixed6_branches1_pool_unit1_conv1", "grid17_mixed6_branches1_pool_unit1_bn1"),
+    ("grid17_mixed7_branches1_b1x1_unit1_conv1", "grid17_mixed7_branches1_b1x1_unit1_bn1"),
+    ("grid17_mixed7_branches1_b7x7_unit1_conv1", "grid17_mixed7_branches1_b7x7_unit1_bn1"),
+    ("grid17_mixed7_branches1_b7x7_unit2_conv1", "grid17_mixed7_branches1_b7x7_unit2_bn1"),
+    ("grid17_mixed7_branches1_b7x7_unit3_conv1", "grid17_mixed7_branches1_b7x7_unit3_bn1"),
+    ("grid17_mixed7_branches1_b7x7dbl_unit1_conv1", "grid17_mixed7_branches1_b7x7dbl_unit1_bn1"),
+    ("grid17_mixed7_branches1_b7x7dbl_unit2_conv1", "grid17_mixed7_branches1_b7x7dbl_unit2_bn1"),
+    ("grid17_mixed7_branches1_b7x7dbl_unit3_conv1", "grid17_mixed7_branches1_b7x7dbl_unit3_bn1"),
+    ("grid17_mixed7_branches1_b7x7dbl_unit4_conv1", "grid17_mixed7_branches1_b7x7dbl_unit4_bn1"),
+    ("grid17_mixed7_branches1_b7x7dbl_unit5_conv1", "grid17_mixed7_branches1_b7x7dbl_unit5_bn1"),
+    ("grid17_mixed7_branches1_pool_unit1_conv1", "grid17_mixed7_branches1_pool_unit1_bn1"),
+    ("grid17_mixed8_branches1_b3x3_unit1_conv1", "grid17_mixed8_branches1_b3x3_unit1_bn1"),
+    ("grid17_mixed8_branches1_b3x3_unit2_conv1", "grid17_mixed8_branches1_b3x3_unit2_bn1"),
+    ("grid17_mixed8_branches1_b7x7x3_unit1_conv1", "grid17_mixed8_branches1_b7x7x3_unit1_bn1"),
+    ("grid17_mixed8_branches1_b7x7x3_unit2_conv1", "grid17_mixed8_branches1_b7x7x3_unit2_bn1"),
+    ("grid17_mixed8_branches1_b7x7x3_unit3_conv1", "grid17_mixed8_branches1_b7x7x3_unit3_bn1"),
+    ("grid17_mixed8_branches1_b7x7x3_unit4_conv1", "grid17_mixed8_branches1_b7x7x3_unit4_bn1"),
+    ("grid8_mixed9_branches1_b1x1_unit1_conv1", "grid8_mixed9_branches1_b1x1_unit1_bn1"),
+    ("grid8_mixed9_branches1_b3x3_unit1_conv1", "grid8_mixed9_branches1_b3x3_unit1_bn1"),
+    ("grid8_mixed9_branches1_b3x3_branches1_b1x3_unit1_conv1", "grid8_mixed9_branches1_b3x3_branches1_b1x3_unit1_bn1"),
+    ("grid8_mixed9_branches1_b3x3_branches1_b3x1_unit1_conv1", "grid8_mixed9_branches1_b3x3_branches1_b3x1_unit1_bn1"),
+    ("grid8_mixed9_branches1_b3x3dbl_unit1_conv1", "grid8_mixed9_branches1_b3x3dbl_unit1_bn1"),
+    ("grid8_mixed9_branches1_b3x3dbl_unit2_conv1", "grid8_mixed9_branches1_b3x3dbl_unit2_bn1"),
+    ("grid8_mixed9_branches1_b3x3dbl_branches1_b1x3_unit1_conv1", "grid8_mixed9_branches1_b3x3dbl_branches1_b1x3_unit1_bn1"),
+    ("grid8_mixed9_branches1_b3x3dbl_branches1_b3x1_unit1_conv1", "grid8_mixed9_branches1_b3x3dbl_branches1_b3x1_unit1_bn1"),
+    ("grid8_mixed9_branches1_pool_unit1_conv1", "grid8_mixed9_branches1_pool_unit1_bn1"),
+    ("grid8_mixed10_branches1_b1x1_unit1_conv1", "grid8_mixed10_branches1_b1x1_unit1_bn1"),
+    ("grid8_mixed10_branches1_b3x3_unit1_conv1", "grid8_mixed10_branches1_b3x3_unit1_bn1"),
+    ("grid8_mixed10_branches1_b3x3_branches1_b1x3_unit1_conv1", "grid8_mixed10_branches1_b3x3_branches1_b1x3_unit1_bn1"),
+    ("grid8_mixed10_branches1_b3x3_branches1_b3x1_unit1_conv1", "grid8_mixed10_branches1_b3x3_branches1_b3x1_unit1_bn1"),
+    ("grid8_mixed10_branches1_b3x3dbl_unit1_conv1", "grid8_mixed10_branches1_b3x3dbl_unit1_bn1"),
+    ("grid8_mixed10_branches1_b3x3dbl_unit2_conv1", "grid8_mixed10_branches1_b3x3dbl_unit2_bn1"),
+    ("grid8_mixed10_branches1_b3x3dbl_branches1_b1x3_unit1_conv1", "grid8_mixed10_branches1_b3x3dbl_branches1_b1x3_unit1_bn1"),
+    ("grid8_mixed10_branches1_b3x3dbl_branches1_b3x1_unit1_conv1", "grid8_mixed10_branches1_b3x3dbl_branches1_b3x1_unit1_bn1"),
+    ("grid8_mixed10_branches1_pool_unit1_conv1", "grid8_mixed10_branches1_pool_unit1_bn1"),
+)
+
+
+def _expand(template, names, indices=()):
+    """(name, repeat indices) for each of `names` that `template` stands for: {0}, {1}
+    ... are the indices of the enclosing repeats, each counting from 0."""
+    mark = "{" + str(len(indices)) + "}"
+    if mark not in template:
+        name = template.format(*indices)
+        return [(name, indices)] if name in names else []
+    prefix, found, i = template.split(mark)[0].format(*indices), [], 0
+    while any(name.startswith(f"{prefix}{i}") for name in names):
+        found += _expand(template, names, (*indices, i))
+        i += 1
+    return found
+
+
+def fold_batchnorm(model):
+    """A copy of `model` for inference with every batch norm of BN_FOLDS folded into the
+    layer before it: that layer's kernel is scaled per output channel by
+    s = gamma / sqrt(moving_variance + epsilon), its bias (added where it has none) becomes
+    (bias - moving_mean) * s + beta, and the batch norm is left out. The outputs stay the
+    same up to rounding (computed in float64)."""
+    by_name = {layer.name: layer for layer in model.layers}
+    into = {}  # batch norm name -> the name of the layer it folds into
+    for layer_name, bn_name in BN_FOLDS:
+        for name, indices in _expand(bn_name, by_name):
+            if isinstance(by_name[name], layers.BatchNormalization):
+                layer = layer_name.format(*indices)
+                into[name] = layer if layer in by_name else f"{layer}_pointwise"  # see _separable_conv
+    folded_by = {layer: bn for bn, layer in into.items()}
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in folded_by:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    def call(layer, x, *args, **kwargs):
+        return x if layer.name in into else layer(x, *args, **kwargs)
+
+    folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in model.layers:
+        if layer.name in into or not layer.weights:
+            continue
+        values = {w.name: w.numpy().astype("float64") for w in layer.weights}
+        if layer.name in folded_by:
+            bn = {w.name: w.numpy().astype("float64") for w in by_name[folded_by[layer.name]].weights}
+            s = (bn["moving_variance"] + by_name[folded_by[layer.name]].epsilon) ** -0.5 * bn.get("gamma", 1.0)
+            kernel = "pointwise_kernel" if "pointwise_kernel" in values else "kernel"
+            values[kernel] = values[kernel] * s
+            values["bias"] = (values.get("bias", 0.0) - bn["moving_mean"]) * s + bn.get("beta", 0.0)
+        target = folded.get_layer(layer.name)
+        target.set_weights([values[w.name].astype(w.dtype) for w in target.weights])
+    return folded

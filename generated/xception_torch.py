@@ -420,3 +420,74 @@ class Xception(nn.Module):
 def create_model(**overrides) -> Xception:
     """The model with the spec's params, any of them overridden by keyword."""
     return Xception(**overrides)
+
+
+# Each batch norm that directly follows a conv, a separable conv's pointwise conv or a
+# linear layer, by module name ({0}, {1}: repeat indices), as archc found them in the
+# spec: (the layer whose output channels the batch norm scales, the batch norm).
+BN_FOLDS = (
+    ("entry.conv1", "entry.bn1"),
+    ("entry.conv2", "entry.bn2"),
+    ("entry.down1.residual1.body.sep_bn1.sepconv1.pointwise", "entry.down1.residual1.body.sep_bn1.bn1"),
+    ("entry.down1.residual1.body.sep_bn2.sepconv1.pointwise", "entry.down1.residual1.body.sep_bn2.bn1"),
+    ("entry.down1.residual1.shortcut.conv1", "entry.down1.residual1.shortcut.bn1"),
+    ("entry.down2.residual1.body.sep_bn1.sepconv1.pointwise", "entry.down2.residual1.body.sep_bn1.bn1"),
+    ("entry.down2.residual1.body.sep_bn2.sepconv1.pointwise", "entry.down2.residual1.body.sep_bn2.bn1"),
+    ("entry.down2.residual1.shortcut.conv1", "entry.down2.residual1.shortcut.bn1"),
+    ("entry.down3.residual1.body.sep_bn1.sepconv1.pointwise", "entry.down3.residual1.body.sep_bn1.bn1"),
+    ("entry.down3.residual1.body.sep_bn2.sepconv1.pointwise", "entry.down3.residual1.body.sep_bn2.bn1"),
+    ("entry.down3.residual1.shortcut.conv1", "entry.down3.residual1.shortcut.bn1"),
+    ("middle.repeat.{0}.middle1.residual1.body.sep_bn1.sepconv1.pointwise", "middle.repeat.{0}.middle1.residual1.body.sep_bn1.bn1"),
+    ("middle.repeat.{0}.middle1.residual1.body.sep_bn2.sepconv1.pointwise", "middle.repeat.{0}.middle1.residual1.body.sep_bn2.bn1"),
+    ("middle.repeat.{0}.middle1.residual1.body.sep_bn3.sepconv1.pointwise", "middle.repeat.{0}.middle1.residual1.body.sep_bn3.bn1"),
+    ("exit.down1.residual1.body.sep_bn1.sepconv1.pointwise", "exit.down1.residual1.body.sep_bn1.bn1"),
+    ("exit.down1.residual1.body.sep_bn2.sepconv1.pointwise", "exit.down1.residual1.body.sep_bn2.bn1"),
+    ("exit.down1.residual1.shortcut.conv1", "exit.down1.residual1.shortcut.bn1"),
+    ("exit.sep_bn1.sepconv1.pointwise", "exit.sep_bn1.bn1"),
+    ("exit.sep_bn2.sepconv1.pointwise", "exit.sep_bn2.bn1"),
+)
+
+
+def _expand(template, names, indices=()):
+    """(name, repeat indices) for each of ``names`` that ``template`` stands for: {0},
+    {1} ... are the indices of the enclosing repeats, each counting from 0."""
+    mark = "{" + str(len(indices)) + "}"
+    if mark not in template:
+        name = template.format(*indices)
+        return [(name, indices)] if name in names else []
+    prefix, found, i = template.split(mark)[0].format(*indices), [], 0
+    while any(name.startswith(f"{prefix}{i}") for name in names):
+        found += _expand(template, names, (*indices, i))
+        i += 1
+    return found
+
+
+def fold_batchnorm(model: Xception) -> Xception:
+    """Fold every batch norm of BN_FOLDS into the layer before it, for inference: the
+    layer's weight is scaled per output channel by s = gamma / sqrt(var + eps), its bias
+    (added where it has none) becomes (bias - mean) * s + beta, and the batch norm
+    becomes nn.Identity. The outputs stay the same up to rounding (computed in float64),
+    in less time. Changes ``model`` in place (in eval mode) and returns it."""
+    model.eval()
+    names = {name for name, _ in model.named_modules()}
+    with torch.no_grad():
+        for layer_name, bn_name in BN_FOLDS:
+            for name, indices in _expand(bn_name, names):
+                bn, layer = model.get_submodule(name), model.get_submodule(layer_name.format(*indices))
+                if isinstance(bn, nn.Identity):  # switched off by a param, with its layer
+                    continue
+                s = torch.rsqrt(bn.running_var.double() + bn.eps)
+                if bn.weight is not None:
+                    s = s * bn.weight.double()
+                shift = -bn.running_mean.double() * s
+                if bn.bias is not None:
+                    shift = shift + bn.bias.double()
+                weight = layer.weight.double() * s.reshape(-1, *[1] * (layer.weight.dim() - 1))
+                layer.weight.copy_(weight)
+                if layer.bias is None:
+                    layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
+                else:
+                    layer.bias.copy_(layer.bias.double() * s + shift)
+                parent, _, attribute = name.rpartition(".")
+                setattr(model.get_submodule(parent), attribute, nn.Identity())
+    return model

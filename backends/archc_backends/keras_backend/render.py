@@ -21,6 +21,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from archc import fold
 from archc.analysis import Analysis
 from archc.codegen import Plan, helper_source, literal, plan
 from archc.errors import Location, SpecError
@@ -495,12 +496,13 @@ class Renderer:
         return docstring(paragraphs, "")
 
     def render(self, env: Environment) -> str:
-        layer_names(self.plan)  # fails on names that would collide in Keras
+        names = layer_names(self.plan)  # fails on names that would collide in Keras
         blocks = [self.block_function(b) for b in self.plan.blocks]
         model = self.create_model()
         for b in blocks:
             b["signature"] = layout([b["signature"]], 0)[0]
         model["signature"] = layout([model["signature"]], 0)[0]
+        folds = [(names[f.producer], names[f.bn]) for f in fold.folds(self.analysis)]
         return env.get_template("module.py.j2").render(
             header=self.header(),
             helper=HELPER in self.helpers,
@@ -509,6 +511,7 @@ class Renderer:
             functions=[helper_source(f) for f in sorted(self.plan.needs - {"math"})],
             blocks=blocks,
             model=model,
+            folds=folds,
         )
 
 

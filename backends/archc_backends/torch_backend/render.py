@@ -24,6 +24,7 @@ from archc.analysis import Analysis
 from archc.codegen import Plan, helper_source
 from archc.codegen import plan as make_plan
 from archc.errors import Location, SpecError
+from archc.fold import folds
 from archc.ir import Node, children
 from archc.naming import Namespace, class_name
 
@@ -78,6 +79,10 @@ HELPERS: dict[str, tuple[str, ...]] = {
 
 # Names the generated code gives its own meaning; no spec name may become one of them.
 RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE", "i"}
+RESERVED |= {"BN_FOLDS", "fold_batchnorm", "_expand"}  # the batch norm fold (templates/fold.py.j2)
+
+# op -> the submodule whose output channels a batch norm after it scales (archc.fold)
+FOLD_INTO = {"conv": "", "sepconv": ".pointwise", "dense": ""}
 
 ACTIVATIONS = {
     "relu": Call("nn.ReLU"),
@@ -519,10 +524,13 @@ def render(analysis: Analysis) -> str:
     model = r.model_class()
     blocks = {b: r.block_class(b) for b in r.plan.blocks}  # parents first: ranks are known
     helpers = r.helper_order()
+    names = qualified_names(r.plan)
+    bn_folds = [(names[f.producer] + FOLD_INTO[f.op], names[f.bn]) for f in folds(analysis)]
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
         imports=imports(r.ordered_dict, helpers, r.plan.needs),
         functions=[helper_source(f) for f in sorted(r.plan.needs - {"math"})],
+        folds=bn_folds,
         input_size=literal((analysis.net.input[2], *analysis.net.input[:2])),
         helpers=[f"helpers/{h}.py.j2" for h in helpers],
         classes=[*(blocks[b] for b in r.block_order()), model],

@@ -1,0 +1,340 @@
+"""Deploy and reuse: the batch norm fold (decided from the IR), the generated modules'
+``fold_batchnorm``, ``archc export`` (ONNX for every bundled spec, TorchScript, .keras)
+and ``archc import`` of keras.applications weights (Xception, InceptionV3).
+
+Models run at small input sizes; BN statistics are random (archc's random_weights, or
+randomised in the keras.applications reference), so that a fold that dropped a mean,
+a variance, a gamma or a beta changes the outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from archc.api import load
+from archc.cli import main
+from archc.export import generated_module
+from archc.fold import batch_norms, folded_instances, folds
+from archc.verify import _difference, porting_backends, random_weights
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+ROOT = Path(__file__).parents[1]
+BUNDLED = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")])
+SMALL = (75, 75)  # fits every bundled spec (Xception needs 71, Inception V3 75)
+
+# Every kind of pair and every boundary that breaks one: conv with and without bias,
+# grouped, before a BN without scale or center; separable convs (segments, depthwise
+# with depth multiplier 2) in and out of a block; a block whose conv and BN share a
+# `when` (on in proj1, off in proj2); a repeat; a branch; dense -> BN. No pair: a BN after
+# an activation, after a residual, after branches, after a conv with a `when` of its own.
+FOLDS = """\
+name: folds
+input: [23, 22, 3]
+params:
+  segments: {default: 2, type: segments}
+  extra: true
+blocks:
+  sep:
+    args: [filters]
+    body:
+      - sepconv: {filters: $filters, kernel: 3, padding: same, segments: $segments, bias: false}
+      - bn: {scale: false}
+  proj:
+    args: [project]
+    body:
+      - conv: {filters: 8, kernel: 1, when: $project}
+      - bn: {when: $project}
+flows:
+  stem:
+    - conv: {filters: 8, kernel: 2, padding: same}
+    - bn
+    - conv: {filters: 8, kernel: 3, stride: 2, padding: same, groups: 2, bias: false}
+    - bn: {center: false}
+    - act: relu
+    - conv: {filters: 8, kernel: 1}
+    - act: relu
+    - bn
+  body:
+    - residual:
+        body:
+          - sep: {filters: 8}
+          - sepconv: {filters: 8, kernel: [1, 3], padding: same, depth_multiplier: 2}
+          - bn: {center: false, scale: false}
+          - conv: {filters: 8, kernel: 1}
+    - bn
+    - proj: {project: true}
+    - proj: {project: false}
+    - repeat: {times: 2, body: [conv: {filters: 8, kernel: 1, bias: false}, bn]}
+    - branches:
+        a: [conv: {filters: 4, kernel: 1}]
+        b: [conv: {filters: 4, kernel: 1}, bn]
+    - bn
+    - conv: {filters: 8, kernel: 1, when: $extra}
+    - bn
+  head:
+    - global_avg_pool
+    - dense: {units: 10}
+    - bn: {center: false}
+    - dense: 5
+"""
+
+
+@pytest.fixture(scope="module")
+def folds_spec(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("folds") / "folds.yaml"
+    path.write_text(FOLDS)
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def small(spec: Path, **params):
+    """The spec at a small input size, with 10 classes where it has the param."""
+    decls = load(spec).net.params
+    return load(spec, {"classes": 10, **params} if "classes" in decls else params, SMALL)
+
+
+# -- the fold pass (no framework) -----------------------------------------------------------
+
+
+def test_fold_pairs_are_decided_from_the_ir(folds_spec):
+    analysis = load(folds_spec)
+    assert [(f.producer, f.bn, f.op) for f in folds(analysis)] == [
+        ("stem/conv1", "stem/bn1", "conv"),
+        ("stem/conv2", "stem/bn2", "conv"),
+        ("body/residual1/body/sep1/sepconv1", "body/residual1/body/sep1/bn1", "sepconv"),
+        ("body/residual1/body/sepconv1", "body/residual1/body/bn1", "sepconv"),
+        ("body/proj1/conv1", "body/proj1/bn1", "conv"),
+        ("body/proj2/conv1", "body/proj2/bn1", "conv"),
+        ("body/repeat1/conv1", "body/repeat1/bn1", "conv"),
+        ("body/branches1/b/conv1", "body/branches1/b/bn1", "conv"),
+        ("head/dense1", "head/bn1", "dense"),
+    ]
+    # proj2 is switched off and the repeat runs twice: 9 of the 13 batch norms that run
+    assert (folded_instances(analysis), batch_norms(analysis)) == (9, 13)
+    assert folded_instances(load(folds_spec, {"extra": False})) == 9
+
+
+@pytest.mark.parametrize(
+    "spec, folded, total",
+    [
+        ("specs/xception.yaml", 40, 40),
+        ("specs/inception_v3_slim.yaml", 94, 94),
+        ("specs/inception_v3.yaml", 0, 94),  # conv -> relu -> bn (the 2016 file): nothing to fold into
+        ("examples/resnet50.yaml", 53, 53),
+        ("examples/mobilenet_v1.yaml", 27, 27),
+    ],
+)
+def test_batch_norms_folded_in_the_bundled_specs(spec, folded, total):
+    analysis = load(ROOT / spec)
+    assert (folded_instances(analysis), batch_norms(analysis)) == (folded, total)
+
+
+# -- fold_batchnorm in the generated modules -------------------------------------------------
+
+
+def _torch_model(analysis, folder, seed=0):
+    torch_backend = porting_backends(["torch"])[0]["torch"]
+    module = generated_module(torch_backend, analysis, folder)
+    model = module.create_model()
+    torch_backend.load_weights(model, analysis, random_weights(analysis, seed))
+    return module, model.eval()
+
+
+def _batch_norms(model) -> int:
+    import torch
+
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("spec", [None, *BUNDLED], ids=lambda s: "folds" if s is None else s.stem)
+def test_the_folded_torch_model_gives_the_same_outputs(spec, folds_spec, tmp_path):
+    import torch
+
+    analysis = load(folds_spec) if spec is None else small(spec)
+    module, model = _torch_model(analysis, tmp_path)
+    h, w, c = analysis.net.input
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x).numpy()
+        folded = module.fold_batchnorm(copy.deepcopy(model))
+        after = folded(x).numpy()
+    assert _batch_norms(model) - _batch_norms(folded) == folded_instances(analysis)
+    assert _difference(before, after).rel < 1e-5
+    if not folded_instances(analysis):
+        return
+    # the fold changes outputs by rounding only: a BN dropped without folding would not
+    dropped = copy.deepcopy(model)
+    for name, m in list(dropped.named_modules()):
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            parent, _, attr = name.rpartition(".")
+            setattr(dropped.get_submodule(parent), attr, torch.nn.Identity())
+    with torch.no_grad():
+        assert _difference(before, dropped(x).numpy()).rel > 1e-2
+
+
+def test_the_folded_keras_model_gives_the_same_outputs(folds_spec, tmp_path):
+    import keras
+
+    analysis = load(folds_spec)
+    backend = porting_backends(["keras"])[0]["keras"]
+    module = generated_module(backend, analysis, tmp_path)
+    model = module.create_model()
+    backend.load_weights(model, analysis, random_weights(analysis, 0))
+    x = np.random.default_rng(1).standard_normal((2, *analysis.net.input)).astype(np.float32)
+    folded = module.fold_batchnorm(model)
+    count = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert count == batch_norms(analysis) - folded_instances(analysis)
+    assert _difference(model.predict(x, verbose=0), folded.predict(x, verbose=0)).rel < 1e-5
+
+
+# -- archc export ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", BUNDLED, ids=lambda s: s.stem)
+def test_onnx_export_runs_in_onnxruntime_like_torch(spec, tmp_path):
+    from archc.export import export
+
+    out = tmp_path / f"{spec.stem}.onnx"
+    result = export(small(spec), "onnx", out)
+    assert out.is_file()
+    checks = dict(result.checks)
+    assert set(checks) == {
+        "folded vs unfolded torch model",
+        "ONNX in onnxruntime vs torch",
+        "ONNX in onnxruntime vs unfolded torch model",
+    }
+    assert all(rel <= 1e-4 for rel in checks.values()), checks
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary or external-data file left
+
+
+def test_export_cli_torchscript_and_keras_load_and_match(folds_spec, tmp_path):
+    import keras
+    import torch
+
+    analysis = load(folds_spec)
+    _, model = _torch_model(analysis, tmp_path, seed=3)
+    checkpoint = tmp_path / "w.pt"
+    torch.save(model.state_dict(), checkpoint)
+    x = np.random.default_rng(2).standard_normal((3, *analysis.net.input)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+    result = run("export", folds_spec, "--format", "torchscript", "--weights", checkpoint, "-o", tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    assert "batch norms folded: 9 of 13" in result.output
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    assert sum("BatchNorm" in m.original_name for m in loaded.modules()) == 13 - 9
+    with torch.no_grad():
+        assert _difference(expected, loaded(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()).rel < 1e-5
+
+    # torch weights into the Keras export: ported through the neutral format
+    result = run("export", folds_spec, "--format", "keras", "--weights", checkpoint, "-o", tmp_path / "m.keras")
+    assert result.exit_code == 0, result.output
+    assert "(torch -> keras)" in result.output
+    keras_model = keras.saving.load_model(tmp_path / "m.keras")
+    assert _difference(expected, keras_model.predict(x, verbose=0)).rel < 1e-4
+
+
+def test_no_fold_keeps_the_batch_norms(folds_spec, tmp_path):
+    result = run("export", folds_spec, "--format", "torchscript", "--no-fold", "-o", tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    assert "batch norms folded: 0 of 13" in result.output
+    assert "folded vs unfolded" not in result.output
+
+
+def test_a_failed_export_check_writes_nothing(folds_spec, tmp_path):
+    result = run("export", folds_spec, "--format", "torchscript", "--tolerance", "1e-12", "-o", tmp_path / "m.pt")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: export check failed: folded vs unfolded torch model: relative difference")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_wrong_file_name(folds_spec, tmp_path):
+    result = run("export", folds_spec, "--format", "keras", "-o", tmp_path / "m.h5")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: expected an output file name ending in .keras for keras, found '{tmp_path / 'm.h5'}'"
+
+
+# -- archc import from keras.applications ----------------------------------------------------
+
+
+REFERENCES = {
+    "xception": ("Xception", ROOT / "specs/xception.yaml", (71, 71)),
+    "inception_v3": ("InceptionV3", ROOT / "specs/inception_v3_slim.yaml", (75, 75)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(REFERENCES))
+def reference(request):
+    """A keras.applications model (weights=None, random BN statistics), its outputs on a
+    random input, and its weights saved as .h5 (the shipped layout) and .weights.h5."""
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    cls, spec, size = REFERENCES[request.param]
+    model = getattr(keras.applications, cls)(weights=None, input_shape=(*size, 3), classifier_activation=None)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            values = []
+            for w in layer.weights:
+                low, high = (0.5, 1.5) if w.name in ("gamma", "moving_variance") else (-0.5, 0.5)
+                values.append(rng.uniform(low, high, tuple(w.shape)).astype(np.float32))
+            layer.set_weights(values)
+    x = rng.standard_normal((2, *size, 3)).astype(np.float32)
+    folder = Path(tempfile.mkdtemp(prefix="archc-test-import-"))
+    model.save_weights(folder / "ref.weights.h5")
+    import h5py
+
+    with h5py.File(folder / "ref.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return spec, size, x, model.predict(x, verbose=0), folder
+
+
+@pytest.mark.parametrize("layout", ["ref.h5", "ref.weights.h5"])
+def test_import_keras_applications_weights(reference, layout, tmp_path):
+    import torch
+
+    spec, size, x, expected, folder = reference
+    analysis = load(spec, None, size)
+    keras_out = tmp_path / "imported.weights.h5"
+    result = run("import", spec, "--from", "keras.applications", folder / layout, "--to", "keras", "-o", keras_out)
+    assert result.exit_code == 0, result.output
+    backends = porting_backends(["keras", "torch"])[0]
+    keras_model = generated_module(backends["keras"], analysis, tmp_path).create_model()
+    keras_model.load_weights(keras_out)
+    assert _difference(expected, keras_model.predict(x, verbose=0)).rel <= 1e-5
+
+    torch_out = tmp_path / "imported.pt"
+    result = run("import", spec, "--from", "keras.applications", folder / layout, "--to", "torch", "-o", torch_out)
+    assert result.exit_code == 0, result.output
+    torch_model = generated_module(backends["torch"], analysis, tmp_path).create_model().eval()
+    torch_model.load_state_dict(torch.load(torch_out, weights_only=True))
+    with torch.no_grad():
+        out = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    assert _difference(expected, out).rel <= 1e-4
+
+
+def test_import_names_the_first_layer_that_does_not_fit(reference, tmp_path):
+    spec, _, _, _, folder = reference
+    wrong = ["-p", "middle_repeats=4"] if spec.stem == "xception" else ["-p", "classes=10"]
+    for layout in ("ref.h5", "ref.weights.h5"):
+        result = run("import", spec, *wrong, "--from", "keras.applications", folder / layout, "--to", "torch", "-o", tmp_path / "w.pt")
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "the architectures differ" in lines[0], result.output
+        first = "exit_down1_residual1_body_sep_bn2_sepconv1" if spec.stem == "xception" else "head_classifier"
+        assert f"'{first}'" in lines[0]
+    assert list(tmp_path.iterdir()) == []
