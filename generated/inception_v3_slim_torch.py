@@ -91,16 +91,24 @@ class KerasBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d with Keras's ``center`` (beta) and ``scale`` (gamma) chosen
     separately: torch's ``affine`` has both or neither, Keras exactly the ones asked.
 
-    CUDA's batch norm takes a weight and a bias or neither, so with only one of them the
-    other is passed as its constant (gamma 1 or beta 0): a buffer outside the state_dict,
-    which changes no value and no parameter."""
+    CUDA's batch norm takes a weight and a bias or neither, so with only one of them
+    the other is passed as its constant (gamma 1 or beta 0): a buffer outside the
+    state_dict, which changes no value and no parameter."""
 
     def __init__(self, num_features, eps, momentum, center=True, scale=True):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=False)
         self.weight = nn.Parameter(torch.ones(num_features)) if scale else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if center else None
-        self.register_buffer("unit_weight", torch.ones(num_features) if center and not scale else None, persistent=False)
-        self.register_buffer("zero_bias", torch.zeros(num_features) if scale and not center else None, persistent=False)
+        self.register_buffer(
+            "unit_weight",
+            torch.ones(num_features) if center and not scale else None,
+            persistent=False,
+        )
+        self.register_buffer(
+            "zero_bias",
+            torch.zeros(num_features) if scale and not center else None,
+            persistent=False,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
@@ -108,7 +116,16 @@ class KerasBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
         weight = self.weight if self.weight is not None else self.unit_weight
         bias = self.bias if self.bias is not None else self.zero_bias
-        return nn.functional.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, self.momentum, self.eps)
+        return nn.functional.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            weight,
+            bias,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
 
 
 class Branches(nn.ModuleDict):
@@ -398,100 +415,382 @@ def create_model(**overrides) -> InceptionV3Slim:
 # linear layer, by module name ({0}, {1}: repeat indices), as archc found them in the
 # spec: (the layer whose output channels the batch norm scales, the batch norm).
 BN_FOLDS = (
-    ("stem.unit1.conv1", "stem.unit1.bn1"),
-    ("stem.unit2.conv1", "stem.unit2.bn1"),
-    ("stem.unit3.conv1", "stem.unit3.bn1"),
-    ("stem.unit4.conv1", "stem.unit4.bn1"),
-    ("stem.unit5.conv1", "stem.unit5.bn1"),
-    ("grid35.mixed0.branches1.b1x1.unit1.conv1", "grid35.mixed0.branches1.b1x1.unit1.bn1"),
-    ("grid35.mixed0.branches1.b5x5.unit1.conv1", "grid35.mixed0.branches1.b5x5.unit1.bn1"),
-    ("grid35.mixed0.branches1.b5x5.unit2.conv1", "grid35.mixed0.branches1.b5x5.unit2.bn1"),
-    ("grid35.mixed0.branches1.b3x3dbl.unit1.conv1", "grid35.mixed0.branches1.b3x3dbl.unit1.bn1"),
-    ("grid35.mixed0.branches1.b3x3dbl.unit2.conv1", "grid35.mixed0.branches1.b3x3dbl.unit2.bn1"),
-    ("grid35.mixed0.branches1.b3x3dbl.unit3.conv1", "grid35.mixed0.branches1.b3x3dbl.unit3.bn1"),
-    ("grid35.mixed0.branches1.pool.unit1.conv1", "grid35.mixed0.branches1.pool.unit1.bn1"),
-    ("grid35.mixed1.branches1.b1x1.unit1.conv1", "grid35.mixed1.branches1.b1x1.unit1.bn1"),
-    ("grid35.mixed1.branches1.b5x5.unit1.conv1", "grid35.mixed1.branches1.b5x5.unit1.bn1"),
-    ("grid35.mixed1.branches1.b5x5.unit2.conv1", "grid35.mixed1.branches1.b5x5.unit2.bn1"),
-    ("grid35.mixed1.branches1.b3x3dbl.unit1.conv1", "grid35.mixed1.branches1.b3x3dbl.unit1.bn1"),
-    ("grid35.mixed1.branches1.b3x3dbl.unit2.conv1", "grid35.mixed1.branches1.b3x3dbl.unit2.bn1"),
-    ("grid35.mixed1.branches1.b3x3dbl.unit3.conv1", "grid35.mixed1.branches1.b3x3dbl.unit3.bn1"),
-    ("grid35.mixed1.branches1.pool.unit1.conv1", "grid35.mixed1.branches1.pool.unit1.bn1"),
-    ("grid35.mixed2.branches1.b1x1.unit1.conv1", "grid35.mixed2.branches1.b1x1.unit1.bn1"),
-    ("grid35.mixed2.branches1.b5x5.unit1.conv1", "grid35.mixed2.branches1.b5x5.unit1.bn1"),
-    ("grid35.mixed2.branches1.b5x5.unit2.conv1", "grid35.mixed2.branches1.b5x5.unit2.bn1"),
-    ("grid35.mixed2.branches1.b3x3dbl.unit1.conv1", "grid35.mixed2.branches1.b3x3dbl.unit1.bn1"),
-    ("grid35.mixed2.branches1.b3x3dbl.unit2.conv1", "grid35.mixed2.branches1.b3x3dbl.unit2.bn1"),
-    ("grid35.mixed2.branches1.b3x3dbl.unit3.conv1", "grid35.mixed2.branches1.b3x3dbl.unit3.bn1"),
-    ("grid35.mixed2.branches1.pool.unit1.conv1", "grid35.mixed2.branches1.pool.unit1.bn1"),
-    ("grid35.mixed3.branches1.b3x3.unit1.conv1", "grid35.mixed3.branches1.b3x3.unit1.bn1"),
-    ("grid35.mixed3.branches1.b3x3dbl.unit1.conv1", "grid35.mixed3.branches1.b3x3dbl.unit1.bn1"),
-    ("grid35.mixed3.branches1.b3x3dbl.unit2.conv1", "grid35.mixed3.branches1.b3x3dbl.unit2.bn1"),
-    ("grid35.mixed3.branches1.b3x3dbl.unit3.conv1", "grid35.mixed3.branches1.b3x3dbl.unit3.bn1"),
-    ("grid17.mixed4.branches1.b1x1.unit1.conv1", "grid17.mixed4.branches1.b1x1.unit1.bn1"),
-    ("grid17.mixed4.branches1.b7x7.unit1.conv1", "grid17.mixed4.branches1.b7x7.unit1.bn1"),
-    ("grid17.mixed4.branches1.b7x7.unit2.conv1", "grid17.mixed4.branches1.b7x7.unit2.bn1"),
-    ("grid17.mixed4.branches1.b7x7.unit3.conv1", "grid17.mixed4.branches1.b7x7.unit3.bn1"),
-    ("grid17.mixed4.branches1.b7x7dbl.unit1.conv1", "grid17.mixed4.branches1.b7x7dbl.unit1.bn1"),
-    ("grid17.mixed4.branches1.b7x7dbl.unit2.conv1", "grid17.mixed4.branches1.b7x7dbl.unit2.bn1"),
-    ("grid17.mixed4.branches1.b7x7dbl.unit3.conv1", "grid17.mixed4.branches1.b7x7dbl.unit3.bn1"),
-    ("grid17.mixed4.branches1.b7x7dbl.unit4.conv1", "grid17.mixed4.branches1.b7x7dbl.unit4.bn1"),
-    ("grid17.mixed4.branches1.b7x7dbl.unit5.conv1", "grid17.mixed4.branches1.b7x7dbl.unit5.bn1"),
-    ("grid17.mixed4.branches1.pool.unit1.conv1", "grid17.mixed4.branches1.pool.unit1.bn1"),
-    ("grid17.mixed5.branches1.b1x1.unit1.conv1", "grid17.mixed5.branches1.b1x1.unit1.bn1"),
-    ("grid17.mixed5.branches1.b7x7.unit1.conv1", "grid17.mixed5.branches1.b7x7.unit1.bn1"),
-    ("grid17.mixed5.branches1.b7x7.unit2.conv1", "grid17.mixed5.branches1.b7x7.unit2.bn1"),
-    ("grid17.mixed5.branches1.b7x7.unit3.conv1", "grid17.mixed5.branches1.b7x7.unit3.bn1"),
-    ("grid17.mixed5.branches1.b7x7dbl.unit1.conv1", "grid17.mixed5.branches1.b7x7dbl.unit1.bn1"),
-    ("grid17.mixed5.branches1.b7x7dbl.unit2.conv1", "grid17.mixed5.branches1.b7x7dbl.unit2.bn1"),
-    ("grid17.mixed5.branches1.b7x7dbl.unit3.conv1", "grid17.mixed5.branches1.b7x7dbl.unit3.bn1"),
-    ("grid17.mixed5.branches1.b7x7dbl.unit4.conv1", "grid17.mixed5.branches1.b7x7dbl.unit4.bn1"),
-    ("grid17.mixed5.branches1.b7x7dbl.unit5.conv1", "grid17.mixed5.branches1.b7x7dbl.unit5.bn1"),
-    ("grid17.mixed5.branches1.pool.unit1.conv1", "grid17.mixed5.branches1.pool.unit1.bn1"),
-    ("grid17.mixed6.branches1.b1x1.unit1.conv1", "grid17.mixed6.branches1.b1x1.unit1.bn1"),
-    ("grid17.mixed6.branches1.b7x7.unit1.conv1", "grid17.mixed6.branches1.b7x7.unit1.bn1"),
-    ("grid17.mixed6.branches1.b7x7.unit2.conv1", "grid17.mixed6.branches1.b7x7.unit2.bn1"),
-    ("grid17.mixed6.branches1.b7x7.unit3.conv1", "grid17.mixed6.branches1.b7x7.unit3.bn1"),
-    ("grid17.mixed6.branches1.b7x7dbl.unit1.conv1", "grid17.mixed6.branches1.b7x7dbl.unit1.bn1"),
-    ("grid17.mixed6.branches1.b7x7dbl.unit2.conv1", "grid17.mixed6.branches1.b7x7dbl.unit2.bn1"),
-    ("grid17.mixed6.branches1.b7x7dbl.unit3.conv1", "grid17.mixed6.branches1.b7x7dbl.unit3.bn1"),
-    ("grid17.mixed6.branches1.b7x7dbl.unit4.conv1", "grid17.mixed6.branches1.b7x7dbl.unit4.bn1"),
-    ("grid17.mixed6.branches1.b7x7dbl.unit5.conv1", "grid17.mixed6.branches1.b7x7dbl.unit5.bn1"),
-    ("grid17.mixed6.branches1.pool.unit1.conv1", "grid17.mixed6.branches1.pool.unit1.bn1"),
-    ("grid17.mixed7.branches1.b1x1.unit1.conv1", "grid17.mixed7.branches1.b1x1.unit1.bn1"),
-    ("grid17.mixed7.branches1.b7x7.unit1.conv1", "grid17.mixed7.branches1.b7x7.unit1.bn1"),
-    ("grid17.mixed7.branches1.b7x7.unit2.conv1", "grid17.mixed7.branches1.b7x7.unit2.bn1"),
-    ("grid17.mixed7.branches1.b7x7.unit3.conv1", "grid17.mixed7.branches1.b7x7.unit3.bn1"),
-    ("grid17.mixed7.branches1.b7x7dbl.unit1.conv1", "grid17.mixed7.branches1.b7x7dbl.unit1.bn1"),
-    ("grid17.mixed7.branches1.b7x7dbl.unit2.conv1", "grid17.mixed7.branches1.b7x7dbl.unit2.bn1"),
-    ("grid17.mixed7.branches1.b7x7dbl.unit3.conv1", "grid17.mixed7.branches1.b7x7dbl.unit3.bn1"),
-    ("grid17.mixed7.branches1.b7x7dbl.unit4.conv1", "grid17.mixed7.branches1.b7x7dbl.unit4.bn1"),
-    ("grid17.mixed7.branches1.b7x7dbl.unit5.conv1", "grid17.mixed7.branches1.b7x7dbl.unit5.bn1"),
-    ("grid17.mixed7.branches1.pool.unit1.conv1", "grid17.mixed7.branches1.pool.unit1.bn1"),
-    ("grid17.mixed8.branches1.b3x3.unit1.conv1", "grid17.mixed8.branches1.b3x3.unit1.bn1"),
-    ("grid17.mixed8.branches1.b3x3.unit2.conv1", "grid17.mixed8.branches1.b3x3.unit2.bn1"),
-    ("grid17.mixed8.branches1.b7x7x3.unit1.conv1", "grid17.mixed8.branches1.b7x7x3.unit1.bn1"),
-    ("grid17.mixed8.branches1.b7x7x3.unit2.conv1", "grid17.mixed8.branches1.b7x7x3.unit2.bn1"),
-    ("grid17.mixed8.branches1.b7x7x3.unit3.conv1", "grid17.mixed8.branches1.b7x7x3.unit3.bn1"),
-    ("grid17.mixed8.branches1.b7x7x3.unit4.conv1", "grid17.mixed8.branches1.b7x7x3.unit4.bn1"),
-    ("grid8.mixed9.branches1.b1x1.unit1.conv1", "grid8.mixed9.branches1.b1x1.unit1.bn1"),
-    ("grid8.mixed9.branches1.b3x3.unit1.conv1", "grid8.mixed9.branches1.b3x3.unit1.bn1"),
-    ("grid8.mixed9.branches1.b3x3.branches1.b1x3.unit1.conv1", "grid8.mixed9.branches1.b3x3.branches1.b1x3.unit1.bn1"),
-    ("grid8.mixed9.branches1.b3x3.branches1.b3x1.unit1.conv1", "grid8.mixed9.branches1.b3x3.branches1.b3x1.unit1.bn1"),
-    ("grid8.mixed9.branches1.b3x3dbl.unit1.conv1", "grid8.mixed9.branches1.b3x3dbl.unit1.bn1"),
-    ("grid8.mixed9.branches1.b3x3dbl.unit2.conv1", "grid8.mixed9.branches1.b3x3dbl.unit2.bn1"),
-    ("grid8.mixed9.branches1.b3x3dbl.branches1.b1x3.unit1.conv1", "grid8.mixed9.branches1.b3x3dbl.branches1.b1x3.unit1.bn1"),
-    ("grid8.mixed9.branches1.b3x3dbl.branches1.b3x1.unit1.conv1", "grid8.mixed9.branches1.b3x3dbl.branches1.b3x1.unit1.bn1"),
-    ("grid8.mixed9.branches1.pool.unit1.conv1", "grid8.mixed9.branches1.pool.unit1.bn1"),
-    ("grid8.mixed10.branches1.b1x1.unit1.conv1", "grid8.mixed10.branches1.b1x1.unit1.bn1"),
-    ("grid8.mixed10.branches1.b3x3.unit1.conv1", "grid8.mixed10.branches1.b3x3.unit1.bn1"),
-    ("grid8.mixed10.branches1.b3x3.branches1.b1x3.unit1.conv1", "grid8.mixed10.branches1.b3x3.branches1.b1x3.unit1.bn1"),
-    ("grid8.mixed10.branches1.b3x3.branches1.b3x1.unit1.conv1", "grid8.mixed10.branches1.b3x3.branches1.b3x1.unit1.bn1"),
-    ("grid8.mixed10.branches1.b3x3dbl.unit1.conv1", "grid8.mixed10.branches1.b3x3dbl.unit1.bn1"),
-    ("grid8.mixed10.branches1.b3x3dbl.unit2.conv1", "grid8.mixed10.branches1.b3x3dbl.unit2.bn1"),
-    ("grid8.mixed10.branches1.b3x3dbl.branches1.b1x3.unit1.conv1", "grid8.mixed10.branches1.b3x3dbl.branches1.b1x3.unit1.bn1"),
-    ("grid8.mixed10.branches1.b3x3dbl.branches1.b3x1.unit1.conv1", "grid8.mixed10.branches1.b3x3dbl.branches1.b3x1.unit1.bn1"),
-    ("grid8.mixed10.branches1.pool.unit1.conv1", "grid8.mixed10.branches1.pool.unit1.bn1"),
+    (
+        "stem.unit1.conv1",
+        "stem.unit1.bn1",
+    ),
+    (
+        "stem.unit2.conv1",
+        "stem.unit2.bn1",
+    ),
+    (
+        "stem.unit3.conv1",
+        "stem.unit3.bn1",
+    ),
+    (
+        "stem.unit4.conv1",
+        "stem.unit4.bn1",
+    ),
+    (
+        "stem.unit5.conv1",
+        "stem.unit5.bn1",
+    ),
+    (
+        "grid35.mixed0.branches1.b1x1.unit1.conv1",
+        "grid35.mixed0.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid35.mixed0.branches1.b5x5.unit1.conv1",
+        "grid35.mixed0.branches1.b5x5.unit1.bn1",
+    ),
+    (
+        "grid35.mixed0.branches1.b5x5.unit2.conv1",
+        "grid35.mixed0.branches1.b5x5.unit2.bn1",
+    ),
+    (
+        "grid35.mixed0.branches1.b3x3dbl.unit1.conv1",
+        "grid35.mixed0.branches1.b3x3dbl.unit1.bn1",
+    ),
+    (
+        "grid35.mixed0.branches1.b3x3dbl.unit2.conv1",
+        "grid35.mixed0.branches1.b3x3dbl.unit2.bn1",
+    ),
+    (
+        "grid35.mixed0.branches1.b3x3dbl.unit3.conv1",
+        "grid35.mixed0.branches1.b3x3dbl.unit3.bn1",
+    ),
+    (
+        "grid35.mixed0.branches1.pool.unit1.conv1",
+        "grid35.mixed0.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid35.mixed1.branches1.b1x1.unit1.conv1",
+        "grid35.mixed1.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid35.mixed1.branches1.b5x5.unit1.conv1",
+        "grid35.mixed1.branches1.b5x5.unit1.bn1",
+    ),
+    (
+        "grid35.mixed1.branches1.b5x5.unit2.conv1",
+        "grid35.mixed1.branches1.b5x5.unit2.bn1",
+    ),
+    (
+        "grid35.mixed1.branches1.b3x3dbl.unit1.conv1",
+        "grid35.mixed1.branches1.b3x3dbl.unit1.bn1",
+    ),
+    (
+        "grid35.mixed1.branches1.b3x3dbl.unit2.conv1",
+        "grid35.mixed1.branches1.b3x3dbl.unit2.bn1",
+    ),
+    (
+        "grid35.mixed1.branches1.b3x3dbl.unit3.conv1",
+        "grid35.mixed1.branches1.b3x3dbl.unit3.bn1",
+    ),
+    (
+        "grid35.mixed1.branches1.pool.unit1.conv1",
+        "grid35.mixed1.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid35.mixed2.branches1.b1x1.unit1.conv1",
+        "grid35.mixed2.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid35.mixed2.branches1.b5x5.unit1.conv1",
+        "grid35.mixed2.branches1.b5x5.unit1.bn1",
+    ),
+    (
+        "grid35.mixed2.branches1.b5x5.unit2.conv1",
+        "grid35.mixed2.branches1.b5x5.unit2.bn1",
+    ),
+    (
+        "grid35.mixed2.branches1.b3x3dbl.unit1.conv1",
+        "grid35.mixed2.branches1.b3x3dbl.unit1.bn1",
+    ),
+    (
+        "grid35.mixed2.branches1.b3x3dbl.unit2.conv1",
+        "grid35.mixed2.branches1.b3x3dbl.unit2.bn1",
+    ),
+    (
+        "grid35.mixed2.branches1.b3x3dbl.unit3.conv1",
+        "grid35.mixed2.branches1.b3x3dbl.unit3.bn1",
+    ),
+    (
+        "grid35.mixed2.branches1.pool.unit1.conv1",
+        "grid35.mixed2.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid35.mixed3.branches1.b3x3.unit1.conv1",
+        "grid35.mixed3.branches1.b3x3.unit1.bn1",
+    ),
+    (
+        "grid35.mixed3.branches1.b3x3dbl.unit1.conv1",
+        "grid35.mixed3.branches1.b3x3dbl.unit1.bn1",
+    ),
+    (
+        "grid35.mixed3.branches1.b3x3dbl.unit2.conv1",
+        "grid35.mixed3.branches1.b3x3dbl.unit2.bn1",
+    ),
+    (
+        "grid35.mixed3.branches1.b3x3dbl.unit3.conv1",
+        "grid35.mixed3.branches1.b3x3dbl.unit3.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b1x1.unit1.conv1",
+        "grid17.mixed4.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7.unit1.conv1",
+        "grid17.mixed4.branches1.b7x7.unit1.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7.unit2.conv1",
+        "grid17.mixed4.branches1.b7x7.unit2.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7.unit3.conv1",
+        "grid17.mixed4.branches1.b7x7.unit3.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7dbl.unit1.conv1",
+        "grid17.mixed4.branches1.b7x7dbl.unit1.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7dbl.unit2.conv1",
+        "grid17.mixed4.branches1.b7x7dbl.unit2.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7dbl.unit3.conv1",
+        "grid17.mixed4.branches1.b7x7dbl.unit3.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7dbl.unit4.conv1",
+        "grid17.mixed4.branches1.b7x7dbl.unit4.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.b7x7dbl.unit5.conv1",
+        "grid17.mixed4.branches1.b7x7dbl.unit5.bn1",
+    ),
+    (
+        "grid17.mixed4.branches1.pool.unit1.conv1",
+        "grid17.mixed4.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b1x1.unit1.conv1",
+        "grid17.mixed5.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7.unit1.conv1",
+        "grid17.mixed5.branches1.b7x7.unit1.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7.unit2.conv1",
+        "grid17.mixed5.branches1.b7x7.unit2.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7.unit3.conv1",
+        "grid17.mixed5.branches1.b7x7.unit3.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7dbl.unit1.conv1",
+        "grid17.mixed5.branches1.b7x7dbl.unit1.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7dbl.unit2.conv1",
+        "grid17.mixed5.branches1.b7x7dbl.unit2.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7dbl.unit3.conv1",
+        "grid17.mixed5.branches1.b7x7dbl.unit3.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7dbl.unit4.conv1",
+        "grid17.mixed5.branches1.b7x7dbl.unit4.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.b7x7dbl.unit5.conv1",
+        "grid17.mixed5.branches1.b7x7dbl.unit5.bn1",
+    ),
+    (
+        "grid17.mixed5.branches1.pool.unit1.conv1",
+        "grid17.mixed5.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b1x1.unit1.conv1",
+        "grid17.mixed6.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7.unit1.conv1",
+        "grid17.mixed6.branches1.b7x7.unit1.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7.unit2.conv1",
+        "grid17.mixed6.branches1.b7x7.unit2.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7.unit3.conv1",
+        "grid17.mixed6.branches1.b7x7.unit3.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7dbl.unit1.conv1",
+        "grid17.mixed6.branches1.b7x7dbl.unit1.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7dbl.unit2.conv1",
+        "grid17.mixed6.branches1.b7x7dbl.unit2.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7dbl.unit3.conv1",
+        "grid17.mixed6.branches1.b7x7dbl.unit3.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7dbl.unit4.conv1",
+        "grid17.mixed6.branches1.b7x7dbl.unit4.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.b7x7dbl.unit5.conv1",
+        "grid17.mixed6.branches1.b7x7dbl.unit5.bn1",
+    ),
+    (
+        "grid17.mixed6.branches1.pool.unit1.conv1",
+        "grid17.mixed6.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b1x1.unit1.conv1",
+        "grid17.mixed7.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7.unit1.conv1",
+        "grid17.mixed7.branches1.b7x7.unit1.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7.unit2.conv1",
+        "grid17.mixed7.branches1.b7x7.unit2.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7.unit3.conv1",
+        "grid17.mixed7.branches1.b7x7.unit3.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7dbl.unit1.conv1",
+        "grid17.mixed7.branches1.b7x7dbl.unit1.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7dbl.unit2.conv1",
+        "grid17.mixed7.branches1.b7x7dbl.unit2.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7dbl.unit3.conv1",
+        "grid17.mixed7.branches1.b7x7dbl.unit3.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7dbl.unit4.conv1",
+        "grid17.mixed7.branches1.b7x7dbl.unit4.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.b7x7dbl.unit5.conv1",
+        "grid17.mixed7.branches1.b7x7dbl.unit5.bn1",
+    ),
+    (
+        "grid17.mixed7.branches1.pool.unit1.conv1",
+        "grid17.mixed7.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid17.mixed8.branches1.b3x3.unit1.conv1",
+        "grid17.mixed8.branches1.b3x3.unit1.bn1",
+    ),
+    (
+        "grid17.mixed8.branches1.b3x3.unit2.conv1",
+        "grid17.mixed8.branches1.b3x3.unit2.bn1",
+    ),
+    (
+        "grid17.mixed8.branches1.b7x7x3.unit1.conv1",
+        "grid17.mixed8.branches1.b7x7x3.unit1.bn1",
+    ),
+    (
+        "grid17.mixed8.branches1.b7x7x3.unit2.conv1",
+        "grid17.mixed8.branches1.b7x7x3.unit2.bn1",
+    ),
+    (
+        "grid17.mixed8.branches1.b7x7x3.unit3.conv1",
+        "grid17.mixed8.branches1.b7x7x3.unit3.bn1",
+    ),
+    (
+        "grid17.mixed8.branches1.b7x7x3.unit4.conv1",
+        "grid17.mixed8.branches1.b7x7x3.unit4.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b1x1.unit1.conv1",
+        "grid8.mixed9.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b3x3.unit1.conv1",
+        "grid8.mixed9.branches1.b3x3.unit1.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b3x3.branches1.b1x3.unit1.conv1",
+        "grid8.mixed9.branches1.b3x3.branches1.b1x3.unit1.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b3x3.branches1.b3x1.unit1.conv1",
+        "grid8.mixed9.branches1.b3x3.branches1.b3x1.unit1.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b3x3dbl.unit1.conv1",
+        "grid8.mixed9.branches1.b3x3dbl.unit1.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b3x3dbl.unit2.conv1",
+        "grid8.mixed9.branches1.b3x3dbl.unit2.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b3x3dbl.branches1.b1x3.unit1.conv1",
+        "grid8.mixed9.branches1.b3x3dbl.branches1.b1x3.unit1.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.b3x3dbl.branches1.b3x1.unit1.conv1",
+        "grid8.mixed9.branches1.b3x3dbl.branches1.b3x1.unit1.bn1",
+    ),
+    (
+        "grid8.mixed9.branches1.pool.unit1.conv1",
+        "grid8.mixed9.branches1.pool.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b1x1.unit1.conv1",
+        "grid8.mixed10.branches1.b1x1.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b3x3.unit1.conv1",
+        "grid8.mixed10.branches1.b3x3.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b3x3.branches1.b1x3.unit1.conv1",
+        "grid8.mixed10.branches1.b3x3.branches1.b1x3.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b3x3.branches1.b3x1.unit1.conv1",
+        "grid8.mixed10.branches1.b3x3.branches1.b3x1.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b3x3dbl.unit1.conv1",
+        "grid8.mixed10.branches1.b3x3dbl.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b3x3dbl.unit2.conv1",
+        "grid8.mixed10.branches1.b3x3dbl.unit2.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b3x3dbl.branches1.b1x3.unit1.conv1",
+        "grid8.mixed10.branches1.b3x3dbl.branches1.b1x3.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.b3x3dbl.branches1.b3x1.unit1.conv1",
+        "grid8.mixed10.branches1.b3x3dbl.branches1.b3x1.unit1.bn1",
+    ),
+    (
+        "grid8.mixed10.branches1.pool.unit1.conv1",
+        "grid8.mixed10.branches1.pool.unit1.bn1",
+    ),
 )
 
 
@@ -520,8 +819,9 @@ def fold_batchnorm(model: InceptionV3Slim) -> InceptionV3Slim:
     with torch.no_grad():
         for layer_name, bn_name in BN_FOLDS:
             for name, indices in _expand(bn_name, names):
-                bn, layer = model.get_submodule(name), model.get_submodule(layer_name.format(*indices))
-                if isinstance(bn, nn.Identity):  # switched off by a param, with its layer
+                bn = model.get_submodule(name)
+                layer = model.get_submodule(layer_name.format(*indices))
+                if isinstance(bn, nn.Identity):  # switched off by a param, as its layer
                     continue
                 s = torch.rsqrt(bn.running_var.double() + bn.eps)
                 if bn.weight is not None:
@@ -529,8 +829,8 @@ def fold_batchnorm(model: InceptionV3Slim) -> InceptionV3Slim:
                 shift = -bn.running_mean.double() * s
                 if bn.bias is not None:
                     shift = shift + bn.bias.double()
-                weight = layer.weight.double() * s.reshape(-1, *[1] * (layer.weight.dim() - 1))
-                layer.weight.copy_(weight)
+                per_channel = s.reshape(-1, *[1] * (layer.weight.dim() - 1))
+                layer.weight.copy_(layer.weight.double() * per_channel)
                 if layer.bias is None:
                     layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
                 else:

@@ -398,8 +398,9 @@ def fold_batchnorm(model: InceptionV3) -> InceptionV3:
     with torch.no_grad():
         for layer_name, bn_name in BN_FOLDS:
             for name, indices in _expand(bn_name, names):
-                bn, layer = model.get_submodule(name), model.get_submodule(layer_name.format(*indices))
-                if isinstance(bn, nn.Identity):  # switched off by a param, with its layer
+                bn = model.get_submodule(name)
+                layer = model.get_submodule(layer_name.format(*indices))
+                if isinstance(bn, nn.Identity):  # switched off by a param, as its layer
                     continue
                 s = torch.rsqrt(bn.running_var.double() + bn.eps)
                 if bn.weight is not None:
@@ -407,8 +408,8 @@ def fold_batchnorm(model: InceptionV3) -> InceptionV3:
                 shift = -bn.running_mean.double() * s
                 if bn.bias is not None:
                     shift = shift + bn.bias.double()
-                weight = layer.weight.double() * s.reshape(-1, *[1] * (layer.weight.dim() - 1))
-                layer.weight.copy_(weight)
+                per_channel = s.reshape(-1, *[1] * (layer.weight.dim() - 1))
+                layer.weight.copy_(layer.weight.double() * per_channel)
                 if layer.bias is None:
                     layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
                 else:

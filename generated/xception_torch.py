@@ -426,25 +426,82 @@ def create_model(**overrides) -> Xception:
 # linear layer, by module name ({0}, {1}: repeat indices), as archc found them in the
 # spec: (the layer whose output channels the batch norm scales, the batch norm).
 BN_FOLDS = (
-    ("entry.conv1", "entry.bn1"),
-    ("entry.conv2", "entry.bn2"),
-    ("entry.down1.residual1.body.sep_bn1.sepconv1.pointwise", "entry.down1.residual1.body.sep_bn1.bn1"),
-    ("entry.down1.residual1.body.sep_bn2.sepconv1.pointwise", "entry.down1.residual1.body.sep_bn2.bn1"),
-    ("entry.down1.residual1.shortcut.conv1", "entry.down1.residual1.shortcut.bn1"),
-    ("entry.down2.residual1.body.sep_bn1.sepconv1.pointwise", "entry.down2.residual1.body.sep_bn1.bn1"),
-    ("entry.down2.residual1.body.sep_bn2.sepconv1.pointwise", "entry.down2.residual1.body.sep_bn2.bn1"),
-    ("entry.down2.residual1.shortcut.conv1", "entry.down2.residual1.shortcut.bn1"),
-    ("entry.down3.residual1.body.sep_bn1.sepconv1.pointwise", "entry.down3.residual1.body.sep_bn1.bn1"),
-    ("entry.down3.residual1.body.sep_bn2.sepconv1.pointwise", "entry.down3.residual1.body.sep_bn2.bn1"),
-    ("entry.down3.residual1.shortcut.conv1", "entry.down3.residual1.shortcut.bn1"),
-    ("middle.repeat.{0}.middle1.residual1.body.sep_bn1.sepconv1.pointwise", "middle.repeat.{0}.middle1.residual1.body.sep_bn1.bn1"),
-    ("middle.repeat.{0}.middle1.residual1.body.sep_bn2.sepconv1.pointwise", "middle.repeat.{0}.middle1.residual1.body.sep_bn2.bn1"),
-    ("middle.repeat.{0}.middle1.residual1.body.sep_bn3.sepconv1.pointwise", "middle.repeat.{0}.middle1.residual1.body.sep_bn3.bn1"),
-    ("exit.down1.residual1.body.sep_bn1.sepconv1.pointwise", "exit.down1.residual1.body.sep_bn1.bn1"),
-    ("exit.down1.residual1.body.sep_bn2.sepconv1.pointwise", "exit.down1.residual1.body.sep_bn2.bn1"),
-    ("exit.down1.residual1.shortcut.conv1", "exit.down1.residual1.shortcut.bn1"),
-    ("exit.sep_bn1.sepconv1.pointwise", "exit.sep_bn1.bn1"),
-    ("exit.sep_bn2.sepconv1.pointwise", "exit.sep_bn2.bn1"),
+    (
+        "entry.conv1",
+        "entry.bn1",
+    ),
+    (
+        "entry.conv2",
+        "entry.bn2",
+    ),
+    (
+        "entry.down1.residual1.body.sep_bn1.sepconv1.pointwise",
+        "entry.down1.residual1.body.sep_bn1.bn1",
+    ),
+    (
+        "entry.down1.residual1.body.sep_bn2.sepconv1.pointwise",
+        "entry.down1.residual1.body.sep_bn2.bn1",
+    ),
+    (
+        "entry.down1.residual1.shortcut.conv1",
+        "entry.down1.residual1.shortcut.bn1",
+    ),
+    (
+        "entry.down2.residual1.body.sep_bn1.sepconv1.pointwise",
+        "entry.down2.residual1.body.sep_bn1.bn1",
+    ),
+    (
+        "entry.down2.residual1.body.sep_bn2.sepconv1.pointwise",
+        "entry.down2.residual1.body.sep_bn2.bn1",
+    ),
+    (
+        "entry.down2.residual1.shortcut.conv1",
+        "entry.down2.residual1.shortcut.bn1",
+    ),
+    (
+        "entry.down3.residual1.body.sep_bn1.sepconv1.pointwise",
+        "entry.down3.residual1.body.sep_bn1.bn1",
+    ),
+    (
+        "entry.down3.residual1.body.sep_bn2.sepconv1.pointwise",
+        "entry.down3.residual1.body.sep_bn2.bn1",
+    ),
+    (
+        "entry.down3.residual1.shortcut.conv1",
+        "entry.down3.residual1.shortcut.bn1",
+    ),
+    (
+        "middle.repeat.{0}.middle1.residual1.body.sep_bn1.sepconv1.pointwise",
+        "middle.repeat.{0}.middle1.residual1.body.sep_bn1.bn1",
+    ),
+    (
+        "middle.repeat.{0}.middle1.residual1.body.sep_bn2.sepconv1.pointwise",
+        "middle.repeat.{0}.middle1.residual1.body.sep_bn2.bn1",
+    ),
+    (
+        "middle.repeat.{0}.middle1.residual1.body.sep_bn3.sepconv1.pointwise",
+        "middle.repeat.{0}.middle1.residual1.body.sep_bn3.bn1",
+    ),
+    (
+        "exit.down1.residual1.body.sep_bn1.sepconv1.pointwise",
+        "exit.down1.residual1.body.sep_bn1.bn1",
+    ),
+    (
+        "exit.down1.residual1.body.sep_bn2.sepconv1.pointwise",
+        "exit.down1.residual1.body.sep_bn2.bn1",
+    ),
+    (
+        "exit.down1.residual1.shortcut.conv1",
+        "exit.down1.residual1.shortcut.bn1",
+    ),
+    (
+        "exit.sep_bn1.sepconv1.pointwise",
+        "exit.sep_bn1.bn1",
+    ),
+    (
+        "exit.sep_bn2.sepconv1.pointwise",
+        "exit.sep_bn2.bn1",
+    ),
 )
 
 
@@ -473,8 +530,9 @@ def fold_batchnorm(model: Xception) -> Xception:
     with torch.no_grad():
         for layer_name, bn_name in BN_FOLDS:
             for name, indices in _expand(bn_name, names):
-                bn, layer = model.get_submodule(name), model.get_submodule(layer_name.format(*indices))
-                if isinstance(bn, nn.Identity):  # switched off by a param, with its layer
+                bn = model.get_submodule(name)
+                layer = model.get_submodule(layer_name.format(*indices))
+                if isinstance(bn, nn.Identity):  # switched off by a param, as its layer
                     continue
                 s = torch.rsqrt(bn.running_var.double() + bn.eps)
                 if bn.weight is not None:
@@ -482,8 +540,8 @@ def fold_batchnorm(model: Xception) -> Xception:
                 shift = -bn.running_mean.double() * s
                 if bn.bias is not None:
                     shift = shift + bn.bias.double()
-                weight = layer.weight.double() * s.reshape(-1, *[1] * (layer.weight.dim() - 1))
-                layer.weight.copy_(weight)
+                per_channel = s.reshape(-1, *[1] * (layer.weight.dim() - 1))
+                layer.weight.copy_(layer.weight.double() * per_channel)
                 if layer.bias is None:
                     layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
                 else:
