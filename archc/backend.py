@@ -157,6 +157,14 @@ def module_name(analysis: Analysis, backend: str) -> str:
     return f"{identifier(analysis.net.name, fallback='model')}_{backend}"
 
 
+def as_new_file(tmp: str) -> None:
+    """Give a file from ``tempfile.mkstemp`` (mode 0600) the mode an ordinary new file
+    gets (0666 less the umask), before it is moved into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+
+
 def write_all(files: dict[Path, str]) -> None:
     """Write every file or none: each goes to a temporary file first, then all are moved
     into place, so a failure never leaves half-written output."""
@@ -167,6 +175,7 @@ def write_all(files: dict[Path, str]) -> None:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
                 fh.write(text)
+            as_new_file(tmp)
             staged.append((tmp, path))
         for tmp, path in staged:
             os.replace(tmp, path)

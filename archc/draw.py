@@ -224,6 +224,7 @@ def render(analysis: Analysis, path: str | Path, options: Options | None = None)
     import os
     import tempfile
 
+    from .backend import as_new_file
     from .errors import UserError
 
     path = Path(path)
@@ -246,9 +247,7 @@ def render(analysis: Analysis, path: str | Path, options: Options | None = None)
                     f"-o: expected matplotlib for {suffix} (pip install 'archc[plot]'), found it missing; .svg needs nothing"
                 ) from None
             draw_matplotlib(diagram, Path(tmp))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # as an ordinary new file, not mkstemp's 0600
+        as_new_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"-o: expected a writable file, found {path} ({exc.strerror or exc})") from None

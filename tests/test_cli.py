@@ -102,3 +102,15 @@ def test_build_writes_every_backend_file(tmp_path):
     result = CliRunner().invoke(main, ["build", XCEPTION, "-o", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["xception_keras.py", "xception_torch.py"]
+
+
+def test_built_files_have_an_ordinary_new_files_mode(tmp_path):
+    """Written through a temporary file (all or nothing), yet readable as any new file
+    is: 0666 less the umask, not mkstemp's 0600."""
+    import os
+
+    result = CliRunner().invoke(main, ["build", XCEPTION, "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~mask}
