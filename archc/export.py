@@ -26,7 +26,7 @@ from .analysis import Analysis
 from .backend import import_generated, module_name
 from .errors import UserError
 from .fold import batch_norms, folded_instances
-from .verify import _difference, backend_for_file, porting_backends, random_weights
+from .verify import _difference, backend_for_file, porting_backends, random_weights, read_checkpoint
 
 TOLERANCE = 1e-4  # largest output difference allowed, relative to the largest |unfolded output|
 
@@ -57,18 +57,6 @@ def generated_module(backend: Any, analysis: Analysis, folder: str | Path) -> An
     path = Path(folder) / f"{module_name(analysis, backend.name)}.py"
     path.write_text(backend.render(analysis), encoding="utf-8")
     return import_generated(path)
-
-
-def read_checkpoint(backend: Any, model: Any, path: str | Path, analysis: Analysis) -> None:
-    """``backend``'s checkpoint file into ``model``, or one line saying why it does not fit."""
-    try:
-        backend.load_checkpoint(model, Path(path))
-    except Exception as exc:  # the framework's own message says what did not fit
-        detail = " ".join(str(exc).split())
-        detail = detail if len(detail) <= 300 else detail[:300] + "..."
-        raise UserError(
-            f"expected a {backend.name} checkpoint of '{analysis.net.name}' with these params in {path}, found: {detail}"
-        ) from None
 
 
 def export(

@@ -23,7 +23,6 @@ carried on through archc's neutral format, as ``archc convert`` does.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 from .analysis import Analysis
 from .errors import UserError
+from .verify import save_checkpoint
 
 KINDS = ("conv2d", "separable_conv2d", "depthwise_conv2d", "batch_normalization", "dense")
 
@@ -174,12 +174,5 @@ def import_keras_applications(analysis: Analysis, src: str | Path, dst: str | Pa
         if to != "keras":
             model = generated_module(target, analysis, folder).create_model()
             target.load_weights(model, analysis, able["keras"].export_weights(keras_model, analysis))
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
-        try:
-            target.save_checkpoint(model, tmp)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_checkpoint(target, model, dst)
     return len(pairs)

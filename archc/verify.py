@@ -478,6 +478,30 @@ def backend_for_file(path: str | Path, backends: dict[str, Any]) -> str:
     return matches[0][1]
 
 
+def read_checkpoint(backend: Any, model: Any, path: str | Path, analysis: Analysis) -> None:
+    """``backend``'s checkpoint file into ``model``, or one line saying why it does not fit."""
+    try:
+        backend.load_checkpoint(model, Path(path))
+    except Exception as exc:  # the framework's own message says what did not fit
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:300] + "..."
+        raise UserError(
+            f"expected a {backend.name} checkpoint of '{analysis.net.name}' with these params in {path}, found: {detail}"
+        ) from None
+
+
+def save_checkpoint(backend: Any, model: Any, dst: Path) -> None:
+    """``model``'s weights to ``dst`` through a temporary file: all or nothing."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
+    try:
+        backend.save_checkpoint(model, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def convert(analysis: Analysis, source: str, target: str, src: str | Path, dst: str | Path) -> int:
     """Read ``src`` (``source``'s checkpoint of this spec), write ``dst`` (``target``'s);
     returns the number of weighted instances ported. The file appears only when complete."""
@@ -491,23 +515,9 @@ def convert(analysis: Analysis, source: str, target: str, src: str | Path, dst: 
         )
     with tempfile.TemporaryDirectory(prefix="archc-convert-") as folder:
         model = build_model(able[source], analysis, folder)
-        try:
-            able[source].load_checkpoint(model, Path(src))
-        except Exception as exc:  # the framework's own message says what did not fit
-            detail = " ".join(str(exc).split())
-            detail = detail if len(detail) <= 300 else detail[:300] + "..."
-            raise UserError(
-                f"expected a {source} checkpoint of '{analysis.net.name}' with these params in {src}, found: {detail}"
-            ) from None
+        read_checkpoint(able[source], model, src, analysis)
         weights = able[source].export_weights(model, analysis)
         other = build_model(able[target], analysis, folder)
         able[target].load_weights(other, analysis, weights)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
-        try:
-            able[target].save_checkpoint(other, tmp)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_checkpoint(able[target], other, dst)
     return len(weights)
