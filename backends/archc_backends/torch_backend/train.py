@@ -184,7 +184,7 @@ def load_jpeg(path: str, height: int, width: int, channels: int, box=None, flip:
             min_height=math.ceil(full_h * height / h),
             min_width=math.ceil(full_w * width / w),
         )
-    except ValueError:  # what libjpeg-turbo's fast path refuses (CMYK, damage): Pillow decides
+    except ValueError:  # a file libjpeg-turbo refuses (truncated, damaged): Pillow decides
         return None
     sy, sx = full_h / pixels.shape[0], full_w / pixels.shape[1]
     y0, x0 = round(top / sy), round(left / sx)
