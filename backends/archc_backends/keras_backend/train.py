@@ -251,8 +251,8 @@ def _images(tf, source, training, index, flipped, draws, fraction):
             return tf_random_box(tf, size[0], size[1], draw, augment.crop_area, augment.crop_aspect)
         return tf_central_box(tf, size[0], size[1], 1.0 if fraction is None else fraction)
 
-    def load(i, flip, draw):
-        data = tf.io.read_file(tf.gather(files, i))
+    def load(path, label, flip, draw):
+        data = tf.io.read_file(path)
 
         def jpeg():
             size = tf.io.extract_jpeg_shape(data)[:2]
@@ -296,9 +296,9 @@ def _images(tf, source, training, index, flipped, draws, fraction):
         )
         image = tf.saturate_cast(tf.round(image), tf.uint8)
         image = tf.reverse(image, tf.range(1, 1 + tf.cast(flip, tf.int32)))  # axis [1] or []: no tf.cond
-        return image, tf.gather(labels, i)
+        return image, label
 
-    ds = tf.data.Dataset.from_tensor_slices((index, flipped, draws))
+    ds = tf.data.Dataset.from_tensor_slices((tf.gather(files, index), tf.gather(labels, index), flipped, draws))
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
