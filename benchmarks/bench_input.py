@@ -7,10 +7,13 @@ process's CPU time, so that other load on the machine does not count. What is ti
 
 - torch, JPEG: the dataset item (decode, crop, resize, flip) and the batch collation, as a
   DataLoader worker does it. Old: full decode, resize to the input, flip, float32
-  [-1, 1] CHW in the worker. New: the recipe's random-resized crop, reduced-size decode
-  where the crop allows, uint8 HWC (normalised on the device, :func:`to_input`).
+  [-1, 1] CHW in the worker. New: the recipe's random-resized crop (or the evaluation's
+  central crop): simplejpeg decode at the smallest DCT scaling that still covers the
+  input, the box resized by torch's uint8 antialiased bilinear, uint8 HWC (normalised on
+  the device, :func:`to_input`).
 - keras, JPEG: the tf.data pipeline to batches. Old: decode_image, resize, flip, [-1, 1].
-  New: decode_and_crop_jpeg of the crop box, resize, flip, uint8.
+  New: decode_and_crop_jpeg of the crop box (at ratio 2/4/8 where the box allows), resize
+  (antialiased only when shrinking by 2 or more), flip, uint8.
 - synthetic: old, one image at a time from a seeded generator (torch: per item, as a
   worker; keras: tf.numpy_function); new, a whole batch from two tables (gather + add),
   plus for torch the normalisation to float (on the GPU in a real run, here on the CPU).

@@ -74,6 +74,42 @@ def test_both_trainers_crop_flip_and_resize_the_same_pixels(tmp_path):
             assert difference.mean() < 2.5 and difference.max() < 40, (fraction, i, difference.mean(), difference.max())
 
 
+def test_reduced_size_jpeg_decode_keeps_the_boxes_in_both_trainers(tmp_path):
+    """A folder of JPEGs only, large against the input: both trainers decode at 1/2 .. 1/8
+    (simplejpeg / tf.data's ratio, no format check in the Keras graph) and still agree with
+    each other and with Pillow's full-size decode (trainkit.load_image)."""
+    from PIL import Image
+
+    h, w = 480, 640
+    yy, xx = np.mgrid[0:h, 0:w]
+    pixels = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), np.full_like(xx, 90)], -1).astype(np.uint8)
+    files = []
+    for k in range(4):
+        files.append(str(tmp_path / f"{k}.jpg"))
+        Image.fromarray(pixels).save(files[-1], quality=95)
+    source = DataSource("folder", 4, 32, 32, 3, 2, files, [0, 1, 0, 1], ["a", "b"])
+    index, flipped = np.arange(4), np.array([False, True, True, False])
+    draws = crop_draws(4, epoch=0, seed=5)
+    torch_samples = torch_train.Samples(source, RECIPE)
+    for fraction, keras_draws in ((None, draws), (0.875, None), (1.0, None)):
+        flips = flipped if fraction is None else np.zeros(4, bool)
+        ds = keras_train._images(tf, source, RECIPE, index, flips, keras_draws, fraction)
+        for i, (image, _) in enumerate(ds):
+            item = (i, bool(flips[i]), tuple(draws[i].tolist()) if fraction is None else fraction)
+            mine = torch_samples[item][0].numpy().astype(int)
+            draw = draws[i]
+
+            def box(hh, ww, draw=draw, fraction=fraction):
+                return (
+                    random_box(hh, ww, draw, AUGMENT.crop_area, AUGMENT.crop_aspect) if fraction is None else central_box(hh, ww, fraction)
+                )
+
+            pillow = source.load(i, box, bool(flips[i])).astype(int)
+            for other in (image.numpy().astype(int), pillow):
+                difference = np.abs(other - mine)
+                assert difference.mean() < 2.5 and difference.max() < 40, (fraction, i, difference.mean(), difference.max())
+
+
 def test_both_trainers_make_the_same_synthetic_batches():
     source = DataSource(SYNTHETIC, 64, 9, 7, 3, 5, seed=4)
     index = np.array([3, 17, 40, 63, 0, 5], np.int64)
