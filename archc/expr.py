@@ -133,7 +133,8 @@ KEYWORDS = {"and", "or", "not", "if", "else", "true", "false"}
 # -- parsing ------------------------------------------------------------------------------
 
 TOKEN = re.compile(
-    r"\s*(?:(?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    # names as Python identifiers are (a param may be called `größe`), numbers ASCII only
+    r"\s*(?:(?P<num>(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?)|(?P<name>[^\W\d]\w*)"
     r"|(?P<op>//|<=|>=|==|!=|[-+*/%<>(),]))"
 )
 
@@ -157,6 +158,8 @@ def tokenize(text: str) -> list[Token]:
             at = pos + len(rest) - len(rest.lstrip())
             raise ExprError(f"expected a number, a name, an operator or a parenthesis, found {text[at]!r}", at)
         kind = match.lastgroup or "end"
+        if kind == "name" and not match.group(kind).isidentifier():  # '½' is a word character
+            raise ExprError(f"expected a name, found {match.group(kind)!r}", match.start(kind))
         tokens.append(Token(kind, match.group(kind), match.start(kind)))
         pos = match.end()
 
