@@ -287,13 +287,16 @@ def _images(tf, source, training, index, flipped, draws, fraction):
 
         image = jpeg() if all_jpeg else tf.cond(tf.io.is_jpeg(data), jpeg, other)
         image.set_shape((None, None, c))
-        # antialiasing matters (and costs: half the time here) only when shrinking a lot
+        # antialiasing matters (and costs: half the time here) only when shrinking a lot;
+        # chosen by Switch/Merge (the untaken resize never runs), cheaper here than tf.cond
         shrink = tf.reduce_any(tf.shape(image)[:2] >= (2 * h, 2 * w))
-        image = tf.cond(
-            shrink,
-            lambda: tf.image.resize(image, (h, w), method="bilinear", antialias=True),
-            lambda: tf.image.resize(image, (h, w), method="bilinear"),
-        )
+        plain, wide = tf.raw_ops.Switch(data=image, pred=shrink)
+        image = tf.raw_ops.Merge(
+            inputs=[
+                tf.image.resize(plain, (h, w), method="bilinear"),
+                tf.image.resize(wide, (h, w), method="bilinear", antialias=True),
+            ]
+        ).output
         image = tf.saturate_cast(tf.round(image), tf.uint8)
         image = tf.reverse(image, tf.range(1, 1 + tf.cast(flip, tf.int32)))  # axis [1] or []: no tf.cond
         return image, label
