@@ -259,26 +259,24 @@ def _images(tf, source, training, index, flipped, draws, fraction):
             box = box_of(size, draw)
             # decode at 1/2, 1/4 or 1/8 (libjpeg's DCT scaling) while the box still covers
             # the input at that scale, cutting the box out on the reduced image's pixels
+            if not reduce:
+                return tf.io.decode_and_crop_jpeg(data, box, channels=c, **fast)
             covers = tf.minimum(box[2] // h, box[3] // w)
             scale = tf.reduce_sum(tf.cast(covers >= tf.constant([2, 4, 8]), tf.int32))
-
-            def at(ratio):
-                if ratio == 1:
-                    return lambda: tf.io.decode_and_crop_jpeg(data, box, channels=c, **fast)
-
-                def decode():
-                    full = tf.cast(size, tf.float64)
-                    step = full / tf.cast((size + ratio - 1) // ratio, tf.float64)  # libjpeg rounds sizes up
-                    start = tf.round(tf.cast(box[:2], tf.float64) / step)
-                    end = tf.maximum(start + 1, tf.round(tf.cast(box[:2] + box[2:], tf.float64) / step))
-                    window = tf.cast(tf.concat([start, end - start], 0), tf.int32)
-                    return tf.io.decode_and_crop_jpeg(data, window, channels=c, ratio=ratio, **fast)
-
-                return decode
-
-            if not reduce:
-                return at(1)()
-            return tf.switch_case(scale, [at(1), at(2), at(4), at(8)])
+            # the box on the 1/2, 1/4 and 1/8 images (one row each; libjpeg rounds sizes up)
+            ratios = tf.constant([[2], [4], [8]])
+            step = tf.cast(size, tf.float64) / tf.cast((size + ratios - 1) // ratios, tf.float64)
+            start = tf.round(tf.cast(box[:2], tf.float64) / step)
+            end = tf.maximum(start + 1, tf.round(tf.cast(box[:2] + box[2:], tf.float64) / step))
+            windows = tf.cast(tf.concat([start, end - start], 1), tf.int32)
+            # route the file to one decode by Switch/Merge (cheaper here than tf.switch_case)
+            at1, rest = tf.raw_ops.Switch(data=data, pred=scale > 0)
+            at2, rest = tf.raw_ops.Switch(data=rest, pred=scale > 1)
+            at4, at8 = tf.raw_ops.Switch(data=rest, pred=scale > 2)
+            images = [tf.io.decode_and_crop_jpeg(at1, box, channels=c, **fast)]
+            for i, (part, ratio) in enumerate(((at2, 2), (at4, 4), (at8, 8))):
+                images.append(tf.io.decode_and_crop_jpeg(part, windows[i], channels=c, ratio=ratio, **fast))
+            return tf.raw_ops.Merge(inputs=images).output
 
         def other():
             image = tf.io.decode_image(data, channels=c, expand_animations=False)
