@@ -244,6 +244,7 @@ def _images(tf, source, training, index, flipped, draws, fraction):
     all_jpeg = all(f.lower().endswith((".jpg", ".jpeg")) for f in source.files)
     reduce = any(min(fh // h, fw // w) >= 2 for fh, fw in _jpeg_sizes(tf, source.files[:8]))
 
+    any_flip = bool(np.any(flipped))
     fast = dict(fancy_upscaling=False, dct_method="INTEGER_FAST")
 
     def box_of(size, draw):
@@ -295,8 +296,10 @@ def _images(tf, source, training, index, flipped, draws, fraction):
                 tf.image.resize(wide, (h, w), method="bilinear", antialias=True),
             ]
         ).output
-        image = tf.saturate_cast(tf.round(image), tf.uint8)
-        image = tf.reverse(image, tf.range(1, 1 + tf.cast(flip, tf.int32)))  # axis [1] or []: no tf.cond
+        image = tf.cast(tf.round(image), tf.uint8)  # in [0, 255] already: weights >= 0, summing to 1
+        if any_flip:
+            keep, turn = tf.raw_ops.Switch(data=image, pred=flip)  # only flipped images are copied
+            image = tf.raw_ops.Merge(inputs=[keep, tf.reverse(turn, [1])]).output
         return image, label
 
     ds = tf.data.Dataset.from_tensor_slices((tf.gather(files, index), tf.gather(labels, index), flipped, draws))
