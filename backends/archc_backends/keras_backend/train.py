@@ -240,7 +240,8 @@ def _images(tf, source, training, index, flipped, draws, fraction):
     # tf.cond and tf.switch_case cost about 0.3 ms an image each here (a third of a small
     # JPEG's decode), so the pipeline has them only where they can matter: the format
     # check only when some file is not named .jpg/.jpeg, the reduced-size decode only
-    # when some of the first images are at least twice the input on both sides
+    # when some of the first images are at least twice the input on both sides; the
+    # per-image choices (ratio, antialiasing, flip) route by Switch/Merge, which is cheaper
     all_jpeg = all(f.lower().endswith((".jpg", ".jpeg")) for f in source.files)
     reduce = any(min(fh // h, fw // w) >= 2 for fh, fw in _jpeg_sizes(tf, source.files[:8]))
 
