@@ -240,10 +240,12 @@ def _images(tf, source, training, index, flipped, draws, fraction):
     # tf.cond and tf.switch_case cost about 0.3 ms an image each here (a third of a small
     # JPEG's decode), so the pipeline has them only where they can matter: the format
     # check only when some file is not named .jpg/.jpeg, the reduced-size decode only
-    # when some of the first images are at least twice the input on both sides
+    # when some of the first images are at least twice the input on both sides; the
+    # per-image choices (ratio, antialiasing, flip) route by Switch/Merge, which is cheaper
     all_jpeg = all(f.lower().endswith((".jpg", ".jpeg")) for f in source.files)
     reduce = any(min(fh // h, fw // w) >= 2 for fh, fw in _jpeg_sizes(tf, source.files[:8]))
 
+    any_flip = bool(np.any(flipped))
     fast = dict(fancy_upscaling=False, dct_method="INTEGER_FAST")
 
     def box_of(size, draw):
@@ -259,26 +261,24 @@ def _images(tf, source, training, index, flipped, draws, fraction):
             box = box_of(size, draw)
             # decode at 1/2, 1/4 or 1/8 (libjpeg's DCT scaling) while the box still covers
             # the input at that scale, cutting the box out on the reduced image's pixels
+            if not reduce:
+                return tf.io.decode_and_crop_jpeg(data, box, channels=c, **fast)
             covers = tf.minimum(box[2] // h, box[3] // w)
             scale = tf.reduce_sum(tf.cast(covers >= tf.constant([2, 4, 8]), tf.int32))
-
-            def at(ratio):
-                if ratio == 1:
-                    return lambda: tf.io.decode_and_crop_jpeg(data, box, channels=c, **fast)
-
-                def decode():
-                    full = tf.cast(size, tf.float64)
-                    step = full / tf.cast((size + ratio - 1) // ratio, tf.float64)  # libjpeg rounds sizes up
-                    start = tf.round(tf.cast(box[:2], tf.float64) / step)
-                    end = tf.maximum(start + 1, tf.round(tf.cast(box[:2] + box[2:], tf.float64) / step))
-                    window = tf.cast(tf.concat([start, end - start], 0), tf.int32)
-                    return tf.io.decode_and_crop_jpeg(data, window, channels=c, ratio=ratio, **fast)
-
-                return decode
-
-            if not reduce:
-                return at(1)()
-            return tf.switch_case(scale, [at(1), at(2), at(4), at(8)])
+            # the box on the 1/2, 1/4 and 1/8 images (one row each; libjpeg rounds sizes up)
+            ratios = tf.constant([[2], [4], [8]])
+            step = tf.cast(size, tf.float64) / tf.cast((size + ratios - 1) // ratios, tf.float64)
+            start = tf.round(tf.cast(box[:2], tf.float64) / step)
+            end = tf.maximum(start + 1, tf.round(tf.cast(box[:2] + box[2:], tf.float64) / step))
+            windows = tf.cast(tf.concat([start, end - start], 1), tf.int32)
+            # route the file to one decode by Switch/Merge (cheaper here than tf.switch_case)
+            at1, rest = tf.raw_ops.Switch(data=data, pred=scale > 0)
+            at2, rest = tf.raw_ops.Switch(data=rest, pred=scale > 1)
+            at4, at8 = tf.raw_ops.Switch(data=rest, pred=scale > 2)
+            images = [tf.io.decode_and_crop_jpeg(at1, box, channels=c, **fast)]
+            for i, (part, ratio) in enumerate(((at2, 2), (at4, 4), (at8, 8))):
+                images.append(tf.io.decode_and_crop_jpeg(part, windows[i], channels=c, ratio=ratio, **fast))
+            return tf.raw_ops.Merge(inputs=images).output
 
         def other():
             image = tf.io.decode_image(data, channels=c, expand_animations=False)
@@ -287,15 +287,20 @@ def _images(tf, source, training, index, flipped, draws, fraction):
 
         image = jpeg() if all_jpeg else tf.cond(tf.io.is_jpeg(data), jpeg, other)
         image.set_shape((None, None, c))
-        # antialiasing matters (and costs: half the time here) only when shrinking a lot
+        # antialiasing matters (and costs: half the time here) only when shrinking a lot;
+        # chosen by Switch/Merge (the untaken resize never runs), cheaper here than tf.cond
         shrink = tf.reduce_any(tf.shape(image)[:2] >= (2 * h, 2 * w))
-        image = tf.cond(
-            shrink,
-            lambda: tf.image.resize(image, (h, w), method="bilinear", antialias=True),
-            lambda: tf.image.resize(image, (h, w), method="bilinear"),
-        )
-        image = tf.saturate_cast(tf.round(image), tf.uint8)
-        image = tf.reverse(image, tf.range(1, 1 + tf.cast(flip, tf.int32)))  # axis [1] or []: no tf.cond
+        plain, wide = tf.raw_ops.Switch(data=image, pred=shrink)
+        image = tf.raw_ops.Merge(
+            inputs=[
+                tf.image.resize(plain, (h, w), method="bilinear"),
+                tf.image.resize(wide, (h, w), method="bilinear", antialias=True),
+            ]
+        ).output
+        image = tf.cast(tf.round(image), tf.uint8)  # in [0, 255] already: weights >= 0, summing to 1
+        if any_flip:
+            keep, turn = tf.raw_ops.Switch(data=image, pred=flip)  # only flipped images are copied
+            image = tf.raw_ops.Merge(inputs=[keep, tf.reverse(turn, [1])]).output
         return image, label
 
     ds = tf.data.Dataset.from_tensor_slices((tf.gather(files, index), tf.gather(labels, index), flipped, draws))
