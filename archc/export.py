@@ -152,7 +152,7 @@ def _export_torch(module: Any, model: Any, fold: bool, fmt: str, x: Any, path: P
             import onnxscript  # noqa: F401
         except ModuleNotFoundError as exc:
             raise UserError(f"expected {exc.name} for --format onnx (pip install 'archc[export]'), found it not installed") from None
-    model.eval()
+    model.train(False)  # inference mode
     folded = module.fold_batchnorm(copy.deepcopy(model)) if fold else model
     example = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
