@@ -348,20 +348,24 @@ class _Layout:
         depth = self.options.depth
         if depth is not None and ctx.depth >= depth:
             return self.collapsed(node, ctx)
-        inner = ctx.deeper()
-        if isinstance(node, Call):
-            return self.frame(self.sequence(node.body, inner), _call_title(node), self.counts_note(node), "block", ctx.key(node))
-        if isinstance(node, Repeat):
-            return self.repeat(node, ctx)
-        if isinstance(node, Residual):
-            return self.residual(node, ctx, inner)
-        if isinstance(node, Branches):
-            return self.parallel(node, inner, "concat", ctx.key(node))
-        if isinstance(node, Gate):  # x * body(x): the body beside the identity line, joined by "x"
-            piece = self.joined(self.sequence(node.body, inner), Piece(0, 0, 0, []), "\u00d7", ctx.key(node))
-            return self.frame(piece, "gate", self.counts_note(node), "block", ctx.key(node))
-        # a combinator archc did not know when this was written: its sequences side by
-        # side in a frame, meeting at a node named after it
+        draw = DRAWINGS.get(node.op, _Layout.unknown)
+        return draw(self, node, ctx, ctx.deeper())
+
+    # one drawing per combinator, looked up by op in DRAWINGS (below the class)
+    def call(self, node: Call, ctx: _Ctx, inner: _Ctx) -> Piece:
+        return self.frame(self.sequence(node.body, inner), _call_title(node), self.counts_note(node), "block", ctx.key(node))
+
+    def branches(self, node: Branches, ctx: _Ctx, inner: _Ctx) -> Piece:
+        return self.parallel(node, inner, "concat", ctx.key(node))
+
+    def gate(self, node: Gate, ctx: _Ctx, inner: _Ctx) -> Piece:
+        """x * body(x): the body beside the identity line, joined by a circled "x"."""
+        piece = self.joined(self.sequence(node.body, inner), Piece(0, 0, 0, []), "\u00d7", ctx.key(node))
+        return self.frame(piece, "gate", self.counts_note(node), "block", ctx.key(node))
+
+    def unknown(self, node: Node, ctx: _Ctx, inner: _Ctx) -> Piece:
+        """A combinator archc did not know when this was written: its sequences side by
+        side in a frame, meeting at a node named after it."""
         body = self.parallel(node, inner, op_title(node.op), ctx.key(node))
         return self.frame(body, label(node), self.counts_note(node), "combinator", ctx.key(node))
 
@@ -397,8 +401,7 @@ class _Layout:
         items.extend(body.at(dx, HEADER))
         return Piece(w, h, left, items, body.tail)
 
-    def repeat(self, node: Repeat, ctx: _Ctx) -> Piece:
-        inner = ctx.deeper()
+    def repeat(self, node: Repeat, ctx: _Ctx, inner: _Ctx) -> Piece:
         note = self.counts_note(node)
         if not self.options.expand:
             return self.frame(self.sequence(node.body, inner), f"repeated {node.times} times", note, "repeat", ctx.key(node))
@@ -529,6 +532,15 @@ class _Layout:
         items.append(Edge(((last, y), (last, y + GAP))))
         items.append(Text(last, y + GAP + 4 + SMALL, out, SMALL, "middle"))
         return Piece(w, max(bottom + GAP + 6, y + GAP + 4 + SMALL + 2), a, items)
+
+
+DRAWINGS = {
+    "call": _Layout.call,
+    "repeat": _Layout.repeat,
+    "residual": _Layout.residual,
+    "branches": _Layout.branches,
+    "gate": _Layout.gate,
+}
 
 
 def layout(analysis: Analysis, options: Options | None = None) -> Diagram:
