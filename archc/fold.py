@@ -17,6 +17,13 @@ as one table.
 
 The producers are a table (:data:`PRODUCERS`): a new op whose output channels come from
 a linear map is one entry there, and one in each backend's fold function.
+
+The same walk finds the second inference rewrite, :func:`swaps`: an average pool right
+before a 1x1 conv runs after it instead. Both are linear per pixel, and the pool's
+weights over a window sum to one (padded cells are not counted), so
+``conv(pool(x)) == pool(conv(x))``, bias included; with stride 1 the conv does the same
+work either way, and the pool then averages the conv's fewer output channels (Inception's
+pool branches: 192 -> 32 ... 2048 -> 192 channels).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .analysis import Analysis
-from .ir import BN, Node, children
+from .ir import BN, AvgPool, Call, Conv, Node, children
 
 # op -> the neutral-format role whose last axis is the output channel that a BN scales
 PRODUCERS: dict[str, str] = {
@@ -44,6 +51,15 @@ class Fold:
     op: str  # the producer's op
 
 
+@dataclass(frozen=True)
+class Swap:
+    """An average pool (``pool``, an IR path) and the 1x1 conv (``conv``) that runs right
+    after it, as the first layer of the next node or of the block it calls."""
+
+    pool: str
+    conv: str
+
+
 def _same_condition(a: Node, b: Node) -> bool:
     """Both always there, or both under the same param or block argument."""
     return a.refs.get("when") == b.refs.get("when") and (a.when or "when" in a.refs) and (b.when or "when" in b.refs)
@@ -61,6 +77,39 @@ def folds(analysis: Analysis) -> list[Fold]:
             for _, seq in children(node):
                 sequence(seq)
             before = node
+
+    for layers in analysis.net.flows.values():
+        sequence(layers)
+    return out
+
+
+def _first_layer(node: Node) -> Node:
+    """The layer that runs first in ``node``: itself, or the first of a called block's
+    body when that one is always there."""
+    while isinstance(node, Call) and node.body[0].when is True and "when" not in node.body[0].refs:
+        node = node.body[0]
+    return node
+
+
+def swaps(analysis: Analysis) -> list[Swap]:
+    """Every average pool of stride 1 that feeds a 1x1, stride-1 conv with fewer output
+    than input channels (at the spec's params), in the order of the IR."""
+    out: list[Swap] = []
+
+    def sequence(nodes: list[Node]) -> None:
+        for node, after in zip(nodes, [*nodes[1:], None]):
+            conv = _first_layer(after) if after is not None else None
+            if (
+                isinstance(node, AvgPool)
+                and (node.stride or node.pool) == (1, 1)
+                and isinstance(conv, Conv)
+                and conv.kernel == conv.stride == (1, 1)
+                and conv.filters < analysis.shapes[conv.path][0][-1]
+                and _same_condition(node, after)
+            ):
+                out.append(Swap(node.path, conv.path))
+            for _, seq in children(node):
+                sequence(seq)
 
     for layers in analysis.net.flows.values():
         sequence(layers)

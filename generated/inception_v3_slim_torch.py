@@ -793,6 +793,49 @@ BN_FOLDS = (
     ),
 )
 
+# Each average pool of stride 1 right before a 1x1 conv with fewer output channels, by
+# module name: (the pool, the conv). Both are linear per pixel and the pool's weights sum
+# to one (padded cells are not counted), so the conv can run first and the pool average
+# its fewer channels: the same outputs in less time.
+POOL_SWAPS = (
+    (
+        "grid35.mixed0.branches1.pool.avgpool1",
+        "grid35.mixed0.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid35.mixed1.branches1.pool.avgpool1",
+        "grid35.mixed1.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid35.mixed2.branches1.pool.avgpool1",
+        "grid35.mixed2.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid17.mixed4.branches1.pool.avgpool1",
+        "grid17.mixed4.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid17.mixed5.branches1.pool.avgpool1",
+        "grid17.mixed5.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid17.mixed6.branches1.pool.avgpool1",
+        "grid17.mixed6.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid17.mixed7.branches1.pool.avgpool1",
+        "grid17.mixed7.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid8.mixed9.branches1.pool.avgpool1",
+        "grid8.mixed9.branches1.pool.unit1.conv1",
+    ),
+    (
+        "grid8.mixed10.branches1.pool.avgpool1",
+        "grid8.mixed10.branches1.pool.unit1.conv1",
+    ),
+)
+
 
 def _expand(template, names, indices=()):
     """(name, repeat indices) for each of ``names`` that ``template`` stands for: {0},
@@ -838,3 +881,27 @@ def fold_batchnorm(model: InceptionV3Slim) -> InceptionV3Slim:
                 parent, _, attribute = name.rpartition(".")
                 setattr(model.get_submodule(parent), attribute, nn.Identity())
     return model
+
+
+def swap_pools(model: InceptionV3Slim) -> InceptionV3Slim:
+    """Run each average pool of POOL_SWAPS after the 1x1 conv that follows it, by
+    exchanging the two modules; the outputs stay the same up to rounding. Changes
+    ``model`` in place and returns it."""
+    names = {name for name, _ in model.named_modules()}
+    for pool_name, conv_name in POOL_SWAPS:
+        for name, indices in _expand(pool_name, names):
+            pool, conv = name, conv_name.format(*indices)
+            first, second = model.get_submodule(pool), model.get_submodule(conv)
+            for slot, module in ((pool, second), (conv, first)):
+                parent, _, attribute = slot.rpartition(".")
+                setattr(model.get_submodule(parent), attribute, module)
+    return model
+
+
+def for_inference(model: InceptionV3Slim, memory_format=torch.channels_last) -> InceptionV3Slim:
+    """``model`` made for inference, in place: eval mode, its batch norms folded
+    (fold_batchnorm), its pools swapped (swap_pools), and its weights in
+    ``memory_format``. Inputs may come in either format: with channels_last weights the
+    first conv computes in channels_last, and so does every layer after it, the format
+    in which CPU (oneDNN) and GPU convs and pools run fastest."""
+    return swap_pools(fold_batchnorm(model)).to(memory_format=memory_format)
