@@ -463,7 +463,8 @@ def view(spec, params, port, host, no_browser, onnx_file):
 )
 @_friendly
 def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
-    """An inference model of SPEC with its batch norms folded, as ONNX, TorchScript or a
+    """An inference model of SPEC with its batch norms folded (and, for torch formats, its
+    average pools swapped with the 1x1 conv after them), as ONNX, TorchScript or a
     .keras file; written only when its outputs match the unfolded model's (exit 1 if not)."""
     from .api import load
     from .export import ExportCheckFailed
@@ -478,6 +479,8 @@ def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
         sys.exit(1)
     click.echo(f"weights: {result.weights}")
     click.echo(f"batch norms folded: {result.folded} of {result.batch_norms}")
+    if result.swapped:
+        click.echo(f"average pools moved after their 1x1 conv: {result.swapped}")
     for what, rel in result.checks:
         click.echo(f"{what}: max relative difference {rel:.2e}")
     click.echo(f"wrote {result.path} ({fmt})")

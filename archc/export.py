@@ -1,9 +1,10 @@
 """Inference exports (``archc export``): a generated model with its batch norms folded,
 saved as ONNX, TorchScript or a Keras ``.keras`` file, checked before it is written.
 
-The fold is the generated module's own ``fold_batchnorm`` (from the IR's fold list,
-:mod:`archc.fold`), so the CLI and a user's ``fold_batchnorm(create_model())`` give the
-same model. Each export runs one random input through the unfolded model, the folded
+The torch model is the generated module's own ``for_inference`` (batch norms folded and
+average pools swapped from the IR's tables, :mod:`archc.fold`; channels_last weights),
+the Keras model its ``fold_batchnorm``, so the CLI and a user's
+``for_inference(create_model())`` give the same model. Each export runs one random input through the unfolded model, the folded
 one and the saved file read back (for ONNX in onnxruntime), and is written only when
 every output is within the tolerance of the unfolded model's.
 
@@ -25,7 +26,7 @@ from typing import Any
 from .analysis import Analysis
 from .backend import import_generated, module_name
 from .errors import UserError
-from .fold import batch_norms, folded_instances
+from .fold import batch_norms, folded_instances, swapped_instances
 from .verify import _difference, backend_for_file, porting_backends, random_weights, read_checkpoint
 
 TOLERANCE = 1e-4  # largest output difference allowed, relative to the largest |unfolded output|
@@ -47,6 +48,7 @@ class ExportResult:
     path: Path
     format: str
     folded: int  # batch norm instances folded
+    swapped: int  # average pools moved after their 1x1 conv (torch formats)
     batch_norms: int  # batch norm instances in the network
     weights: str  # where the weights came from
     checks: list[tuple[str, float]] = field(default_factory=list)  # (what, max relative difference)
@@ -107,7 +109,8 @@ def export(
 
         h, w, c = analysis.net.input
         x = np.random.default_rng(seed + 1).standard_normal((batch, h, w, c)).astype(np.float32)
-        result = ExportResult(out, fmt, folded_instances(analysis) if fold else 0, batch_norms(analysis), origin)
+        swapped = swapped_instances(analysis) if fold and target_name == "torch" else 0
+        result = ExportResult(out, fmt, folded_instances(analysis) if fold else 0, swapped, batch_norms(analysis), origin)
         tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -153,7 +156,7 @@ def _export_torch(module: Any, model: Any, fold: bool, fmt: str, x: Any, path: P
         except ModuleNotFoundError as exc:
             raise UserError(f"expected {exc.name} for --format onnx (pip install 'archc[export]'), found it not installed") from None
     model.train(False)  # inference mode
-    folded = module.fold_batchnorm(copy.deepcopy(model)) if fold else model
+    folded = module.for_inference(copy.deepcopy(model)) if fold else model
     example = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         unfolded, y = model(example).numpy(), folded(example).numpy()

@@ -125,6 +125,14 @@ def folded_instances(analysis: Analysis) -> int:
     return sum(1 for inst in instances(analysis) if inst.path in paths)
 
 
+def swapped_instances(analysis: Analysis) -> int:
+    """How many average pool instances move after their conv with these params."""
+    from .instances import instances
+
+    paths = {s.pool for s in swaps(analysis)}
+    return sum(1 for inst in instances(analysis) if inst.path in paths)
+
+
 def batch_norms(analysis: Analysis) -> int:
     """How many batch norm instances the network runs with these params."""
     from .instances import instances

@@ -504,10 +504,10 @@ BN_FOLDS = (
     ),
 )
 
-# Each average pool of stride 1 right before a 1x1 conv with fewer output channels, by
-# module name: (the pool, the conv). Both are linear per pixel and the pool's weights sum
-# to one (padded cells are not counted), so the conv can run first and the pool average
-# its fewer channels: the same outputs in less time.
+# Each average pool of stride 1 right before a 1x1 conv with fewer output channels,
+# by module name: (the pool, the conv). Both are linear per pixel and the pool's
+# weights sum to one (padded cells are not counted), so the conv can run first and
+# the pool average its fewer channels: the same outputs in less time.
 POOL_SWAPS = ()
 
 
@@ -572,7 +572,7 @@ def swap_pools(model: Xception) -> Xception:
     return model
 
 
-def for_inference(model: Xception, memory_format=torch.channels_last) -> Xception:
+def for_inference(model: nn.Module, memory_format=torch.channels_last) -> nn.Module:
     """``model`` made for inference, in place: eval mode, its batch norms folded
     (fold_batchnorm), its pools swapped (swap_pools), and its weights in
     ``memory_format``. Inputs may come in either format: with channels_last weights the

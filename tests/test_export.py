@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from archc.api import load
 from archc.cli import main
 from archc.export import generated_module
-from archc.fold import batch_norms, folded_instances, folds
+from archc.fold import batch_norms, folded_instances, folds, swapped_instances, swaps
 from archc.verify import _difference, porting_backends, random_weights
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -138,6 +138,77 @@ def test_fold_pairs_are_decided_from_the_ir(folds_spec):
 def test_batch_norms_folded_in_the_bundled_specs(spec, folded, total):
     analysis = load(ROOT / spec)
     assert (folded_instances(analysis), batch_norms(analysis)) == (folded, total)
+
+
+# Average pools that run after the 1x1 conv that follows them: right before a conv, before
+# a block that opens with one, inside a repeat. Not swapped: a pool of stride 2, a conv
+# with more filters than channels, a 3x3 conv, an activation between, a conv under a
+# `when` of its own (in the block or in the flow).
+SWAPS = """\
+name: swaps
+input: [12, 11, 16]
+params:
+  extra: true
+blocks:
+  unit:
+    args: [filters]
+    body:
+      - conv: {filters: $filters, kernel: 1}
+      - bn
+      - act: relu
+  maybe:
+    body:
+      - conv: {filters: 8, kernel: 1, when: $extra}
+      - bn
+flows:
+  body:
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - conv: {filters: 8, kernel: 1, padding: same}
+    - conv: {filters: 16, kernel: 1}
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - unit: {filters: 8}
+    - repeat:
+        times: 2
+        body: [avgpool: {pool: [3, 1], stride: 1, padding: same}, conv: {filters: 4, kernel: 1}, conv: {filters: 8, kernel: 1}]
+    - avgpool: {pool: 2, stride: 2, padding: same}
+    - conv: {filters: 8, kernel: 1}
+    - conv: {filters: 16, kernel: 1}
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - conv: {filters: 32, kernel: 1}
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - conv: {filters: 8, kernel: 3, padding: same}
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - act: relu
+    - conv: {filters: 4, kernel: 1}
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - conv: {filters: 2, kernel: 1, when: $extra}
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - maybe
+    - global_avg_pool
+"""
+
+
+@pytest.fixture(scope="module")
+def swaps_spec(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("swaps") / "swaps.yaml"
+    path.write_text(SWAPS)
+    return path
+
+
+def test_pool_swaps_are_decided_from_the_ir(swaps_spec):
+    analysis = load(swaps_spec)
+    assert [(s.pool, s.conv) for s in swaps(analysis)] == [
+        ("body/avgpool1", "body/conv1"),
+        ("body/avgpool2", "body/unit1/conv1"),
+        ("body/repeat1/avgpool1", "body/repeat1/conv1"),
+    ]
+    assert swapped_instances(analysis) == 4  # the repeat's pool twice
+
+
+@pytest.mark.parametrize("spec, swapped", [("specs/inception_v3_slim.yaml", 9), ("specs/inception_v3.yaml", 9), ("specs/xception.yaml", 0)])
+def test_pool_swaps_in_the_bundled_specs(spec, swapped):
+    # Inception's pool branches: 3 + 4 + 2 modules; the 2016 mixed8's stride-2 pool stays
+    assert swapped_instances(load(ROOT / spec)) == swapped
 
 
 # -- fold_batchnorm in the generated modules -------------------------------------------------
@@ -338,3 +409,45 @@ def test_import_names_the_first_layer_that_does_not_fit(reference, tmp_path):
         first = "exit_down1_residual1_body_sep_bn2_sepconv1" if spec.stem == "xception" else "head_classifier"
         assert f"'{first}'" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("spec", [None, *BUNDLED], ids=lambda s: "swaps" if s is None else s.stem)
+def test_the_inference_torch_model_gives_the_same_outputs(spec, swaps_spec, tmp_path):
+    import torch
+
+    analysis = load(swaps_spec) if spec is None else small(spec)
+    module, model = _torch_model(analysis, tmp_path)
+    h, w, c = analysis.net.input
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
+    fast = module.for_inference(copy.deepcopy(model))
+    with torch.no_grad():
+        before, after = model(x).numpy(), fast(x).numpy()
+    assert _difference(before, after).rel < 1e-5
+    assert _batch_norms(model) - _batch_norms(fast) == folded_instances(analysis)
+    # each pool and its conv changed places; with NCHW input, every conv computes in channels_last
+    moved = [(name, m) for name, m in fast.named_modules() if isinstance(m, torch.nn.AvgPool2d) and name.endswith("conv1")]
+    assert len(moved) == swapped_instances(analysis)
+    layouts = []
+    for m in fast.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda _m, _i, y: layouts.append(y.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        fast(x)
+    assert layouts and all(layouts)
+
+
+def test_a_swap_moves_the_pool_after_the_conv(swaps_spec, tmp_path):
+    import torch
+
+    analysis = load(swaps_spec)
+    module, model = _torch_model(analysis, tmp_path)
+    swapped = module.swap_pools(copy.deepcopy(model))
+    assert isinstance(swapped.body.avgpool1, torch.nn.Conv2d) and isinstance(swapped.body.conv1, torch.nn.AvgPool2d)
+    assert isinstance(swapped.body.unit1.conv1, torch.nn.AvgPool2d)
+    x = torch.randn(2, 16, 12, 11, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert _difference(model(x).numpy(), swapped(x).numpy()).rel < 1e-5
+        # a pool that counted padded cells would not commute with the conv's bias: the border differs
+        pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
+        conv = swapped.body.avgpool1
+        assert _difference(conv(pool(x)).numpy(), pool(conv(x)).numpy()).rel > 1e-3
