@@ -222,6 +222,17 @@ def _torch_model(analysis, folder, seed=0):
     return module, model.eval()
 
 
+def _built(spec: Path, folder):
+    """The spec's analysis (a bundled spec made small), its generated torch module, the
+    model with random weights, and an input batch of 2."""
+    import torch
+
+    analysis = small(spec) if spec in BUNDLED else load(spec)
+    module, model = _torch_model(analysis, folder)
+    h, w, c = analysis.net.input
+    return analysis, module, model, torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
+
+
 def _batch_norms(model) -> int:
     import torch
 
@@ -232,10 +243,7 @@ def _batch_norms(model) -> int:
 def test_the_folded_torch_model_gives_the_same_outputs(spec, folds_spec, tmp_path):
     import torch
 
-    analysis = load(folds_spec) if spec is None else small(spec)
-    module, model = _torch_model(analysis, tmp_path)
-    h, w, c = analysis.net.input
-    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
+    analysis, module, model, x = _built(spec or folds_spec, tmp_path)
     with torch.no_grad():
         before = model(x).numpy()
         folded = module.fold_batchnorm(copy.deepcopy(model))
@@ -415,10 +423,7 @@ def test_import_names_the_first_layer_that_does_not_fit(reference, tmp_path):
 def test_the_inference_torch_model_gives_the_same_outputs(spec, swaps_spec, tmp_path):
     import torch
 
-    analysis = load(swaps_spec) if spec is None else small(spec)
-    module, model = _torch_model(analysis, tmp_path)
-    h, w, c = analysis.net.input
-    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
+    analysis, module, model, x = _built(spec or swaps_spec, tmp_path)
     fast = module.for_inference(copy.deepcopy(model))
     with torch.no_grad():
         before, after = model(x).numpy(), fast(x).numpy()
