@@ -1,10 +1,10 @@
 """Inference exports (``archc export``): a generated model with its batch norms folded,
 saved as ONNX, TorchScript or a Keras ``.keras`` file, checked before it is written.
 
-The torch model is the generated module's own ``for_inference`` (batch norms folded and
-average pools swapped from the IR's tables, :mod:`archc.fold`; channels_last weights),
-the Keras model its ``fold_batchnorm``, so the CLI and a user's
-``for_inference(create_model())`` give the same model. Each export runs one random input through the unfolded model, the folded
+The inference model is the generated module's own ``for_inference`` (batch norms folded
+and average pools swapped from the IR's tables, :mod:`archc.fold`; in torch also
+channels_last weights), so the CLI and a user's ``for_inference(create_model())`` give
+the same model. Each export runs one random input through the unfolded model, the folded
 one and the saved file read back (for ONNX in onnxruntime), and is written only when
 every output is within the tolerance of the unfolded model's.
 
@@ -48,7 +48,7 @@ class ExportResult:
     path: Path
     format: str
     folded: int  # batch norm instances folded
-    swapped: int  # average pools moved after their 1x1 conv (torch formats)
+    swapped: int  # average pools moved after their 1x1 conv
     batch_norms: int  # batch norm instances in the network
     weights: str  # where the weights came from
     checks: list[tuple[str, float]] = field(default_factory=list)  # (what, max relative difference)
@@ -109,8 +109,8 @@ def export(
 
         h, w, c = analysis.net.input
         x = np.random.default_rng(seed + 1).standard_normal((batch, h, w, c)).astype(np.float32)
-        swapped = swapped_instances(analysis) if fold and target_name == "torch" else 0
-        result = ExportResult(out, fmt, folded_instances(analysis) if fold else 0, swapped, batch_norms(analysis), origin)
+        folded, swapped = (folded_instances(analysis), swapped_instances(analysis)) if fold else (0, 0)
+        result = ExportResult(out, fmt, folded, swapped, batch_norms(analysis), origin)
         tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -192,7 +192,7 @@ def _export_torch(module: Any, model: Any, fold: bool, fmt: str, x: Any, path: P
 def _export_keras(module: Any, model: Any, fold: bool, x: Any, path: Path) -> list[tuple[str, Any, Any]]:
     import keras
 
-    folded = module.fold_batchnorm(model) if fold else model
+    folded = module.for_inference(model) if fold else model
     unfolded, y = model.predict(x, verbose=0), folded.predict(x, verbose=0)
     folded.save(path)
     read = keras.saving.load_model(path).predict(x, verbose=0)

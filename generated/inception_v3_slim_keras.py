@@ -249,6 +249,22 @@ BN_FOLDS = (
     ("grid8_mixed10_branches1_pool_unit1_conv1", "grid8_mixed10_branches1_pool_unit1_bn1"),
 )
 
+# Each average pool of stride 1 right before a 1x1 conv with fewer output channels, by
+# layer name: (the pool, the conv). Both are linear per pixel and the pool's weights sum
+# to one (padded cells are not counted), so the conv can run first and the pool average
+# its fewer channels: the same outputs in less time.
+POOL_SWAPS = (
+    ("grid35_mixed0_branches1_pool_avgpool1", "grid35_mixed0_branches1_pool_unit1_conv1"),
+    ("grid35_mixed1_branches1_pool_avgpool1", "grid35_mixed1_branches1_pool_unit1_conv1"),
+    ("grid35_mixed2_branches1_pool_avgpool1", "grid35_mixed2_branches1_pool_unit1_conv1"),
+    ("grid17_mixed4_branches1_pool_avgpool1", "grid17_mixed4_branches1_pool_unit1_conv1"),
+    ("grid17_mixed5_branches1_pool_avgpool1", "grid17_mixed5_branches1_pool_unit1_conv1"),
+    ("grid17_mixed6_branches1_pool_avgpool1", "grid17_mixed6_branches1_pool_unit1_conv1"),
+    ("grid17_mixed7_branches1_pool_avgpool1", "grid17_mixed7_branches1_pool_unit1_conv1"),
+    ("grid8_mixed9_branches1_pool_avgpool1", "grid8_mixed9_branches1_pool_unit1_conv1"),
+    ("grid8_mixed10_branches1_pool_avgpool1", "grid8_mixed10_branches1_pool_unit1_conv1"),
+)
+
 
 def _expand(template, names, indices=()):
     """(name, repeat indices) for each of `names` that `template` stands for: {0}, {1}
@@ -302,3 +318,39 @@ def fold_batchnorm(model):
         target = folded.get_layer(layer.name)
         target.set_weights([values[w.name].astype(w.dtype) for w in target.weights])
     return folded
+
+
+def swap_pools(model):
+    """A copy of `model` in which each average pool of POOL_SWAPS runs after the 1x1 conv
+    that follows it (each of the two layers is called where the other was); the outputs
+    stay the same up to rounding."""
+    by_name = {layer.name: layer for layer in model.layers}
+    partner = {}
+    for pool_name, conv_name in POOL_SWAPS:
+        for name, indices in _expand(pool_name, by_name):
+            conv = conv_name.format(*indices)
+            if conv in by_name:
+                partner[name], partner[conv] = conv, name
+    clones = {}
+
+    def clone(layer):
+        if layer.name not in clones:
+            clones[layer.name] = layer.__class__.from_config(layer.get_config())
+        return clones[layer.name]
+
+    def call(layer, x, *args, **kwargs):
+        if layer.name in partner:
+            layer = clone(by_name[partner[layer.name]])
+        return layer(x, *args, **kwargs)
+
+    swapped = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in model.layers:
+        if layer.weights:
+            swapped.get_layer(layer.name).set_weights(layer.get_weights())
+    return swapped
+
+
+def for_inference(model):
+    """A copy of `model` for inference: its batch norms folded (fold_batchnorm) and its
+    pools swapped (swap_pools)."""
+    return swap_pools(fold_batchnorm(model))

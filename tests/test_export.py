@@ -277,6 +277,24 @@ def test_the_folded_keras_model_gives_the_same_outputs(folds_spec, tmp_path):
     assert _difference(model.predict(x, verbose=0), folded.predict(x, verbose=0)).rel < 1e-5
 
 
+@pytest.mark.parametrize("spec", [None, ROOT / "specs/inception_v3_slim.yaml"], ids=["swaps", "inception_v3_slim"])
+def test_the_keras_inference_model_gives_the_same_outputs(spec, swaps_spec, tmp_path):
+    analysis = load(swaps_spec) if spec is None else small(spec)
+    backend = porting_backends(["keras"])[0]["keras"]
+    module = generated_module(backend, analysis, tmp_path)
+    model = module.create_model()
+    backend.load_weights(model, analysis, random_weights(analysis, 0))
+    x = np.random.default_rng(1).standard_normal((2, *analysis.net.input)).astype(np.float32)
+    fast = module.for_inference(model)
+    assert _difference(model.predict(x, verbose=0), fast.predict(x, verbose=0)).rel < 1e-5
+    # each pool now averages its conv's output: the conv's fewer channels
+    names = {layer.name for layer in model.layers}
+    pairs = [(pool, conv.format(*i)) for template, conv in module.POOL_SWAPS for pool, i in module._expand(template, names)]
+    assert len(pairs) == swapped_instances(analysis) > 0
+    for pool, conv in pairs:
+        assert model.get_layer(pool).input.shape[-1] > fast.get_layer(conv).filters == fast.get_layer(pool).input.shape[-1]
+
+
 # -- archc export ----------------------------------------------------------------------------
 
 

@@ -250,6 +250,20 @@ def test_colliding_layer_names_are_a_spec_error(tmp_path):
         BACKEND.render(load(spec))
 
 
+def test_blocks_named_like_the_module_functions_get_other_names(tmp_path):
+    spec = tmp_path / "names.yaml"
+    blocks = ("for_inference", "fold_batchnorm", "swap_pools", "create_model")
+    spec.write_text(
+        "name: names\ninput: [8, 8, 3]\nblocks:\n"
+        + "".join(f"  {b}:\n    body: [conv: {{filters: 4, kernel: 1}}]\n" for b in blocks)
+        + f"flows:\n  body: [{', '.join(blocks)}, global_avg_pool]\n"
+    )
+    source = BACKEND.render(load(spec))
+    defined = [line.split("(")[0][4:] for line in source.splitlines() if line.startswith("def ")]
+    assert len(defined) == len(set(defined)), defined
+    assert {f"{b}_2" for b in blocks} <= set(defined)
+
+
 # -- models on Keras (TensorFlow) ---------------------------------------------------------
 
 
