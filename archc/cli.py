@@ -464,7 +464,8 @@ def view(spec, params, port, host, no_browser, onnx_file):
 @_friendly
 def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
     """An inference model of SPEC with its batch norms folded and its average pools swapped
-    with the 1x1 conv after them, as ONNX, TorchScript or a .keras file; written only when its outputs match the unfolded model's (exit 1 if not)."""
+    with the 1x1 conv after them, as ONNX, TorchScript or a .keras file; written only
+    when its outputs match the unfolded model's (exit 1 if not)."""
     from .api import load
     from .export import ExportCheckFailed
     from .export import export as run_export

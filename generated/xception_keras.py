@@ -256,9 +256,9 @@ def fold_batchnorm(model):
 
 
 def swap_pools(model):
-    """A copy of `model` in which each average pool of POOL_SWAPS runs after the 1x1 conv
-    that follows it (each of the two layers is called where the other was); the outputs
-    stay the same up to rounding."""
+    """A copy of `model` (as built: swapping twice swaps back) in which each average pool
+    of POOL_SWAPS runs after the 1x1 conv that follows it, each of the two layers called
+    where the other was; the outputs stay the same up to rounding."""
     by_name = {layer.name: layer for layer in model.layers}
     partner = {}
     for pool_name, conv_name in POOL_SWAPS:

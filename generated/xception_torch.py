@@ -559,13 +559,15 @@ def fold_batchnorm(model: Xception) -> Xception:
 
 def swap_pools(model: Xception) -> Xception:
     """Run each average pool of POOL_SWAPS after the 1x1 conv that follows it, by
-    exchanging the two modules; the outputs stay the same up to rounding. Changes
-    ``model`` in place and returns it."""
+    exchanging the two modules (once: a pair already swapped stays); the outputs stay
+    the same up to rounding. Changes ``model`` in place and returns it."""
     names = {name for name, _ in model.named_modules()}
     for pool_name, conv_name in POOL_SWAPS:
         for name, indices in _expand(pool_name, names):
             pool, conv = name, conv_name.format(*indices)
             first, second = model.get_submodule(pool), model.get_submodule(conv)
+            if not isinstance(second, nn.Conv2d):  # swapped before, or switched off
+                continue
             for slot, module in ((pool, second), (conv, first)):
                 parent, _, attribute = slot.rpartition(".")
                 setattr(model.get_submodule(parent), attribute, module)

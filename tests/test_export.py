@@ -467,6 +467,8 @@ def test_a_swap_moves_the_pool_after_the_conv(swaps_spec, tmp_path):
     swapped = module.swap_pools(copy.deepcopy(model))
     assert isinstance(swapped.body.avgpool1, torch.nn.Conv2d) and isinstance(swapped.body.conv1, torch.nn.AvgPool2d)
     assert isinstance(swapped.body.unit1.conv1, torch.nn.AvgPool2d)
+    again = module.swap_pools(module.swap_pools(copy.deepcopy(model)))  # once only: the second call keeps them
+    assert [type(m) for m in again.modules()] == [type(m) for m in swapped.modules()]
     x = torch.randn(2, 16, 12, 11, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert _difference(model(x).numpy(), swapped(x).numpy()).rel < 1e-5
