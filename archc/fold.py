@@ -3,9 +3,9 @@
 A batch norm in inference mode is a per-channel affine map, ``y = x * s + t`` with
 ``s = gamma / sqrt(moving_variance + epsilon)`` and ``t = beta - moving_mean * s``. When
 it directly follows a layer whose output channels are computed by a linear map (a conv,
-a separable conv's pointwise conv, a dense layer), scaling that map's output channels by
-``s`` and shifting its bias (added where it has none) by ``t`` gives the same outputs
-without the batch norm.
+a depthwise conv, a separable conv's pointwise conv, a dense layer), scaling that map's
+output channels by ``s`` and shifting its bias (added where it has none) by ``t`` gives
+the same outputs without the batch norm.
 
 A pair is a producer and the batch norm right after it in the same sequence, with
 nothing between. Any boundary breaks a pair: the end of a residual body or branch, the
@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from .analysis import Analysis
 from .ir import BN, AvgPool, Call, Conv, Node, children
 
-# op -> the neutral-format role whose last axis is the output channel that a BN scales
+# op -> the neutral-format role whose output channels a BN scales: the last axis (for
+# depthwise the last two, channels x depth multiplier, in that order)
 PRODUCERS: dict[str, str] = {
     "conv": "kernel",
+    "depthwise": "kernel",
     "sepconv": "pointwise",
     "dense": "kernel",
 }

@@ -218,7 +218,9 @@ def fold_batchnorm(model):
             bn = {w.name: w.numpy().astype("float64") for w in by_name[folded_by[layer.name]].weights}
             s = (bn["moving_variance"] + by_name[folded_by[layer.name]].epsilon) ** -0.5 * bn.get("gamma", 1.0)
             kernel = "pointwise_kernel" if "pointwise_kernel" in values else "kernel"
-            values[kernel] = values[kernel] * s
+            depthwise = isinstance(layer, layers.DepthwiseConv2D)  # (h, w, channels, multiplier)
+            per_channel = s.reshape(values[kernel].shape[-2:]) if depthwise else s
+            values[kernel] = values[kernel] * per_channel
             values["bias"] = (values.get("bias", 0.0) - bn["moving_mean"]) * s + bn.get("beta", 0.0)
         target = folded.get_layer(layer.name)
         target.set_weights([values[w.name].astype(w.dtype) for w in target.weights])

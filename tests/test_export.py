@@ -33,7 +33,8 @@ SMALL = (75, 75)  # fits every bundled spec (Xception needs 71, Inception V3 75)
 # Every kind of pair and every boundary that breaks one: conv with and without bias,
 # grouped, before a BN without scale or center; separable convs (segments, depthwise
 # with depth multiplier 2) in and out of a block; a block whose conv and BN share a
-# `when` (on in proj1, off in proj2); a repeat; a branch; dense -> BN. No pair: a BN after
+# `when` (on in proj1, off in proj2); a repeat; a branch; depthwise convs (multiplier 2,
+# stride 2 with a bias); dense -> BN. No pair: a BN after
 # an activation, after a residual, after branches, after a conv with a `when` of its own.
 FOLDS = """\
 name: folds
@@ -79,6 +80,10 @@ flows:
     - bn
     - conv: {filters: 8, kernel: 1, when: $extra}
     - bn
+    - depthwise: {kernel: 3, padding: same, depth_multiplier: 2, bias: false}
+    - bn
+    - depthwise: {kernel: 3, stride: 2, padding: same}
+    - bn: {scale: false}
   head:
     - global_avg_pool
     - dense: {units: 10}
@@ -118,11 +123,13 @@ def test_fold_pairs_are_decided_from_the_ir(folds_spec):
         ("body/proj2/conv1", "body/proj2/bn1", "conv"),
         ("body/repeat1/conv1", "body/repeat1/bn1", "conv"),
         ("body/branches1/b/conv1", "body/branches1/b/bn1", "conv"),
+        ("body/depthwise1", "body/bn4", "depthwise"),
+        ("body/depthwise2", "body/bn5", "depthwise"),
         ("head/dense1", "head/bn1", "dense"),
     ]
-    # proj2 is switched off and the repeat runs twice: 9 of the 13 batch norms that run
-    assert (folded_instances(analysis), batch_norms(analysis)) == (9, 13)
-    assert folded_instances(load(folds_spec, {"extra": False})) == 9
+    # proj2 is switched off and the repeat runs twice: 11 of the 15 batch norms that run
+    assert (folded_instances(analysis), batch_norms(analysis)) == (11, 15)
+    assert folded_instances(load(folds_spec, {"extra": False})) == 11
 
 
 @pytest.mark.parametrize(
@@ -133,6 +140,10 @@ def test_fold_pairs_are_decided_from_the_ir(folds_spec):
         ("specs/inception_v3.yaml", 0, 94),  # conv -> relu -> bn (the 2016 file): nothing to fold into
         ("examples/resnet50.yaml", 53, 53),
         ("examples/mobilenet_v1.yaml", 27, 27),
+        ("examples/mobilenet_v2.yaml", 52, 52),  # depthwise -> bn pairs too
+        ("examples/mobilenet_v3.yaml", 34, 34),
+        ("examples/efficientnet.yaml", 49, 49),
+        ("examples/densenet.yaml", 59, 121),  # bn -> relu -> conv: the bn before a conv stays
     ],
 )
 def test_batch_norms_folded_in_the_bundled_specs(spec, folded, total):
@@ -329,7 +340,7 @@ def test_export_cli_torchscript_and_keras_load_and_match(folds_spec, tmp_path):
 
     result = run("export", folds_spec, "--format", "torchscript", "--weights", checkpoint, "-o", tmp_path / "m.pt")
     assert result.exit_code == 0, result.output
-    assert "batch norms folded: 9 of 13" in result.output
+    assert "batch norms folded: 11 of 15" in result.output
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
     assert sum("BatchNorm" in m.original_name for m in loaded.modules()) == 13 - 9
     with torch.no_grad():
@@ -346,7 +357,7 @@ def test_export_cli_torchscript_and_keras_load_and_match(folds_spec, tmp_path):
 def test_no_fold_keeps_the_batch_norms(folds_spec, tmp_path):
     result = run("export", folds_spec, "--format", "torchscript", "--no-fold", "-o", tmp_path / "m.pt")
     assert result.exit_code == 0, result.output
-    assert "batch norms folded: 0 of 13" in result.output
+    assert "batch norms folded: 0 of 15" in result.output
     assert "folded vs unfolded" not in result.output
 
 
@@ -362,6 +373,19 @@ def test_export_refuses_a_wrong_file_name(folds_spec, tmp_path):
     result = run("export", folds_spec, "--format", "keras", "-o", tmp_path / "m.h5")
     assert result.exit_code == 2
     assert result.output.strip() == f"error: expected an output file name ending in .keras for keras, found '{tmp_path / 'm.h5'}'"
+
+
+def test_keras_export_at_another_size_of_a_spec_whose_params_set_the_input(tmp_path):
+    spec = tmp_path / "sized.yaml"
+    spec.write_text("name: sized\ninput: [$size, $size, 3]\nparams:\n  size: 16\nflows:\n  body: [conv: {filters: 4, kernel: 3}, bn]\n")
+    result = run("export", spec, "--image-size", "12", "--format", "keras", "-o", tmp_path / "m.keras")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: expected the Keras model to take the input size 12x12x3, found 16x16x3: the spec sets its input from params,"
+        " so set those (-p) instead of --image-size"
+    )
+    assert not (tmp_path / "m.keras").exists()
+    assert run("export", spec, "-p", "size=12", "--format", "keras", "-o", tmp_path / "m.keras").exit_code == 0
 
 
 # -- archc import from keras.applications ----------------------------------------------------

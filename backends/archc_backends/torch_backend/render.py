@@ -82,7 +82,7 @@ RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Ca
 RESERVED |= {"BN_FOLDS", "POOL_SWAPS", "fold_batchnorm", "swap_pools", "for_inference", "_expand"}  # templates/fold.py.j2
 
 # op -> the submodule whose output channels a batch norm after it scales (archc.fold)
-FOLD_INTO = {"conv": "", "sepconv": ".pointwise", "dense": ""}
+FOLD_INTO = {"conv": "", "depthwise": "", "sepconv": ".pointwise", "dense": ""}
 
 ACTIVATIONS = {
     "relu": Call("nn.ReLU"),
