@@ -273,15 +273,21 @@ def test_the_folded_torch_model_gives_the_same_outputs(spec, folds_spec, tmp_pat
         assert _difference(before, dropped(x).numpy()).rel > 1e-2
 
 
+def _built_in_keras(spec: Path, folder):
+    """As ``_built``, in Keras: the analysis, the generated module, the model with random
+    weights, and an input batch of 2 (NHWC)."""
+    analysis = small(spec) if spec in BUNDLED else load(spec)
+    backend = porting_backends(["keras"])[0]["keras"]
+    module = generated_module(backend, analysis, folder)
+    model = module.create_model()
+    backend.load_weights(model, analysis, random_weights(analysis, 0))
+    return analysis, module, model, np.random.default_rng(1).standard_normal((2, *analysis.net.input)).astype(np.float32)
+
+
 def test_the_folded_keras_model_gives_the_same_outputs(folds_spec, tmp_path):
     import keras
 
-    analysis = load(folds_spec)
-    backend = porting_backends(["keras"])[0]["keras"]
-    module = generated_module(backend, analysis, tmp_path)
-    model = module.create_model()
-    backend.load_weights(model, analysis, random_weights(analysis, 0))
-    x = np.random.default_rng(1).standard_normal((2, *analysis.net.input)).astype(np.float32)
+    analysis, module, model, x = _built_in_keras(folds_spec, tmp_path)
     folded = module.fold_batchnorm(model)
     count = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     assert count == batch_norms(analysis) - folded_instances(analysis)
@@ -290,12 +296,7 @@ def test_the_folded_keras_model_gives_the_same_outputs(folds_spec, tmp_path):
 
 @pytest.mark.parametrize("spec", [None, ROOT / "specs/inception_v3_slim.yaml"], ids=["swaps", "inception_v3_slim"])
 def test_the_keras_inference_model_gives_the_same_outputs(spec, swaps_spec, tmp_path):
-    analysis = load(swaps_spec) if spec is None else small(spec)
-    backend = porting_backends(["keras"])[0]["keras"]
-    module = generated_module(backend, analysis, tmp_path)
-    model = module.create_model()
-    backend.load_weights(model, analysis, random_weights(analysis, 0))
-    x = np.random.default_rng(1).standard_normal((2, *analysis.net.input)).astype(np.float32)
+    analysis, module, model, x = _built_in_keras(spec or swaps_spec, tmp_path)
     fast = module.for_inference(model)
     assert _difference(model.predict(x, verbose=0), fast.predict(x, verbose=0)).rel < 1e-5
     # each pool now averages its conv's output: the conv's fewer channels
