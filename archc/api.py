@@ -30,8 +30,9 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None, input_siz
     (height, width) replaces the spec's input size (smoke runs, fast tests); shape
     inference checks that the network still fits it."""
     net = compile_spec(str(path), overrides)
-    if input_size is not None:
-        net = net.model_copy(update={"input": (*input_size, net.input[2])})
+    if input_size is not None:  # the size as given, no longer the params' expressions (the generated code's too)
+        refs = {i: ref for i, ref in net.input_refs.items() if i == 2}
+        net = net.model_copy(update={"input": (*input_size, net.input[2]), "input_refs": refs})
     return analyse(net)
 
 

@@ -94,12 +94,6 @@ def export(
     with tempfile.TemporaryDirectory(prefix="archc-export-") as folder:
         module = generated_module(target, analysis, folder)
         model = module.create_model()
-        fixed = getattr(model, "input_shape", None)  # a Keras model's input size is part of it
-        if fixed is not None and tuple(fixed[1:]) != tuple(analysis.net.input):
-            raise UserError(
-                f"expected the Keras model to take the input size {'x'.join(map(str, analysis.net.input))}, found"
-                f" {'x'.join(map(str, fixed[1:]))}: the spec sets its input from params, so set those (-p) instead of --image-size"
-            )
         if weights is None:
             target.load_weights(model, analysis, random_weights(analysis, seed))
             origin = f"random (seed {seed}; give --weights for a trained model)"
