@@ -85,9 +85,12 @@ class Plan:
 
 
 def helper_source(name: str) -> str:
-    """The source of a function generated code defines for its expressions: archc's own,
-    so that the generated model computes exactly what archc computed."""
-    return inspect.getsource({"make_divisible": expr.make_divisible}[name]).rstrip() + "\n"
+    """The source of a function generated code defines (for its expressions, or to apply
+    its fold tables): archc's own, so that the generated model computes exactly what
+    archc computed, and one function serves every backend."""
+    from . import fold
+
+    return inspect.getsource({"make_divisible": expr.make_divisible, "_expand": fold._expand}[name]).rstrip() + "\n"
 
 
 def literal(value: Any) -> str:

@@ -43,6 +43,11 @@ PRODUCERS: dict[str, str] = {
 }
 
 
+# What every generated module defines to apply the tables (templates/fold.py.j2 of each
+# backend): no name made from a spec may take one of these.
+MODULE_NAMES = ("BN_FOLDS", "POOL_SWAPS", "fold_batchnorm", "swap_pools", "for_inference", "_expand")
+
+
 @dataclass(frozen=True)
 class Fold:
     """A batch norm (``bn``, an IR path) that folds into ``producer`` (the IR path of the
@@ -118,21 +123,39 @@ def swaps(analysis: Analysis) -> list[Swap]:
     return out
 
 
-def folded_instances(analysis: Analysis) -> int:
-    """How many batch norm instances fold with these params (a BN inside a repeat once
-    per repeat index; a BN switched off by a param, e.g. in a dropped shortcut, not)."""
+def _instances_at(analysis: Analysis, paths: set[str]) -> int:
+    """How many instances of the nodes at ``paths`` run with these params (a node inside
+    a repeat once per repeat index; a node switched off by a param not)."""
     from .instances import instances
 
-    paths = {f.bn for f in folds(analysis)}
     return sum(1 for inst in instances(analysis) if inst.path in paths)
+
+
+def folded_instances(analysis: Analysis) -> int:
+    """How many batch norm instances fold with these params."""
+    return _instances_at(analysis, {f.bn for f in folds(analysis)})
 
 
 def swapped_instances(analysis: Analysis) -> int:
     """How many average pool instances move after their conv with these params."""
-    from .instances import instances
+    return _instances_at(analysis, {s.pool for s in swaps(analysis)})
 
-    paths = {s.pool for s in swaps(analysis)}
-    return sum(1 for inst in instances(analysis) if inst.path in paths)
+
+# The generated modules carry the fold and swap tables with a repeat's index as {0}
+# ({1} ... for nested repeats); this function, copied into each of them as it stands
+# here (codegen.helper_source), finds the layers a table entry stands for.
+def _expand(template, names, indices=()):
+    """(name, repeat indices) for each of ``names`` that ``template`` stands for: {0},
+    {1} ... are the indices of the enclosing repeats, each counting from 0."""
+    mark = "{" + str(len(indices)) + "}"
+    if mark not in template:
+        name = template.format(*indices)
+        return [(name, indices)] if name in names else []
+    prefix, found, i = template.split(mark)[0].format(*indices), [], 0
+    while any(name.startswith(f"{prefix}{i}") for name in names):
+        found += _expand(template, names, (*indices, i))
+        i += 1
+    return found
 
 
 def batch_norms(analysis: Analysis) -> int:

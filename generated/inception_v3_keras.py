@@ -172,8 +172,8 @@ POOL_SWAPS = (
 
 
 def _expand(template, names, indices=()):
-    """(name, repeat indices) for each of `names` that `template` stands for: {0}, {1}
-    ... are the indices of the enclosing repeats, each counting from 0."""
+    """(name, repeat indices) for each of ``names`` that ``template`` stands for: {0},
+    {1} ... are the indices of the enclosing repeats, each counting from 0."""
     mark = "{" + str(len(indices)) + "}"
     if mark not in template:
         name = template.format(*indices)

@@ -132,6 +132,17 @@ def test_fold_pairs_are_decided_from_the_ir(folds_spec):
     assert folded_instances(load(folds_spec, {"extra": False})) == 11
 
 
+def test_a_table_entry_expands_to_every_repeat_index():
+    # the function every generated module carries (codegen.helper_source) to apply its tables
+    from archc.fold import _expand
+
+    # 11 outer runs (index 10 too), 2 inner ones each, 3 in the fourth; other names are not it
+    names = {f"r.{i}.s.{j}.bn" for i in range(11) for j in range(2)} | {"r.3.s.2.bn", "r.3.t.0.bn", "top.bn", "r.0.s"}
+    found = _expand("r.{0}.s.{1}.bn", names)
+    assert len(found) == 11 * 2 + 1 and {("r.10.s.1.bn", (10, 1)), ("r.3.s.2.bn", (3, 2))} <= set(found)
+    assert _expand("top.bn", names) == [("top.bn", ())] and _expand("gone.bn", names) == []
+
+
 @pytest.mark.parametrize(
     "spec, folded, total",
     [

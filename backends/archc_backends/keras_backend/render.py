@@ -258,15 +258,11 @@ class Scope:
         return self.loops[self.depth]
 
 
-# Module-level names of templates/fold.py.j2; no block function may take one.
-FOLD_NAMES = ("BN_FOLDS", "POOL_SWAPS", "fold_batchnorm", "swap_pools", "for_inference", "_expand")
-
-
 class Renderer:
     def __init__(self, analysis: Analysis):
         self.analysis = analysis
         self.net = analysis.net
-        self.plan = plan(analysis, FOLD_NAMES)
+        self.plan = plan(analysis, fold.MODULE_NAMES)  # templates/fold.py.j2 defines them
         self.helpers: set[str] = set()  # helpers the module defines: _separable_conv, LayerScale
         self.index: str | None = None  # the loop variable of the repeat being rendered
         self.globals = {"keras", "layers", HELPER, "LayerScale", "create_model"} | {b.func for b in self.plan.blocks.values()}
@@ -517,6 +513,7 @@ class Renderer:
             model=model,
             folds=folds,
             swaps=[(names[s.pool], names[s.conv]) for s in fold.swaps(self.analysis)],
+            expand=helper_source("_expand"),
         )
 
 

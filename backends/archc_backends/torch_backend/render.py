@@ -24,7 +24,7 @@ from archc.analysis import Analysis
 from archc.codegen import Plan, helper_source
 from archc.codegen import plan as make_plan
 from archc.errors import Location, SpecError
-from archc.fold import folds, swaps
+from archc.fold import MODULE_NAMES, folds, swaps
 from archc.ir import Node, children
 from archc.naming import Namespace, class_name
 
@@ -79,7 +79,7 @@ HELPERS: dict[str, tuple[str, ...]] = {
 
 # Names the generated code gives its own meaning; no spec name may become one of them.
 RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE", "i"}
-RESERVED |= {"BN_FOLDS", "POOL_SWAPS", "fold_batchnorm", "swap_pools", "for_inference", "_expand"}  # templates/fold.py.j2
+RESERVED |= set(MODULE_NAMES)  # templates/fold.py.j2
 
 # op -> the submodule whose output channels a batch norm after it scales (archc.fold)
 FOLD_INTO = {"conv": "", "depthwise": "", "sepconv": ".pointwise", "dense": ""}
@@ -534,6 +534,7 @@ def render(analysis: Analysis) -> str:
         functions=[helper_source(f) for f in sorted(r.plan.needs - {"math"})],
         folds=bn_folds,
         swaps=[(names[s.pool], names[s.conv]) for s in swaps(analysis)],
+        expand=helper_source("_expand"),
         input_size=literal((analysis.net.input[2], *analysis.net.input[:2])),
         helpers=[f"helpers/{h}.py.j2" for h in helpers],
         classes=[*(blocks[b] for b in r.block_order()), model],
