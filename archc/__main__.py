@@ -1,3 +1,3 @@
-from .cli import main
+from archc.cli import main
 
 main(prog_name="archc")

@@ -1,63 +1,8 @@
-"""The library entry points: spec path (+ overrides) -> analysis -> generated files."""
+"""The library's entry points, for users and the CLI: a spec path (+ overrides) -> the
+analysed IR (``load``) -> generated files (``build``). Each lives in its pipeline stage;
+nothing inside archc imports this module."""
 
-from __future__ import annotations
+from archc.codegen.backend import build
+from archc.passes.pipeline import expectation_mismatches, load, spec_files
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
-from .analysis import Analysis, analyse
-from .errors import Location, SpecError
-from .resolve import compile_spec
-
-
-def spec_files(paths: list[str] | tuple[str, ...]) -> list[Path]:
-    """Expand directories to the ``*.yaml`` / ``*.yml`` files in them, sorted."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
-            if not found:
-                raise SpecError(Location(str(p), 1, 1, ""), "expected a folder with .yaml specs, found none")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def load(path: str | Path, overrides: Mapping[str, Any] | None = None, input_size: tuple[int, int] | None = None) -> Analysis:
-    """Compile and analyse one spec: the IR with every shape and count. ``input_size``
-    (height, width) replaces the spec's input size (smoke runs, fast tests); shape
-    inference checks that the network still fits it."""
-    net = compile_spec(str(path), overrides)
-    if input_size is not None:  # the size as given, no longer the params' expressions (the generated code's too)
-        refs = {i: ref for i, ref in net.input_refs.items() if i == 2}
-        net = net.model_copy(update={"input": (*input_size, net.input[2]), "input_refs": refs})
-    return analyse(net)
-
-
-def expectation_mismatches(analysis: Analysis) -> list[tuple[str, Any, Any]]:
-    """(what, expected, found) for every ``expect:`` entry that the counts contradict."""
-    expect = analysis.net.expect
-    if expect is None:
-        return []
-    found = {
-        "trainable": analysis.total.trainable,
-        "non_trainable": analysis.total.non_trainable,
-        "macs": analysis.total.macs,
-        "output": list(analysis.output),
-    }
-    return [(key, value, found[key]) for key, value in expect.model_dump(exclude_none=True).items() if value != found[key]]
-
-
-def build(path: str | Path, backends: list[str], out_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> list[Path]:
-    """Render ``path`` with each backend into ``out_dir``; all files or none are written."""
-    from .backend import get, module_name, write_all
-
-    analysis = load(path, overrides)
-    files = {}
-    for name in backends:
-        backend = get(name)
-        files[Path(out_dir) / f"{module_name(analysis, name)}.py"] = backend.render(analysis)
-    write_all(files)
-    return list(files)
+__all__ = ["build", "expectation_mismatches", "load", "spec_files"]

@@ -9,8 +9,8 @@ from functools import wraps
 
 import click
 
-from .errors import SpecError, UserError, one_line
-from .params import parse_assignments
+from archc.ir.params import parse_assignments
+from archc.syntax.errors import SpecError, UserError, one_line
 
 
 def _friendly(fn):
@@ -74,8 +74,8 @@ def main() -> None:
 @_friendly
 def params(specs, params, as_json):
     """Shapes, parameter counts and multiply-adds per module."""
-    from .api import load, spec_files
-    from .report import print_table
+    from archc.api import load, spec_files
+    from archc.tools.report import print_table
 
     overrides = _overrides(params)
     results = [load(path, overrides) for path in spec_files(specs)]
@@ -93,7 +93,7 @@ def params(specs, params, as_json):
 @_friendly
 def check(specs):
     """Compare each spec's computed counts with its expect: section (exit 1 on a mismatch)."""
-    from .api import expectation_mismatches, load, spec_files
+    from archc.api import expectation_mismatches, load, spec_files
 
     failed = False
     for path in spec_files(specs):
@@ -117,7 +117,7 @@ def check(specs):
 @main.command()
 def schema():
     """Print the JSON Schema of the spec format (for editors)."""
-    from .schema import spec_schema
+    from archc.ir.schema import spec_schema
 
     click.echo(json.dumps(spec_schema(), indent=2))
 
@@ -132,10 +132,10 @@ def schema():
 @_friendly
 def build(specs, params, backends, out_dir, quiet):
     """Render each spec with the chosen backends into OUT (all files or none)."""
-    from .api import build as build_one
-    from .api import load, spec_files
-    from .backend import registered
-    from .report import print_table
+    from archc.api import build as build_one
+    from archc.api import load, spec_files
+    from archc.codegen.backend import registered
+    from archc.tools.report import print_table
 
     overrides = _overrides(params)
     names = list(backends) or list(registered())
@@ -177,7 +177,7 @@ def variants(spec, sweeps, params, out_dir, plot_file):
     from rich.markup import escape
     from rich.table import Table
 
-    from .variants import parse_sweeps, plot, run, table_rows
+    from archc.tools.variants import parse_sweeps, plot, run, table_rows
 
     result = run(spec, parse_sweeps(sweeps), _overrides(params), out_dir)
     rows = table_rows(result)
@@ -291,9 +291,9 @@ def train(
     import importlib
     from pathlib import Path
 
-    from .backend import registered
-    from .errors import did_you_mean
-    from .trainkit import RunConfig, parse_image_size
+    from archc.codegen.backend import registered
+    from archc.syntax.errors import did_you_mean
+    from archc.training.kit import RunConfig, parse_image_size
 
     eps = registered()
     if backend not in eps:
@@ -351,9 +351,9 @@ def train(
 def verify(spec, params, backends, tolerance, batch, seed, source):
     """Build SPEC with every backend; compare parameter counts per module, port one set of
     random weights across, compare outputs (exit 1 naming the first module that differs)."""
-    from .api import load
-    from .verify import print_result
-    from .verify import verify as run_verify
+    from archc.api import load
+    from archc.tools.verify import print_result
+    from archc.tools.verify import verify as run_verify
 
     analysis = load(spec, _overrides(params))
     result = run_verify(analysis, list(backends) or None, tolerance=tolerance, batch=batch, seed=seed, source=source)
@@ -372,9 +372,9 @@ def verify(spec, params, backends, tolerance, batch, seed, source):
 def convert(spec, src, dst, params, source, target):
     """Port a checkpoint of SPEC between backends: a torch state_dict file <-> a Keras
     .weights.h5, through archc's neutral weight format (tensors copied bit for bit)."""
-    from .api import load
-    from .verify import backend_for_file, porting_backends
-    from .verify import convert as run_convert
+    from archc.api import load
+    from archc.tools.verify import backend_for_file, porting_backends
+    from archc.tools.verify import convert as run_convert
 
     analysis = load(spec, _overrides(params))
     able, _ = porting_backends()
@@ -398,9 +398,9 @@ def convert(spec, src, dst, params, source, target):
 def graph(spec, params, out_file, expand, depth, no_counts):
     """Draw SPEC as a diagram like the Xception paper's Figure 5: flows as columns, a box
     per layer, residual and branch edges, shapes on the edges, parameters per block."""
-    from .api import load
-    from .diagram import Options
-    from .draw import check_suffix, render
+    from archc.api import load
+    from archc.tools.diagram import Options
+    from archc.tools.draw import check_suffix, render
 
     check_suffix(out_file)
     analysis = load(spec, _overrides(params))
@@ -424,8 +424,8 @@ def view(spec, params, port, host, no_browser, onnx_file):
     import time
     from pathlib import Path
 
-    from .api import load
-    from .view import export_onnx, serving
+    from archc.api import load
+    from archc.tools.view import export_onnx, serving
 
     analysis = load(spec, _overrides(params))
     with tempfile.TemporaryDirectory(prefix="archc-view-") as tmp:
@@ -466,10 +466,10 @@ def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
     """An inference model of SPEC with its batch norms folded and its average pools swapped
     with the 1x1 conv after them, as ONNX, TorchScript or a .keras file; written only
     when its outputs match the unfolded model's (exit 1 if not)."""
-    from .api import load
-    from .export import ExportCheckFailed
-    from .export import export as run_export
-    from .trainkit import parse_image_size
+    from archc.api import load
+    from archc.tools.export import ExportCheckFailed
+    from archc.tools.export import export as run_export
+    from archc.training.kit import parse_image_size
 
     analysis = load(spec, _overrides(params), parse_image_size(image_size) if image_size else None)
     try:
@@ -504,8 +504,8 @@ def import_(spec, params, source, src, out, target):
     """Weights of a keras.applications model (FILE: .h5 as it ships them, or .weights.h5)
     into SPEC's generated model, matched by structure; one line naming the first layer
     that does not fit when the architectures differ."""
-    from .api import load
-    from .importer import import_keras_applications
+    from archc.api import load
+    from archc.tools.importer import import_keras_applications
 
     n = import_keras_applications(load(spec, _overrides(params)), src, out, target)
     click.echo(f"wrote {out}: {n} layers with weights from {src} ({source} -> {target})")
@@ -514,7 +514,7 @@ def import_(spec, params, source, src, out, target):
 @main.command()
 def backends():
     """List the installed backends."""
-    from .backend import registered
+    from archc.codegen.backend import registered
 
     for name, ep in registered().items():
         click.echo(f"{name}\t{ep.value}")

@@ -151,11 +151,11 @@ def one_thread(tf, ds):
 def torch_rates(files, size, count) -> dict[str, float]:
     import numpy as np
     import torch
-    from archc_backends.torch_backend import train as torch_train
     from torch.utils.data import default_collate
 
-    from archc.training import Augment, LearningRate, Optimizer, Training
-    from archc.trainkit import SYNTHETIC, DataSource, crop_draws, flips
+    from archc.backends.torch_backend import train as torch_train
+    from archc.ir.recipe import Augment, LearningRate, Optimizer, Training
+    from archc.training.kit import SYNTHETIC, DataSource, crop_draws, flips
 
     recipe = Training(
         optimizer=Optimizer(kind="sgd"), learning_rate=LearningRate(initial=0.1), batch_size=BATCH, epochs=1, augment=Augment()
@@ -203,10 +203,10 @@ def torch_rates(files, size, count) -> dict[str, float]:
 def keras_rates(files, size, count) -> dict[str, float]:
     import numpy as np
     import tensorflow as tf
-    from archc_backends.keras_backend import train as keras_train
 
-    from archc.training import Augment, LearningRate, Optimizer, Training
-    from archc.trainkit import SYNTHETIC, DataSource, crop_draws, flips
+    from archc.backends.keras_backend import train as keras_train
+    from archc.ir.recipe import Augment, LearningRate, Optimizer, Training
+    from archc.training.kit import SYNTHETIC, DataSource, crop_draws, flips
 
     recipe = Training(
         optimizer=Optimizer(kind="sgd"), learning_rate=LearningRate(initial=0.1), batch_size=BATCH, epochs=1, augment=Augment()

@@ -3,7 +3,7 @@ batch 128, bf16 autocast, channels_last, with the synthetic source and with a JP
 made on the spot. Prints images/s and the ratios; the acceptance is >= 0.95.
 
 The bare step is forward + cross-entropy + backward + the recipe's optimizer step
-(:func:`archc_backends.torch_backend.train.make_optimizer`), on one batch already on the
+(:func:`archc.backends.torch_backend.train.make_optimizer`), on one batch already on the
 GPU, timed with CUDA synchronisation; ``archc train`` adds the input pipeline, the EMA
 update and the schedule. Both train the module ``archc train`` rendered (10 classes).
 ``archc train``'s rate is the median of its ``metrics.csv`` windows after the first (the
@@ -71,11 +71,11 @@ def archc_train(data: str, out: Path, steps: int, workers: int, samples: int) ->
 def bare_step(model_file: Path, steps: int) -> float:
     import torch
     import torch.nn.functional as F
-    from archc_backends.torch_backend.train import make_optimizer
 
-    from archc.backend import get
-    from archc.resolve import compile_spec
-    from archc.trainkit import RunConfig, effective_recipe
+    from archc.backends.torch_backend.train import make_optimizer
+    from archc.codegen.backend import get
+    from archc.ir.resolve import compile_spec
+    from archc.training.kit import RunConfig, effective_recipe
 
     spec = str(ROOT / "specs/xception.yaml")
     recipe = effective_recipe(compile_spec(spec, {}).training, RunConfig(spec, "synthetic", Path("."), batch_size=BATCH), spec)

@@ -41,10 +41,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from archc import api, variants
-from archc.backend import get, module_name, registered, write_all
-from archc.errors import SpecError, UserError
-from archc.report import print_table
+from archc import api
+from archc.codegen.backend import get, module_name, registered, write_all
+from archc.syntax.errors import SpecError, UserError
+from archc.tools import variants
+from archc.tools.report import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_GLOBS = ("specs/*.yaml", "specs/*.yml", "examples/*.yaml", "examples/*.yml")

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from archc.api import load  # noqa: E402
-from archc.backend import get, write_all  # noqa: E402
+from archc.codegen.backend import get, write_all  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 BACKEND = get("torch")

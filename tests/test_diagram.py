@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from archc.api import load, spec_files
 from archc.cli import main
-from archc.diagram import Options, label, layout
-from archc.draw import render, to_svg
-from archc.ir import Branches, Call, Node, Repeat, Residual, children, walk
+from archc.ir.ops import Branches, Call, Node, Repeat, Residual, children, walk
+from archc.tools.diagram import Options, label, layout
+from archc.tools.draw import render, to_svg
 
 ROOT = Path(__file__).parents[1]
 SPECS = spec_files([str(ROOT / "specs"), str(ROOT / "examples")])
@@ -47,7 +47,7 @@ def box_texts(root: ET.Element) -> dict[str, list[str]]:
 
 def expected_boxes(spec: Path, options: Options | None = None, **overrides) -> list[str]:
     """From the IR: every enabled leaf, and every combinator at the depth limit; a
-    repeat's body once, or once per copy with --expand (keys as archc.instances writes
+    repeat's body once, or once per copy with --expand (keys as archc.passes.instances writes
     them); a dropped shortcut not at all."""
     options = options or Options()
     analysis = load(spec, overrides)

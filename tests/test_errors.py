@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from archc.api import load
-from archc.backend import get, registered
-from archc.errors import SpecError
+from archc.codegen.backend import get, registered
+from archc.syntax.errors import SpecError
 
 BAD = Path(__file__).parent / "bad_specs"
 CASES = sorted(BAD.glob("*.yaml"))

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from archc.api import load
 from archc.cli import main
-from archc.export import generated_module
-from archc.fold import batch_norms, folded_instances, folds, swapped_instances, swaps
-from archc.verify import _difference, porting_backends, random_weights
+from archc.passes.fold import batch_norms, folded_instances, folds, swapped_instances, swaps
+from archc.tools.export import generated_module
+from archc.tools.verify import output_difference, porting_backends, random_weights
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -134,7 +134,7 @@ def test_fold_pairs_are_decided_from_the_ir(folds_spec):
 
 def test_a_table_entry_expands_to_every_repeat_index():
     # the function every generated module carries (codegen.helper_source) to apply its tables
-    from archc.fold import _expand
+    from archc.passes.fold import _expand
 
     # 11 outer runs (index 10 too), 2 inner ones each, 3 in the fourth; other names are not it
     names = {f"r.{i}.s.{j}.bn" for i in range(11) for j in range(2)} | {"r.3.s.2.bn", "r.3.t.0.bn", "top.bn", "r.0.s"}
@@ -271,7 +271,7 @@ def test_the_folded_torch_model_gives_the_same_outputs(spec, folds_spec, tmp_pat
         folded = module.fold_batchnorm(copy.deepcopy(model))
         after = folded(x).numpy()
     assert _batch_norms(model) - _batch_norms(folded) == folded_instances(analysis)
-    assert _difference(before, after).rel < 1e-5
+    assert output_difference(before, after).rel < 1e-5
     if not folded_instances(analysis):
         return
     # the fold changes outputs by rounding only: a BN dropped without folding would not
@@ -281,7 +281,7 @@ def test_the_folded_torch_model_gives_the_same_outputs(spec, folds_spec, tmp_pat
             parent, _, attr = name.rpartition(".")
             setattr(dropped.get_submodule(parent), attr, torch.nn.Identity())
     with torch.no_grad():
-        assert _difference(before, dropped(x).numpy()).rel > 1e-2
+        assert output_difference(before, dropped(x).numpy()).rel > 1e-2
 
 
 def _built_in_keras(spec: Path, folder):
@@ -302,14 +302,14 @@ def test_the_folded_keras_model_gives_the_same_outputs(folds_spec, tmp_path):
     folded = module.fold_batchnorm(model)
     count = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     assert count == batch_norms(analysis) - folded_instances(analysis)
-    assert _difference(model.predict(x, verbose=0), folded.predict(x, verbose=0)).rel < 1e-5
+    assert output_difference(model.predict(x, verbose=0), folded.predict(x, verbose=0)).rel < 1e-5
 
 
 @pytest.mark.parametrize("spec", [None, ROOT / "specs/inception_v3_slim.yaml"], ids=["swaps", "inception_v3_slim"])
 def test_the_keras_inference_model_gives_the_same_outputs(spec, swaps_spec, tmp_path):
     analysis, module, model, x = _built_in_keras(spec or swaps_spec, tmp_path)
     fast = module.for_inference(model)
-    assert _difference(model.predict(x, verbose=0), fast.predict(x, verbose=0)).rel < 1e-5
+    assert output_difference(model.predict(x, verbose=0), fast.predict(x, verbose=0)).rel < 1e-5
     # each pool now averages its conv's output: the conv's fewer channels
     names = {layer.name for layer in model.layers}
     pairs = [(pool, conv.format(*i)) for template, conv in module.POOL_SWAPS for pool, i in module._expand(template, names)]
@@ -323,7 +323,7 @@ def test_the_keras_inference_model_gives_the_same_outputs(spec, swaps_spec, tmp_
 
 @pytest.mark.parametrize("spec", BUNDLED, ids=lambda s: s.stem)
 def test_onnx_export_runs_in_onnxruntime_like_torch(spec, tmp_path):
-    from archc.export import export
+    from archc.tools.export import export
 
     out = tmp_path / f"{spec.stem}.onnx"
     result = export(small(spec), "onnx", out)
@@ -356,14 +356,14 @@ def test_export_cli_torchscript_and_keras_load_and_match(folds_spec, tmp_path):
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
     assert sum("BatchNorm" in m.original_name for m in loaded.modules()) == 13 - 9
     with torch.no_grad():
-        assert _difference(expected, loaded(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()).rel < 1e-5
+        assert output_difference(expected, loaded(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()).rel < 1e-5
 
     # torch weights into the Keras export: ported through the neutral format
     result = run("export", folds_spec, "--format", "keras", "--weights", checkpoint, "-o", tmp_path / "m.keras")
     assert result.exit_code == 0, result.output
     assert "(torch -> keras)" in result.output
     keras_model = keras.saving.load_model(tmp_path / "m.keras")
-    assert _difference(expected, keras_model.predict(x, verbose=0)).rel < 1e-4
+    assert output_difference(expected, keras_model.predict(x, verbose=0)).rel < 1e-4
 
 
 def test_no_fold_keeps_the_batch_norms(folds_spec, tmp_path):
@@ -447,7 +447,7 @@ def test_import_keras_applications_weights(reference, layout, tmp_path):
     backends = porting_backends(["keras", "torch"])[0]
     keras_model = generated_module(backends["keras"], analysis, tmp_path).create_model()
     keras_model.load_weights(keras_out)
-    assert _difference(expected, keras_model.predict(x, verbose=0)).rel <= 1e-5
+    assert output_difference(expected, keras_model.predict(x, verbose=0)).rel <= 1e-5
 
     torch_out = tmp_path / "imported.pt"
     result = run("import", spec, "--from", "keras.applications", folder / layout, "--to", "torch", "-o", torch_out)
@@ -456,7 +456,7 @@ def test_import_keras_applications_weights(reference, layout, tmp_path):
     torch_model.load_state_dict(torch.load(torch_out, weights_only=True))
     with torch.no_grad():
         out = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    assert _difference(expected, out).rel <= 1e-4
+    assert output_difference(expected, out).rel <= 1e-4
 
 
 def test_import_names_the_first_layer_that_does_not_fit(reference, tmp_path):
@@ -480,7 +480,7 @@ def test_the_inference_torch_model_gives_the_same_outputs(spec, swaps_spec, tmp_
     fast = module.for_inference(copy.deepcopy(model))
     with torch.no_grad():
         before, after = model(x).numpy(), fast(x).numpy()
-    assert _difference(before, after).rel < 1e-5
+    assert output_difference(before, after).rel < 1e-5
     assert _batch_norms(model) - _batch_norms(fast) == folded_instances(analysis)
     # each pool and its conv changed places; with NCHW input, every conv computes in channels_last
     moved = [(name, m) for name, m in fast.named_modules() if isinstance(m, torch.nn.AvgPool2d) and name.endswith("conv1")]
@@ -506,8 +506,8 @@ def test_a_swap_moves_the_pool_after_the_conv(swaps_spec, tmp_path):
     assert [type(m) for m in again.modules()] == [type(m) for m in swapped.modules()]
     x = torch.randn(2, 16, 12, 11, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert _difference(model(x).numpy(), swapped(x).numpy()).rel < 1e-5
+        assert output_difference(model(x).numpy(), swapped(x).numpy()).rel < 1e-5
         # a pool that counted padded cells would not commute with the conv's bias: the border differs
         pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
         conv = swapped.body.avgpool1
-        assert _difference(conv(pool(x)).numpy(), pool(conv(x)).numpy()).rel > 1e-3
+        assert output_difference(conv(pool(x)).numpy(), pool(conv(x)).numpy()).rel > 1e-3

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archc import expr
 from archc.api import load
-from archc.errors import SpecError
-from archc.loader import load_text
-from archc.resolve import compile_spec
+from archc.ir.resolve import compile_spec
+from archc.syntax import expr
+from archc.syntax.errors import SpecError
+from archc.syntax.loader import load_text
 
 ROOT = Path(__file__).parents[1]
 
@@ -236,7 +236,7 @@ def test_a_quoted_expression_is_located_inside_its_quotes():
 
 def test_generated_code_keeps_param_expressions(tmp_path):
     """create_model(width=..., depth=...) builds what archc computes for those params."""
-    from archc_backends.torch_backend.render import render
+    from archc.backends.torch_backend.render import render
 
     torch = pytest.importorskip("torch")
     path = tmp_path / "t.yaml"
@@ -269,6 +269,6 @@ def test_names_may_be_any_python_identifier(tmp_path):
 
 
 def load_text_total(text: str, overrides: dict) -> int:
-    from archc.analysis import analyse
+    from archc.passes.analysis import analyse
 
     return analyse(compile_spec(load_text(text, "t.yaml"), overrides)).total.trainable

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from archc.api import build, load
-from archc.backend import get
 from archc.cli import main
+from archc.codegen.backend import get
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before anything imports keras
 

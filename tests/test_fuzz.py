@@ -29,7 +29,7 @@ SMALL = [s for s in SEEDS if s.path.name == "vgg16.yaml"]
 
 
 def test_it_reports_a_renderer_that_emits_broken_code(monkeypatch):
-    from archc_backends.keras_backend import KerasBackend
+    from archc.backends.keras_backend import KerasBackend
 
     render = KerasBackend.render
     monkeypatch.setattr(KerasBackend, "render", lambda self, analysis: render(self, analysis) + "\nx = nan(\n")
@@ -42,26 +42,26 @@ def test_it_reports_a_bare_exception_from_the_loader(monkeypatch):
     def broken(raw, file="<string>"):
         raise KeyError("planted")
 
-    monkeypatch.setattr("archc.loader.load_text", broken)
+    monkeypatch.setattr("archc.syntax.loader.load_text", broken)
     summary = fuzz(10, seed=1, seeds=SMALL, build_every=0)
     assert len(summary.defects) == 10
     assert "KeyError: 'planted'" in summary.defects[0].problem
 
 
 def test_it_reports_an_error_located_outside_the_file(monkeypatch):
-    from archc.errors import Location, SpecError
+    from archc.syntax.errors import Location, SpecError
 
     def misplaced(self, overrides):
         raise SpecError(Location(self.source.file, 10_000, 1, "flows"), "expected something, found nothing")
 
-    monkeypatch.setattr("archc.resolve.Resolver.network", misplaced)
+    monkeypatch.setattr("archc.ir.resolve.Resolver.network", misplaced)
     summary = fuzz(10, seed=1, seeds=SMALL, build_every=0)
     assert summary.defects and all("outside the file" in d.problem or "no FILE" in d.problem for d in summary.defects)
 
 
 @pytest.mark.parametrize("wrong", ["counts", "shape"])
 def test_it_reports_a_torch_model_that_differs_from_the_ir(monkeypatch, wrong):
-    from archc_backends.torch_backend import TorchBackend
+    from archc.backends.torch_backend import TorchBackend
 
     if wrong == "counts":
         monkeypatch.setattr(TorchBackend, "count", lambda self, model: (1, 2))

@@ -18,10 +18,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from archc_backends.keras_backend import KerasBackend, layer_names
 
 from archc.api import build, load
-from archc.codegen import plan
+from archc.backends.keras_backend import KerasBackend, layer_names
+from archc.codegen.plan import plan
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before anything imports keras (rendering does not)
 
@@ -116,7 +116,7 @@ def test_rendering_is_deterministic_and_imports_no_framework():
     code = textwrap.dedent(f"""
         import sys
         from archc.api import load
-        from archc.backend import get
+        from archc.codegen.backend import get
         texts = [get("keras").render(load({str(ROOT / "specs/xception.yaml")!r})) for _ in range(2)]
         assert texts[0] == texts[1]
         print(sorted(m for m in ("keras", "tensorflow", "torch", "jax") if m in sys.modules))
@@ -240,7 +240,7 @@ def test_layer_names_follow_ir_paths():
 
 
 def test_colliding_layer_names_are_a_spec_error(tmp_path):
-    from archc.errors import SpecError
+    from archc.syntax.errors import SpecError
 
     spec = tmp_path / "clash.yaml"
     spec.write_text(
@@ -424,7 +424,7 @@ def test_tiny_on_the_torch_backend(tiny):
         import numpy as np
         import keras
         from archc.api import load
-        from archc_backends.keras_backend import KerasBackend
+        from archc.backends.keras_backend import KerasBackend
         assert keras.backend.backend() == "torch"
         backend = KerasBackend()
         module = backend.load({str(path)!r})

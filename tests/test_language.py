@@ -7,8 +7,8 @@ import textwrap
 import pytest
 
 from archc.api import load
-from archc.errors import SpecError
-from archc.ir import Branches, Call, Conv, Repeat, walk
+from archc.ir.ops import Branches, Call, Conv, Repeat, walk
+from archc.syntax.errors import SpecError
 
 
 def spec(tmp_path, text):

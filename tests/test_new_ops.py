@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from archc.api import load
 from archc.cli import main
-from archc.instances import instances
-from archc.verify import build_model
+from archc.passes.instances import instances
+from archc.tools.verify import build_model
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -133,7 +133,7 @@ def test_family_counts_are_keras_applications(spec, counts):
 
 
 def test_backends_count_what_the_ir_counts(new_ops, tmp_path):
-    from archc.backend import get
+    from archc.codegen.backend import get
 
     a = load(new_ops)
     for name in ("torch", "keras"):
@@ -153,7 +153,7 @@ def test_generated_torch_models_train(spec, new_ops, tmp_path):
     every weight."""
     import torch
 
-    from archc.backend import get
+    from archc.codegen.backend import get
 
     path = new_ops if spec == "new_ops" else ROOT / f"examples/{spec}.yaml"
     a = load(path, input_size=None if spec == "new_ops" else (32, 32))
@@ -201,7 +201,7 @@ def test_same_model_as_keras_applications(spec, params, reference, size, tmp_pat
     keras = pytest.importorskip("keras")
     import numpy as np
 
-    from archc.backend import get
+    from archc.codegen.backend import get
 
     backend = get("keras")
     constructor = getattr(keras.applications, reference)
@@ -227,7 +227,7 @@ def test_schema_accepts_the_new_ops_and_refuses_a_bad_padding(new_ops):
     jsonschema = pytest.importorskip("jsonschema")
     import yaml
 
-    from archc.schema import spec_schema
+    from archc.ir.schema import spec_schema
 
     validator = jsonschema.Draft202012Validator(spec_schema())
     spec = yaml.safe_load(new_ops.read_text())

@@ -9,15 +9,15 @@ import math
 from pathlib import Path
 
 import pytest
-from archc_backends.torch_backend import values
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archc import codegen
 from archc.api import load
-from archc.backend import get
+from archc.backends.torch_backend import values
 from archc.cli import main
+from archc.codegen import plan as codegen
+from archc.codegen.backend import get
 
 ROOT = Path(__file__).parents[1]
 SPEC = ROOT / "examples" / "vgg16.yaml"
@@ -68,7 +68,7 @@ def test_an_internal_error_is_one_line_naming_the_spec_and_exit_3(command, monke
     def broken(*args, **kwargs):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr("archc.analysis.infer_instances", broken)
+    monkeypatch.setattr("archc.passes.analysis.infer_instances", broken)
     result = CliRunner().invoke(main, [command[0], str(SPEC), *(a.replace("{tmp}", str(tmp_path)) for a in command[1:])])
     assert result.exit_code == 3
     assert result.output == f"error: {SPEC}: a bug in archc, not in the spec (ZeroDivisionError: planted); please report it with the spec\n"
@@ -78,7 +78,7 @@ def test_an_internal_error_in_verify_exits_3(monkeypatch):
     def broken(*args, **kwargs):
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr("archc.resolve.Resolver.network", broken)
+    monkeypatch.setattr("archc.ir.resolve.Resolver.network", broken)
     result = CliRunner().invoke(main, ["verify", str(SPEC)])
     assert (result.exit_code, result.output.count("\n")) == (3, 1)
     assert "RecursionError" in result.output and "Traceback" not in result.output

@@ -18,13 +18,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from archc_backends.torch_backend import MODULE_ATTRIBUTES, TorchBackend, modules_at, qualified_names, torch_plan  # noqa: E402
-from archc_backends.torch_backend import values as torch_values  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from archc.api import build, load  # noqa: E402
-from archc.backend import get  # noqa: E402
+from archc.backends.torch_backend import MODULE_ATTRIBUTES, TorchBackend, modules_at, qualified_names, torch_plan  # noqa: E402
+from archc.backends.torch_backend import values as torch_values  # noqa: E402
 from archc.cli import main  # noqa: E402
+from archc.codegen.backend import get  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -131,7 +131,7 @@ def check_shapes(model, analysis, batch: int = 1):
 
 def test_the_backend_is_a_plugin_and_rendering_imports_no_torch():
     assert isinstance(get("torch"), TorchBackend)
-    code = "import sys; from archc.api import load; from archc.backend import get; get('torch').render(load(sys.argv[1])); assert 'torch' not in sys.modules"
+    code = "import sys; from archc.api import load; from archc.codegen.backend import get; get('torch').render(load(sys.argv[1])); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code, str(XCEPTION)], check=True)
 
 
@@ -520,7 +520,7 @@ def test_layout_is_what_ruff_formats_at_any_width(tmp_path):
     for 88 columns; only absurd names make it so, and it is laid out for 88.)"""
     import random
 
-    from archc_backends.torch_backend.layout import Call, IfElse, Lambda, assign
+    from archc.backends.torch_backend.layout import Call, IfElse, Lambda, assign
 
     rng = random.Random(0)
 

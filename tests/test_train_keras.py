@@ -23,7 +23,7 @@ pytest.importorskip("PIL")
 from events import check_against_csv  # noqa: E402
 from imagefolder import make_image_folder  # noqa: E402
 
-from archc.training import LearningRate, learning_rate_at  # noqa: E402
+from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 XCEPTION = str(ROOT / "specs/xception.yaml")
@@ -56,10 +56,9 @@ def free_ports(n: int) -> list[int]:
 
 def test_schedule_is_the_recipes_staircase():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from archc_backends.keras_backend.train import make_schedule
-
-    from archc.training import Optimizer, Training
-    from archc.trainkit import Schedule
+    from archc.backends.keras_backend.train import make_schedule
+    from archc.ir.recipe import Optimizer, Training
+    from archc.training.kit import Schedule
 
     for lr in (
         LearningRate(initial=0.045, decay=0.94, every_epochs=2),
@@ -120,7 +119,7 @@ def test_two_multiworker_mirrored_workers_stay_identical_and_learn(tmp_path):
 
     import keras
 
-    from archc.backend import get
+    from archc.codegen.backend import get
 
     model = get("keras").load(out / "model" / "xception_keras.py").create_model()
     model.load_weights(out / "final_ema.weights.h5")

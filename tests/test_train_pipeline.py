@@ -1,6 +1,6 @@
 """The input pipelines and EMA of both trainers agree: the same crop boxes for the same
 seed, the same synthetic batches, the same pixels (to the resizers' rounding), and the
-EMA warm-up of archc.training.ema_decay_at."""
+EMA warm-up of archc.ir.recipe.ema_decay_at."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from archc_backends.keras_backend import train as keras_train  # noqa: E402
-from archc_backends.torch_backend import train as torch_train  # noqa: E402
-
-from archc.training import EMA, Augment, LearningRate, Optimizer, Training, ema_decay_at  # noqa: E402
-from archc.trainkit import SYNTHETIC, DataSource, central_box, crop_draws, random_box  # noqa: E402
+from archc.backends.keras_backend import train as keras_train  # noqa: E402
+from archc.backends.torch_backend import train as torch_train  # noqa: E402
+from archc.ir.recipe import EMA, Augment, LearningRate, Optimizer, Training, ema_decay_at  # noqa: E402
+from archc.training.kit import SYNTHETIC, DataSource, central_box, crop_draws, random_box  # noqa: E402
 
 AUGMENT = Augment()
 RECIPE = Training(

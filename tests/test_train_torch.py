@@ -20,7 +20,7 @@ pytest.importorskip("PIL")
 from events import check_against_csv  # noqa: E402
 from imagefolder import make_image_folder  # noqa: E402
 
-from archc.training import LearningRate, learning_rate_at  # noqa: E402
+from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 XCEPTION = str(ROOT / "specs/xception.yaml")
@@ -64,7 +64,7 @@ def test_two_process_torchrun_keeps_replicas_identical_and_learns(tmp_path):
 
     run = json.loads((out / "run.json").read_text())
     assert run["replicas"] == 2 and run["global_batch"] == 8 and run["engine"] == "torch/ddp"
-    from archc.backend import get
+    from archc.codegen.backend import get
 
     module = get("torch").load(out / "model" / "xception_torch.py")
     model = module.create_model()

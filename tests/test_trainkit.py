@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from archc.cli import main
-from archc.errors import UserError
-from archc.training import Augment, LearningRate, Optimizer, Training, ema_decay_at, learning_rate_at
-from archc.trainkit import (
+from archc.ir.recipe import Augment, LearningRate, Optimizer, Training, ema_decay_at, learning_rate_at
+from archc.syntax.errors import UserError
+from archc.training.kit import (
     MetricLog,
     RunConfig,
     Schedule,

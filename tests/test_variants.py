@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from archc.api import load
 from archc.cli import main
-from archc.ir import SepConv, walk
-from archc.variants import run
+from archc.ir.ops import SepConv, walk
+from archc.tools.variants import run
 
 ROOT = Path(__file__).parents[1]
 XCEPTION = ROOT / "specs/xception.yaml"
@@ -106,7 +106,7 @@ def test_every_variant_of_a_sample_sweep_compiles_with_the_backend(tmp_path, bac
     pytest.importorskip(backend_name)
     import numpy as np
 
-    from archc.backend import get
+    from archc.codegen.backend import get
 
     backend = get(backend_name)
     result = run(XCEPTION, SAMPLE, {"middle_repeats": "2"})

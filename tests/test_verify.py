@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from archc.analysis import Counts
 from archc.api import load
 from archc.cli import main
-from archc.instances import counts, instances, modules, roles, weighted
+from archc.passes.analysis import Counts
+from archc.passes.instances import counts, instances, modules, roles, weighted
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -130,7 +130,7 @@ def test_roles_are_the_ir_layout(every_op):
 
 def test_random_weights_fit_the_roles(every_op):
     np = pytest.importorskip("numpy")
-    from archc.verify import random_weights
+    from archc.tools.verify import random_weights
 
     analysis = load(every_op)
     weights = random_weights(analysis, seed=3)
@@ -147,9 +147,9 @@ def test_random_weights_fit_the_roles(every_op):
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
-from archc_backends.keras_backend import KerasBackend  # noqa: E402
-from archc_backends.torch_backend import TorchBackend  # noqa: E402
-from archc_backends.torch_backend import weights as torch_weights  # noqa: E402
+from archc.backends.keras_backend import KerasBackend  # noqa: E402
+from archc.backends.torch_backend import TorchBackend  # noqa: E402
+from archc.backends.torch_backend import weights as torch_weights  # noqa: E402
 
 
 def relative_differences(output: str) -> list[float]:
@@ -324,8 +324,8 @@ class Renderless:
 
 
 def test_a_backend_without_weight_porting_is_named(monkeypatch, every_op):
-    import archc.verify as verify_module
-    from archc.errors import UserError
+    import archc.tools.verify as verify_module
+    from archc.syntax.errors import UserError
 
     registered, get = verify_module.registered, verify_module.get
     monkeypatch.setattr(verify_module, "registered", lambda: {**registered(), "renderless": None})
@@ -342,7 +342,7 @@ def test_a_backend_without_weight_porting_is_named(monkeypatch, every_op):
 
 def randomised_torch_checkpoint(spec: Path, path: Path, params: dict | None = None) -> dict:
     """A torch state_dict of the spec with every tensor random (BN statistics included)."""
-    from archc.verify import build_model
+    from archc.tools.verify import build_model
 
     model = build_model(TorchBackend(), load(spec, params), path.parent)
     generator = torch.Generator().manual_seed(0)
@@ -391,7 +391,7 @@ def test_convert_round_trips_bit_for_bit(spec, tmp_path, every_op):
 def test_a_converted_checkpoint_gives_the_same_outputs(tmp_path, every_op):
     import numpy as np
 
-    from archc.verify import build_model
+    from archc.tools.verify import build_model
 
     analysis = load(every_op)
     randomised_torch_checkpoint(every_op, tmp_path / "a.pt")

@@ -1,0 +1,616 @@
+"""Turn an annotated network into the data the Keras templates lay out.
+
+Every decision is made here (which Keras layer a node becomes, which keyword arguments
+it needs, which names, conditions and loops surround it, where a long call is wrapped);
+the templates in ``templates/`` only print it. Nothing here imports a framework. Each
+op's emitter is one entry of ``LAYERS``.
+
+Layer names: a node's Keras name is the identifiers of its IR path (``plan.ident``)
+joined by '_'. Residual and branch children add their label ('body', 'shortcut', the
+path name); a repeat adds the loop index after its own name. :func:`layer_names` gives
+the same names for every IR path, for tools that map IR nodes to Keras layers.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from archc.codegen.naming import Namespace, identifier
+from archc.codegen.plan import Plan, helper_source, literal, plan
+from archc.ir.ops import Node
+from archc.passes import fold
+from archc.passes.analysis import Analysis
+from archc.syntax.errors import Location, SpecError
+
+LINE_LENGTH = 140  # the project's ruff line length: generated code is already formatted
+INDENT = "    "
+HELPER = "_separable_conv"  # spec names never start with '_', so no block can take it
+LOOP_VARS = ("i", "j", "k")
+AMBIGUOUS = {"l", "O", "I"}  # E741
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+# -- statements: what the templates print -------------------------------------------------
+
+
+@dataclass
+class Stmt:
+    """One statement of a generated function.
+
+    ``call``: ``head`` + ``args`` + ``tail``, printed on one line (wrap 'line'), with the
+    arguments on one line of their own ('body'), or one argument a line with a magic
+    trailing comma ('each'): layouts that ruff format leaves as they are. ``block``: a
+    header laid out as a call (an ``if``/``for`` line, colon included) and an indented
+    ``body``. ``line``: ``text`` as is. ``comment``, ``blank``: a comment, an empty line.
+    ``collection``: the arguments are a tuple's items, which ruff never puts on one line
+    of their own."""
+
+    kind: str
+    text: str = ""
+    head: str = ""
+    args: list[str] = field(default_factory=list)
+    tail: str = ""
+    wrap: str = "line"
+    body: list[Stmt] = field(default_factory=list)
+    collection: bool = False
+
+
+def call(head: str, args: list[str], tail: str) -> Stmt:
+    return Stmt("call", head=head, args=args, tail=tail)
+
+
+def raise_value_error(message: str) -> Stmt:
+    return call("raise ValueError(", [message], ")")
+
+
+def line(text: str) -> Stmt:
+    return Stmt("line", text=text)
+
+
+def block(header: str | Stmt, body: list[Stmt]) -> list[Stmt]:
+    """``header`` (a line, or a call-shaped line) with ``body`` under it; nothing when
+    the body is empty."""
+    if isinstance(header, str):
+        header = call(header, [], "")
+    return [Stmt("block", head=header.head, args=header.args, tail=header.tail, collection=header.collection, body=body)] if body else []
+
+
+def merge_conditions(stmts: list[Stmt]) -> list[Stmt]:
+    """Adjacent ``if`` blocks on the same condition become one (conditions are names that
+    a generated function never reassigns, so this keeps the meaning)."""
+    out: list[Stmt] = []
+    for s in stmts:
+        s.body = merge_conditions(s.body)
+        same = out and out[-1].kind == "block" and (out[-1].head, out[-1].args, out[-1].tail) == (s.head, s.args, s.tail)
+        if s.kind == "block" and s.head.startswith("if ") and same:
+            out[-1].body = merge_conditions(out[-1].body + s.body)
+        else:
+            out.append(s)
+    return out
+
+
+def layout(stmts: list[Stmt], depth: int) -> list[Stmt]:
+    """Choose each call's layout for its indentation, as ruff format would."""
+    for s in stmts:
+        width = len(INDENT) * depth
+        if s.kind in ("call", "block"):
+            joined = ", ".join(s.args)
+            if width + len(s.head) + len(joined) + len(s.tail) <= LINE_LENGTH:
+                s.wrap = "line"
+            elif width + len(INDENT) + len(joined) <= LINE_LENGTH and not s.tail.startswith(")(") and not s.collection:
+                s.wrap = "body"  # with a trailer, ruff would split the trailer instead
+            else:
+                s.wrap = "each"
+        layout(s.body, depth + 1)
+    return stmts
+
+
+# -- text that reaches the module ---------------------------------------------------------
+
+
+def prose(text: Any) -> str:
+    """Free text from a spec (descriptions, docs) made safe inside a docstring: one line of
+    printable characters, backslashes and double quotes escaped."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return " ".join(text.split()).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def fstring_text(text: str) -> str:
+    """Any text as the literal part of a double-quoted f-string: printable ASCII as is
+    (braces doubled), everything else escaped, double quotes as \\x22 so that ruff
+    keeps the double quotes."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append("\\x22")
+        elif ch in "{}":
+            out.append(ch * 2)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def wrap(text: str, width: int = 88, indent: str = "", first: str = "") -> list[str]:
+    return textwrap.wrap(
+        text, width, initial_indent=first or indent, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+    ) or [first.rstrip()]
+
+
+def docstring(paragraphs: list[list[str]], indent: str) -> list[str]:
+    """Docstring lines (each without the leading indent of the first line) from
+    paragraphs of already-wrapped lines; one line when it fits."""
+    if len(paragraphs) == 1 and len(paragraphs[0]) == 1 and len(indent) + len(paragraphs[0][0]) + 6 <= LINE_LENGTH:
+        return [f'"""{paragraphs[0][0]}"""']
+    lines = []
+    for i, para in enumerate(paragraphs):
+        if i:
+            lines.append("")
+        lines.extend(para)
+    lines[0] = '"""' + lines[0]
+    lines = [lines[0]] + [f"{indent}{text}" if text else "" for text in lines[1:]]
+    return lines + [f'{indent}"""']
+
+
+def fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def name_expr(pattern: str) -> str:
+    """A layer name as Python: a plain string, or an f-string when it holds a variable.
+    Patterns are made of identifiers, '_' and ``{variable}`` only."""
+    return f'f"{pattern}"' if "{" in pattern else f'"{pattern}"'
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+def node_name(p: Plan, prefix: str, node: Node) -> str:
+    return f"{prefix}_{p.ident[node.path]}"
+
+
+def child_prefix(p: Plan, node: Node, name: str, label: str, loop_var: str) -> str:
+    """The name prefix of the nodes in one child sequence of ``node`` (named ``name``)."""
+    if node.op == "call":
+        return name  # its body is named under the call
+    if node.indexed:
+        return f"{name}_{{{loop_var}}}"
+    return f"{name}_{p.ident[f'{node.path}:{label}']}"
+
+
+def layer_names(p: Plan) -> dict[str, str]:
+    """IR path -> Keras layer name, for every node of ``p``'s network that makes a layer.
+
+    Inside repeats the name is a pattern: ``{0}`` is the index of the outermost enclosing
+    repeat, ``{1}`` the next, ...: ``names[path].format(*indices)``. A residual names its
+    ``layers.add`` and a branches node its ``layers.concatenate`` (absent when the
+    addition is dropped by a literal ``use_shortcut: false``). A sepconv is one
+    ``SeparableConv2D`` of that name, or, with segments or an activation between, the
+    layers ``<name>_spatial`` (DepthwiseConv2D or grouped Conv2D), ``<name>_act`` and
+    ``<name>_pointwise``. Nodes with a literal ``when: false`` make no layer; nodes whose
+    ``when`` is a param or argument are listed. Raises SpecError when two nodes would get
+    the same name (say 'a_b/c' and 'a/b_c')."""
+    names: dict[str, str] = {}
+    seen: dict[str, Node] = {}
+
+    def visit(nodes: list[Node], prefix: str, depth: int) -> None:
+        for node in nodes:
+            if not node.when and "when" not in node.refs:
+                continue
+            name = node_name(p, prefix, node)
+            makes_layer = node.op not in ("repeat", "call", "residual") or (
+                node.op == "residual" and (node.use_shortcut or "use_shortcut" in node.refs)
+            )
+            if makes_layer:
+                if name in seen:
+                    w = node.where
+                    raise SpecError(
+                        Location(w.file, w.line, w.col, w.spec_path),
+                        f"expected layer names that differ once joined with '_', found '{name}' for both "
+                        f"{seen[name].path} and {node.path} (rename one)",
+                    )
+                seen[name] = node
+                names[node.path] = name
+            for label, seq in _children(node):
+                visit(seq, child_prefix(p, node, name, label, str(depth)), depth + node.indexed)
+
+    for flow, layers in p.analysis.net.flows.items():
+        visit(layers, p.ident[flow], 0)
+    return names
+
+
+def _children(node: Node) -> list[tuple[str, list[Node]]]:
+    """A node's child sequences in the order the generated code calls them (a residual's
+    shortcut first, as keras.applications does)."""
+    if node.op == "residual":
+        return (
+            [("shortcut", node.shortcut), ("body", node.body)]
+            if node.use_shortcut or "use_shortcut" in node.refs
+            else [("body", node.body)]
+        )
+    return node.children()
+
+
+# -- the renderer ---------------------------------------------------------------------------
+
+
+@dataclass
+class Scope:
+    """Local names of one generated function."""
+
+    names: Namespace
+    loops: dict[int, str] = field(default_factory=dict)  # repeat depth -> loop variable
+    depth: int = 0
+
+    def loop_var(self) -> str:
+        if self.depth not in self.loops:
+            base = LOOP_VARS[self.depth] if self.depth < len(LOOP_VARS) else f"i{self.depth}"
+            self.loops[self.depth] = self.names.create(base)
+        return self.loops[self.depth]
+
+
+class Renderer:
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        self.net = analysis.net
+        self.plan = plan(analysis, fold.MODULE_NAMES)  # templates/fold.py.j2 defines them
+        self.helpers: set[str] = set()  # helpers the module defines: _separable_conv, LayerScale
+        self.index: str | None = None  # the loop variable of the repeat being rendered
+        self.globals = {"keras", "layers", HELPER, "LayerScale", "create_model"} | {b.func for b in self.plan.blocks.values()}
+        # each block function's name-prefix parameter: 'name' unless an argument has it
+        self.prefix = {b: Namespace(set(self.plan.signature(b))).create("name") for b in self.plan.blocks}
+
+    def scope(self, taken: list[str]) -> Scope:
+        return Scope(Namespace(set(taken) | set(self.plan.params.values()) | self.globals | AMBIGUOUS | {"x"}))
+
+    def sym(self, node: Node, field_name: str) -> str:
+        return self.plan.symbol(node, field_name, getattr(node, field_name), self.index)
+
+    # -- sequences and combinators --
+
+    def sequence(self, nodes: list[Node], src: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
+        """Statements computing ``dst`` from ``src`` through ``nodes``."""
+        nodes = [n for n in nodes if n.when or "when" in n.refs]
+        out: list[Stmt] = []
+        cur = src
+        for node in nodes:
+            direct = not node.children() or node.op == "call"
+            direct = direct and "when" not in node.refs
+            if cur != dst and not direct:
+                out.append(line(f"{dst} = {cur}"))
+                cur = dst
+            stmts = self.node(node, cur, dst, prefix, scope)
+            out.extend(block(f"if {self.plan.symbol(node, 'when', True, self.index)}:", stmts) if "when" in node.refs else stmts)
+            cur = dst
+        if cur != dst:
+            out.append(line(f"{dst} = {cur}"))
+        return out
+
+    def node(self, node: Node, cur: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
+        return LAYERS[node.op](self, node, cur, dst, node_name(self.plan, prefix, node), scope)
+
+    def call_block(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+        bp = self.plan.blocks[node.block]
+        decl = self.net.blocks[node.block]
+        args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg], self.index)}" for arg, ident in zip(decl.args, bp.args)]
+        args += [f"{param}={param}" for param in bp.params]
+        return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
+
+    def repeat(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+        var = scope.loop_var()
+        scope.depth += 1
+        outer, self.index = self.index, var
+        body = self.sequence(node.body, dst, dst, child_prefix(self.plan, node, name, "body", var), scope)
+        self.index = outer
+        scope.depth -= 1
+        return block(f"for {var} in range({self.sym(node, 'times')}):", body)
+
+    def gate(self, node: Node, cur: str, x: str, name: str, scope: Scope) -> list[Stmt]:
+        """``x * body(x)``: the body runs on a copy, then one multiply (keras.applications'
+        squeeze-and-excite)."""
+        gate = scope.names.create("gate")
+        body = self.sequence(node.body, x, gate, child_prefix(self.plan, node, name, "body", ""), scope)
+        return body + [call(f"{x} = layers.multiply(", [f"[{x}, {gate}]", f"name={name_expr(name)}"], ")")]
+
+    def residual(self, node: Node, x: str, name: str, scope: Scope) -> list[Stmt]:
+        if not node.use_shortcut and "use_shortcut" not in node.refs:
+            return self.sequence(node.body, x, x, child_prefix(self.plan, node, name, "body", ""), scope)
+        short = scope.names.create("shortcut")
+        shortcut = self.sequence(node.shortcut, x, short, child_prefix(self.plan, node, name, "shortcut", ""), scope)
+        body = self.sequence(node.body, x, x, child_prefix(self.plan, node, name, "body", ""), scope)
+        add = [call(f"{x} = layers.add(", [f"[{x}, {short}]", f"name={name_expr(name)}"], ")")]
+        if "use_shortcut" in node.refs:
+            condition = f"if {self.sym(node, 'use_shortcut')}:"
+            return block(condition, shortcut) + body + block(condition, add)
+        return shortcut + body + add
+
+    def branches(self, node: Node, x: str, name: str, scope: Scope) -> list[Stmt]:
+        out: list[Stmt] = []
+        outputs = []
+        for label, seq in node.paths.items():
+            var = scope.names.create(self.plan.ident[f"{node.path}:{label}"], "branch")
+            out += self.sequence(seq, x, var, child_prefix(self.plan, node, name, label, ""), scope)
+            outputs.append(var)
+        return out + [call(f"{x} = layers.concatenate(", [f"[{', '.join(outputs)}]", f"name={name_expr(name)}"], ")")]
+
+    # -- layers --
+
+    def layer(self, cls: str, args: list[str], cur: str, dst: str, name: str) -> list[Stmt]:
+        """``dst = layers.cls(args, name=name)(cur)``: an op that is one Keras layer."""
+        return [call(f"{dst} = layers.{cls}(", [*args, f"name={name_expr(name)}"], f")({cur})")]
+
+    def opt(self, node: Node, field_name: str, keyword: str, default: Any) -> list[str]:
+        """``keyword=value`` when the value is a reference or differs from Keras's default."""
+        value = getattr(node, field_name)
+        if field_name in node.refs or value != default:
+            return [f"{keyword}={self.sym(node, field_name)}"]
+        return []
+
+    def sepconv(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+        s, opt = self.sym, self.opt
+        shared = [*opt(node, "stride", "strides", (1, 1)), *opt(node, "padding", "padding", "valid")]
+        multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
+        if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
+            self.helpers.add(HELPER)
+            args = [
+                cur,
+                s(node, "filters"),
+                s(node, "kernel"),
+                f"strides={s(node, 'stride')}",
+                f"padding={s(node, 'padding')}",
+                f"depth_multiplier={s(node, 'depth_multiplier')}",
+                f"segments={s(node, 'segments')}",
+                f"between={s(node, 'between')}",
+                f"use_bias={s(node, 'bias')}",
+                f"name={name_expr(name)}",
+            ]
+            return [call(f"{dst} = {HELPER}(", args, ")")]
+        bias = opt(node, "bias", "use_bias", True)
+        if node.segments == "depthwise" and node.between == "none":  # keras.applications' layer
+            args = [s(node, "filters"), s(node, "kernel"), *shared, *multiplier, *bias, f"name={name_expr(name)}"]
+            return [call(f"{dst} = layers.SeparableConv2D(", args, f")({cur})")]
+        if node.segments == "depthwise":
+            spatial = call(
+                f"{dst} = layers.DepthwiseConv2D(",
+                [s(node, "kernel"), *shared, *multiplier, "use_bias=False", f"name={name_expr(name + '_spatial')}"],
+                f")({cur})",
+            )
+        else:
+            channels = f"{cur}.shape[-1]" + (f" * {s(node, 'depth_multiplier')}" if multiplier else "")
+            spatial = call(
+                f"{dst} = layers.Conv2D(",
+                [
+                    channels,
+                    s(node, "kernel"),
+                    *shared,
+                    f"groups={s(node, 'segments')}",
+                    "use_bias=False",
+                    f"name={name_expr(name + '_spatial')}",
+                ],
+                f")({cur})",
+            )
+        out = [spatial]
+        if node.between != "none":
+            out.append(call(f"{dst} = layers.Activation(", [s(node, "between"), f"name={name_expr(name + '_act')}"], f")({dst})"))
+        out.append(
+            call(f"{dst} = layers.Conv2D(", [s(node, "filters"), "(1, 1)", *bias, f"name={name_expr(name + '_pointwise')}"], f")({dst})")
+        )
+        return out
+
+    # -- the module --
+
+    def block_function(self, block: str) -> dict[str, Any]:
+        bp = self.plan.blocks[block]
+        prefix = self.prefix[block]
+        scope = self.scope([*self.plan.signature(block), prefix])
+        body = self.sequence(bp.instance.body, "x", "x", f"{{{prefix}}}", scope)
+        doc = prose(self.net.blocks[block].doc) or f"The block '{prose(block)}' of the spec."
+        return {
+            "signature": call(f"def {bp.func}(", ["x", *self.plan.signature(block), prefix], "):"),
+            "doc": docstring([wrap(doc)], INDENT),
+            "body": layout(merge_conditions(body) + [line("return x")], 1),
+        }
+
+    def create_model(self) -> dict[str, Any]:
+        net, params = self.net, self.plan.params
+        scope = self.scope([])
+        inputs = scope.names.create("inputs")
+        body: list[Stmt] = []
+        for p, ident in params.items():
+            decl = net.param_decls[p]
+            if decl.choices is not None:
+                shown = fstring_text(", ".join(repr(c) for c in decl.choices))
+                choices = [literal(c) for c in decl.choices]
+                condition = call(f"if {ident} not in (", choices, "):") if len(choices) > 1 else call(f"if {ident} != ", choices, ":")
+                condition.collection = True
+                body += block(
+                    condition,
+                    [raise_value_error(f'f"{ident}: expected one of {shown}, found {{{ident}!r}}"')],
+                )
+            for bound, op, word in ((decl.min, "<", "at least"), (decl.max, ">", "at most")):
+                if bound is not None and decl.type in ("int", "float"):
+                    value = literal(int(bound) if decl.type == "int" and float(bound).is_integer() else bound)
+                    body += block(
+                        f"if {ident} {op} {value}:", [raise_value_error(f'f"{ident}: expected {word} {value}, found {{{ident}!r}}"')]
+                    )
+        body += block(
+            'if keras.config.image_data_format() != "channels_last":',
+            [raise_value_error('"expected the channels_last image data format (this model is NHWC)"')],
+        )
+        body += [Stmt("blank"), call(f"{inputs} = keras.Input(", [f"shape=({', '.join(self.plan.input_size())})", 'name="input"'], ")")]
+        src = inputs
+        for flow, layers in net.flows.items():
+            ident = self.plan.ident[flow]
+            body += [Stmt("blank"), Stmt("comment", text=ident)]
+            body += self.sequence(layers, src, "x", ident, scope)
+            src = "x"
+        body += [Stmt("blank"), call("return keras.Model(", [inputs, "x", f"name={literal(identifier(net.name, 'model'))}"], ")")]
+        args = [f"{ident}={literal(net.params[p])}" for p, ident in params.items()]
+        doc = [
+            wrap(
+                f"The '{prose(net.name)}' network as a keras.Model: input {fmt(net.input)} (channels_last), "
+                f"output {fmt(self.analysis.output)}."
+            )
+        ]
+        if params:
+            doc.append(
+                ["Args:"]
+                + [
+                    text
+                    for p, ident in params.items()
+                    for text in wrap(f"{ident}: {prose(net.param_decls[p].doc) or 'a spec param.'}", indent=INDENT * 2, first=INDENT)
+                ]
+            )
+        return {
+            "signature": call("def create_model(", ["*", *args] if args else [], "):"),
+            "doc": docstring(doc, INDENT),
+            "body": layout(merge_conditions(body), 1),
+        }
+
+    def header(self) -> list[str]:
+        net, total = self.net, self.analysis.total
+        values = ", ".join(f"{ident}={literal(net.params[p])}" for p, ident in self.plan.params.items())
+        paragraphs = [
+            wrap(f"Keras 3 model for the archc spec '{prose(net.name)}' ({prose(Path(net.file).name)})."),
+        ]
+        if prose(net.description):
+            paragraphs.append(wrap(prose(net.description)))
+        paragraphs.append(wrap(f"Params: {values}." if values else "Params: none."))
+        paragraphs.append(
+            wrap(
+                f"Expected counts with these params: {total.trainable:,} trainable and {total.non_trainable:,} non-trainable "
+                f"parameters ({total.total:,} in all); input {fmt(net.input)}, output {fmt(self.analysis.output)}. "
+                "Plain Keras 3, functional API, channels_last; create_model(**params) builds it."
+            )
+        )
+        paragraphs.append(["generated by archc; edit the spec, not this file."])
+        return docstring(paragraphs, "")
+
+    def render(self, env: Environment) -> str:
+        names = layer_names(self.plan)  # fails on names that would collide in Keras
+        blocks = [self.block_function(b) for b in self.plan.blocks]
+        model = self.create_model()
+        for b in blocks:
+            b["signature"] = layout([b["signature"]], 0)[0]
+        model["signature"] = layout([model["signature"]], 0)[0]
+        folds = [(names[f.producer], names[f.bn]) for f in fold.folds(self.analysis)]
+        return env.get_template("module.py.j2").render(
+            header=self.header(),
+            helper=HELPER in self.helpers,
+            layer_scale="LayerScale" in self.helpers,
+            math="math" in self.plan.needs,
+            functions=[helper_source(f) for f in sorted(self.plan.needs - {"math"})],
+            blocks=blocks,
+            model=model,
+            folds=folds,
+            swaps=[(names[s.pool], names[s.conv]) for s in fold.swaps(self.analysis)],
+            expand=helper_source("_expand"),
+        )
+
+
+# -- the table: one emitter per op ------------------------------------------------------------
+
+
+def _one(cls: str, args: Callable[[Renderer, Node], list[str]]) -> Callable:
+    """An emitter for an op that is one Keras layer ``cls`` with ``args(renderer, node)``."""
+    return lambda r, node, cur, dst, name, scope: r.layer(cls, args(r, node), cur, dst, name)
+
+
+def _conv(r: Renderer, node: Node) -> list[str]:
+    return [
+        r.sym(node, "filters"),
+        r.sym(node, "kernel"),
+        *r.opt(node, "stride", "strides", (1, 1)),
+        *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "groups", "groups", 1),
+        *r.opt(node, "bias", "use_bias", True),
+    ]
+
+
+def _depthwise(r: Renderer, node: Node) -> list[str]:
+    return [
+        r.sym(node, "kernel"),
+        *r.opt(node, "stride", "strides", (1, 1)),
+        *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "depth_multiplier", "depth_multiplier", 1),
+        *r.opt(node, "bias", "use_bias", True),
+    ]
+
+
+def _bn(r: Renderer, node: Node) -> list[str]:  # every convention explicit: these change outputs and counts
+    return [
+        f"epsilon={r.sym(node, 'epsilon')}",
+        f"momentum={r.sym(node, 'momentum')}",
+        f"center={r.sym(node, 'center')}",
+        f"scale={r.sym(node, 'scale')}",
+    ]
+
+
+def _layer_norm(r: Renderer, node: Node) -> list[str]:
+    return [f"epsilon={r.sym(node, 'epsilon')}", *r.opt(node, "center", "center", True), *r.opt(node, "scale", "scale", True)]
+
+
+def _pool(r: Renderer, node: Node) -> list[str]:
+    return [r.sym(node, "pool"), *r.opt(node, "stride", "strides", None), *r.opt(node, "padding", "padding", "valid")]
+
+
+def _normalize(r: Renderer, node: Node) -> list[str]:
+    return [f"mean={literal(node.mean)}", f"variance={literal(node.variance)}"] if node.mean is not None else []
+
+
+def _layer_scale(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    r.helpers.add("LayerScale")
+    return [call(f"{dst} = LayerScale(", [r.sym(node, "init"), f"name={name_expr(name)}"], f")({cur})")]
+
+
+LAYERS: dict[str, Callable[..., list[Stmt]]] = {
+    "conv": _one("Conv2D", _conv),
+    "depthwise": _one("DepthwiseConv2D", _depthwise),
+    "sepconv": Renderer.sepconv,
+    "bn": _one("BatchNormalization", _bn),
+    "layer_norm": _one("LayerNormalization", _layer_norm),
+    "layer_scale": _layer_scale,
+    "act": _one("Activation", lambda r, node: [r.sym(node, "kind")]),
+    "identity": _one("Identity", lambda r, node: []),
+    "zero_pad": _one("ZeroPadding2D", lambda r, node: [r.sym(node, "padding")]),
+    "rescale": _one("Rescaling", lambda r, node: [r.sym(node, "scale"), *r.opt(node, "offset", "offset", 0.0)]),
+    "normalize": _one("Normalization", _normalize),
+    "maxpool": _one("MaxPooling2D", _pool),
+    "avgpool": _one("AveragePooling2D", _pool),
+    "global_avg_pool": _one("GlobalAveragePooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False)),
+    "flatten": _one("Flatten", lambda r, node: []),  # channels_last: Keras flattens in (H, W, C) order, as the IR says
+    "dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
+    "channel_dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
+    "dropout": _one("Dropout", lambda r, node: [r.sym(node, "rate")]),
+    # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
+    "drop_path": _one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"]),
+    "residual": lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
+    "gate": Renderer.gate,
+    "branches": lambda r, node, cur, dst, name, scope: r.branches(node, dst, name, scope),
+    "repeat": Renderer.repeat,
+    "call": Renderer.call_block,
+}
+
+
+def environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(analysis: Analysis) -> str:
+    return Renderer(analysis).render(environment())

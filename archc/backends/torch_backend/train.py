@@ -1,0 +1,607 @@
+"""``archc train --backend torch``: the spec's recipe with DistributedDataParallel.
+
+The same command runs alone (``archc train ...``, one process) or under ``torchrun``
+(one process per GPU, one node or several): the trainer reads torchrun's ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` and joins the process group (NCCL on GPU, gloo on CPU).
+On GPU it trains under bf16 autocast with channels_last tensors; ``--compile`` adds
+torch.compile. docs/training.md shows the launch lines.
+
+The recipe, made explicit (the same numbers as the Keras trainer, see archc.training.kit):
+
+- loss: cross-entropy with the recipe's label smoothing, the mean over each replica's
+  batch; DDP averages the gradients, so the gradient is that of the global-batch mean;
+- weight decay: L2 on every parameter of two or more dimensions (conv, separable and
+  dense kernels; never biases or BN weight/bias), with the convention of Keras'
+  ``kernel_regularizer=l2(wd)``: ``wd * sum(w**2)`` added to the loss. torch's optimizers
+  add ``weight_decay * w`` to the gradient, the gradient of ``weight_decay / 2 * sum(w**2)``,
+  so the kernels' parameter group gets ``weight_decay = 2 * wd``;
+- learning rate: ``LambdaLR`` stepping once per optimizer step, the step's rate from
+  :func:`archc.ir.recipe.learning_rate_at`;
+- EMA (Polyak averaging): :class:`WarmEMA` over the parameters, from the initial weights,
+  with the warm-up of :func:`archc.ir.recipe.ema_decay_at`; evaluation and
+  ``final_ema.pt`` use it with the live BN statistics;
+- BN running statistics: DDP broadcasts rank 0's before every forward; before every
+  checkpoint, evaluation and at the end they are averaged over the ranks (as the Keras
+  trainer does), so that every rank holds the same model.
+
+Rank 0 logs and writes checkpoints; every rank reads the checkpoint to resume, so OUT
+must be on storage all nodes share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from archc.ir.recipe import ema_decay_at
+from archc.syntax.errors import UserError
+from archc.training.kit import (
+    SYNTHETIC,
+    MetricLog,
+    RunConfig,
+    Schedule,
+    Throughput,
+    atomic_write,
+    central_box,
+    check_resumable,
+    checkpoint_path,
+    digest,
+    epoch_augmentation,
+    epoch_order,
+    eval_fraction,
+    prepare,
+    random_box,
+    remove_stale_temporaries,
+    replica_indices,
+    run_info,
+    run_signature,
+    write_json,
+)
+
+CHECKPOINT_SUFFIX = ".pt"
+FORMAT = "archc-torch-checkpoint-1"
+
+
+class Distributed:
+    """This process's place in the job: torchrun's environment, or one process alone."""
+
+    def __init__(self, config: RunConfig):
+        import torch
+        import torch.distributed as dist
+
+        self.enabled = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda: expected a CUDA device, found none")
+        if cuda:
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if self.enabled:
+            backend = "nccl" if cuda else "gloo"
+            dist.init_process_group(backend=backend, device_id=self.device if cuda else None)
+        self.dist = dist
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, tensor):
+        if self.enabled and self.world > 1:
+            self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled and self.world > 1:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.dist.destroy_process_group()
+
+
+# -- data --------------------------------------------------------------------------------------
+#
+# Workers decode and resize to uint8 (simplejpeg or Pillow with reduced-size JPEG decode,
+# torch's uint8 resize: :func:`load_jpeg`); batches travel as
+# uint8 NHWC in pinned memory (a quarter of float32's bytes) and become float in [-1, 1]
+# on the device (:func:`to_input`). The synthetic source skips the loader: its batches are
+# made on the device from two small tables.
+
+
+class Samples:
+    """A map-style dataset over an image folder: item (index, flip, box) -> (uint8 HWC, label),
+    ``box`` the random crop's four numbers (:func:`archc.training.kit.random_box`), the
+    evaluation's central fraction, or ``None`` for the whole image."""
+
+    def __init__(self, source, training):
+        self.source = source
+        self.augment = training.augment
+
+    def __getitem__(self, item):
+        import torch
+
+        index, flip, box = item
+        if isinstance(box, tuple):
+            draw, area, aspect = box, self.augment.crop_area, self.augment.crop_aspect
+            region = lambda h, w: random_box(h, w, draw, area, aspect)  # noqa: E731
+        elif box is not None and box < 1:
+            region = lambda h, w: central_box(h, w, box)  # noqa: E731
+        else:
+            region = None
+        source = self.source
+        image = load_jpeg(source.files[index], source.height, source.width, source.channels, region, flip)
+        if image is None:  # not a JPEG, or no simplejpeg here: Pillow
+            image = torch.from_numpy(source.load(index, region, flip))
+        return image, source.label(index)
+
+
+def _decoder():
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+_SIMPLEJPEG = _decoder()
+
+
+def load_jpeg(path: str, height: int, width: int, channels: int, box=None, flip: bool = False):
+    """A JPEG as a uint8 height x width x channels tensor, the region ``box`` picks
+    (:func:`archc.training.kit.load_image`'s arguments), or ``None`` for other files (and
+    grey inputs, or without simplejpeg): the same crop as ``load_image``, faster per core.
+
+    Decoded at reduced size in the DCT domain (1/2, 1/4 or 1/8) where the region still
+    covers the input at that scale (simplejpeg: libjpeg-turbo with its fast integer DCT
+    and upsampling); the region is cut out of the reduced
+    image on whole pixels (its edges move by less than half a reduced pixel) and resized
+    by torch's uint8 bilinear, antialiased like Pillow's."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    if channels != 3 or _SIMPLEJPEG is None:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        full_h, full_w, _, _ = _SIMPLEJPEG.decode_jpeg_header(data)
+        top, left, h, w = box(full_h, full_w) if box is not None else (0, 0, full_h, full_w)
+        pixels = _SIMPLEJPEG.decode_jpeg(
+            data,
+            colorspace="RGB",
+            fastdct=True,
+            fastupsample=True,
+            min_height=math.ceil(full_h * height / h),
+            min_width=math.ceil(full_w * width / w),
+        )
+    except ValueError:  # a file libjpeg-turbo refuses (truncated, damaged): Pillow decides
+        return None
+    sy, sx = full_h / pixels.shape[0], full_w / pixels.shape[1]
+    y0, x0 = round(top / sy), round(left / sx)
+    y1, x1 = max(y0 + 1, round((top + h) / sy)), max(x0 + 1, round((left + w) / sx))
+    x = torch.from_numpy(pixels[y0:y1, x0:x1]).permute(2, 0, 1)[None]  # channels_last: no copy
+    if x.shape[2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    image = x[0].permute(1, 2, 0)
+    if flip:
+        image = image.flip(1)
+    return image.contiguous()
+
+
+class Plan:
+    """This rank's training batches from step ``start`` to ``total``, epoch after epoch, made
+    lazily (an ImageNet run has millions): lists of (index, flip, crop draws) items, or of
+    indices for the synthetic source. One loader iterates the whole run, so its workers
+    live from the first step to the last."""
+
+    def __init__(self, prepared, schedule: Schedule, start: int, total: int, rank: int, augment: bool, seed: int):
+        self.prepared, self.schedule, self.start, self.total = prepared, schedule, start, total
+        self.rank, self.augment, self.seed = rank, augment, seed
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self):
+        source, schedule = self.prepared.train, self.schedule
+        per_epoch = schedule.steps_per_epoch
+        step = self.start
+        while step < self.total:
+            epoch = step // per_epoch
+            order = epoch_order(source.size, epoch, self.seed)
+            flipped, draws = epoch_augmentation(self.prepared.training, source, epoch, self.seed, self.augment)
+            for s in range(step - epoch * per_epoch, min(per_epoch, self.total - epoch * per_epoch)):
+                index = replica_indices(order, s, schedule.global_batch, schedule.batch_size, self.rank)
+                if source.kind == SYNTHETIC:
+                    yield index
+                else:
+                    yield [(int(i), bool(flipped[i]), tuple(draws[i].tolist()) if draws is not None else None) for i in index]
+                step += 1
+
+
+class SyntheticBatches:
+    """Batches of the synthetic source made on the device: one gather and one add each
+    (:class:`archc.training.kit.SyntheticTables`)."""
+
+    def __init__(self, source, device):
+        import torch
+
+        tables = source.tables()
+        self.rows = torch.as_tensor(tables.rows, device=device)
+        self.noise = torch.as_tensor(tables.noise, device=device)
+        self.device = device
+
+    def __call__(self, index):
+        import numpy as np
+        import torch
+
+        index = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        if self.device.type == "cuda":  # pinned: the copy does not wait for the GPU
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        labels = index % len(self.rows)
+        images = self.noise.index_select(0, (index // len(self.rows)) % len(self.noise))
+        images.view(len(index), images.shape[1], -1).add_(self.rows.index_select(0, labels)[:, None, :])
+        return images, labels
+
+    def stream(self, batches):
+        return (self(index) for index in batches)
+
+
+def loader(source, training, batches, workers: int, pin: bool):
+    import torch
+
+    # its own generator: making an iterator would otherwise draw from the global RNG (which
+    # drives dropout), and a resumed run makes one more iterator than an uninterrupted one
+    return torch.utils.data.DataLoader(
+        Samples(source, training),
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def to_input(x, memory_format):
+    """uint8 NHWC on the device -> float32 NCHW in [-1, 1] (the Inception/Xception
+    preprocessing) in ``memory_format``: NHWC is channels_last already."""
+    import torch
+
+    return (x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0).contiguous(memory_format=memory_format)
+
+
+def eval_batches(prepared, rank: int, world: int):
+    """This rank's evaluation batches: every ``world``-th image, the recipe's central crop."""
+    source, batch = prepared.val, prepared.training.batch_size
+    mine = list(range(rank, source.size, world))
+    if source.kind == SYNTHETIC:
+        return [mine[k : k + batch] for k in range(0, len(mine), batch)]
+    fraction = eval_fraction(prepared.training)
+    return [[(i, False, fraction) for i in mine[k : k + batch]] for k in range(0, len(mine), batch)]
+
+
+# -- the model and the optimizer ----------------------------------------------------------------
+
+
+def is_kernel(parameter) -> bool:
+    """Weight decay applies to kernels: parameters of two or more dimensions."""
+    return parameter.ndim >= 2
+
+
+def make_optimizer(training, model):
+    import torch
+
+    kernels = [p for p in model.parameters() if p.requires_grad and is_kernel(p)]
+    others = [p for p in model.parameters() if p.requires_grad and not is_kernel(p)]
+    groups = [
+        {"params": kernels, "weight_decay": 2.0 * training.weight_decay},  # = Keras l2(wd): wd * sum(w**2) in the loss
+        {"params": others, "weight_decay": 0.0},
+    ]
+    opt = training.optimizer
+    lr = training.learning_rate.initial
+    if opt.kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov)
+    return torch.optim.RMSprop(groups, lr=lr, alpha=opt.rho, eps=opt.epsilon, momentum=opt.momentum)
+
+
+def make_scheduler(optimizer, schedule: Schedule):
+    import torch
+
+    initial = schedule.training.learning_rate.initial
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.learning_rate(step) / initial)
+
+
+class WarmEMA:
+    """The EMA of the trainable weights with the warm-up of
+    :func:`archc.ir.recipe.ema_decay_at`, starting from the initial weights.
+
+    Not ``torch.optim.swa_utils.AveragedModel``: its update reads its step counter from a
+    tensor, which costs a host-device sync every step (a blocking copy of the CPU counter,
+    or a read of a GPU one). Here the counter is a Python int and the update one
+    ``torch._foreach_lerp_`` with a Python weight: nothing waits for the GPU."""
+
+    def __init__(self, decay: float, model):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.updates = 0
+
+    def update_parameters(self, model) -> None:
+        import torch
+
+        self.updates += 1
+        keep = ema_decay_at(self.decay, self.updates)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()], 1.0 - keep)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+def make_ema(training, model):
+    return WarmEMA(training.ema.decay, model) if training.ema is not None else None
+
+
+def average_buffers(model, job: Distributed) -> None:
+    """Average the floating-point buffers (BN running statistics) over the ranks."""
+    import torch
+
+    if not (job.enabled and job.world > 1):
+        return
+    with torch.no_grad():
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        if buffers:
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            job.all_sum(flat)
+            flat /= job.world
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+
+
+def ema_model(ema, model):
+    """The EMA module with the live model's buffers (BN statistics), ready to evaluate."""
+    import torch
+
+    if ema is None:
+        return None
+    with torch.no_grad():
+        for mine, live in zip(ema.module.buffers(), model.buffers()):
+            mine.copy_(live)
+    return ema.module
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run(config: RunConfig) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    job = Distributed(config)
+    try:
+        _run(config, job, torch, F, DistributedDataParallel)
+    finally:
+        job.close()
+
+
+def _run(config, job, torch, F, DistributedDataParallel) -> None:
+    from archc.codegen.backend import get
+
+    torch.manual_seed(config.seed)
+    prepared = prepare(config)
+    training = prepared.training
+    schedule = Schedule(training, prepared.train.size, job.world)
+    schedule.check()
+    total = schedule.total_steps(config.max_steps)
+    cuda = job.device.type == "cuda"
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    workers = config.loader_workers if config.loader_workers is not None else (4 if cuda else 0)
+
+    module = get("torch").load(prepared.model_file)
+    net = module.create_model().to(job.device, memory_format=memory_format)
+    optimizer = make_optimizer(training, net)
+    scheduler = make_scheduler(optimizer, schedule)
+    ema = make_ema(training, net)
+    model = DistributedDataParallel(net, device_ids=[job.local_rank] if cuda else None) if job.enabled else net
+    step_model = torch.compile(model) if config.compile else model
+
+    # -- resume -----------------------------------------------------------------------------
+    signature = run_signature(prepared, job.world)
+    ckpt = checkpoint_path(config.out, CHECKPOINT_SUFFIX)
+    step = 0
+    if config.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=job.device, weights_only=True)
+        if state.get("format") != FORMAT:
+            raise UserError(f"{ckpt}: expected an archc torch checkpoint, found something else; use another --out or --no-resume")
+        check_resumable(state["signature"], signature, ckpt)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        rng = state.get("rng") or []
+        if len(rng) == job.world:
+            torch.set_rng_state(rng[job.rank]["cpu"].cpu())
+            if cuda and rng[job.rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(rng[job.rank]["cuda"].cpu())
+        step = int(state["step"])
+        del state
+
+    log = None
+    if job.is_main:
+        remove_stale_temporaries(ckpt.parent)
+        log = MetricLog(config.out, step, _tensorboard(config.out))
+        where = f"{job.world} process(es), {'DDP ' + ('nccl' if cuda else 'gloo') if job.enabled else 'no process group'}"
+        log.echo(
+            f"archc train: {prepared.analysis.net.name} ({prepared.model_file}), torch on {job.device.type}, {where}, "
+            f"global batch {schedule.global_batch}, {'bf16 autocast' if bf16 else 'fp32'}"
+            f"{', channels_last' if channels_last else ''}{', torch.compile' if config.compile else ''}"
+        )
+        log.echo(f"{prepared.train.describe()}; {schedule.steps_per_epoch} steps an epoch, {total} steps")
+        if step:
+            log.echo(f"resuming from {ckpt} at step {step}")
+        write_json(Path(config.out) / "run.json", run_info(prepared, schedule, total, f"torch/{'ddp' if job.enabled else 'single'}"))
+
+    def save(step_done: int) -> None:
+        average_buffers(net, job)
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
+        states = [None] * job.world
+        if job.enabled and job.world > 1:
+            job.dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if job.is_main:
+            state = {
+                "format": FORMAT,
+                "step": step_done,
+                "signature": signature,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng": states,
+            }
+            atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
+
+    val_synthetic = SyntheticBatches(prepared.val, job.device) if prepared.val is not None and prepared.val.kind == SYNTHETIC else None
+
+    def val_loader(batches):
+        return loader(prepared.val, training, batches, workers, cuda)
+
+    def evaluate(step_done: int) -> None:
+        average_buffers(net, job)
+        target = ema_model(ema, net) or net
+        target.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=job.device)
+        batches = eval_batches(prepared, job.rank, job.world)
+        stream = val_synthetic.stream(batches) if val_synthetic is not None else val_loader(batches)
+        with torch.no_grad(), torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for x, y in stream:
+                x = to_input(x.to(job.device, non_blocking=True), memory_format)
+                y = y.to(job.device, non_blocking=True)
+                logits = target(x).float()
+                sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+                sums[1] += (logits.argmax(1) == y).sum().double()
+                sums[2] += len(y)
+        job.all_sum(sums)
+        target.train()
+        if log is not None:
+            loss, correct, count = sums.tolist()
+            log.evaluation(
+                step_done,
+                step_done / schedule.steps_per_epoch,
+                "ema" if ema is not None else "live",
+                loss / count,
+                correct / count,
+                int(count),
+            )
+
+    # -- the loop ---------------------------------------------------------------------------
+    net.train()
+    meter = Throughput()
+    window = torch.zeros(2, dtype=torch.float64, device=job.device)  # loss sum, steps
+    plan = Plan(prepared, schedule, step, total, job.rank, config.augment, config.seed)
+    if prepared.train.kind == SYNTHETIC:
+        stream = SyntheticBatches(prepared.train, job.device).stream(plan)
+    else:
+        stream = iter(loader(prepared.train, training, plan, workers, cuda))
+    for x, y in stream:
+        x = to_input(x.to(job.device, non_blocking=True), memory_format)
+        y = y.to(job.device, non_blocking=True)
+        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=training.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(net)
+        window[0] += loss.detach().double()
+        window[1] += 1
+        step += 1
+        meter.add(schedule.global_batch)
+        end_of_epoch = step % schedule.steps_per_epoch == 0
+        if step % config.log_every == 0 or step == total:
+            loss_sum, steps_summed = job.all_sum(window).tolist()  # the one host sync, every --log-every steps
+            rate, elapsed = meter.report()  # after the sync: the window's work is done
+            if log is not None:
+                log.train(
+                    step,
+                    step / schedule.steps_per_epoch,
+                    step * schedule.global_batch,
+                    loss_sum / steps_summed,
+                    schedule.learning_rate(step - 1),
+                    rate,
+                    elapsed,
+                    total,
+                )
+            window.zero_()
+        if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:
+            save(step)
+        if prepared.val is not None and (end_of_epoch or step == total):
+            evaluate(step)
+
+    # -- the end ----------------------------------------------------------------------------
+    average_buffers(net, job)
+    averaged = ema_model(ema, net)
+
+    def arrays(module):
+        return [t.detach().float().cpu().numpy() for t in module.state_dict().values() if t.is_floating_point()]
+
+    out = Path(config.out)
+    write_json(
+        out / "ranks" / f"rank-{job.rank}.json",
+        {
+            "step": step,
+            "params": digest(p.detach().float().cpu().numpy() for p in net.parameters()),
+            "state": digest(arrays(net)),
+            "ema": digest(arrays(averaged)) if averaged is not None else None,
+        },
+    )
+    if job.is_main:
+        atomic_write(out / "final.pt", lambda tmp: torch.save(net.state_dict(), tmp))
+        if averaged is not None:
+            atomic_write(out / "final_ema.pt", lambda tmp: torch.save(averaged.state_dict(), tmp))
+        log.echo(f"done: {step} steps; weights in {out / ('final_ema.pt' if averaged is not None else 'final.pt')}")
+        log.close()
+    job.barrier()
+
+
+class _Board:
+    def __init__(self, writer):
+        self.writer = writer
+
+    def scalar(self, tag, value, step):
+        self.writer.add_scalar(tag, value, step)
+
+    def close(self):
+        self.writer.close()
+
+
+def _tensorboard(out):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: metrics go to metrics.csv only", file=sys.stderr, flush=True)
+        return None
+    return _Board(SummaryWriter(str(Path(out) / "tensorboard")))

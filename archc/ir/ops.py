@@ -1,0 +1,633 @@
+"""The IR: a small closed set of ops, each a frozen pydantic model with explicit fields.
+
+Every framework convention that changes numbers is a field here (padding rule, BN epsilon
+and momentum, which BN parameters exist, conv bias), never a silent backend default.
+BN ``momentum`` uses the Keras meaning: the fraction of the running value that is kept.
+
+An op is the unit of change: its class holds its fields (the schema), its shape rule
+(``infer``), its weights (``roles``, from which parameter counts follow) and its
+multiply-adds (``macs``); a combinator also says which sub-sequences it has
+(``children``). The passes (shapes, analysis, instances) iterate and ask the node; they
+never switch on its type. See docs/adding-an-op.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from archc.ir.recipe import Training
+from archc.syntax import expr
+from archc.syntax.errors import Location, SpecError
+
+PositiveInt = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0, le=1_000_000)]
+StrictBool = Annotated[bool, Field(strict=True)]
+Padding = Literal["same", "valid"]
+Activation = Literal["relu", "relu6", "elu", "sigmoid", "tanh", "silu", "swish", "gelu", "hard_sigmoid", "hard_swish", "softmax"]
+Shape = tuple[int, ...]  # (H, W, C) for feature maps, (F,) for vectors
+Run = Callable[..., Shape]  # run(sequence, shape[, repeat index]) -> the sequence's output shape
+
+
+def _pair(value: Any) -> Any:
+    """Kernel/stride/pool sizes: an int k means (k, k); a 2-list [h, w] means (h, w)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, list) and len(value) == 2:
+        return tuple(value)
+    return value
+
+
+def _margins(value: Any) -> Any:
+    """Zero padding: p (all sides), [h, w] (top = bottom = h, left = right = w), or
+    [[top, bottom], [left, right]], as Keras's ZeroPadding2D takes it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ((value, value), (value, value))
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ((value[0], value[0]), (value[1], value[1]))
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) and len(v) == 2 for v in value):
+        return tuple(tuple(v) for v in value)
+    raise ValueError(MARGINS)
+
+
+MARGINS = "an integer, a list [height, width] or [[top, bottom], [left, right]] of integers >= 0"
+
+
+Pair = Annotated[tuple[PositiveInt, PositiveInt], BeforeValidator(_pair)]
+Margins = Annotated[tuple[tuple[NonNegativeInt, NonNegativeInt], tuple[NonNegativeInt, NonNegativeInt]], BeforeValidator(_margins)]
+
+
+PLAIN = "a number, a text, true/false, null or a list of them"
+
+
+def plain(value: Any) -> Any:
+    """Values a spec passes around whole (param defaults and choices, block arguments)
+    are what generated code can write as a literal; ValueError for anything else."""
+    if isinstance(value, list):
+        for item in value:
+            plain(item)
+        return value
+    if value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    raise ValueError(PLAIN)
+
+
+Plain = Annotated[Any, AfterValidator(plain)]
+Segments = Literal["depthwise"] | PositiveInt
+
+
+def fmt(shape: Shape) -> str:
+    return "x".join(map(str, shape))
+
+
+class Where(BaseModel):
+    """Where a node was written: for error messages of later passes."""
+
+    model_config = ConfigDict(frozen=True)
+    file: str = "<ir>"
+    line: int = 1
+    col: int = 1
+    spec_path: str = ""
+
+
+class Node(BaseModel):
+    """Fields every node has. ``path`` is unique in the network ('entry/down1/sepconv1');
+    ``refs`` names the param or block argument a field was written as ($name), so that
+    backends can emit the symbol instead of its value; ``when`` false keeps the node in
+    the IR (a backend renders the condition) but removes it from shapes and counts.
+
+    The methods are an op's behaviour, with the defaults of an op that keeps its input's
+    shape and has no weights (an activation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    path: str = ""
+    when: StrictBool = True
+    refs: dict[str, str] = Field(default_factory=dict)
+    where: Where = Field(default_factory=Where)
+
+    frozen_roles: ClassVar[frozenset[str]] = frozenset()  # weights that are not trained (BN statistics)
+    indexed: ClassVar[bool] = False  # whether the children's instance keys carry an index (a repeat's)
+
+    def children(self) -> list[tuple[str, list[Node]]]:
+        """A combinator's labelled sub-sequences (an op has none)."""
+        return []
+
+    def running(self) -> list[tuple[str, list[Node]]]:
+        """The sub-sequences that run and count (a dropped shortcut does not)."""
+        return self.children()
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        """The output shape for an input ``shape``, or a located error (``self.fail``);
+        ``run(seq, shape)`` infers a sub-sequence, ``run(seq, shape, i)`` iteration i
+        of a repeat's body."""
+        return shape
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        """Weight role -> shape, in the neutral (Keras) layout; counts follow from these."""
+        return {}
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        """Multiply-adds of one run (convolutions and dense layers; others count none)."""
+        return 0
+
+    def repeats(self) -> int:
+        """How often the sub-sequences run (a repeat's count)."""
+        return 1
+
+    def label(self) -> str:
+        """What the parameter table calls the node."""
+        return self.op
+
+    def fail(self, message: str) -> SpecError:
+        w = self.where
+        return SpecError(Location(w.file, w.line, w.col, w.spec_path), message)
+
+
+SYSTEM_FIELDS = frozenset({"path", "refs", "where", "op"})
+
+
+def spatial(node: Node, shape: Shape, kernel: tuple[int, int], stride: tuple[int, int], padding: str) -> tuple[int, int]:
+    """TF/Keras output size: 'same' is ceil(n / s); 'valid' needs the window to fit."""
+    feature_map(node, shape)
+    if padding == "same":
+        return tuple(math.ceil(n / s) for n, s in zip(shape[:2], stride))
+    if kernel[0] > shape[0] or kernel[1] > shape[1]:
+        raise node.fail(f"expected a window no larger than its {fmt(shape[:2])} input with 'valid' padding, found {fmt(kernel)}")
+    return tuple((n - k) // s + 1 for n, k, s in zip(shape[:2], kernel, stride))
+
+
+def feature_map(node: Node, shape: Shape) -> Shape:
+    if len(shape) != 3:
+        raise node.fail(f"expected a feature map (height x width x channels) as input to '{node.op}', found a vector of {shape[0]}")
+    return shape
+
+
+def _bias(node: Node, units: int) -> dict[str, Shape]:
+    return {"bias": (units,)} if node.bias else {}
+
+
+# -- ops -------------------------------------------------------------------------------------
+
+
+class Conv(Node):
+    """A 2D convolution; ``groups`` > 1 splits channels into independent groups."""
+
+    op: Literal["conv"] = "conv"
+    filters: PositiveInt
+    kernel: Pair
+    stride: Pair = (1, 1)
+    padding: Padding = "valid"
+    bias: StrictBool = True
+    groups: PositiveInt = 1
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        c = feature_map(self, shape)[2]
+        if c % self.groups or self.filters % self.groups:
+            raise self.fail(f"expected groups that divide the {c} input channels and {self.filters} filters, found groups {self.groups}")
+        return (*spatial(self, shape, self.kernel, self.stride, self.padding), self.filters)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"kernel": (*self.kernel, inp[2] // self.groups, self.filters)} | _bias(self, self.filters)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        return out[0] * out[1] * self.filters * self.kernel[0] * self.kernel[1] * (inp[2] // self.groups)
+
+
+class Depthwise(Node):
+    """A depthwise convolution: each input channel convolved on its own into
+    ``depth_multiplier`` channels (Keras's DepthwiseConv2D)."""
+
+    op: Literal["depthwise"] = "depthwise"
+    kernel: Pair
+    stride: Pair = (1, 1)
+    padding: Padding = "valid"
+    depth_multiplier: PositiveInt = 1
+    bias: StrictBool = True
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return (*spatial(self, shape, self.kernel, self.stride, self.padding), shape[2] * self.depth_multiplier)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"kernel": (*self.kernel, inp[2], self.depth_multiplier)} | _bias(self, inp[2] * self.depth_multiplier)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        return out[0] * out[1] * out[2] * self.kernel[0] * self.kernel[1]
+
+
+class SepConv(Node):
+    """A spatial conv over ``segments`` channel groups ('depthwise': one per channel),
+    an optional activation ``between``, then a 1x1 pointwise conv to ``filters``.
+    ``bias`` is on the pointwise conv, as in Keras's SeparableConv2D."""
+
+    op: Literal["sepconv"] = "sepconv"
+    filters: PositiveInt
+    kernel: Pair
+    stride: Pair = (1, 1)
+    padding: Padding = "valid"
+    depth_multiplier: PositiveInt = 1
+    segments: Segments = "depthwise"
+    between: Literal["none"] | Activation = "none"
+    bias: StrictBool = True
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        c = feature_map(self, shape)[2]
+        if self.segments != "depthwise" and c % self.segments:
+            origin = f" (from {expr.spelled(self.refs['segments'])})" if "segments" in self.refs else ""
+            raise self.fail(f"expected segments that divide the {c} input channels, found segments {self.segments}{origin}")
+        return (*spatial(self, shape, self.kernel, self.stride, self.padding), self.filters)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        cin = inp[2]
+        mid = cin * self.depth_multiplier
+        if self.segments == "depthwise":
+            spatial_ = (*self.kernel, cin, self.depth_multiplier)
+        else:
+            spatial_ = (*self.kernel, cin // self.segments, mid)
+        return {"spatial": spatial_, "pointwise": (1, 1, mid, self.filters)} | _bias(self, self.filters)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        per_pixel = sum(math.prod(shape) for role, shape in self.roles(inp).items() if role != "bias")
+        return out[0] * out[1] * per_pixel
+
+
+class BN(Node):
+    """Batch normalization over channels. ``center`` adds beta, ``scale`` adds gamma;
+    ``momentum`` is the fraction of the running statistics kept at each update."""
+
+    op: Literal["bn"] = "bn"
+    center: StrictBool = True
+    scale: StrictBool = True
+    epsilon: Annotated[float, Field(gt=0, lt=1)] = 1e-3
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.99
+
+    frozen_roles: ClassVar[frozenset[str]] = frozenset({"moving_mean", "moving_variance"})
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        ch = (inp[-1],)
+        return ({"gamma": ch} if self.scale else {}) | ({"beta": ch} if self.center else {}) | {"moving_mean": ch, "moving_variance": ch}
+
+
+class LayerNorm(Node):
+    """Layer normalization over the channels of each pixel (or each vector), as Keras's
+    LayerNormalization(axis=-1): ``gamma`` if scale, ``beta`` if center."""
+
+    op: Literal["layer_norm"] = "layer_norm"
+    epsilon: Annotated[float, Field(gt=0, lt=1)] = 1e-3
+    center: StrictBool = True
+    scale: StrictBool = True
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        ch = (inp[-1],)
+        return ({"gamma": ch} if self.scale else {}) | ({"beta": ch} if self.center else {})
+
+
+class LayerScale(Node):
+    """Multiply each channel by a trained ``gamma`` that starts at ``init`` (ConvNeXt)."""
+
+    op: Literal["layer_scale"] = "layer_scale"
+    init: Annotated[float, Field(gt=0)] = 1e-6
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"gamma": (inp[-1],)}
+
+
+class Act(Node):
+    op: Literal["act"] = "act"
+    kind: Activation
+
+
+class Identity(Node):
+    """The input unchanged: a path of branches that passes its input on (DenseNet)."""
+
+    op: Literal["identity"] = "identity"
+
+
+class ZeroPad(Node):
+    """Zero padding around a feature map, ((top, bottom), (left, right)), as Keras's
+    ZeroPadding2D: keras.applications pads before a 'valid' strided conv."""
+
+    op: Literal["zero_pad"] = "zero_pad"
+    padding: Margins
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        (top, bottom), (left, right) = self.padding
+        feature_map(self, shape)
+        return (shape[0] + top + bottom, shape[1] + left + right, shape[2])
+
+
+class Rescale(Node):
+    """``x * scale + offset`` (Keras's Rescaling): input preprocessing, no weights."""
+
+    op: Literal["rescale"] = "rescale"
+    scale: float
+    offset: float = 0.0
+
+
+class Normalize(Node):
+    """``(x - mean) / sqrt(variance)`` per channel (Keras's Normalization, axis -1).
+    Given ``mean`` and ``variance`` are constants of the model (no weights); without them
+    they are non-trainable state (``mean``, ``variance`` and Keras's ``count``) that an
+    adapted or imported model fills in."""
+
+    op: Literal["normalize"] = "normalize"
+    mean: list[float] | None = None
+    variance: list[float] | None = None
+
+    frozen_roles: ClassVar[frozenset[str]] = frozenset({"mean", "variance", "count"})
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        if (self.mean is None) != (self.variance is None):
+            raise self.fail("expected both 'mean' and 'variance' or neither, found one")
+        for field in ("mean", "variance"):
+            values = getattr(self, field)
+            if values is not None and len(values) != shape[-1]:
+                raise self.fail(f"expected a '{field}' of {shape[-1]} values (one per channel), found {len(values)}")
+        if self.variance is not None and min(self.variance) <= 0:
+            raise self.fail(f"expected positive variances, found {min(self.variance)}")
+        return shape
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        if self.mean is not None:
+            return {}
+        return {"mean": (inp[-1],), "variance": (inp[-1],), "count": ()}
+
+
+class MaxPool(Node):
+    op: Literal["maxpool"] = "maxpool"
+    pool: Pair
+    stride: Pair | None = None  # None: the pool size
+    padding: Padding = "valid"
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return (*spatial(self, shape, self.pool, self.stride or self.pool, self.padding), shape[2])
+
+
+class AvgPool(Node):
+    """Average pool; with 'same' padding the padded cells are not counted (TF rule)."""
+
+    op: Literal["avgpool"] = "avgpool"
+    pool: Pair
+    stride: Pair | None = None
+    padding: Padding = "valid"
+
+    infer = MaxPool.infer
+
+
+class GlobalAvgPool(Node):
+    """The mean over height and width: a vector, or with ``keepdims`` a 1x1 map (the
+    squeeze of a squeeze-and-excite gate)."""
+
+    op: Literal["global_avg_pool"] = "global_avg_pool"
+    keepdims: StrictBool = False
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        c = feature_map(self, shape)[2]
+        return (1, 1, c) if self.keepdims else (c,)
+
+
+class Flatten(Node):
+    """Flatten a feature map in (H, W, C) order, whatever a backend's layout."""
+
+    op: Literal["flatten"] = "flatten"
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return (math.prod(shape),)
+
+
+class Dense(Node):
+    op: Literal["dense"] = "dense"
+    units: PositiveInt
+    bias: StrictBool = True
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        if len(shape) != 1:
+            raise self.fail(f"expected a vector as input to 'dense' (add flatten or global_avg_pool), found a {fmt(shape)} feature map")
+        return (self.units,)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"kernel": (inp[0], self.units)} | _bias(self, self.units)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        return inp[0] * self.units
+
+
+class ChannelDense(Node):
+    """A dense layer over the channels of every pixel (Keras's Dense on a feature map,
+    as ConvNeXt's pointwise layers are written; a 1x1 conv in another layout)."""
+
+    op: Literal["channel_dense"] = "channel_dense"
+    units: PositiveInt
+    bias: StrictBool = True
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return (*feature_map(self, shape)[:2], self.units)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"kernel": (inp[2], self.units)} | _bias(self, self.units)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        return out[0] * out[1] * inp[2] * self.units
+
+
+class Dropout(Node):
+    op: Literal["dropout"] = "dropout"
+    rate: Annotated[float, Field(ge=0, lt=1)]
+
+
+class DropPath(Node):
+    """Stochastic depth: in training, drop a whole residual branch per sample with
+    probability ``rate`` (and scale the kept ones by 1 / (1 - rate)); the identity in
+    inference. It ends a residual's body."""
+
+    op: Literal["drop_path"] = "drop_path"
+    rate: Annotated[float, Field(ge=0, lt=1)]
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return feature_map(self, shape)
+
+
+# -- combinators -----------------------------------------------------------------------------
+
+
+class Residual(Node):
+    """``body(x) + shortcut(x)``; no shortcut layers means the identity.
+    ``use_shortcut`` false drops the addition and the shortcut layers (an ablation)."""
+
+    op: Literal["residual"] = "residual"
+    body: list[Layer] = Field(min_length=1)
+    shortcut: list[Layer] = Field(default_factory=list)
+    use_shortcut: StrictBool = True
+
+    def children(self) -> list[tuple[str, list[Node]]]:
+        return [("body", self.body), ("shortcut", self.shortcut)]
+
+    def running(self) -> list[tuple[str, list[Node]]]:
+        return self.children() if self.use_shortcut else [("body", self.body)]
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        out = run(self.body, shape)
+        if self.use_shortcut:
+            short = run(self.shortcut, shape)
+            if out != short:
+                which = "shortcut" if self.shortcut else "identity shortcut"
+                raise self.fail(f"expected the residual body's output to match its {which} ({fmt(short)}), found {fmt(out)}")
+        return out
+
+
+class Gate(Node):
+    """``x * body(x)``: the body (a squeeze-and-excite: global_avg_pool with keepdims,
+    1x1 convs, a sigmoid) ends in one value per channel, broadcast over the map."""
+
+    op: Literal["gate"] = "gate"
+    body: list[Layer] = Field(min_length=1)
+
+    def children(self) -> list[tuple[str, list[Node]]]:
+        return [("body", self.body)]
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        c = feature_map(self, shape)[2]
+        out = run(self.body, shape)
+        if out != (1, 1, c):
+            raise self.fail(f"expected the gate's body to end in one value per channel (1x1x{c}), found {fmt(out)}")
+        return shape
+
+
+class Branches(Node):
+    """Parallel paths over the same input, concatenated on channels in order."""
+
+    op: Literal["branches"] = "branches"
+    paths: dict[str, list[Layer]] = Field(min_length=2)
+
+    def children(self) -> list[tuple[str, list[Node]]]:
+        return list(self.paths.items())
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        outs = {name: run(layers, shape) for name, layers in self.paths.items()}
+        first_name, first = next(iter(outs.items()))
+        for name, out in outs.items():
+            if out[:-1] != first[:-1] or len(out) != len(first):
+                raise self.fail(
+                    f"expected branches to agree except in channels (path '{first_name}' gives {fmt(first)}), found {fmt(out)} from path '{name}'"
+                )
+        return (*first[:-1], sum(out[-1] for out in outs.values()))
+
+
+class Repeat(Node):
+    """``body`` applied ``times`` times in sequence, each with its own weights; the body
+    may change the shape (DenseNet's growing channels): each run sees the last's output."""
+
+    op: Literal["repeat"] = "repeat"
+    indexed: ClassVar[bool] = True
+    times: Annotated[int, Field(strict=True, ge=1, le=10_000)]
+    body: list[Layer] = Field(min_length=1)
+
+    def children(self) -> list[tuple[str, list[Node]]]:
+        return [("body", self.body)]
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        for i in range(self.times):
+            shape = run(self.body, shape, i)
+        return shape
+
+    def repeats(self) -> int:
+        return self.times
+
+
+class Call(Node):
+    """An instance of a block definition; ``body`` is the definition resolved with
+    ``args``. Kept as a node so that backends emit one class/function per block."""
+
+    op: Literal["call"] = "call"
+    block: str
+    args: dict[str, Plain] = Field(default_factory=dict)
+    body: list[Layer] = Field(min_length=1)
+
+    def children(self) -> list[tuple[str, list[Node]]]:
+        return [("body", self.body)]
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return run(self.body, shape)
+
+    def label(self) -> str:
+        return self.block
+
+
+OP_CLASSES = (
+    Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
+    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath,
+)  # fmt: skip
+COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+
+OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
+COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}
+# `act: relu` means {kind: relu}
+SHORTHAND_LISTS = frozenset({"zero_pad"})  # shorthands whose value may be a list
+SHORTHAND = {"act": "kind", "dropout": "rate", "drop_path": "rate", "dense": "units", "zero_pad": "padding", "rescale": "scale"}
+
+for _cls in (*COMBINATOR_CLASSES, Call):
+    _cls.model_rebuild()
+
+
+class Param(BaseModel):
+    """A declared spec parameter: a typed default the command line may override."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    type: Literal["int", "float", "bool", "str", "segments"]
+    default: Plain
+    choices: list[Plain] | None = None
+    min: float | None = None
+    max: float | None = None
+    doc: str = ""
+
+
+class BlockDef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    args: dict[str, Plain]  # name -> default (None: required)
+    doc: str = ""
+
+
+class Expect(BaseModel):
+    """Counts a spec promises; ``archc check`` compares them with the computed ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    trainable: Annotated[int, Field(strict=True, ge=0)] | None = None
+    non_trainable: Annotated[int, Field(strict=True, ge=0)] | None = None
+    macs: Annotated[int, Field(strict=True, ge=0)] | None = None
+    output: list[PositiveInt] | None = None
+
+
+class Network(BaseModel):
+    """A resolved spec: params substituted, blocks expanded into Call nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    file: str
+    description: str = ""
+    input: tuple[PositiveInt, PositiveInt, PositiveInt]
+    input_refs: dict[int, str] = Field(default_factory=dict)  # input position -> its expression
+    params: dict[str, Any]
+    param_decls: dict[str, Param]
+    blocks: dict[str, BlockDef]
+    flows: dict[str, list[Layer]]
+    expect: Expect | None = None
+    training: Training | None = None
+
+
+def children(node: Node) -> list[tuple[str, list[Node]]]:
+    """The labelled sub-sequences of a node (see ``Node.children``)."""
+    return node.children()
+
+
+def walk(layers: list[Node]):
+    """Every node below ``layers``, parents first."""
+    for node in layers:
+        yield node
+        for _, seq in node.children():
+            yield from walk(seq)

@@ -1,0 +1,165 @@
+"""Which batch norms fold into the layer before them: decided from the IR, at compile time.
+
+A batch norm in inference mode is a per-channel affine map, ``y = x * s + t`` with
+``s = gamma / sqrt(moving_variance + epsilon)`` and ``t = beta - moving_mean * s``. When
+it directly follows a layer whose output channels are computed by a linear map (a conv,
+a depthwise conv, a separable conv's pointwise conv, a dense layer), scaling that map's
+output channels by ``s`` and shifting its bias (added where it has none) by ``t`` gives
+the same outputs without the batch norm.
+
+A pair is a producer and the batch norm right after it in the same sequence, with
+nothing between. Any boundary breaks a pair: the end of a residual body or branch, the
+end of a block, a repeat, a node switched off in between, and a ``when`` condition on
+only one of the two (a param could remove one and not the other). Two nodes under the
+same condition (``when: $project`` on both) pair: they are there, or gone, together.
+So the pairs hold for every param value of the generated module, which can carry them
+as one table.
+
+The producers are a table (:data:`PRODUCERS`): a new op whose output channels come from
+a linear map is one entry there, and one in each backend's fold function.
+
+The same walk finds the second inference rewrite, :func:`swaps`: an average pool right
+before a 1x1 conv runs after it instead. Both are linear per pixel, and the pool's
+weights over a window sum to one (padded cells are not counted), so
+``conv(pool(x)) == pool(conv(x))``, bias included; with stride 1 the conv does the same
+work either way, and the pool then averages the conv's fewer output channels (Inception's
+pool branches: 192 -> 32 ... 2048 -> 192 channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from archc.ir.ops import BN, AvgPool, Call, Conv, Node, children
+from archc.passes.analysis import Analysis
+
+# op -> the neutral-format role whose output channels a BN scales: the last axis (for
+# depthwise the last two, channels x depth multiplier, in that order)
+PRODUCERS: dict[str, str] = {
+    "conv": "kernel",
+    "depthwise": "kernel",
+    "sepconv": "pointwise",
+    "dense": "kernel",
+}
+
+
+# What every generated module defines to apply the tables (templates/fold.py.j2 of each
+# backend): no name made from a spec may take one of these.
+MODULE_NAMES = ("BN_FOLDS", "POOL_SWAPS", "fold_batchnorm", "swap_pools", "for_inference", "_expand")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A batch norm (``bn``, an IR path) that folds into ``producer`` (the IR path of the
+    conv, separable conv or dense layer right before it)."""
+
+    producer: str
+    bn: str
+    op: str  # the producer's op
+
+
+@dataclass(frozen=True)
+class Swap:
+    """An average pool (``pool``, an IR path) and the 1x1 conv (``conv``) that runs right
+    after it, as the first layer of the next node or of the block it calls."""
+
+    pool: str
+    conv: str
+
+
+def _same_condition(a: Node, b: Node) -> bool:
+    """Both always there, or both under the same param or block argument."""
+    return a.refs.get("when") == b.refs.get("when") and (a.when or "when" in a.refs) and (b.when or "when" in b.refs)
+
+
+def folds(analysis: Analysis) -> list[Fold]:
+    """Every (producer, batch norm) pair of the network, in the order of the IR."""
+    out: list[Fold] = []
+
+    def sequence(nodes: list[Node]) -> None:
+        before = None
+        for node in nodes:
+            if isinstance(node, BN) and before is not None and before.op in PRODUCERS and _same_condition(before, node):
+                out.append(Fold(before.path, node.path, before.op))
+            for _, seq in children(node):
+                sequence(seq)
+            before = node
+
+    for layers in analysis.net.flows.values():
+        sequence(layers)
+    return out
+
+
+def _first_layer(node: Node) -> Node:
+    """The layer that runs first in ``node``: itself, or the first of a called block's
+    body when that one is always there."""
+    while isinstance(node, Call) and node.body[0].when is True and "when" not in node.body[0].refs:
+        node = node.body[0]
+    return node
+
+
+def swaps(analysis: Analysis) -> list[Swap]:
+    """Every average pool of stride 1 that feeds a 1x1, stride-1 conv with fewer output
+    than input channels (at the spec's params), in the order of the IR."""
+    out: list[Swap] = []
+
+    def sequence(nodes: list[Node]) -> None:
+        for node, after in zip(nodes, [*nodes[1:], None]):
+            conv = _first_layer(after) if after is not None else None
+            if (
+                isinstance(node, AvgPool)
+                and (node.stride or node.pool) == (1, 1)
+                and isinstance(conv, Conv)
+                and conv.kernel == conv.stride == (1, 1)
+                and conv.filters < analysis.shapes[conv.path][0][-1]
+                and _same_condition(node, after)
+            ):
+                out.append(Swap(node.path, conv.path))
+            for _, seq in children(node):
+                sequence(seq)
+
+    for layers in analysis.net.flows.values():
+        sequence(layers)
+    return out
+
+
+def _instances_at(analysis: Analysis, paths: set[str]) -> int:
+    """How many instances of the nodes at ``paths`` run with these params (a node inside
+    a repeat once per repeat index; a node switched off by a param not)."""
+    from archc.passes.instances import instances
+
+    return sum(1 for inst in instances(analysis) if inst.path in paths)
+
+
+def folded_instances(analysis: Analysis) -> int:
+    """How many batch norm instances fold with these params."""
+    return _instances_at(analysis, {f.bn for f in folds(analysis)})
+
+
+def swapped_instances(analysis: Analysis) -> int:
+    """How many average pool instances move after their conv with these params."""
+    return _instances_at(analysis, {s.pool for s in swaps(analysis)})
+
+
+# The generated modules carry the fold and swap tables with a repeat's index as {0}
+# ({1} ... for nested repeats); this function, copied into each of them as it stands
+# here (codegen.helper_source), finds the layers a table entry stands for.
+def _expand(template, names, indices=()):
+    """(name, repeat indices) for each of ``names`` that ``template`` stands for: {0},
+    {1} ... are the indices of the enclosing repeats, each counting from 0."""
+    mark = "{" + str(len(indices)) + "}"
+    if mark not in template:
+        name = template.format(*indices)
+        return [(name, indices)] if name in names else []
+    prefix, found, i = template.split(mark)[0].format(*indices), [], 0
+    while any(name.startswith(f"{prefix}{i}") for name in names):
+        found += _expand(template, names, (*indices, i))
+        i += 1
+    return found
+
+
+def batch_norms(analysis: Analysis) -> int:
+    """How many batch norm instances the network runs with these params."""
+    from archc.passes.instances import instances
+
+    return sum(1 for inst in instances(analysis) if isinstance(inst.node, BN))

@@ -1,0 +1,579 @@
+"""Pictures of a spec, in the style of the Xception paper's Figure 5.
+
+archc's networks are series-parallel trees (sequences, branches side by side, a
+residual's body beside its shortcut), so an exact layout needs no graph-layout engine:
+each subtree is measured and placed recursively, and the result is a flat list of
+primitives (boxes, frames, edges, joins, labels) that two writers draw: SVG directly
+(no dependency, deterministic bytes) and matplotlib for PNG and PDF. Flows are
+labelled columns side by side; a block instance (Call) is a framed group with its
+parameter count; a repeat is drawn once in a dashed frame ("repeated 8 times") unless
+expanded; shapes are written on the edges where they change.
+
+The tree is walked through :func:`archc.ir.ops.children`, and every op gets its label from
+one table with a generic fallback (op name and its non-default fields), so ops and
+combinators added later draw without a change here. :mod:`archc.tools.draw` writes the files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+from archc.ir.ops import SYSTEM_FIELDS, Branches, Call, Gate, Node, Repeat, Residual, children
+from archc.passes.analysis import Analysis, Counts
+from archc.passes.shapes import Shape, fmt
+
+# -- geometry (SVG user units, about pixels) -------------------------------------------
+FONT = 11  # box labels
+SMALL = 9  # shapes on edges, frame headers
+CHAR = 0.6  # estimated glyph width, in ems (sans-serif, slightly generous)
+BOX_H = 20
+LINE_H = 13  # a second line in a box
+MIN_BOX_W = 96
+GAP = 18  # between the items of a sequence, with room for a shape label
+TIGHT = 10  # between the items of a sequence, with no label
+COLUMNS = (1500, 2000, 2500, 3000, 4000)  # heights a long flow may wrap at, tried in turn
+ASPECT = 1.8  # ... until the picture is no wider than this times its height
+HGAP = 22  # between columns side by side
+PAD = 6  # inside a frame
+HEADER = 15  # a frame's title band
+FLOW_GAP = 44  # between flow columns
+MARGIN = 16
+
+
+def text_width(text: str, size: float = FONT) -> float:
+    return len(text) * size * CHAR
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to draw: ``expand`` every repeat copy; ``depth`` K draws blocks nested K
+    levels deep (top-level nodes are level 1) and collapses deeper ones into single
+    boxes; ``counts`` writes parameter counts on blocks, flows and the title."""
+
+    expand: bool = False
+    depth: int | None = None
+    counts: bool = True
+
+
+# -- primitives -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Box:
+    """A layer (or a collapsed block): ``path`` is its IR path, with repeat indices
+    (``middle/repeat[2]/...``) for an expanded copy."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    lines: tuple[str, ...]
+    path: str
+    op: str
+    fill: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    x: float
+    y: float
+    w: float
+    h: float
+    title: str
+    note: str  # right-aligned in the header (a parameter count)
+    kind: str  # 'block', 'repeat', 'combinator'
+    path: str
+
+
+@dataclass(frozen=True)
+class Edge:
+    points: tuple[tuple[float, float], ...]
+    arrow: bool = True
+
+
+@dataclass(frozen=True)
+class Join:
+    """Where paths meet: '+' (a residual's addition, a circle) or a named node ('concat')."""
+
+    x: float  # centre
+    y: float
+    w: float
+    h: float
+    symbol: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Text:
+    x: float
+    y: float  # baseline
+    text: str
+    size: float = SMALL
+    anchor: str = "start"  # 'start', 'middle', 'end'
+    kind: str = "shape"  # 'shape', 'path', 'title', 'subtitle', 'flow', 'note'
+    bold: bool = False
+
+
+Primitive = Box | Frame | Edge | Join | Text
+
+
+def moved(item: Primitive, dx: float, dy: float) -> Primitive:
+    if isinstance(item, Edge):
+        return Edge(tuple((x + dx, y + dy) for x, y in item.points), item.arrow)
+    return replace(item, x=item.x + dx, y=item.y + dy)
+
+
+@dataclass
+class Piece:
+    """A laid-out subtree in its own coordinates: it is entered at (axis, 0) and left at
+    (axis, h)."""
+
+    w: float
+    h: float
+    axis: float
+    items: list[Primitive] = field(default_factory=list)
+    tail: Shape | None = None  # the shape last written on its axis, if any
+
+    def at(self, dx: float, dy: float) -> Iterator[Primitive]:
+        return (moved(item, dx, dy) for item in self.items)
+
+
+@dataclass(frozen=True)
+class Diagram:
+    width: float
+    height: float
+    items: tuple[Primitive, ...]
+    title: str
+
+    def boxes(self) -> list[Box]:
+        return [i for i in self.items if isinstance(i, Box)]
+
+
+# -- labels: one table, a generic fallback ------------------------------------------------
+def _size(pair: tuple[int, int]) -> str:
+    return fmt(pair)
+
+
+def _stride(pair: tuple[int, int] | None) -> str:
+    if pair is None or pair == (1, 1):
+        return ""
+    return f", stride {pair[0] if pair[0] == pair[1] else _size(pair)}"
+
+
+def _conv(n) -> str:
+    groups = f", {n.groups} groups" if n.groups > 1 else ""
+    return f"Conv {n.filters}, {_size(n.kernel)}{_stride(n.stride)}{groups}"
+
+
+def _sepconv(n) -> str:
+    extra = "" if n.segments == "depthwise" else f", {n.segments} segments"
+    extra += f", x{n.depth_multiplier}" if n.depth_multiplier > 1 else ""
+    extra += f", {_ACT.get(n.between, n.between)} between" if n.between != "none" else ""
+    return f"SeparableConv {n.filters}, {_size(n.kernel)}{_stride(n.stride)}{extra}"
+
+
+def _margins(m: tuple[tuple[int, int], tuple[int, int]]) -> str:
+    (top, bottom), (left, right) = m
+    return str(top) if top == bottom == left == right else f"{top},{bottom} x {left},{right}"
+
+
+def _pool(name: str) -> Callable:
+    return lambda n: f"{name} {_size(n.pool)}{_stride(n.stride or n.pool)}"
+
+
+_ACT = {
+    "relu": "ReLU",
+    "relu6": "ReLU6",
+    "elu": "ELU",
+    "silu": "SiLU",
+    "gelu": "GELU",
+    "hard_swish": "HardSwish",
+    "hard_sigmoid": "HardSigmoid",
+}
+
+LABELS: dict[str, Callable[[Node], str]] = {
+    "conv": _conv,
+    "sepconv": _sepconv,
+    "bn": lambda n: "BN",
+    "act": lambda n: _ACT.get(n.kind, n.kind.capitalize()),
+    "maxpool": _pool("MaxPool"),
+    "avgpool": _pool("AvgPool"),
+    "global_avg_pool": lambda n: "GlobalAvgPool",
+    "flatten": lambda n: "Flatten",
+    "dense": lambda n: f"Dense {n.units}",
+    "dropout": lambda n: f"Dropout {n.rate:g}",
+    "depthwise": lambda n: (
+        f"DepthwiseConv {_size(n.kernel)}{_stride(n.stride)}" + (f", x{n.depth_multiplier}" if n.depth_multiplier > 1 else "")
+    ),
+    "channel_dense": lambda n: f"Dense {n.units} (per pixel)",
+    "layer_norm": lambda n: "LayerNorm",
+    "layer_scale": lambda n: "LayerScale",
+    "drop_path": lambda n: f"DropPath {n.rate:g}",
+    "identity": lambda n: "Identity",
+    "zero_pad": lambda n: f"ZeroPad {_margins(n.padding)}",
+    "rescale": lambda n: f"Rescale x{n.scale:.4g}" + (f" {n.offset:+g}" if n.offset else ""),
+    "normalize": lambda n: "Normalize",
+}
+
+FILLS = {
+    "conv": "#dbe8f6",
+    "sepconv": "#dbe8f6",
+    "bn": "#eeeeee",
+    "act": "#fdf3d0",
+    "maxpool": "#dcefdc",
+    "avgpool": "#dcefdc",
+    "global_avg_pool": "#dcefdc",
+    "dense": "#f8dfcf",
+    "depthwise": "#dbe8f6",
+    "channel_dense": "#dbe8f6",
+    "layer_norm": "#eeeeee",
+}
+DEFAULT_FILL = "#ffffff"
+COLLAPSED_FILL = "#e6e0f3"
+
+
+def op_title(op: str) -> str:
+    """'layer_norm' -> 'LayerNorm'."""
+    return "".join(part.capitalize() for part in op.split("_"))
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as a spec writes it
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return _size(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def label(node: Node) -> str:
+    """What a layer's box says: from the table, or the op's name and its fields that
+    differ from their defaults (an op added later draws as ``LayerNorm epsilon 1e-06``)."""
+    if node.op in LABELS:
+        return LABELS[node.op](node)
+    fields = [
+        f"{name} {_value(getattr(node, name))}"
+        for name, info in type(node).model_fields.items()
+        if name not in SYSTEM_FIELDS | {"name", "when"}
+        and not isinstance(getattr(node, name), (list, dict))
+        and getattr(node, name) != info.get_default(call_default_factory=True)
+    ]
+    return " ".join([op_title(node.op), ", ".join(fields)]).strip()
+
+
+def _call_title(node: Call) -> str:
+    """'sep_bn1' (a name archc made from the block's), or 'mixed0: module_a'."""
+    rest = node.name[len(node.block) :]
+    return node.name if node.name.startswith(node.block) and rest.isdigit() or node.name == node.block else f"{node.name}: {node.block}"
+
+
+def _params(c: Counts) -> str:
+    return f"{c.trainable:,} params"
+
+
+# -- layout -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Ctx:
+    """Where the walk is: nesting depth, and how IR paths map to drawn keys (an
+    expanded repeat copy's paths carry its index, as :mod:`archc.passes.instances` writes them)."""
+
+    depth: int = 1
+    base: tuple[str, str] = ("", "")
+
+    def key(self, node: Node) -> str:
+        return self.base[1] + node.path[len(self.base[0]) :]
+
+    def deeper(self) -> _Ctx:
+        return replace(self, depth=self.depth + 1)
+
+
+class _Layout:
+    def __init__(self, analysis: Analysis, options: Options):
+        self.analysis = analysis
+        self.options = options
+        self.shapes = analysis.shapes
+
+    def enabled(self, nodes: list[Node]) -> list[Node]:
+        return [n for n in nodes if n.path in self.shapes]
+
+    def counts_note(self, node: Node) -> str:
+        return _params(self.analysis.counts[node.path]) if self.options.counts else ""
+
+    # a sequence: pieces stacked on one axis, shapes written where a node changes them
+    def sequence(self, nodes: list[Node], ctx: _Ctx) -> Piece:
+        nodes = self.enabled(nodes)
+        pieces = [self.node(n, ctx) for n in nodes]
+        self._even_widths(pieces)
+        if not pieces:
+            return Piece(0, 0, 0)
+        axis = max(p.axis for p in pieces)
+        right = max(p.w - p.axis for p in pieces)
+        items: list[Primitive] = []
+        y = 0.0
+        seen, tail = self.shapes[nodes[0].path][0], None  # the shape a reader saw last
+        for i, (node, piece) in enumerate(zip(nodes, pieces)):
+            items.extend(piece.at(axis - piece.axis, y))
+            y += piece.h
+            if piece.tail is not None:
+                seen = tail = piece.tail
+            if i + 1 < len(pieces):
+                out = self.shapes[node.path][1]
+                gap = TIGHT
+                if out != seen:
+                    text = fmt(out)
+                    gap = GAP
+                    items.append(Text(axis + 5, y + gap / 2 + SMALL / 3, text))
+                    right = max(right, 5 + text_width(text, SMALL))
+                    seen = tail = out
+                items.append(Edge(((axis, y), (axis, y + gap))))
+                y += gap
+        return Piece(axis + right, y, axis, items, tail)
+
+    @staticmethod
+    def _even_widths(pieces: list[Piece]) -> None:
+        """The plain boxes of one sequence share one width, so that a column reads as one."""
+        plain = [p for p in pieces if len(p.items) == 1 and isinstance(p.items[0], Box)]
+        if not plain:
+            return
+        w = max(p.w for p in plain)
+        for p in plain:
+            box = p.items[0]
+            p.items[0] = replace(box, w=w)
+            p.w, p.axis = w, w / 2
+
+    def node(self, node: Node, ctx: _Ctx) -> Piece:
+        if not children(node):
+            return self.box(node, ctx, [label(node)], FILLS.get(node.op, DEFAULT_FILL))
+        depth = self.options.depth
+        if depth is not None and ctx.depth >= depth:
+            return self.collapsed(node, ctx)
+        draw = DRAWINGS.get(node.op, _Layout.unknown)
+        return draw(self, node, ctx, ctx.deeper())
+
+    # one drawing per combinator, looked up by op in DRAWINGS (below the class)
+    def call(self, node: Call, ctx: _Ctx, inner: _Ctx) -> Piece:
+        return self.frame(self.sequence(node.body, inner), _call_title(node), self.counts_note(node), "block", ctx.key(node))
+
+    def branches(self, node: Branches, ctx: _Ctx, inner: _Ctx) -> Piece:
+        return self.parallel(node, inner, "concat", ctx.key(node))
+
+    def gate(self, node: Gate, ctx: _Ctx, inner: _Ctx) -> Piece:
+        """x * body(x): the body beside the identity line, joined by a circled "x"."""
+        piece = self.joined(self.sequence(node.body, inner), Piece(0, 0, 0, []), "\u00d7", ctx.key(node))
+        return self.frame(piece, "gate", self.counts_note(node), "block", ctx.key(node))
+
+    def unknown(self, node: Node, ctx: _Ctx, inner: _Ctx) -> Piece:
+        """A combinator archc did not know when this was written: its sequences side by
+        side in a frame, meeting at a node named after it."""
+        body = self.parallel(node, inner, op_title(node.op), ctx.key(node))
+        return self.frame(body, label(node), self.counts_note(node), "combinator", ctx.key(node))
+
+    def box(self, node: Node, ctx: _Ctx, lines: list[str], fill: str) -> Piece:
+        w = max(MIN_BOX_W, max(text_width(t, FONT if i == 0 else SMALL) for i, t in enumerate(lines)) + 14)
+        h = BOX_H + LINE_H * (len(lines) - 1)
+        return Piece(w, h, w / 2, [Box(0, 0, w, h, tuple(lines), ctx.key(node), node.op, fill)])
+
+    def collapsed(self, node: Node, ctx: _Ctx) -> Piece:
+        if isinstance(node, Call):
+            leaves = self.enabled(node.body)
+            if 1 < len(leaves) <= 4 and not any(children(n) for n in leaves):  # a short chain says what it is
+                main, sub = " \u2192 ".join(label(n) for n in leaves), [_call_title(node)]
+            else:
+                main, sub = _call_title(node), [", ".join(f"{k} {_value(v)}" for k, v in node.args.items())]
+        elif isinstance(node, Repeat):
+            main, sub = f"{', '.join(n.name for n in self.enabled(node.body))}: repeated {node.times} times", []
+        else:
+            main, sub = label(node), [node.name] if node.name != node.op else []
+        if self.options.counts:
+            sub.append(_params(self.analysis.counts[node.path]))
+        sub = [t for t in sub if t]
+        return self.box(node, ctx, [main, " \u00b7 ".join(sub)] if sub else [main], COLLAPSED_FILL)
+
+    def frame(self, body: Piece, title: str, note: str, kind: str, path: str) -> Piece:
+        """``body`` in a box with a header: the title left of the axis (the edge that
+        enters the frame crosses the header there), the note right of it."""
+        left = max(body.axis + PAD, PAD + text_width(title, SMALL) + 6)
+        right = max(body.w - body.axis + PAD, PAD + text_width(note, SMALL) + 6 if note else 0)
+        dx = left - body.axis
+        w, h = left + right, HEADER + body.h + PAD
+        items: list[Primitive] = [Frame(0, 0, w, h, title, note, kind, path), Edge(((left, 0), (left, HEADER)), False)]
+        items.extend(body.at(dx, HEADER))
+        return Piece(w, h, left, items, body.tail)
+
+    def repeat(self, node: Repeat, ctx: _Ctx, inner: _Ctx) -> Piece:
+        note = self.counts_note(node)
+        if not self.options.expand:
+            return self.frame(self.sequence(node.body, inner), f"repeated {node.times} times", note, "repeat", ctx.key(node))
+        key = ctx.key(node)
+        copies = []
+        for i in range(node.times):
+            copy = replace(inner, base=(node.path, f"{key}[{i}]"))
+            copies.append(self.frame(self.sequence(node.body, copy), f"{i + 1} of {node.times}", "", "repeat", f"{key}[{i}]"))
+        axis = max(p.axis for p in copies)
+        right = max(p.w - p.axis for p in copies)
+        items: list[Primitive] = []
+        y = 0.0
+        for i, piece in enumerate(copies):
+            items.extend(piece.at(axis - piece.axis, y))
+            y += piece.h
+            if i + 1 < len(copies):
+                items.append(Edge(((axis, y), (axis, y + GAP))))
+                y += GAP
+        return self.frame(Piece(axis + right, y, axis, items), f"repeated {node.times} times", note, "repeat", key)
+
+    def residual(self, node: Residual, ctx: _Ctx, inner: _Ctx) -> Piece:
+        body = self.sequence(node.body, inner)
+        if not node.use_shortcut:
+            return body
+        return self.joined(body, self.sequence(node.shortcut, inner), "+", ctx.key(node))
+
+    def joined(self, body: Piece, short: Piece, symbol: str, key: str) -> Piece:
+        """``body`` and a second line (``short``; empty: the identity) from one fork,
+        meeting at a join drawn with ``symbol`` ("+" for a residual, "x" for a gate)."""
+        top = GAP  # fork at y=0, columns start at `top`
+        x_short = body.w + HGAP + short.axis  # the shortcut's line, right of the body
+        bottom = top + max(body.h, short.h)
+        r = 7
+        join_y = bottom + GAP / 2 + r
+        a = body.axis
+        items: list[Primitive] = [Edge(((a, 0), (a, top)))]
+        items.extend(body.at(0, top))
+        items.append(Edge(((a, top + body.h), (a, join_y - r))))
+        if short.items:
+            items.append(Edge(((a, top / 2), (x_short, top / 2), (x_short, top))))
+            items.extend(short.at(x_short - short.axis, top))
+            items.append(Edge(((x_short, top + short.h), (x_short, join_y), (a + r, join_y))))
+        else:
+            items.append(Edge(((a, top / 2), (x_short, top / 2), (x_short, join_y), (a + r, join_y))))
+        items.append(Join(a, join_y, 2 * r, 2 * r, symbol, key))
+        w = max(body.w, x_short + max(short.w - short.axis, 0)) + 4
+        return Piece(w, join_y + r, a, items)
+
+    def parallel(self, node: Node, ctx: _Ctx, symbol: str, path: str) -> Piece:
+        """Sequences side by side from one fork, meeting at a node (``concat``)."""
+        seqs = [(name, self.sequence(nodes, ctx), self.enabled(nodes)) for name, nodes in children(node)]
+        top = GAP + SMALL  # room for the path names
+        x = 0.0
+        axes = []
+        items: list[Primitive] = []
+        for name, piece, nodes in seqs:
+            tail = fmt(self.shapes[nodes[-1].path][1]) if nodes else ""
+            width = max(piece.w, piece.axis + 5 + text_width(tail, SMALL), text_width(name, SMALL) + 8)
+            axes.append(x + piece.axis)
+            items.extend(piece.at(x, top))
+            items.append(Text(x + piece.axis + 4, top - 4, name, kind="path"))
+            if tail:
+                items.append(Text(x + piece.axis + 5, top + piece.h + GAP / 2 + SMALL / 3, tail))
+            x += width + HGAP
+        w = x - HGAP
+        bottom = top + max(p.h for _, p, _ in seqs) + GAP
+        jw, jh = text_width(symbol, SMALL) + 10, 14
+        a = (axes[0] + axes[-1]) / 2
+        fork = top / 2 - SMALL / 2
+        items.insert(0, Edge(((a, 0), (a, fork)), False))
+        for ax, (_, piece, _) in zip(axes, seqs):
+            items.append(Edge(((a, fork), (ax, fork), (ax, top))))
+            items.append(Edge(((ax, top + piece.h), (ax, bottom), (a, bottom), (a, bottom + 4)), ax == a))
+        items.append(Join(a, bottom + 4 + jh / 2, jw, jh, symbol, path))
+        return Piece(w, bottom + 4 + jh, a, items)
+
+    # a flow: a labelled column, wrapped into more columns when it is long
+    def flow(self, name: str, nodes: list[Node], column: float) -> Piece:
+        nodes = self.enabled(nodes)
+        while len(nodes) == 1 and isinstance(nodes[0], Call) and self.options.depth is None:
+            # a flow that is one block (MobileNetV3's small or large net): wrap its body,
+            # the block named in the flow's title
+            name = f"{name}: {_call_title(nodes[0])}"
+            nodes = self.enabled(nodes[0].body)
+        heights = [self.node(node, _Ctx()).h + GAP for node in nodes]
+        limit = sum(heights) / math.ceil(sum(heights) / column)  # columns of about equal height
+        chunks: list[list[Node]] = [[]]
+        height = 0.0
+        for node, h in zip(nodes, heights):
+            if chunks[-1] and height + h / 2 > limit:
+                chunks.append([])
+                height = 0.0
+            chunks[-1].append(node)
+            height += h
+        columns = [self.sequence(chunk, _Ctx()) for chunk in chunks]
+        title = f"{name} flow" if name in ("entry", "middle", "exit") else name
+        inp, out = fmt(self.shapes[nodes[0].path][0]), fmt(self.shapes[nodes[-1].path][1])
+        note = _params(sum((self.analysis.counts[n.path] for n in nodes), Counts())) if self.options.counts else ""
+        label_w = max(text_width(inp, SMALL), text_width(out, SMALL)) / 2 + 4
+        top = 18 + (12 if note else 0) + 4 + SMALL + 4 + GAP  # title, note, input shape, first edge
+        items: list[Primitive] = []
+        x, bottom = 0.0, 0.0
+        axes = []
+        for k, col in enumerate(columns):
+            x += max(0, label_w - col.axis)
+            axes.append(x + col.axis)
+            items.extend(col.at(x, top))
+            bottom = max(bottom, top + col.h)
+            x += max(col.w, col.axis + label_w) + (HGAP + 24 if k + 1 < len(columns) else 0)
+        for k in range(len(columns) - 1):  # down, across the gap, and into the next column
+            a, b = axes[k], axes[k + 1]
+            y = top + columns[k].h + GAP + 6
+            mid = (a + columns[k].w - columns[k].axis + b - columns[k + 1].axis) / 2
+            text = fmt(self.shapes[chunks[k][-1].path][1])
+            items.append(Text(a + 5, top + columns[k].h + GAP / 2 + SMALL / 3, text))
+            items.append(Edge(((a, top + columns[k].h), (a, y), (mid, y), (mid, top - GAP / 2), (b, top - GAP / 2), (b, top))))
+        w = max(x, text_width(title, 13) * 1.1, text_width(note, SMALL))
+        a = axes[0]
+        centre = w / 2
+        items.append(Text(centre, 13, title, 13, "middle", "flow", True))
+        if note:
+            items.append(Text(centre, 26, note, SMALL, "middle", "note"))
+        y = top - GAP - 4
+        items.append(Text(a, y, inp, SMALL, "middle"))
+        items.append(Edge(((a, y + 4), (a, top))))
+        last = axes[-1]
+        y = top + columns[-1].h
+        items.append(Edge(((last, y), (last, y + GAP))))
+        items.append(Text(last, y + GAP + 4 + SMALL, out, SMALL, "middle"))
+        return Piece(w, max(bottom + GAP + 6, y + GAP + 4 + SMALL + 2), a, items)
+
+
+DRAWINGS = {
+    "call": _Layout.call,
+    "repeat": _Layout.repeat,
+    "residual": _Layout.residual,
+    "branches": _Layout.branches,
+    "gate": _Layout.gate,
+}
+
+
+def layout(analysis: Analysis, options: Options | None = None) -> Diagram:
+    """The picture of an analysed spec: flows as columns left to right, a long flow
+    wrapped into several columns (at the lowest height in COLUMNS that keeps the picture
+    within ASPECT, so that a deep network does not become one long strip)."""
+    for column in COLUMNS:
+        diagram = _layout(analysis, options or Options(), column)
+        if diagram.width <= ASPECT * diagram.height:
+            break
+    return diagram
+
+
+def _layout(analysis: Analysis, options: Options, column: float) -> Diagram:
+    net = analysis.net
+    lay = _Layout(analysis, options)
+    columns = [lay.flow(name, nodes, column) for name, nodes in net.flows.items() if lay.enabled(nodes)]
+    changed = {k: v for k, v in net.params.items() if k in net.param_decls and v != net.param_decls[k].default}
+    title = net.name + (" (" + ", ".join(f"{k}={_value(v)}" for k, v in changed.items()) + ")" if changed else "")
+    t = analysis.total
+    facts = [f"input {fmt(net.input)}", f"output {fmt(analysis.output)}"]
+    if options.counts:
+        facts[1:1] = [f"{t.trainable:,} trainable + {t.non_trainable:,} non-trainable parameters", f"{t.macs:,} multiply-adds"]
+    subtitle = " \u00b7 ".join(facts)
+    items: list[Primitive] = [
+        Text(MARGIN, MARGIN + 14, title, 16, "start", "title", True),
+        Text(MARGIN, MARGIN + 30, subtitle, 10, "start", "subtitle"),
+    ]
+    x, top = MARGIN, MARGIN + 48
+    height = 0.0
+    for col in columns:
+        items.extend(col.at(x, top))
+        x += col.w + FLOW_GAP
+        height = max(height, col.h)
+    width = max(x - FLOW_GAP, MARGIN + text_width(title, 16), MARGIN + text_width(subtitle, 10)) + MARGIN
+    return Diagram(width, top + height + MARGIN, tuple(items), title)

@@ -1,0 +1,35 @@
+"""The human-readable parameter table (rich). Text from a spec is escaped: a name like
+'[/bold]' is shown, not read as rich markup."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from archc.passes.analysis import Analysis
+from archc.passes.shapes import fmt
+
+
+def print_table(analysis: Analysis, console: Console | None = None) -> None:
+    console = console or Console(width=None if Console().is_terminal else 132)
+    net = analysis.net
+    params = escape(", ".join(f"{k}={v}" for k, v in net.params.items()))
+    table = Table(title=escape(f"{net.name}  ({net.file})"), caption=f"params: {params}" if params else None, title_justify="left")
+    for column in ("flow", "module", "kind", "output", "trainable", "non-trainable", "mult-adds"):
+        table.add_column(column, justify="right" if column in ("trainable", "non-trainable", "mult-adds") else "left")
+    for row in analysis.rows:
+        kind = f"{row.kind} x{row.repeat}" if row.repeat > 1 else row.kind
+        table.add_row(
+            escape(row.flow),
+            escape(row.name),
+            escape(kind),
+            fmt(row.output),
+            f"{row.counts.trainable:,}",
+            f"{row.counts.non_trainable:,}",
+            f"{row.counts.macs:,}",
+        )
+    t = analysis.total
+    table.add_section()
+    table.add_row("total", "", "", fmt(analysis.output), f"{t.trainable:,}", f"{t.non_trainable:,}", f"{t.macs:,}", style="bold")
+    console.print(table)

@@ -1,1 +1,0 @@
-"""The backend plugins that ship with archc (torch, keras)."""
