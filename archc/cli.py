@@ -421,22 +421,22 @@ def graph(spec, params, out_file, expand, depth, no_counts):
 def view(spec, params, port, host, no_browser, onnx_file):
     """Export SPEC's generated torch model to ONNX and open it in Netron (Ctrl-C stops)."""
     import tempfile
-    import time
     from pathlib import Path
 
     from archc.api import load
-    from archc.tools.view import export_onnx, serving
+    from archc.tools.view import export_onnx, serving, wait_for_stop_signal
 
     analysis = load(spec, _overrides(params))
     with tempfile.TemporaryDirectory(prefix="archc-view-") as tmp:
         path = export_onnx(analysis, onnx_file or Path(tmp) / f"{analysis.net.name}.onnx")
         with serving(path, host, port, browse=not no_browser) as (host, port):
             click.echo(f"serving {path.name} with Netron at http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-            try:
-                while True:
-                    time.sleep(0.2)
-            except KeyboardInterrupt:
-                pass
+            wait_for_stop_signal()
+    # Server stopped, port and temporary files freed: leave without tearing down torch and
+    # the exporter, which takes seconds on a busy machine (Ctrl-C should be prompt).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- deploy and reuse: archc export / archc import (docs/export.md) ---------------------------

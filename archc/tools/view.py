@@ -7,7 +7,9 @@ installs netron and the ONNX exporter's packages; the torch backend brings torch
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,3 +66,25 @@ def serving(onnx_file: str | Path, host: str = "localhost", port: int = 0, brows
         yield address
     finally:
         netron.stop(address)
+
+
+def wait_for_stop_signal(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> int:
+    """Block until one of ``signals`` arrives and return it. The handlers are installed
+    here, whatever the process inherited: a shell starts a background job with SIGINT
+    ignored (and so does a pytest-xdist worker's child), and Ctrl-C must still stop
+    the server."""
+    received: list[int] = []
+    arrived = threading.Event()
+
+    def stop(signum, frame):
+        received.append(signum)
+        arrived.set()
+
+    previous = {s: signal.signal(s, stop) for s in signals}
+    try:
+        while not arrived.wait(0.1):  # a timed wait lets the main thread run the handler
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return received[0]
