@@ -268,6 +268,41 @@ def at(tree: Any, path: tuple) -> Any:
     return tree
 
 
+def layer_entries(tree: Any) -> list[tuple]:
+    """Paths of the layer entries under ``flows`` and ``blocks`` (a bare op name or a one-key
+    mapping in a list of such), at any depth: those a ``when:`` can switch off."""
+
+    def is_entry(item: Any) -> bool:
+        return isinstance(item, str) or (isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item)), str))
+
+    found = []
+    for top in ("flows", "blocks"):
+        if isinstance(tree, dict) and top in tree:
+            for where in paths(tree[top], (top,)):
+                value = at(tree, where)
+                if isinstance(value, list) and value and all(is_entry(item) for item in value):
+                    found += [(*where, i) for i, item in enumerate(value) if switchable(item)]
+    return found
+
+
+def switchable(entry: Any) -> bool:
+    """A bare op, or an op written with a field mapping (not a one-value shorthand)."""
+    return isinstance(entry, str) or isinstance(next(iter(entry.values())), (dict, type(None)))
+
+
+def switch_off(tree: Any, where: tuple) -> Any:
+    """A copy of ``tree`` with ``when: false`` on the layer entry at ``where``."""
+    tree = copy.deepcopy(tree)
+    parent, last = at(tree, where[:-1]), where[-1]
+    entry = parent[last]
+    if isinstance(entry, str):
+        parent[last] = {entry: {"when": False}}
+    else:
+        (op, fields), = entry.items()
+        parent[last] = {op: {**(fields or {}), "when": False}}
+    return tree
+
+
 def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str, str]:
     """One to three tree edits, then YAML text (block or flow style)."""
     tree = copy.deepcopy(seed.tree)
@@ -278,9 +313,14 @@ def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str,
             break
         parent, last = at(tree, where[:-1]), where[-1]
         edit = data.draw(
-            st.sampled_from(["replace", "replace", "delete", "duplicate", "rename", "graft", "respell", "nudge"]), label="edit"
+            st.sampled_from(["replace", "replace", "delete", "duplicate", "rename", "graft", "respell", "nudge", "switch off"]), label="edit"
         )
-        if edit == "respell":  # rename a word everywhere (a block, param, flow or layer name and its $refs): often valid
+        if edit == "switch off":  # `when: false` on a layer, repeat, block call or combinator: a valid spec, mostly
+            entries = layer_entries(tree)
+            if entries:
+                where = data.draw(st.sampled_from(entries), label="layer")
+                tree = switch_off(tree, where)
+        elif edit == "respell":  # rename a word everywhere (a block, param, flow or layer name and its $refs): often valid
             word = where[-1] if isinstance(where[-1], str) else str(at(tree, where))
             new = data.draw(st.one_of(st.sampled_from(HOSTILE_TEXT), st.text(min_size=1, max_size=10)), label="new name")
             tree = respell(tree, word, new)

@@ -67,9 +67,15 @@ class Swap:
     conv: str
 
 
+def _present(node: Node) -> bool:
+    """Not switched off for good: a node with ``when: false`` written as a literal is not
+    in the generated code, nor is anything inside it."""
+    return bool(node.when) or "when" in node.refs
+
+
 def _same_condition(a: Node, b: Node) -> bool:
     """Both always there, or both under the same param or block argument."""
-    return a.refs.get("when") == b.refs.get("when") and (a.when or "when" in a.refs) and (b.when or "when" in b.refs)
+    return a.refs.get("when") == b.refs.get("when") and _present(a) and _present(b)
 
 
 def folds(analysis: Analysis) -> list[Fold]:
@@ -81,7 +87,7 @@ def folds(analysis: Analysis) -> list[Fold]:
         for node in nodes:
             if isinstance(node, BN) and before is not None and before.op in PRODUCERS and _same_condition(before, node):
                 out.append(Fold(before.path, node.path, before.op))
-            for _, seq in children(node):
+            for _, seq in children(node) if _present(node) else ():
                 sequence(seq)
             before = node
 
@@ -108,14 +114,15 @@ def swaps(analysis: Analysis) -> list[Swap]:
             conv = _first_layer(after) if after is not None else None
             if (
                 isinstance(node, AvgPool)
+                and after is not None
+                and _same_condition(node, after)
                 and (node.stride or node.pool) == (1, 1)
                 and isinstance(conv, Conv)
                 and conv.kernel == conv.stride == (1, 1)
                 and conv.filters < analysis.shapes[conv.path][0][-1]
-                and _same_condition(node, after)
             ):
                 out.append(Swap(node.path, conv.path))
-            for _, seq in children(node):
+            for _, seq in children(node) if _present(node) else ():
                 sequence(seq)
 
     for layers in analysis.net.flows.values():
