@@ -322,16 +322,31 @@ def fold_batchnorm(model):
     return folded
 
 
+def _swap_is_exact(pool, conv):
+    """Whether `conv` can run before `pool` with the same outputs: a stride-1
+    average pool and a 1x1, stride-1 conv (with fewer outputs than inputs, else
+    nothing is saved). Decided on the built model: create_model's params may have
+    changed either layer since archc listed the pair."""
+    return (
+        isinstance(pool, layers.AveragePooling2D)
+        and tuple(pool.strides) == (1, 1)
+        and isinstance(conv, layers.Conv2D)
+        and tuple(conv.kernel_size) == tuple(conv.strides) == (1, 1)
+        and conv.kernel.shape[-1] < conv.kernel.shape[-2] * conv.groups
+    )
+
+
 def swap_pools(model):
     """A copy of `model` (as built: swapping twice swaps back) in which each average pool
     of POOL_SWAPS runs after the 1x1 conv that follows it, each of the two layers called
-    where the other was; the outputs stay the same up to rounding."""
+    where the other was; the outputs stay the same up to rounding. A pair that a param
+    made inexact stays as it is."""
     by_name = {layer.name: layer for layer in model.layers}
     partner = {}
     for pool_name, conv_name in POOL_SWAPS:
         for name, indices in _expand(pool_name, by_name):
             conv = conv_name.format(*indices)
-            if conv in by_name:
+            if conv in by_name and _swap_is_exact(by_name[name], by_name[conv]):
                 partner[name], partner[conv] = conv, name
     clones = {}
 

@@ -557,16 +557,32 @@ def fold_batchnorm(model: Xception) -> Xception:
     return model
 
 
+def _swap_is_exact(pool: nn.Module, conv: nn.Module) -> bool:
+    """Whether ``conv`` can run before ``pool`` with the same outputs: a stride-1
+    average pool and a 1x1, stride-1 conv (with fewer outputs than inputs, else
+    nothing is saved). Decided on the built model: create_model's params may have
+    changed either layer since archc listed the pair."""
+    return (
+        isinstance(pool, nn.AvgPool2d)
+        and pool.stride in (1, (1, 1))
+        and isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == conv.stride == (1, 1)
+        and conv.out_channels < conv.in_channels
+    )
+
+
 def swap_pools(model: Xception) -> Xception:
     """Run each average pool of POOL_SWAPS after the 1x1 conv that follows it, by
     exchanging the two modules (once: a pair already swapped stays); the outputs stay
-    the same up to rounding. Changes ``model`` in place and returns it."""
+    the same up to rounding. A pair that a param made inexact stays as it is. Changes
+    ``model`` in place and returns it."""
     names = {name for name, _ in model.named_modules()}
     for pool_name, conv_name in POOL_SWAPS:
         for name, indices in _expand(pool_name, names):
             pool, conv = name, conv_name.format(*indices)
             first, second = model.get_submodule(pool), model.get_submodule(conv)
-            if not isinstance(second, nn.Conv2d):  # swapped before, or switched off
+            # swapped before, switched off, or changed by a param: leave it
+            if not _swap_is_exact(first, second):
                 continue
             for slot, module in ((pool, second), (conv, first)):
                 parent, _, attribute = slot.rpartition(".")

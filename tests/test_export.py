@@ -511,3 +511,42 @@ def test_a_swap_moves_the_pool_after_the_conv(swaps_spec, tmp_path):
         pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
         conv = swapped.body.avgpool1
         assert output_difference(conv(pool(x)).numpy(), pool(conv(x)).numpy()).rel > 1e-3
+
+
+# A swap archc lists at the default params (k=1), which k=3 makes inexact: a 3x3 average
+# pool and a 3x3 conv do not commute at the borders (issue 24, defect 1).
+PARAM_CHANGES_A_SWAP = """\
+name: swap
+input: [8, 8, 4]
+params: {k: 1}
+flows:
+  main:
+    - avgpool: {pool: 3, stride: 1, padding: same}
+    - conv: {filters: 2, kernel: $k, padding: same}
+"""
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_for_inference_holds_when_a_param_changes_a_swapped_layer(k, tmp_path):
+    import torch
+
+    spec = tmp_path / "swap.yaml"
+    spec.write_text(PARAM_CHANGES_A_SWAP)
+    analysis = load(spec)
+    assert [(s.pool, s.conv) for s in swaps(analysis)] == [("main/avgpool1", "main/conv1")]
+    backends = porting_backends(["torch", "keras"])[0]
+    x = np.random.default_rng(3).standard_normal((2, 8, 8, 4)).astype(np.float32)
+
+    module = generated_module(backends["torch"], analysis, tmp_path)
+    torch.manual_seed(0)
+    model = module.create_model(k=k).eval()
+    fast = module.for_inference(copy.deepcopy(model))
+    with torch.no_grad():
+        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
+        assert output_difference(model(nchw).numpy(), fast(nchw).numpy()).rel < 1e-5
+    assert isinstance(fast.main.conv1, torch.nn.AvgPool2d) == (k == 1)  # swapped only where exact
+
+    keras_module = generated_module(backends["keras"], analysis, tmp_path)
+    keras_model = keras_module.create_model(k=k)
+    keras_fast = keras_module.for_inference(keras_model)
+    assert output_difference(keras_model.predict(x, verbose=0), keras_fast.predict(x, verbose=0)).rel < 1e-5

@@ -45,7 +45,7 @@ PRODUCERS: dict[str, str] = {
 
 # What every generated module defines to apply the tables (templates/fold.py.j2 of each
 # backend): no name made from a spec may take one of these.
-MODULE_NAMES = ("BN_FOLDS", "POOL_SWAPS", "fold_batchnorm", "swap_pools", "for_inference", "_expand")
+MODULE_NAMES = ("BN_FOLDS", "POOL_SWAPS", "fold_batchnorm", "swap_pools", "for_inference", "_expand", "_swap_is_exact")
 
 
 @dataclass(frozen=True)
