@@ -87,9 +87,8 @@ def export(
     out = Path(out)
     if not out.name.lower().endswith(suffixes):
         raise UserError(f"expected an output file name ending in {' or '.join(suffixes)} for {fmt}, found '{out}'")
+    require(get(target_name), "exports", ("export", *WEIGHT_PORTING))
     able, _ = porting_backends()
-    if target_name not in able:
-        require(get(target_name), "ports weights", WEIGHT_PORTING)
     target = able[target_name]
     source_name = backend_for_file(weights, able) if weights is not None else target_name
 
