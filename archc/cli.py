@@ -61,7 +61,7 @@ class _Offered(click.Choice):
     sources, backend names), asked of the registry only when the option is used or
     shown, so that a third party's backend adds its own."""
 
-    def __init__(self, offered):
+    def __init__(self, offered):  # not Choice.__init__, which would fix the choices now
         self._offered = offered
         self.case_sensitive = True
 
@@ -94,6 +94,7 @@ def _choice(name: str, values: list[str], help: str):
 
 
 def _tolerance(help: str):
+    """verify's and export's --tolerance: one range and default, each its own help."""
     return click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help=help)
 
 
