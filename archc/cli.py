@@ -56,6 +56,48 @@ def _overrides(items: tuple[str, ...]) -> dict[str, str]:
         raise click.BadParameter(str(exc), param_hint="-p") from None
 
 
+class _Offered(click.Choice):
+    """A choice among what the installed backends offer (export formats, import
+    sources, backend names), asked of the registry only when the option is used or
+    shown, so that a third party's backend adds its own."""
+
+    def __init__(self, offered):  # not Choice.__init__, which would fix the choices now
+        self._offered = offered
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._offered())
+
+
+def _formats():
+    from archc.tools.export import formats
+
+    return formats()
+
+
+def _sources():
+    from archc.tools.importer import importers
+
+    return importers()
+
+
+def _backends():
+    from archc.codegen.backend import registered
+
+    return registered()
+
+
+def _choice(name: str, values: list[str], help: str):
+    """An option with a fixed set of values, the first the default."""
+    return click.option(name, type=click.Choice(values), default=values[0], show_default=True, help=help)
+
+
+def _tolerance(help: str):
+    """verify's and export's --tolerance: one range and default, each its own help."""
+    return click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help=help)
+
+
 param_option = click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a spec param (repeatable).")
 specs_argument = click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=True))
 
@@ -238,111 +280,39 @@ def variants(spec, sweeps, params, out_dir, plot_file):
 )
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from OUT/checkpoints/latest.* when it exists.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch); jit_compile the step (keras).")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "bf16", "fp32"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 autocast on GPU, fp32 on CPU.",
-)
-@click.option(
-    "--channels-last",
-    type=click.Choice(["auto", "on", "off"]),
-    default="auto",
-    show_default=True,
-    help="torch memory format (auto: on GPU).",
-)
+@_choice("--precision", ["auto", "bf16", "fp32"], "auto: bf16 autocast on GPU, fp32 on CPU.")
+@_choice("--channels-last", ["auto", "on", "off"], "torch memory format (auto: on GPU).")
 @click.option("--loader-workers", type=click.IntRange(min=0), help="Data-loading processes per replica (default: 4 on GPU, 0 on CPU).")
 @click.option("--no-augment", is_flag=True, help="No random crops or flips of the training images (the recipe's augment:).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights, the data order, the crops and the flips.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="torch device (auto: cuda when available).",
-)
+@_choice("--device", ["auto", "cpu", "cuda"], "torch device (auto: cuda when available).")
 @_friendly
-def train(
-    spec,
-    data,
-    val_data,
-    out_dir,
-    backend,
-    params,
-    image_size,
-    epochs,
-    batch_size,
-    lr,
-    max_steps,
-    synthetic_samples,
-    log_every,
-    checkpoint_every,
-    resume,
-    compile_,
-    precision,
-    channels_last,
-    loader_workers,
-    no_augment,
-    seed,
-    device,
-):
+def train(spec, out_dir, params, image_size, compile_, no_augment, **options):
     """Train SPEC with its training: recipe; runs unchanged under torchrun or with TF_CONFIG (docs/training.md)."""
-    import importlib
     from pathlib import Path
 
-    from archc.codegen.backend import registered
-    from archc.syntax.errors import did_you_mean
+    from archc.codegen.backend import get, require
     from archc.training.kit import RunConfig, parse_image_size
 
-    eps = registered()
-    if backend not in eps:
-        raise UserError(f"expected a backend ({', '.join(eps) or 'none installed'}), found '{backend}'{did_you_mean(backend, eps)}")
-    package = eps[backend].value.split(":")[0]
-    try:
-        trainer = importlib.import_module(f"{package}.train")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{package}.train":
-            raise
-        raise UserError(f"expected a backend with a trainer ({package}.train), found none for '{backend}'") from None
+    backend = get(options["backend"])
+    require(backend, "trains", ("train",))
     config = RunConfig(
         spec=spec,
-        data=data,
-        val_data=val_data,
         out=Path(out_dir),
-        backend=backend,
         params=_overrides(params),
         image_size=parse_image_size(image_size) if image_size else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        max_steps=max_steps,
-        synthetic_samples=synthetic_samples,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
         compile=compile_,
-        precision=precision,
-        channels_last=channels_last,
-        loader_workers=loader_workers,
         augment=not no_augment,
-        seed=seed,
-        device=device,
+        **options,
     )
-    trainer.run(config)
+    backend.train(config)
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
 @param_option
 @click.option("-b", "--backend", "backends", multiple=True, help="Backend to compare (repeatable; default: every installed one).")
-@click.option(
-    "--tolerance",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1e-4,
-    show_default=True,
-    help="Largest difference allowed, relative to the largest |reference output|.",
-)
+@_tolerance("Largest difference allowed, relative to the largest |reference output|.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random inputs per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random weights and input.")
 @click.option("--source", metavar="BACKEND", help="Backend the random weights go into first (default: torch).")
@@ -445,7 +415,7 @@ def view(spec, params, port, host, no_browser, onnx_file):
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
 @param_option
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "keras"]), required=True, help="What to write.")
+@click.option("--format", "fmt", type=_Offered(_formats), required=True, help="What to write.")
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False, exists=True),
@@ -454,13 +424,7 @@ def view(spec, params, port, host, no_browser, onnx_file):
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The file to write (.onnx, .pt, .keras).")
 @click.option("--no-fold", is_flag=True, help="Keep the batch norms (default: fold each into the layer before it).")
 @click.option("--image-size", metavar="H|HxW", help="Export for this input size instead of the spec's.")
-@click.option(
-    "--tolerance",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1e-4,
-    show_default=True,
-    help="Largest output difference allowed, relative to the largest |unfolded output|.",
-)
+@_tolerance("Largest output difference allowed, relative to the largest |unfolded output|.")
 @_friendly
 def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
     """An inference model of SPEC with its batch norms folded and its average pools swapped
@@ -492,22 +456,22 @@ def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
 @click.option(
     "--from",
     "source",
-    type=click.Choice(["keras.applications"]),
+    type=_Offered(_sources),
     required=True,
     help="Where the weights come from: a keras.applications model of the same architecture.",
 )
 @click.argument("src", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The checkpoint to write.")
-@click.option("--to", "target", type=click.Choice(["torch", "keras"]), required=True, help="torch (a state_dict) or keras (.weights.h5).")
+@click.option("--to", "target", type=_Offered(_backends), required=True, help="torch (a state_dict) or keras (.weights.h5).")
 @_friendly
 def import_(spec, params, source, src, out, target):
     """Weights of a keras.applications model (FILE: .h5 as it ships them, or .weights.h5)
     into SPEC's generated model, matched by structure; one line naming the first layer
     that does not fit when the architectures differ."""
     from archc.api import load
-    from archc.tools.importer import import_keras_applications
+    from archc.tools.importer import import_weights
 
-    n = import_keras_applications(load(spec, _overrides(params)), src, out, target)
+    n = import_weights(load(spec, _overrides(params)), source, src, out, target)
     click.echo(f"wrote {out}: {n} layers with weights from {src} ({source} -> {target})")
 
 

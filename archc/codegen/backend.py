@@ -1,17 +1,22 @@
 """Backends are plugins: objects registered under the entry-point group ``archc.backends``.
 
-Rendering needs no framework; a backend imports its framework only in ``load`` and
-``count`` (and in the optional :class:`WeightPorting` methods), so that listing or
-rendering stays fast and framework-free.
+A backend is one package with one entry point (docs/backends.md). :class:`Backend` is what
+every backend implements; :class:`WeightPorting`, :class:`Exporting`, :class:`Importing`
+and :class:`Training` are optional, and a command that needs one names the backend and
+what it lacks (:func:`require`). Rendering needs no framework; a backend imports its
+framework only in ``load`` and ``count`` and in the optional methods, so that listing or
+rendering stays fast and framework-free. The core never imports a backend's modules:
+it calls these methods.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 from archc.passes.analysis import Analysis
@@ -37,7 +42,7 @@ class Backend(Protocol):
 
 @runtime_checkable
 class WeightPorting(Protocol):
-    """Optional methods of a backend, for ``archc verify`` and ``archc convert``.
+    """Optional methods of a backend, for ``archc verify``, ``convert``, ``export`` and ``import``.
 
     They speak archc's framework-neutral weight format (:mod:`archc.passes.instances`):
     ``{instance key: {role: numpy array}}`` for every enabled conv, sepconv, bn and dense
@@ -72,6 +77,41 @@ class WeightPorting(Protocol):
         """Read what ``save_checkpoint`` writes into the model."""
 
 
+@runtime_checkable
+class Exporting(Protocol):
+    """Optional: inference files (``archc export``); needs :class:`WeightPorting` too."""
+
+    export_formats: Mapping[str, tuple[str, ...]]  # format -> the file name endings it writes
+
+    def export(self, module: Any, model: Any, fmt: str, path: Path, x: Any, *, fold: bool) -> list[tuple[str, Any, Any]]:
+        """Write ``model`` (``module.create_model()``, weights set) to ``path`` as ``fmt``,
+        folded first by the generated ``module.for_inference`` when ``fold``. ``x`` is a
+        float32 numpy input, N x H x W x C: run it through the unfolded model, the folded
+        one and the file read back, and return (what, reference output, output) for each
+        comparison; the caller checks them and moves the file into place."""
+
+
+@runtime_checkable
+class Importing(Protocol):
+    """Optional: pretrained weights from another library's files (``archc import``)."""
+
+    import_sources: tuple[str, ...]  # the --from values it reads ("keras.applications")
+
+    def import_weights(self, model: Any, analysis: Analysis, source: str, path: Path) -> int:
+        """Set ``model``'s weights from ``source``'s file ``path``, or raise a one-line
+        UserError naming the first layer that does not fit; returns the number of layers
+        with weights."""
+
+
+@runtime_checkable
+class Training(Protocol):
+    """Optional: ``archc train``."""
+
+    def train(self, config: Any) -> None:
+        """Run one training run (an :class:`archc.training.kit.RunConfig`), importing its
+        trainer and framework only now."""
+
+
 WEIGHT_PORTING = (
     "checkpoint_suffixes",
     "export_weights",
@@ -88,37 +128,40 @@ def missing_weight_porting(backend: Any) -> list[str]:
     return [name for name in WEIGHT_PORTING if not hasattr(backend, name)]
 
 
+def require(backend: Any, does: str, members: tuple[str, ...]) -> None:
+    """A one-line UserError naming ``backend`` and the ``members`` it lacks for what a
+    command needs (``does``: 'trains', 'exports', 'ports weights')."""
+    missing = [name for name in members if not hasattr(backend, name)]
+    if missing:
+        raise UserError(f"expected a backend that {does}, found '{backend.name}' without {', '.join(missing)}")
+
+
 class PortsWeightsVia:
-    """:class:`WeightPorting` by delegation to a module of the backend, named by
-    ``weights_module`` and imported on first use (so the framework loads only when
+    """:class:`WeightPorting` by delegation to the module the backend's own
+    ``weights_module()`` imports (a plain lazy import, so the framework loads only when
     weights move). The module defines ``export``, ``load``, ``counts``, ``activations``,
     ``save_checkpoint`` and ``load_checkpoint``."""
 
-    weights_module: str
     checkpoint_suffixes: tuple[str, ...]
-
-    def _weights(self) -> Any:
-        import importlib
-
-        return importlib.import_module(self.weights_module)
+    weights_module: Callable[[], ModuleType]  # a method of the backend: ``from . import weights``
 
     def export_weights(self, model: Any, analysis: Analysis) -> dict[str, dict[str, Any]]:
-        return self._weights().export(model, analysis)
+        return self.weights_module().export(model, analysis)
 
     def load_weights(self, model: Any, analysis: Analysis, values: dict[str, dict[str, Any]]) -> None:
-        self._weights().load(model, analysis, values)
+        self.weights_module().load(model, analysis, values)
 
     def instance_counts(self, model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
-        return self._weights().counts(model, analysis)
+        return self.weights_module().counts(model, analysis)
 
     def activations(self, model: Any, analysis: Analysis, x: Any, keys: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
-        return self._weights().activations(model, analysis, x, keys)
+        return self.weights_module().activations(model, analysis, x, keys)
 
     def save_checkpoint(self, model: Any, path: Path) -> None:
-        self._weights().save_checkpoint(model, path)
+        self.weights_module().save_checkpoint(model, path)
 
     def load_checkpoint(self, model: Any, path: Path) -> None:
-        self._weights().load_checkpoint(model, path)
+        self.weights_module().load_checkpoint(model, path)
 
 
 def import_generated(path: str | Path) -> Any:

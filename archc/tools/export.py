@@ -8,22 +8,20 @@ the same model. Each export runs one random input through the unfolded model, th
 one and the saved file read back (for ONNX in onnxruntime), and is written only when
 every output is within the tolerance of the unfolded model's.
 
-Nothing here imports a framework at import time.
+The formats are the backends' (their ``export_formats`` and ``export``,
+:class:`archc.codegen.backend.Exporting`); this module loads the weights, checks the
+outputs and writes the file, and imports no framework.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archc.codegen.backend import import_generated, module_name
+from archc.codegen.backend import WEIGHT_PORTING, get, module_name, registered, require
 from archc.passes.analysis import Analysis
 from archc.passes.fold import batch_norms, folded_instances, swapped_instances
 from archc.syntax.errors import UserError
@@ -31,12 +29,15 @@ from archc.tools.verify import backend_for_file, output_difference, porting_back
 
 TOLERANCE = 1e-4  # largest output difference allowed, relative to the largest |unfolded output|
 
-# format -> (the backend it exports from, the file name endings it writes)
-FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "onnx": ("torch", (".onnx",)),
-    "torchscript": ("torch", (".pt", ".ts")),
-    "keras": ("keras", (".keras",)),
-}
+
+def formats() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """format -> (the backend that writes it, the file name endings it writes), over the
+    installed backends (the first backend, by name, that offers a format writes it)."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for name in registered():
+        for fmt, suffixes in getattr(get(name), "export_formats", {}).items():
+            out.setdefault(fmt, (name, tuple(suffixes)))
+    return out
 
 
 class ExportCheckFailed(Exception):
@@ -58,7 +59,7 @@ def generated_module(backend: Any, analysis: Analysis, folder: str | Path) -> An
     """Render ``analysis`` with ``backend`` into ``folder`` and import the module."""
     path = Path(folder) / f"{module_name(analysis, backend.name)}.py"
     path.write_text(backend.render(analysis), encoding="utf-8")
-    return import_generated(path)
+    return backend.load(path)
 
 
 def export(
@@ -79,15 +80,15 @@ def export(
     writes nothing, when an output differs by more than ``tolerance``."""
     import numpy as np
 
-    if fmt not in FORMATS:
-        raise UserError(f"expected a format ({', '.join(FORMATS)}), found '{fmt}'")
-    target_name, suffixes = FORMATS[fmt]
+    offered = formats()
+    if fmt not in offered:
+        raise UserError(f"expected a format ({', '.join(offered)}), found '{fmt}'")
+    target_name, suffixes = offered[fmt]
     out = Path(out)
     if not out.name.lower().endswith(suffixes):
         raise UserError(f"expected an output file name ending in {' or '.join(suffixes)} for {fmt}, found '{out}'")
+    require(get(target_name), "exports", ("export", *WEIGHT_PORTING))
     able, _ = porting_backends()
-    if target_name not in able:
-        raise UserError(f"expected the {target_name} backend for --format {fmt}, found it not installed")
     target = able[target_name]
     source_name = backend_for_file(weights, able) if weights is not None else target_name
 
@@ -114,10 +115,7 @@ def export(
         tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if target_name == "torch":
-                checks = _export_torch(module, model, fold, fmt, x, tmp)
-            else:
-                checks = _export_keras(module, model, fold, x, tmp)
+            checks = target.export(module, model, fmt, tmp, x, fold=fold)
             result.checks = [(what, output_difference(ref, y).rel) for what, ref, y in checks]
             bad = [(what, rel) for what, rel in result.checks if not rel <= tolerance]
             if bad:
@@ -128,73 +126,3 @@ def export(
             if tmp.exists():
                 tmp.unlink()
     return result
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporters' progress lines and tracer warnings, not ours to print."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
-
-
-def _export_torch(module: Any, model: Any, fold: bool, fmt: str, x: Any, path: Path) -> list[tuple[str, Any, Any]]:
-    import torch
-
-    if fmt == "onnx":
-        try:
-            import onnxruntime  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ModuleNotFoundError as exc:
-            raise UserError(f"expected {exc.name} for --format onnx (pip install 'archc[export]'), found it not installed") from None
-    model.train(False)  # inference mode
-    folded = module.for_inference(copy.deepcopy(model)) if fold else model
-    example = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    with torch.no_grad():
-        unfolded, y = model(example).numpy(), folded(example).numpy()
-        with _quiet():
-            if fmt == "onnx":
-                torch.onnx.export(
-                    folded,
-                    (example,),
-                    str(path),
-                    input_names=["input"],
-                    output_names=["output"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},),
-                    dynamo=True,
-                    external_data=False,
-                    verbose=False,
-                )
-            else:
-                torch.jit.trace(folded, example).save(str(path))
-    checks = [("folded vs unfolded torch model", unfolded, y)] if fold else []
-    if fmt == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        read = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
-        checks += [("ONNX in onnxruntime vs torch", y, read), ("ONNX in onnxruntime vs unfolded torch model", unfolded, read)]
-    else:
-        with torch.no_grad():
-            read = torch.jit.load(str(path))(example).numpy()
-        checks += [("TorchScript file vs unfolded torch model", unfolded, read)]
-    return checks
-
-
-def _export_keras(module: Any, model: Any, fold: bool, x: Any, path: Path) -> list[tuple[str, Any, Any]]:
-    import keras
-
-    folded = module.for_inference(model) if fold else model
-    unfolded, y = model.predict(x, verbose=0), folded.predict(x, verbose=0)
-    folded.save(path)
-    read = keras.saving.load_model(path).predict(x, verbose=0)
-    checks = [("folded vs unfolded Keras model", unfolded, y)] if fold else []
-    return [*checks, (".keras file vs unfolded Keras model", unfolded, read)]

@@ -5,13 +5,16 @@ Rendering (``render``, jinja2 templates in ``templates/``) imports no framework;
 imported only when a generated module is loaded. ``layer_names(plan)`` maps IR paths to
 the Keras layer names the generated code uses (see :func:`.render.layer_names`);
 :mod:`.weights` (imported when used) ports weights to and from archc's neutral format
-through them, for ``archc verify`` and ``archc convert`` (the ``WeightPorting`` methods).
+through them, for ``archc verify`` and ``archc convert`` (the ``WeightPorting`` methods);
+:mod:`.export` writes ``.keras`` files, :mod:`.applications` reads keras.applications
+weights (``archc import``) and :mod:`.train` trains, each imported on first use.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from archc.codegen.backend import PortsWeightsVia, import_generated
@@ -41,4 +44,32 @@ class KerasBackend(PortsWeightsVia):
     # -- weight porting (archc verify / convert): archc.codegen.backend.WeightPorting -------------
 
     checkpoint_suffixes = (".weights.h5",)
-    weights_module = "archc.backends.keras_backend.weights"
+
+    def weights_module(self) -> ModuleType:
+        from . import weights
+
+        return weights
+
+    # -- archc export, import, train: archc.codegen.backend.Exporting, Importing, Training ----------
+
+    export_formats = {"keras": (".keras",)}
+    import_sources = ("keras.applications",)
+
+    def export(self, module: Any, model: Any, fmt: str, path: Path, x: Any, *, fold: bool) -> list[tuple[str, Any, Any]]:
+        """A ``.keras`` file of ``model`` (see :func:`.export.export`)."""
+        from .export import export
+
+        return export(module, model, fmt, path, x, fold=fold)
+
+    def import_weights(self, model: Any, analysis: Analysis, source: str, path: str | Path) -> int:
+        """keras.applications weights (``.h5`` or ``.weights.h5``) into ``model`` by
+        structure (:mod:`.applications`)."""
+        from .applications import load_into
+
+        return load_into(model, path)
+
+    def train(self, config: Any) -> None:
+        """tf.distribute training, alone or with TF_CONFIG (:func:`.train.run`)."""
+        from .train import run
+
+        run(config)

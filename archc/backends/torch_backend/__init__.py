@@ -6,13 +6,15 @@ framework; torch is imported only when a generated module is loaded. The torch m
 tree mirrors the IR tree: :func:`qualified_names` maps IR paths to module names and
 :func:`modules_at` finds those modules in a model. :mod:`.weights` (imported when
 used) ports weights to and from archc's neutral format through that mapping, for
-``archc verify`` and ``archc convert`` (the ``WeightPorting`` methods below).
+``archc verify`` and ``archc convert`` (the ``WeightPorting`` methods below); :mod:`.export`
+writes ONNX and TorchScript files and :mod:`.train` trains, each imported on first use.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from archc.codegen.backend import PortsWeightsVia, import_generated
@@ -47,7 +49,27 @@ class TorchBackend(PortsWeightsVia):
     # -- weight porting (archc verify / convert): archc.codegen.backend.WeightPorting -------------
 
     checkpoint_suffixes = (".pt", ".pth")
-    weights_module = "archc.backends.torch_backend.weights"
+
+    def weights_module(self) -> ModuleType:
+        from . import weights
+
+        return weights
+
+    # -- archc export, archc train: archc.codegen.backend.Exporting, Training ---------------------
+
+    export_formats = {"onnx": (".onnx",), "torchscript": (".pt", ".ts")}
+
+    def export(self, module: Any, model: Any, fmt: str, path: Path, x: Any, *, fold: bool) -> list[tuple[str, Any, Any]]:
+        """An ONNX or TorchScript file of ``model`` (see :func:`.export.export`)."""
+        from .export import export
+
+        return export(module, model, fmt, path, x, fold=fold)
+
+    def train(self, config: Any) -> None:
+        """DistributedDataParallel training, under torchrun or alone (:func:`.train.run`)."""
+        from .train import run
+
+        run(config)
 
 
 def modules_at(model: Any, plan: Plan) -> dict[str, list[Any]]:
