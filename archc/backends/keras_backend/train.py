@@ -25,6 +25,10 @@ The recipe, made explicit (the same numbers as the torch trainer, see archc.trai
 
 Only the chief (worker 0) logs, writes checkpoints and evaluates; every worker reads the
 checkpoint to resume, so OUT must be on storage all hosts share.
+
+The loop itself (resume, the cadence of logs, checkpoints and evaluations, digests, final
+files) is :func:`archc.training.loop.train`'s; this module holds the data pipeline and
+:class:`KerasEngine`, the framework's side of each step.
 """
 
 from __future__ import annotations
@@ -35,8 +39,7 @@ import os
 from pathlib import Path
 
 from archc.syntax.errors import UserError
-from archc.training import kit
-from archc.training.loop import train
+from archc.training import kit, loop
 
 CHECKPOINT_SUFFIX = ".keras-ckpt.npz"
 
@@ -348,7 +351,7 @@ def run(config: kit.RunConfig) -> None:
     keras.utils.set_random_seed(config.seed)
     prepared = kit.prepare(config)
     schedule = kit.Schedule.for_run(prepared, strategy.num_replicas_in_sync)
-    train(prepared, schedule, KerasEngine(tf, strategy, who, is_chief, prepared, schedule))
+    loop.train(prepared, schedule, KerasEngine(tf, strategy, who, is_chief, prepared, schedule))
 
 
 class KerasEngine:

@@ -26,6 +26,10 @@ The recipe, made explicit (the same numbers as the Keras trainer, see archc.trai
 
 Rank 0 logs and writes checkpoints; every rank reads the checkpoint to resume, so OUT
 must be on storage all nodes share.
+
+The loop itself (resume, the cadence of logs, checkpoints and evaluations, digests, final
+files) is :func:`archc.training.loop.train`'s; this module holds the data pipeline and
+:class:`TorchEngine`, the framework's side of each step.
 """
 
 from __future__ import annotations
@@ -35,8 +39,7 @@ from pathlib import Path
 
 from archc.ir.recipe import ema_decay_at
 from archc.syntax.errors import UserError
-from archc.training import kit
-from archc.training.loop import train
+from archc.training import kit, loop
 
 CHECKPOINT_SUFFIX = ".pt"
 FORMAT = "archc-torch-checkpoint-1"
@@ -367,7 +370,7 @@ def run(config: kit.RunConfig) -> None:
         torch.manual_seed(config.seed)
         prepared = kit.prepare(config)
         schedule = kit.Schedule.for_run(prepared, job.world)
-        train(prepared, schedule, TorchEngine(config, job, prepared, schedule))
+        loop.train(prepared, schedule, TorchEngine(config, job, prepared, schedule))
     finally:
         job.close()
 
