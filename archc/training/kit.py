@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,9 +345,31 @@ class SyntheticTables:
         import numpy as np
 
         index = np.asarray(index)
-        images = self.noise[(index // len(self.rows)) % SYNTHETIC_POOL]
-        images.reshape(len(index), images.shape[1], -1)[:] += self.rows[index % len(self.rows)][:, None, :]
+        noise, labels = synthetic_lookup(index, len(self.rows))
+        images = self.noise[noise]
+        images.reshape(len(index), images.shape[1], -1)[:] += self.rows[labels][:, None, :]
         return images
+
+
+def synthetic_lookup(index, classes: int):
+    """(noise image, label) of synthetic samples ``index``, in any array library with
+    ``//`` and ``%``: the one rule of :class:`SyntheticTables`, which every trainer's
+    batch maker follows with its own gather and add."""
+    return (index // classes) % SYNTHETIC_POOL, index % classes
+
+
+# -- the model's side: the same preprocessing and weight decay in both trainers ----------------
+
+#: uint8 pixels become ``x / INPUT_SCALE - INPUT_OFFSET``: [-1, 1], the Inception/Xception
+#: preprocessing, applied on the device (batches travel as uint8, a quarter of float32's bytes).
+INPUT_SCALE = 127.5
+INPUT_OFFSET = 1.0
+
+
+def is_kernel(tensor) -> bool:
+    """Weight decay applies to kernels: trainable tensors of two or more dimensions (conv,
+    separable and dense kernels; never biases or batch-norm scales and offsets)."""
+    return len(tensor.shape) >= 2
 
 
 # -- steps: what each replica sees -------------------------------------------------------------
@@ -383,6 +407,13 @@ class Schedule:
         """The rate of step ``step`` (0-based): :func:`archc.ir.recipe.learning_rate_at`."""
         return learning_rate_at(self.training.learning_rate, step * self.global_batch, self.samples_per_epoch, self.global_batch)
 
+    @classmethod
+    def for_run(cls, prepared: Prepared, replicas: int) -> Schedule:
+        """The schedule of ``prepared``'s training data over ``replicas``, checked."""
+        schedule = cls(prepared.training, prepared.train.size, replicas)
+        schedule.check()
+        return schedule
+
     def check(self, what: str = "--data") -> None:
         if self.steps_per_epoch < 1:
             raise UserError(
@@ -402,6 +433,17 @@ def replica_indices(order, step_in_epoch: int, global_batch: int, batch: int, re
     """The sample indices replica ``replica`` trains on at ``step_in_epoch``."""
     start = step_in_epoch * global_batch + replica * batch
     return order[start : start + batch]
+
+
+def epoch_spans(steps_per_epoch: int, start: int, total: int) -> Iterator[tuple[int, int, int]]:
+    """(epoch, first step, end step) of each epoch that steps ``start..total-1`` touch,
+    the steps counted within the epoch: a resumed run starts inside its epoch."""
+    step = start
+    while step < total:
+        epoch, skip = divmod(step, steps_per_epoch)
+        end = min(steps_per_epoch, total - epoch * steps_per_epoch)
+        yield epoch, skip, end
+        step += end - skip
 
 
 def flips(size: int, epoch: int, seed: int):
@@ -581,6 +623,49 @@ class MetricLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+class TensorBoard:
+    """Scalars in a TensorBoard event file under ``folder``, written with tensorboard's
+    record writer and protos alone: its ``EventFileWriter`` (and so
+    ``torch.utils.tensorboard``) imports TensorFlow where it is installed, and no trainer
+    needs another framework for its logs. The file and its events are those
+    ``SummaryWriter.add_scalar`` writes: a version event, then one scalar summary each."""
+
+    _files = itertools.count()
+
+    def __init__(self, folder: str | Path):
+        from tensorboard.compat.proto.event_pb2 import Event, SourceMetadata
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._files)}"
+        self.writer = RecordWriter(open(folder / name, "wb"))
+        self.write(Event(wall_time=time.time(), file_version="brain.Event:2", source_metadata=SourceMetadata(writer="archc")))
+
+    def write(self, event) -> None:
+        self.writer.write(event.SerializeToString())
+        self.writer.flush()
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
+        self.write(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard(out: str | Path) -> TensorBoard | None:
+    """``OUT/tensorboard``'s writer, or ``None`` (said on stderr) without tensorboard."""
+    try:
+        return TensorBoard(Path(out) / "tensorboard")
+    except ImportError:
+        print("tensorboard is not installed: metrics go to metrics.csv only", file=sys.stderr, flush=True)
+        return None
 
 
 def _append(path: Path, header: Sequence[str], row: Sequence[Any]) -> None:

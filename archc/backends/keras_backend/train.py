@@ -25,6 +25,10 @@ The recipe, made explicit (the same numbers as the torch trainer, see archc.trai
 
 Only the chief (worker 0) logs, writes checkpoints and evaluates; every worker reads the
 checkpoint to resume, so OUT must be on storage all hosts share.
+
+The loop itself (resume, the cadence of logs, checkpoints and evaluations, digests, final
+files) is :func:`archc.training.loop.train`'s; this module holds the data pipeline and
+:class:`KerasEngine`, the framework's side of each step.
 """
 
 from __future__ import annotations
@@ -32,34 +36,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 from archc.syntax.errors import UserError
-from archc.training.kit import (
-    SYNTHETIC,
-    MetricLog,
-    RunConfig,
-    Schedule,
-    Throughput,
-    atomic_write,
-    check_resumable,
-    checkpoint_path,
-    digest,
-    epoch_augmentation,
-    epoch_order,
-    eval_fraction,
-    prepare,
-    remove_stale_temporaries,
-    run_info,
-    run_signature,
-    write_json,
-)
+from archc.training import kit, loop
 
 CHECKPOINT_SUFFIX = ".keras-ckpt.npz"
 
 
-def _import_tf(config: RunConfig):
+def _import_tf(config: kit.RunConfig):
     backend = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if backend != "tensorflow":
         raise UserError(f"KERAS_BACKEND: expected 'tensorflow' (tf.distribute trains the keras backend), found {backend!r}")
@@ -126,7 +111,7 @@ def staircase_schedule_class():
     return StaircaseDecay
 
 
-def make_schedule(schedule: Schedule):
+def make_schedule(schedule: kit.Schedule):
     from archc.ir.recipe import decay_period
 
     lr = schedule.training.learning_rate
@@ -175,11 +160,6 @@ def start_ema(model, optimizer) -> None:
     if optimizer.use_ema:
         for var, average in zip(model.trainable_variables, optimizer._model_variables_moving_average):
             average.assign(var)
-
-
-def is_kernel(variable) -> bool:
-    """Weight decay applies to kernels: trainable tensors of two or more dimensions."""
-    return len(variable.shape) >= 2
 
 
 def tf_random_box(tf, height, width, draw, area, aspect):
@@ -244,9 +224,7 @@ def _images(tf, source, training, index, flipped, draws, fraction):
     # per-image choices (ratio, antialiasing, flip) route by Switch/Merge, which is cheaper
     all_jpeg = all(f.lower().endswith((".jpg", ".jpeg")) for f in source.files)
     reduce = any(min(fh // h, fw // w) >= 2 for fh, fw in _jpeg_sizes(tf, source.files[:8]))
-
     any_flip = bool(np.any(flipped))
-    fast = dict(fancy_upscaling=False, dct_method="INTEGER_FAST")
 
     def box_of(size, draw):
         if crop and fraction is None:
@@ -258,27 +236,7 @@ def _images(tf, source, training, index, flipped, draws, fraction):
 
         def jpeg():
             size = tf.io.extract_jpeg_shape(data)[:2]
-            box = box_of(size, draw)
-            # decode at 1/2, 1/4 or 1/8 (libjpeg's DCT scaling) while the box still covers
-            # the input at that scale, cutting the box out on the reduced image's pixels
-            if not reduce:
-                return tf.io.decode_and_crop_jpeg(data, box, channels=c, **fast)
-            covers = tf.minimum(box[2] // h, box[3] // w)
-            scale = tf.reduce_sum(tf.cast(covers >= tf.constant([2, 4, 8]), tf.int32))
-            # the box on the 1/2, 1/4 and 1/8 images (one row each; libjpeg rounds sizes up)
-            ratios = tf.constant([[2], [4], [8]])
-            step = tf.cast(size, tf.float64) / tf.cast((size + ratios - 1) // ratios, tf.float64)
-            start = tf.round(tf.cast(box[:2], tf.float64) / step)
-            end = tf.maximum(start + 1, tf.round(tf.cast(box[:2] + box[2:], tf.float64) / step))
-            windows = tf.cast(tf.concat([start, end - start], 1), tf.int32)
-            # route the file to one decode by Switch/Merge (cheaper here than tf.switch_case)
-            at1, rest = tf.raw_ops.Switch(data=data, pred=scale > 0)
-            at2, rest = tf.raw_ops.Switch(data=rest, pred=scale > 1)
-            at4, at8 = tf.raw_ops.Switch(data=rest, pred=scale > 2)
-            images = [tf.io.decode_and_crop_jpeg(at1, box, channels=c, **fast)]
-            for i, (part, ratio) in enumerate(((at2, 2), (at4, 4), (at8, 8))):
-                images.append(tf.io.decode_and_crop_jpeg(part, windows[i], channels=c, ratio=ratio, **fast))
-            return tf.raw_ops.Merge(inputs=images).output
+            return _decode_jpeg_box(tf, data, size, box_of(size, draw), h, w, c, reduce)
 
         def other():
             image = tf.io.decode_image(data, channels=c, expand_animations=False)
@@ -287,17 +245,7 @@ def _images(tf, source, training, index, flipped, draws, fraction):
 
         image = jpeg() if all_jpeg else tf.cond(tf.io.is_jpeg(data), jpeg, other)
         image.set_shape((None, None, c))
-        # antialiasing matters (and costs: half the time here) only when shrinking a lot;
-        # chosen by Switch/Merge (the untaken resize never runs), cheaper here than tf.cond
-        shrink = tf.reduce_any(tf.shape(image)[:2] >= (2 * h, 2 * w))
-        plain, wide = tf.raw_ops.Switch(data=image, pred=shrink)
-        image = tf.raw_ops.Merge(
-            inputs=[
-                tf.image.resize(plain, (h, w), method="bilinear"),
-                tf.image.resize(wide, (h, w), method="bilinear", antialias=True),
-            ]
-        ).output
-        image = tf.cast(tf.round(image), tf.uint8)  # in [0, 255] already: weights >= 0, summing to 1
+        image = _resize(tf, image, h, w)
         if any_flip:
             keep, turn = tf.raw_ops.Switch(data=image, pred=flip)  # only flipped images are copied
             image = tf.raw_ops.Merge(inputs=[keep, tf.reverse(turn, [1])]).output
@@ -307,18 +255,60 @@ def _images(tf, source, training, index, flipped, draws, fraction):
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+_FAST_JPEG = dict(fancy_upscaling=False, dct_method="INTEGER_FAST")
+
+
+def _decode_jpeg_box(tf, data, size, box, h, w, c, reduce):
+    """The region ``box`` of the JPEG ``data`` (of ``size``) as uint8, decoded at 1/2, 1/4
+    or 1/8 (libjpeg's DCT scaling) while the box still covers the h x w input at that
+    scale when ``reduce``, the box cut out on the reduced image's pixels."""
+    if not reduce:
+        return tf.io.decode_and_crop_jpeg(data, box, channels=c, **_FAST_JPEG)
+    covers = tf.minimum(box[2] // h, box[3] // w)
+    scale = tf.reduce_sum(tf.cast(covers >= tf.constant([2, 4, 8]), tf.int32))
+    # the box on the 1/2, 1/4 and 1/8 images (one row each; libjpeg rounds sizes up)
+    ratios = tf.constant([[2], [4], [8]])
+    step = tf.cast(size, tf.float64) / tf.cast((size + ratios - 1) // ratios, tf.float64)
+    start = tf.round(tf.cast(box[:2], tf.float64) / step)
+    end = tf.maximum(start + 1, tf.round(tf.cast(box[:2] + box[2:], tf.float64) / step))
+    windows = tf.cast(tf.concat([start, end - start], 1), tf.int32)
+    # route the file to one decode by Switch/Merge (cheaper here than tf.switch_case)
+    at1, rest = tf.raw_ops.Switch(data=data, pred=scale > 0)
+    at2, rest = tf.raw_ops.Switch(data=rest, pred=scale > 1)
+    at4, at8 = tf.raw_ops.Switch(data=rest, pred=scale > 2)
+    images = [tf.io.decode_and_crop_jpeg(at1, box, channels=c, **_FAST_JPEG)]
+    for i, (part, ratio) in enumerate(((at2, 2), (at4, 4), (at8, 8))):
+        images.append(tf.io.decode_and_crop_jpeg(part, windows[i], channels=c, ratio=ratio, **_FAST_JPEG))
+    return tf.raw_ops.Merge(inputs=images).output
+
+
+def _resize(tf, image, h, w):
+    """``image`` resized (bilinear) to h x w as uint8. Antialiasing matters (and costs:
+    half the time here) only when shrinking a lot; chosen by Switch/Merge (the untaken
+    resize never runs), cheaper here than tf.cond."""
+    shrink = tf.reduce_any(tf.shape(image)[:2] >= (2 * h, 2 * w))
+    plain, wide = tf.raw_ops.Switch(data=image, pred=shrink)
+    image = tf.raw_ops.Merge(
+        inputs=[
+            tf.image.resize(plain, (h, w), method="bilinear"),
+            tf.image.resize(wide, (h, w), method="bilinear", antialias=True),
+        ]
+    ).output
+    return tf.cast(tf.round(image), tf.uint8)  # in [0, 255] already: weights >= 0, summing to 1
+
+
 def _batches(tf, source, training, index, flipped, draws, batch, drop_remainder, fraction=None):
     """Batches of (uint8 images, labels): a folder's images, or synthetic ones made a whole
     batch at a time from two small tables (one gather and one add)."""
-    if source.kind == SYNTHETIC:
+    if source.kind == kit.SYNTHETIC:
         tables = source.tables()
         rows, noise = tf.constant(tables.rows), tf.constant(tables.noise)
         classes, shape = len(tables.rows), (source.height, source.width, source.channels)
 
         def make(i):
-            images = tf.gather(noise, (i // classes) % len(tables.noise))
-            images = tf.reshape(images, (-1, shape[0], shape[1] * shape[2])) + tf.gather(rows, i % classes)[:, None, :]
-            return tf.reshape(images, (-1, *shape)), tf.cast(i % classes, tf.int32)
+            pick, label = kit.synthetic_lookup(i, classes)
+            images = tf.reshape(tf.gather(noise, pick), (-1, shape[0], shape[1] * shape[2])) + tf.gather(rows, label)[:, None, :]
+            return tf.reshape(images, (-1, *shape)), tf.cast(label, tf.int32)
 
         ds = tf.data.Dataset.from_tensor_slices(index).batch(batch, drop_remainder=drop_remainder)
         return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -327,8 +317,8 @@ def _batches(tf, source, training, index, flipped, draws, batch, drop_remainder,
 
 
 def to_input(tf, x):
-    """uint8 images -> float32 in [-1, 1] (the Inception/Xception preprocessing), on the device."""
-    return tf.cast(x, tf.float32) / 127.5 - 1.0
+    """uint8 images -> float32 in [-1, 1] (``kit.INPUT_SCALE`` and ``kit.INPUT_OFFSET``), on the device."""
+    return tf.cast(x, tf.float32) / kit.INPUT_SCALE - kit.INPUT_OFFSET
 
 
 def train_pipeline(tf, source, training, order, flip, draws, steps, skip, batch, replicas_here, first_replica, global_batch):
@@ -338,7 +328,7 @@ def train_pipeline(tf, source, training, order, flip, draws, steps, skip, batch,
     import numpy as np
 
     picks = [
-        order[step * global_batch + (first_replica + local) * batch :][:batch]
+        kit.replica_indices(order, step, global_batch, batch, first_replica + local)
         for step in range(skip, steps)
         for local in range(replicas_here)
     ]
@@ -350,177 +340,181 @@ def val_pipeline(tf, source, training, batch):
     import numpy as np
 
     index = np.arange(source.size, dtype=np.int64)
-    return _batches(tf, source, training, index, np.zeros(source.size, bool), None, batch, False, eval_fraction(training))
+    return _batches(tf, source, training, index, np.zeros(source.size, bool), None, batch, False, kit.eval_fraction(training))
 
 
-def run(config: RunConfig) -> None:
+def run(config: kit.RunConfig) -> None:
     tf = _import_tf(config)
     strategy, who, is_chief = make_strategy(tf)
     import keras
-    import numpy as np
 
     keras.utils.set_random_seed(config.seed)
-    prepared = prepare(config)
-    training = prepared.training
-    replicas = strategy.num_replicas_in_sync
-    schedule = Schedule(training, prepared.train.size, replicas)
-    schedule.check()
-    total = schedule.total_steps(config.max_steps)
-    gpu = bool(tf.config.list_logical_devices("GPU"))
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and gpu)
-    if bf16:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    prepared = kit.prepare(config)
+    schedule = kit.Schedule.for_run(prepared, strategy.num_replicas_in_sync)
+    loop.train(prepared, schedule, KerasEngine(tf, strategy, who, is_chief, prepared, schedule))
 
-    from archc.codegen.backend import get
 
-    module = get("keras").load(prepared.model_file)
-    with strategy.scope():
-        model = module.create_model()
-        optimizer = make_optimizer(training, make_schedule(schedule))
-        optimizer.build(model.trainable_variables)
-        start_ema(model, optimizer)
-    kernels = [is_kernel(v) for v in model.trainable_variables]
-    stats = [v for v in model.non_trainable_weights if "float" in str(v.dtype)]  # BN moving mean and variance
-    decay = 2.0 * training.weight_decay / replicas
-    smoothing = training.label_smoothing
-    classes = prepared.classes
-    global_batch = schedule.global_batch
+class KerasEngine:
+    """The loop's engine (:class:`archc.training.loop.Engine`) for Keras under a
+    tf.distribute strategy; the chief alone evaluates and writes files."""
 
-    def forward_backward(x, y):
-        x = to_input(tf, x)
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(x, training=True), tf.float32)
-            per_example = keras.losses.categorical_crossentropy(tf.one_hot(y, classes), logits, from_logits=True, label_smoothing=smoothing)
-            loss = tf.reduce_sum(per_example) / global_batch
-        grads = tape.gradient(loss, model.trainable_variables)
-        if decay:
-            grads = [g + decay * v if k else g for g, v, k in zip(grads, model.trainable_variables, kernels)]
-        return loss, grads
+    checkpoint_suffix = CHECKPOINT_SUFFIX
 
-    if config.compile:
-        forward_backward = tf.function(forward_backward, jit_compile=True)
+    def __init__(self, tf, strategy, who: str, is_chief: bool, prepared, schedule: kit.Schedule):
+        import keras
 
-    def replica_step(x, y):
-        loss, grads = forward_backward(x, y)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        from archc.codegen.backend import get
 
-    @tf.function
-    def train_step(iterator):
-        x, y = next(iterator)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(x, y)), axis=None)
+        config, training = prepared.config, prepared.training
+        self.tf, self.keras, self.strategy, self.prepared, self.schedule = tf, keras, strategy, prepared, schedule
+        self.replicas, self.is_main, self.rank_name = strategy.num_replicas_in_sync, is_chief, who
+        self.kind = f"keras/{type(strategy).__name__}"
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and gpu)
+        if self.bf16:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        self.module = get("keras").load(prepared.model_file)
+        with strategy.scope():
+            self.model = self.module.create_model()
+            self.optimizer = make_optimizer(training, make_schedule(schedule))
+            self.optimizer.build(self.model.trainable_variables)
+            start_ema(self.model, self.optimizer)
+        self.stats = [v for v in self.model.non_trainable_weights if "float" in str(v.dtype)]  # BN moving mean and variance
+        self.train_step = self.make_train_step()
+        self.replica_means, self.replica_barrier = self.make_collectives()
+        self.plain = PlainCopy(tf, self.module)
+        self.window: list = []
+        self.final_weights = self.final_ema = None
 
-    @tf.function
-    def replica_means():
-        def fn():
-            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in stats])
+    def make_train_step(self):
+        """The strategy's step on the next batch of an iterator: each replica's loss is its
+        sum over the global batch, so the reduced SUM is the global-batch mean."""
+        tf, keras, model, optimizer, strategy = self.tf, self.keras, self.model, self.optimizer, self.strategy
+        training = self.prepared.training
+        kernels = [kit.is_kernel(v) for v in model.trainable_variables]
+        decay = 2.0 * training.weight_decay / self.replicas
+        smoothing, classes, global_batch = training.label_smoothing, self.prepared.classes, self.schedule.global_batch
 
-        return strategy.run(fn)
+        def forward_backward(x, y):
+            x = to_input(tf, x)
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(x, training=True), tf.float32)
+                per_example = keras.losses.categorical_crossentropy(
+                    tf.one_hot(y, classes), logits, from_logits=True, label_smoothing=smoothing
+                )
+                loss = tf.reduce_sum(per_example) / global_batch
+            grads = tape.gradient(loss, model.trainable_variables)
+            if decay:
+                grads = [g + decay * v if k else g for g, v, k in zip(grads, model.trainable_variables, kernels)]
+            return loss, grads
 
-    @tf.function
-    def replica_barrier():
-        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.ones(())))
+        if self.prepared.config.compile:
+            forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    def sync():
+        def replica_step(x, y):
+            loss, grads = forward_backward(x, y)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        @tf.function
+        def train_step(iterator):
+            x, y = next(iterator)
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(x, y)), axis=None)
+
+        return train_step
+
+    def make_collectives(self):
+        """(the replicas' mean BN statistics, a barrier): all-reduces over the replicas."""
+        tf, strategy, stats = self.tf, self.strategy, self.stats
+
+        @tf.function
+        def replica_means():
+            def fn():
+                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in stats])
+
+            return strategy.run(fn)
+
+        @tf.function
+        def replica_barrier():
+            return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.ones(())))
+
+        return replica_means, replica_barrier
+
+    def sync(self) -> None:
         """Average the BN moving statistics over the replicas (a collective: every worker
         calls it at the same steps)."""
-        if replicas > 1 and stats:
-            for v, mean in zip(stats, replica_means()):
-                v.assign(strategy.experimental_local_results(mean)[0])
+        if self.replicas > 1 and self.stats:
+            for v, mean in zip(self.stats, self.replica_means()):
+                v.assign(self.strategy.experimental_local_results(mean)[0])
 
-    # -- resume -----------------------------------------------------------------------------
-    signature = run_signature(prepared, replicas)
-    ckpt = checkpoint_path(config.out, CHECKPOINT_SUFFIX)
-    step = 0
-    if config.resume and ckpt.exists():
-        step = _load(ckpt, model, optimizer, signature)
-    log = None
-    if is_chief:
-        remove_stale_temporaries(ckpt.parent)
-        log = MetricLog(config.out, step, _tensorboard(tf, config.out))
-        log.echo(
-            f"archc train: {prepared.analysis.net.name} ({prepared.model_file}), keras on {type(strategy).__name__}, "
-            f"{replicas} replica(s), global batch {global_batch}, {'mixed_bfloat16' if bf16 else 'fp32'}"
-            f"{', jit_compile' if config.compile else ''}"
+    def describe(self) -> str:
+        return (
+            f"keras on {type(self.strategy).__name__}, {self.replicas} replica(s), global batch {self.schedule.global_batch}, "
+            f"{'mixed_bfloat16' if self.bf16 else 'fp32'}{', jit_compile' if self.prepared.config.compile else ''}"
         )
-        log.echo(f"{prepared.train.describe()}; {schedule.steps_per_epoch} steps an epoch, {total} steps")
-        if step:
-            log.echo(f"resuming from {ckpt} at step {step}")
-        write_json(Path(config.out) / "run.json", run_info(prepared, schedule, total, f"keras/{type(strategy).__name__}"))
 
-    def save(step_done: int) -> None:
-        sync()
-        if is_chief:
-            _save(ckpt, model, optimizer, signature, step_done)
+    def restore(self, path: Path, signature: dict) -> int:
+        return _load(path, self.model, self.optimizer, signature)
 
-    # -- the loop ---------------------------------------------------------------------------
-    plain = PlainCopy(tf, module)
-    meter = Throughput()
-    window: list = []
-    while step < total:
-        epoch, skip = divmod(step, schedule.steps_per_epoch)
-        order = epoch_order(prepared.train.size, epoch, config.seed)
-        flip, draws = epoch_augmentation(training, prepared.train, epoch, config.seed, config.augment)
-        steps_here = min(schedule.steps_per_epoch, total - epoch * schedule.steps_per_epoch)
+    def save(self, path: Path, signature: dict, step: int) -> None:
+        self.sync()
+        if self.is_main:
+            _save(path, self.model, self.optimizer, signature, step)
 
-        def dataset_fn(ctx, order=order, flip=flip, draws=draws, skip=skip, steps_here=steps_here):
-            here = replicas // ctx.num_input_pipelines
-            return train_pipeline(
-                tf,
-                prepared.train,
-                training,
-                order,
-                flip,
-                draws,
-                steps_here,
-                skip,
-                training.batch_size,
-                here,
-                ctx.input_pipeline_id * here,
-                global_batch,
-            )
+    def batches(self, start: int, total: int):
+        """For each step, the iterator of its epoch's distributed dataset (one an epoch,
+        made when the epoch starts): the step takes its replicas' batches from it."""
+        prepared, schedule, config, replicas = self.prepared, self.schedule, self.prepared.config, self.replicas
+        training, source = prepared.training, prepared.train
+        for epoch, skip, end in kit.epoch_spans(schedule.steps_per_epoch, start, total):
+            order = kit.epoch_order(source.size, epoch, config.seed)
+            flip, draws = kit.epoch_augmentation(training, source, epoch, config.seed, config.augment)
 
-        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-        for _ in range(skip, steps_here):
-            window.append(train_step(iterator))
-            step += 1
-            meter.add(global_batch)
-            end_of_epoch = step % schedule.steps_per_epoch == 0
-            if log is not None and (step % config.log_every == 0 or step == total):
-                rate, elapsed = meter.report()
-                loss = float(np.mean([float(v) for v in window]))
-                log.train(
-                    step, step / schedule.steps_per_epoch, step * global_batch, loss, schedule.learning_rate(step - 1), rate, elapsed, total
+            def dataset_fn(ctx, order=order, flip=flip, draws=draws, skip=skip, end=end):
+                here = replicas // ctx.num_input_pipelines
+                first = ctx.input_pipeline_id * here
+                return train_pipeline(
+                    self.tf, source, training, order, flip, draws, end, skip, training.batch_size, here, first, schedule.global_batch
                 )
-            if step % config.log_every == 0 or step == total:
-                window.clear()
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:
-                save(step)
-            if prepared.val is not None and (end_of_epoch or step == total) and is_chief:
-                _evaluate(tf, keras, plain, model, optimizer, prepared, log, step, schedule)
 
-    # -- the end ----------------------------------------------------------------------------
-    sync()
-    weights = [v.numpy() for v in model.weights]
-    ema = _ema_weights(model, optimizer)
-    out = Path(config.out)
-    write_json(
-        out / "ranks" / f"{who}.json",
-        {
-            "step": step,
-            "params": digest(v.numpy() for v in model.trainable_variables),
-            "state": digest(weights),
-            "ema": digest(ema) if ema is not None else None,
-        },
-    )
-    if is_chief:
-        plain.save(weights, out / "final.weights.h5")
-        if ema is not None:
-            plain.save(ema, out / "final_ema.weights.h5")
-        log.echo(f"done: {step} steps; weights in {out / ('final_ema.weights.h5' if ema is not None else 'final.weights.h5')}")
-        log.close()
-    if replicas > 1:  # the others wait for the chief's files: no worker leaves while the chief still needs the cluster
-        replica_barrier()
+            iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+            for _ in range(skip, end):
+                yield iterator
+
+    def step(self, batch) -> None:
+        self.window.append(self.train_step(batch))
+
+    def mean_loss(self) -> float:
+        import numpy as np
+
+        loss = float(np.mean([float(v) for v in self.window]))
+        self.window.clear()
+        return loss
+
+    def evaluate(self):
+        """On the chief alone (its copy outside the strategy); ``None`` on the others."""
+        return _evaluate(self.tf, self.keras, self.plain, self.model, self.optimizer, self.prepared) if self.is_main else None
+
+    def digests(self) -> dict:
+        self.sync()
+        self.final_weights = [v.numpy() for v in self.model.weights]
+        self.final_ema = _ema_weights(self.model, self.optimizer)
+        return {
+            "params": kit.digest(v.numpy() for v in self.model.trainable_variables),
+            "state": kit.digest(self.final_weights),
+            "ema": kit.digest(self.final_ema) if self.final_ema is not None else None,
+        }
+
+    def save_final(self, out: Path) -> Path:
+        self.plain.save(self.final_weights, out / "final.weights.h5")
+        if self.final_ema is None:
+            return out / "final.weights.h5"
+        self.plain.save(self.final_ema, out / "final_ema.weights.h5")
+        return out / "final_ema.weights.h5"
+
+    def barrier(self) -> None:
+        if self.replicas > 1:  # the others wait for the chief's files: no worker leaves while the chief still needs the cluster
+            self.replica_barrier()
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -544,7 +538,7 @@ def _save(path: Path, model, optimizer, signature: dict, step: int) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
-    atomic_write(path, write)
+    kit.atomic_write(path, write)
 
 
 def _load(path: Path, model, optimizer, signature: dict) -> int:
@@ -552,7 +546,7 @@ def _load(path: Path, model, optimizer, signature: dict) -> int:
 
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        check_resumable(meta["signature"], signature, path)
+        kit.check_resumable(meta["signature"], signature, path)
         if meta["model"] != [v.path for v in model.variables] or meta["optimizer"] != [v.path for v in optimizer.variables]:
             raise UserError(f"{path}: the checkpoint's variables are not this model's and optimizer's; use another --out or --no-resume")
         for i, v in enumerate(model.variables):
@@ -586,12 +580,12 @@ class PlainCopy:
         return self
 
     def save(self, weights, path: Path) -> None:
-        atomic_write(path, self.load(weights).model.save_weights)
+        kit.atomic_write(path, self.load(weights).model.save_weights)
 
 
-def _evaluate(tf, keras, plain: PlainCopy, model, optimizer, prepared, log, step, schedule) -> None:
-    """Top-1 and cross-entropy on --val-data with the EMA weights (or the live ones), on
-    the chief alone."""
+def _evaluate(tf, keras, plain: PlainCopy, model, optimizer, prepared):
+    """(weights, loss, top-1, samples) on --val-data with the EMA weights (or the live
+    ones), on the chief alone."""
     ema = _ema_weights(model, optimizer)
     plain.load(ema if ema is not None else [v.numpy() for v in model.weights])
     total_loss, correct, count = 0.0, 0, 0
@@ -600,29 +594,4 @@ def _evaluate(tf, keras, plain: PlainCopy, model, optimizer, prepared, log, step
         total_loss += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
         correct += int(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.int32)))
         count += int(tf.shape(y)[0])
-    log.evaluation(step, step / schedule.steps_per_epoch, "ema" if ema is not None else "live", total_loss / count, correct / count, count)
-
-
-# -- logs ------------------------------------------------------------------------------------
-
-
-class _TFBoard:
-    def __init__(self, tf, folder: Path):
-        self.tf = tf
-        self.writer = tf.summary.create_file_writer(str(folder))
-
-    def scalar(self, tag, value, step):
-        with self.writer.as_default():
-            self.tf.summary.scalar(tag, value, step=step)
-
-    def close(self):
-        self.writer.close()
-
-
-def _tensorboard(tf, out):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        print("tensorboard is not installed: metrics go to metrics.csv only", file=sys.stderr, flush=True)
-        return None
-    return _TFBoard(tf, Path(out) / "tensorboard")
+    return "ema" if ema is not None else "live", total_loss / count, correct / count, count

@@ -26,38 +26,20 @@ The recipe, made explicit (the same numbers as the Keras trainer, see archc.trai
 
 Rank 0 logs and writes checkpoints; every rank reads the checkpoint to resume, so OUT
 must be on storage all nodes share.
+
+The loop itself (resume, the cadence of logs, checkpoints and evaluations, digests, final
+files) is :func:`archc.training.loop.train`'s; this module holds the data pipeline and
+:class:`TorchEngine`, the framework's side of each step.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from archc.ir.recipe import ema_decay_at
 from archc.syntax.errors import UserError
-from archc.training.kit import (
-    SYNTHETIC,
-    MetricLog,
-    RunConfig,
-    Schedule,
-    Throughput,
-    atomic_write,
-    central_box,
-    check_resumable,
-    checkpoint_path,
-    digest,
-    epoch_augmentation,
-    epoch_order,
-    eval_fraction,
-    prepare,
-    random_box,
-    remove_stale_temporaries,
-    replica_indices,
-    run_info,
-    run_signature,
-    write_json,
-)
+from archc.training import kit, loop
 
 CHECKPOINT_SUFFIX = ".pt"
 FORMAT = "archc-torch-checkpoint-1"
@@ -66,7 +48,7 @@ FORMAT = "archc-torch-checkpoint-1"
 class Distributed:
     """This process's place in the job: torchrun's environment, or one process alone."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: kit.RunConfig):
         import torch
         import torch.distributed as dist
 
@@ -129,9 +111,9 @@ class Samples:
         index, flip, box = item
         if isinstance(box, tuple):
             draw, area, aspect = box, self.augment.crop_area, self.augment.crop_aspect
-            region = lambda h, w: random_box(h, w, draw, area, aspect)  # noqa: E731
+            region = lambda h, w: kit.random_box(h, w, draw, area, aspect)  # noqa: E731
         elif box is not None and box < 1:
-            region = lambda h, w: central_box(h, w, box)  # noqa: E731
+            region = lambda h, w: kit.central_box(h, w, box)  # noqa: E731
         else:
             region = None
         source = self.source
@@ -204,7 +186,7 @@ class Plan:
     indices for the synthetic source. One loader iterates the whole run, so its workers
     live from the first step to the last."""
 
-    def __init__(self, prepared, schedule: Schedule, start: int, total: int, rank: int, augment: bool, seed: int):
+    def __init__(self, prepared, schedule: kit.Schedule, start: int, total: int, rank: int, augment: bool, seed: int):
         self.prepared, self.schedule, self.start, self.total = prepared, schedule, start, total
         self.rank, self.augment, self.seed = rank, augment, seed
 
@@ -213,19 +195,15 @@ class Plan:
 
     def __iter__(self):
         source, schedule = self.prepared.train, self.schedule
-        per_epoch = schedule.steps_per_epoch
-        step = self.start
-        while step < self.total:
-            epoch = step // per_epoch
-            order = epoch_order(source.size, epoch, self.seed)
-            flipped, draws = epoch_augmentation(self.prepared.training, source, epoch, self.seed, self.augment)
-            for s in range(step - epoch * per_epoch, min(per_epoch, self.total - epoch * per_epoch)):
-                index = replica_indices(order, s, schedule.global_batch, schedule.batch_size, self.rank)
-                if source.kind == SYNTHETIC:
+        for epoch, skip, end in kit.epoch_spans(schedule.steps_per_epoch, self.start, self.total):
+            order = kit.epoch_order(source.size, epoch, self.seed)
+            flipped, draws = kit.epoch_augmentation(self.prepared.training, source, epoch, self.seed, self.augment)
+            for s in range(skip, end):
+                index = kit.replica_indices(order, s, schedule.global_batch, schedule.batch_size, self.rank)
+                if source.kind == kit.SYNTHETIC:
                     yield index
                 else:
                     yield [(int(i), bool(flipped[i]), tuple(draws[i].tolist()) if draws is not None else None) for i in index]
-                step += 1
 
 
 class SyntheticBatches:
@@ -247,8 +225,8 @@ class SyntheticBatches:
         index = torch.from_numpy(np.asarray(index, dtype=np.int64))
         if self.device.type == "cuda":  # pinned: the copy does not wait for the GPU
             index = index.pin_memory().to(self.device, non_blocking=True)
-        labels = index % len(self.rows)
-        images = self.noise.index_select(0, (index // len(self.rows)) % len(self.noise))
+        noise, labels = kit.synthetic_lookup(index, len(self.rows))
+        images = self.noise.index_select(0, noise)
         images.view(len(index), images.shape[1], -1).add_(self.rows.index_select(0, labels)[:, None, :])
         return images, labels
 
@@ -272,36 +250,31 @@ def loader(source, training, batches, workers: int, pin: bool):
 
 
 def to_input(x, memory_format):
-    """uint8 NHWC on the device -> float32 NCHW in [-1, 1] (the Inception/Xception
-    preprocessing) in ``memory_format``: NHWC is channels_last already."""
+    """uint8 NHWC on the device -> float32 NCHW in [-1, 1] (``kit.INPUT_SCALE`` and
+    ``kit.INPUT_OFFSET``) in ``memory_format``: NHWC is channels_last already."""
     import torch
 
-    return (x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0).contiguous(memory_format=memory_format)
+    return (x.permute(0, 3, 1, 2).to(torch.float32) / kit.INPUT_SCALE - kit.INPUT_OFFSET).contiguous(memory_format=memory_format)
 
 
 def eval_batches(prepared, rank: int, world: int):
     """This rank's evaluation batches: every ``world``-th image, the recipe's central crop."""
     source, batch = prepared.val, prepared.training.batch_size
     mine = list(range(rank, source.size, world))
-    if source.kind == SYNTHETIC:
+    if source.kind == kit.SYNTHETIC:
         return [mine[k : k + batch] for k in range(0, len(mine), batch)]
-    fraction = eval_fraction(prepared.training)
+    fraction = kit.eval_fraction(prepared.training)
     return [[(i, False, fraction) for i in mine[k : k + batch]] for k in range(0, len(mine), batch)]
 
 
 # -- the model and the optimizer ----------------------------------------------------------------
 
 
-def is_kernel(parameter) -> bool:
-    """Weight decay applies to kernels: parameters of two or more dimensions."""
-    return parameter.ndim >= 2
-
-
 def make_optimizer(training, model):
     import torch
 
-    kernels = [p for p in model.parameters() if p.requires_grad and is_kernel(p)]
-    others = [p for p in model.parameters() if p.requires_grad and not is_kernel(p)]
+    kernels = [p for p in model.parameters() if p.requires_grad and kit.is_kernel(p)]
+    others = [p for p in model.parameters() if p.requires_grad and not kit.is_kernel(p)]
     groups = [
         {"params": kernels, "weight_decay": 2.0 * training.weight_decay},  # = Keras l2(wd): wd * sum(w**2) in the loss
         {"params": others, "weight_decay": 0.0},
@@ -313,7 +286,7 @@ def make_optimizer(training, model):
     return torch.optim.RMSprop(groups, lr=lr, alpha=opt.rho, eps=opt.epsilon, momentum=opt.momentum)
 
 
-def make_scheduler(optimizer, schedule: Schedule):
+def make_scheduler(optimizer, schedule: kit.Schedule):
     import torch
 
     initial = schedule.training.learning_rate.initial
@@ -389,81 +362,84 @@ def ema_model(ema, model):
 # -- the run -------------------------------------------------------------------------------------
 
 
-def run(config: RunConfig) -> None:
+def run(config: kit.RunConfig) -> None:
     import torch
-    import torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel
 
     job = Distributed(config)
     try:
-        _run(config, job, torch, F, DistributedDataParallel)
+        torch.manual_seed(config.seed)
+        prepared = kit.prepare(config)
+        schedule = kit.Schedule.for_run(prepared, job.world)
+        loop.train(prepared, schedule, TorchEngine(config, job, prepared, schedule))
     finally:
         job.close()
 
 
-def _run(config, job, torch, F, DistributedDataParallel) -> None:
-    from archc.codegen.backend import get
+class TorchEngine:
+    """The loop's engine (:class:`archc.training.loop.Engine`) for torch: the model under
+    DDP (or alone), its optimizer, schedule and EMA, bf16 autocast and channels_last on GPU."""
 
-    torch.manual_seed(config.seed)
-    prepared = prepare(config)
-    training = prepared.training
-    schedule = Schedule(training, prepared.train.size, job.world)
-    schedule.check()
-    total = schedule.total_steps(config.max_steps)
-    cuda = job.device.type == "cuda"
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
-    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    workers = config.loader_workers if config.loader_workers is not None else (4 if cuda else 0)
+    checkpoint_suffix = CHECKPOINT_SUFFIX
 
-    module = get("torch").load(prepared.model_file)
-    net = module.create_model().to(job.device, memory_format=memory_format)
-    optimizer = make_optimizer(training, net)
-    scheduler = make_scheduler(optimizer, schedule)
-    ema = make_ema(training, net)
-    model = DistributedDataParallel(net, device_ids=[job.local_rank] if cuda else None) if job.enabled else net
-    step_model = torch.compile(model) if config.compile else model
+    def __init__(self, config: kit.RunConfig, job: Distributed, prepared, schedule: kit.Schedule):
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
 
-    # -- resume -----------------------------------------------------------------------------
-    signature = run_signature(prepared, job.world)
-    ckpt = checkpoint_path(config.out, CHECKPOINT_SUFFIX)
-    step = 0
-    if config.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=job.device, weights_only=True)
+        from archc.codegen.backend import get
+
+        self.torch, self.job, self.config, self.prepared, self.schedule = torch, job, config, prepared, schedule
+        self.training = training = prepared.training
+        self.cuda = cuda = job.device.type == "cuda"
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.workers = config.loader_workers if config.loader_workers is not None else (4 if cuda else 0)
+        self.kind = f"torch/{'ddp' if job.enabled else 'single'}"
+        self.replicas, self.is_main, self.rank_name = job.world, job.is_main, f"rank-{job.rank}"
+
+        module = get("torch").load(prepared.model_file)
+        self.net = net = module.create_model().to(job.device, memory_format=self.memory_format)
+        self.optimizer = make_optimizer(training, net)
+        self.scheduler = make_scheduler(self.optimizer, schedule)
+        self.ema = make_ema(training, net)
+        model = DistributedDataParallel(net, device_ids=[job.local_rank] if cuda else None) if job.enabled else net
+        self.step_model = torch.compile(model) if config.compile else model
+        self.window = torch.zeros(2, dtype=torch.float64, device=job.device)  # loss sum, steps
+        val = prepared.val
+        self.val_synthetic = SyntheticBatches(val, job.device) if val is not None and val.kind == kit.SYNTHETIC else None
+        self.averaged = None
+        net.train()
+
+    def describe(self) -> str:
+        job, config = self.job, self.config
+        where = f"{job.world} process(es), {'DDP ' + ('nccl' if self.cuda else 'gloo') if job.enabled else 'no process group'}"
+        return (
+            f"torch on {job.device.type}, {where}, global batch {self.schedule.global_batch}, {'bf16 autocast' if self.bf16 else 'fp32'}"
+            f"{', channels_last' if self.channels_last else ''}{', torch.compile' if config.compile else ''}"
+        )
+
+    def restore(self, path: Path, signature: dict) -> int:
+        torch, job = self.torch, self.job
+        state = torch.load(path, map_location=job.device, weights_only=True)
         if state.get("format") != FORMAT:
-            raise UserError(f"{ckpt}: expected an archc torch checkpoint, found something else; use another --out or --no-resume")
-        check_resumable(state["signature"], signature, ckpt)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+            raise UserError(f"{path}: expected an archc torch checkpoint, found something else; use another --out or --no-resume")
+        kit.check_resumable(state["signature"], signature, path)
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         rng = state.get("rng") or []
         if len(rng) == job.world:
             torch.set_rng_state(rng[job.rank]["cpu"].cpu())
-            if cuda and rng[job.rank].get("cuda") is not None:
+            if self.cuda and rng[job.rank].get("cuda") is not None:
                 torch.cuda.set_rng_state(rng[job.rank]["cuda"].cpu())
-        step = int(state["step"])
-        del state
+        return int(state["step"])
 
-    log = None
-    if job.is_main:
-        remove_stale_temporaries(ckpt.parent)
-        log = MetricLog(config.out, step, _tensorboard(config.out))
-        where = f"{job.world} process(es), {'DDP ' + ('nccl' if cuda else 'gloo') if job.enabled else 'no process group'}"
-        log.echo(
-            f"archc train: {prepared.analysis.net.name} ({prepared.model_file}), torch on {job.device.type}, {where}, "
-            f"global batch {schedule.global_batch}, {'bf16 autocast' if bf16 else 'fp32'}"
-            f"{', channels_last' if channels_last else ''}{', torch.compile' if config.compile else ''}"
-        )
-        log.echo(f"{prepared.train.describe()}; {schedule.steps_per_epoch} steps an epoch, {total} steps")
-        if step:
-            log.echo(f"resuming from {ckpt} at step {step}")
-        write_json(Path(config.out) / "run.json", run_info(prepared, schedule, total, f"torch/{'ddp' if job.enabled else 'single'}"))
-
-    def save(step_done: int) -> None:
-        average_buffers(net, job)
-        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
+    def save(self, path: Path, signature: dict, step: int) -> None:
+        torch, job = self.torch, self.job
+        average_buffers(self.net, job)
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if self.cuda else None}
         states = [None] * job.world
         if job.enabled and job.world > 1:
             job.dist.all_gather_object(states, rng)
@@ -472,136 +448,96 @@ def _run(config, job, torch, F, DistributedDataParallel) -> None:
         if job.is_main:
             state = {
                 "format": FORMAT,
-                "step": step_done,
+                "step": step,
                 "signature": signature,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
+                "model": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": states,
             }
-            atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
+            kit.atomic_write(path, lambda tmp: torch.save(state, tmp))
 
-    val_synthetic = SyntheticBatches(prepared.val, job.device) if prepared.val is not None and prepared.val.kind == SYNTHETIC else None
+    def batches(self, start: int, total: int):
+        config, prepared = self.config, self.prepared
+        plan = Plan(prepared, self.schedule, start, total, self.job.rank, config.augment, config.seed)
+        if prepared.train.kind == kit.SYNTHETIC:
+            return SyntheticBatches(prepared.train, self.job.device).stream(plan)
+        return iter(loader(prepared.train, self.training, plan, self.workers, self.cuda))
 
-    def val_loader(batches):
-        return loader(prepared.val, training, batches, workers, cuda)
+    def inputs(self, batch):
+        """(float input, labels) of a batch, on the device."""
+        x, y = batch
+        return to_input(x.to(self.job.device, non_blocking=True), self.memory_format), y.to(self.job.device, non_blocking=True)
 
-    def evaluate(step_done: int) -> None:
-        average_buffers(net, job)
-        target = ema_model(ema, net) or net
+    def step(self, batch) -> None:
+        import torch.nn.functional as F
+
+        torch = self.torch
+        x, y = self.inputs(batch)
+        with torch.autocast(self.job.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.step_model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.training.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+        self.window[0] += loss.detach().double()
+        self.window[1] += 1
+
+    def mean_loss(self) -> float:
+        loss_sum, steps = self.job.all_sum(self.window).tolist()
+        self.window.zero_()
+        return loss_sum / steps
+
+    def evaluate(self):
+        """Every rank evaluates its shard (:func:`eval_batches`); the sums are all-reduced."""
+        import torch.nn.functional as F
+
+        torch, job = self.torch, self.job
+        average_buffers(self.net, job)
+        target = ema_model(self.ema, self.net) or self.net
         target.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=job.device)
-        batches = eval_batches(prepared, job.rank, job.world)
-        stream = val_synthetic.stream(batches) if val_synthetic is not None else val_loader(batches)
-        with torch.no_grad(), torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
-            for x, y in stream:
-                x = to_input(x.to(job.device, non_blocking=True), memory_format)
-                y = y.to(job.device, non_blocking=True)
+        batches = eval_batches(self.prepared, job.rank, job.world)
+        if self.val_synthetic is not None:
+            stream = self.val_synthetic.stream(batches)
+        else:
+            stream = loader(self.prepared.val, self.training, batches, self.workers, self.cuda)
+        with torch.no_grad(), torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for batch in stream:
+                x, y = self.inputs(batch)
                 logits = target(x).float()
                 sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
                 sums[1] += (logits.argmax(1) == y).sum().double()
                 sums[2] += len(y)
         job.all_sum(sums)
         target.train()
-        if log is not None:
-            loss, correct, count = sums.tolist()
-            log.evaluation(
-                step_done,
-                step_done / schedule.steps_per_epoch,
-                "ema" if ema is not None else "live",
-                loss / count,
-                correct / count,
-                int(count),
-            )
+        loss, correct, count = sums.tolist()
+        return "ema" if self.ema is not None else "live", loss / count, correct / count, int(count)
 
-    # -- the loop ---------------------------------------------------------------------------
-    net.train()
-    meter = Throughput()
-    window = torch.zeros(2, dtype=torch.float64, device=job.device)  # loss sum, steps
-    plan = Plan(prepared, schedule, step, total, job.rank, config.augment, config.seed)
-    if prepared.train.kind == SYNTHETIC:
-        stream = SyntheticBatches(prepared.train, job.device).stream(plan)
-    else:
-        stream = iter(loader(prepared.train, training, plan, workers, cuda))
-    for x, y in stream:
-        x = to_input(x.to(job.device, non_blocking=True), memory_format)
-        y = y.to(job.device, non_blocking=True)
-        with torch.autocast(job.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = step_model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=training.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(net)
-        window[0] += loss.detach().double()
-        window[1] += 1
-        step += 1
-        meter.add(schedule.global_batch)
-        end_of_epoch = step % schedule.steps_per_epoch == 0
-        if step % config.log_every == 0 or step == total:
-            loss_sum, steps_summed = job.all_sum(window).tolist()  # the one host sync, every --log-every steps
-            rate, elapsed = meter.report()  # after the sync: the window's work is done
-            if log is not None:
-                log.train(
-                    step,
-                    step / schedule.steps_per_epoch,
-                    step * schedule.global_batch,
-                    loss_sum / steps_summed,
-                    schedule.learning_rate(step - 1),
-                    rate,
-                    elapsed,
-                    total,
-                )
-            window.zero_()
-        if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:
-            save(step)
-        if prepared.val is not None and (end_of_epoch or step == total):
-            evaluate(step)
+    def digests(self) -> dict:
+        average_buffers(self.net, self.job)
+        self.averaged = ema_model(self.ema, self.net)
 
-    # -- the end ----------------------------------------------------------------------------
-    average_buffers(net, job)
-    averaged = ema_model(ema, net)
+        def arrays(module):
+            return [t.detach().float().cpu().numpy() for t in module.state_dict().values() if t.is_floating_point()]
 
-    def arrays(module):
-        return [t.detach().float().cpu().numpy() for t in module.state_dict().values() if t.is_floating_point()]
+        return {
+            "params": kit.digest(p.detach().float().cpu().numpy() for p in self.net.parameters()),
+            "state": kit.digest(arrays(self.net)),
+            "ema": kit.digest(arrays(self.averaged)) if self.averaged is not None else None,
+        }
 
-    out = Path(config.out)
-    write_json(
-        out / "ranks" / f"rank-{job.rank}.json",
-        {
-            "step": step,
-            "params": digest(p.detach().float().cpu().numpy() for p in net.parameters()),
-            "state": digest(arrays(net)),
-            "ema": digest(arrays(averaged)) if averaged is not None else None,
-        },
-    )
-    if job.is_main:
-        atomic_write(out / "final.pt", lambda tmp: torch.save(net.state_dict(), tmp))
-        if averaged is not None:
-            atomic_write(out / "final_ema.pt", lambda tmp: torch.save(averaged.state_dict(), tmp))
-        log.echo(f"done: {step} steps; weights in {out / ('final_ema.pt' if averaged is not None else 'final.pt')}")
-        log.close()
-    job.barrier()
+    def save_final(self, out: Path) -> Path:
+        torch = self.torch
+        kit.atomic_write(out / "final.pt", lambda tmp: torch.save(self.net.state_dict(), tmp))
+        if self.averaged is None:
+            return out / "final.pt"
+        kit.atomic_write(out / "final_ema.pt", lambda tmp: torch.save(self.averaged.state_dict(), tmp))
+        return out / "final_ema.pt"
 
-
-class _Board:
-    def __init__(self, writer):
-        self.writer = writer
-
-    def scalar(self, tag, value, step):
-        self.writer.add_scalar(tag, value, step)
-
-    def close(self):
-        self.writer.close()
-
-
-def _tensorboard(out):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("tensorboard is not installed: metrics go to metrics.csv only", file=sys.stderr, flush=True)
-        return None
-    return _Board(SummaryWriter(str(Path(out) / "tensorboard")))
+    def barrier(self) -> None:
+        self.job.barrier()
