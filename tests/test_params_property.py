@@ -1,0 +1,116 @@
+"""A property of every bundled spec at any params its declarations allow: the module
+generated at the defaults, built with ``create_model(**p)``, has the IR's counts at p,
+gives Keras's outputs in torch (one set of random weights ported), and ``for_inference``
+changes neither backend's outputs. The compile-time decisions (folds, pool swaps,
+padding) were made at the defaults; this holds them at every other param.
+
+Hypothesis draws p from each param's declaration (choices, bool, min/max; small sizes
+and counts, so that models stay quick to build); ``ARCHC_PROPERTY_EXAMPLES`` sets how
+many per spec (2 in CI, derandomized so CI is repeatable)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
+
+from archc.api import load
+from archc.syntax.errors import SpecError
+from archc.tools.export import generated_module
+from archc.tools.verify import output_difference, porting_backends, random_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")])
+SMALL = (75, 75)  # fits every bundled spec (Xception needs 71, Inception V3 75)
+EXAMPLES = int(os.environ.get("ARCHC_PROPERTY_EXAMPLES", "2"))
+TOLERANCE = 1e-4  # torch vs Keras, as archc verify
+# A fold rounds each weight to float32 once: with random BN statistics (small variances,
+# large scales) and one class, that is up to ~2e-4 of the output; a wrong rewrite is ~0.5.
+INFERENCE_TOLERANCE = 1e-3
+
+
+def values(decl) -> st.SearchStrategy:
+    """Values of one declared param, kept small where they set a size or a count."""
+    if decl.choices:
+        return st.sampled_from(decl.choices)
+    if decl.type == "bool":
+        return st.booleans()
+    if decl.type == "segments":
+        return st.sampled_from(["depthwise", 1, 2, 4, 8])
+    if decl.type == "int":
+        low = max(int(math.ceil(decl.min if decl.min is not None else 1)), 1)
+        high = min(decl.default, low + 8) if decl.default >= low else low + 8
+        return st.integers(low, int(high if decl.max is None else min(high, decl.max)))
+    if decl.type == "float":
+        low = decl.min if decl.min is not None else 0.0
+        high = decl.max if decl.max is not None else max(decl.default, low)
+        return st.floats(low, max(high, low), allow_nan=False, allow_infinity=False).map(lambda x: round(x, 3))
+    return st.just(decl.default)
+
+
+def spelled(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+@pytest.fixture(scope="module")
+def backends():
+    able, _ = porting_backends(["torch", "keras"])
+    return able
+
+
+@pytest.mark.parametrize("spec", BUNDLED, ids=lambda s: s.stem)
+def test_create_model_at_any_params_keeps_counts_outputs_and_inference(spec, backends, tmp_path_factory):
+    import torch
+
+    default = load(spec)
+    sized_by_params = bool(default.net.input_refs)
+    base = default if sized_by_params else load(spec, None, SMALL)
+    folder = tmp_path_factory.mktemp(spec.stem)
+    modules = {name: generated_module(backend, base, folder) for name, backend in backends.items()}
+    decls = default.net.param_decls
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+    )  # no shrinking: a failure prints its params
+    @given(st.fixed_dictionaries({name: values(decl) for name, decl in decls.items()}))
+    def holds(params):
+        try:
+            analysis = load(spec, {k: spelled(v) for k, v in params.items()}, None if sized_by_params else SMALL)
+        except SpecError:
+            assume(False)  # a combination the spec refuses (segments that do not divide a layer)
+        weights = random_weights(analysis, seed=0)
+        h, w, c = analysis.net.input
+        x = np.random.default_rng(1).standard_normal((2, h, w, c)).astype(np.float32)
+        expected = (analysis.total.trainable, analysis.total.non_trainable)
+
+        torch_backend = backends["torch"]
+        model = modules["torch"].create_model(**params).eval()
+        assert tuple(torch_backend.count(model)) == expected, f"torch counts at {params}"
+        torch_backend.load_weights(model, analysis, weights)
+        nchw = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            out = model(nchw).numpy()
+            fast = modules["torch"].for_inference(copy.deepcopy(model))(nchw).numpy()
+        assert output_difference(out, fast).rel < INFERENCE_TOLERANCE, f"torch for_inference at {params}"
+
+        keras_backend = backends["keras"]
+        keras_model = modules["keras"].create_model(**params)
+        assert tuple(keras_backend.count(keras_model)) == expected, f"keras counts at {params}"
+        keras_backend.load_weights(keras_model, analysis, weights)
+        keras_out = np.asarray(keras_model(x, training=False))
+        assert output_difference(keras_out, out).rel < TOLERANCE, f"torch vs keras at {params}"
+        keras_fast = np.asarray(modules["keras"].for_inference(keras_model)(x, training=False))
+        assert output_difference(keras_out, keras_fast).rel < INFERENCE_TOLERANCE, f"keras for_inference at {params}"
+
+    holds()
