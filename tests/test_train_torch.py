@@ -137,3 +137,16 @@ def test_data_is_chosen_explicitly_and_checked(tmp_path):
     small = train("--image-size", "5", "--data", "synthetic")
     assert small.exit_code == 2 and "--image-size 5x5 is too small for this network" in small.output
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_spec_without_training_trains_with_the_default_recipe_and_says_so(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: [16, 16, 3]\nflows:\n  main: [conv: {filters: 4, kernel: 3}, global_avg_pool, dense: 3]\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "archc", "train", str(spec), "--data", "synthetic", "-o", str(out), "--max-steps", "2", "--batch-size", "4"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    header = done.stdout + done.stderr
+    assert "recipe: the default (the spec has no training: section" in header
+    assert "sgd (momentum 0.9), learning rate 0.1, x0.1 every 30 epochs, weight decay 0.0001, 4 images a replica, 90 epochs" in header
+    assert json.loads((out / "run.json").read_text())["recipe"]["learning_rate"]["initial"] == 0.1

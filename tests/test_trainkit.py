@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from archc.cli import main
-from archc.ir.recipe import Augment, LearningRate, Optimizer, Training, ema_decay_at, learning_rate_at
+from archc.ir.recipe import DEFAULT_TRAINING, Augment, LearningRate, Optimizer, Training, ema_decay_at, learning_rate_at
 from archc.syntax.errors import UserError
 from archc.training.kit import (
     MetricLog,
@@ -183,8 +183,10 @@ def test_image_size_and_recipe_overrides():
     assert (training.epochs, training.batch_size, training.learning_rate.initial, training.learning_rate.decay) == (3, 8, 0.01, 0.94)
     explicit = RunConfig(XCEPTION, "synthetic", Path("out"), params={"dropout": "0.2"})
     assert compile_model(explicit)[0].net.params["dropout"] == 0.2
-    with pytest.raises(UserError, match="expected a training: section"):
-        compile_model(RunConfig(str(ROOT / "specs/inception_v3_slim.yaml"), "synthetic", Path("out")))
+    # a spec without training: trains with the documented default recipe, overrides applied
+    _, default = compile_model(RunConfig(str(ROOT / "specs/inception_v3_slim.yaml"), "synthetic", Path("out"), epochs=2))
+    assert default == DEFAULT_TRAINING.model_copy(update={"epochs": 2})
+    assert (default.optimizer.kind, default.learning_rate.initial, default.batch_size) == ("sgd", 0.1, 32)
 
 
 def test_train_command_checks_before_importing_a_framework(tmp_path):

@@ -87,6 +87,21 @@ class Training(_Strict):
     augment: Augment | None = None  # None: the whole image resized, random flips (train); resized (eval)
 
 
+# The recipe of a spec without ``training:``: torchvision's ResNet reference recipe
+# (references/classification: SGD with momentum 0.9, learning rate 0.1 divided by 10 every
+# 30 epochs, weight decay 1e-4, 32 images per replica, 90 epochs), with the
+# random-resized-crop augmentation and 0.875 central evaluation crop it uses. A starting
+# point, not a tuned recipe: --epochs, --batch-size and --lr override it as they do a spec's.
+DEFAULT_TRAINING = Training(
+    optimizer=Optimizer(kind="sgd", momentum=0.9),
+    learning_rate=LearningRate(initial=0.1, decay=0.1, every_epochs=30),
+    weight_decay=1e-4,
+    batch_size=32,
+    epochs=90,
+    augment=Augment(),
+)
+
+
 # -- the recipe as numbers: what both trainers compute, with no framework --------------------
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archc.ir.recipe import Training, learning_rate_at
+from archc.ir.recipe import DEFAULT_TRAINING, Training, learning_rate_at
 from archc.syntax.errors import SpecError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -105,9 +105,10 @@ class Prepared:
 
 
 def effective_recipe(training: Training | None, config: RunConfig, spec: str) -> Training:
-    """The spec's ``training:`` section with the command line's overrides applied."""
+    """The spec's ``training:`` section (or, without one, ``DEFAULT_TRAINING``) with the
+    command line's overrides applied."""
     if training is None:
-        raise UserError(f"{spec}: expected a training: section (the recipe to train with), found none; see docs/training.md")
+        training = DEFAULT_TRAINING
     changes: dict[str, Any] = {}
     if config.epochs is not None:
         changes["epochs"] = config.epochs

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from archc.ir.recipe import Training
 from archc.training.kit import (
     MetricLog,
     Prepared,
@@ -103,6 +104,8 @@ def open_log(prepared: Prepared, schedule: Schedule, engine: Engine, ckpt: Path,
     log = MetricLog(config.out, step, tensorboard(config.out))
     log.echo(f"archc train: {prepared.analysis.net.name} ({prepared.model_file}), {engine.describe()}")
     log.echo(f"{prepared.train.describe()}; {schedule.steps_per_epoch} steps an epoch, {total} steps")
+    if prepared.analysis.net.training is None:
+        log.echo(f"recipe: the default (the spec has no training: section; see docs/training.md): {describe_recipe(prepared.training)}")
     if step:
         log.echo(f"resuming from {ckpt} at step {step}")
     write_json(Path(config.out) / "run.json", run_info(prepared, schedule, total, engine.kind))
@@ -148,3 +151,14 @@ def finish(out: str | Path, engine: Engine, log: MetricLog | None, step: int) ->
         log.echo(f"done: {step} steps; weights in {weights}")
         log.close()
     engine.barrier()
+
+
+def describe_recipe(training: Training) -> str:
+    """The recipe in one line: optimizer, learning rate and its decay, batch, epochs."""
+    lr = training.learning_rate
+    decay = f", x{lr.decay:g} every {lr.every_epochs:g} epochs" if lr.decay < 1 and lr.every_epochs else ""
+    decay = decay or (f", x{lr.decay:g} every {lr.every_samples} samples" if lr.decay < 1 else "")
+    return (
+        f"{training.optimizer.kind} (momentum {training.optimizer.momentum:g}), learning rate {lr.initial:g}{decay}, "
+        f"weight decay {training.weight_decay:g}, {training.batch_size} images a replica, {training.epochs:g} epochs"
+    )
