@@ -286,6 +286,7 @@ def variants(spec, sweeps, params, out_dir, plot_file):
 @click.option("--no-augment", is_flag=True, help="No random crops or flips of the training images (the recipe's augment:).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights, the data order, the crops and the flips.")
 @_choice("--device", ["auto", "cpu", "cuda"], "torch device (auto: cuda when available).")
+@_choice("--bad-images", ["refuse", "skip"], "Files of an image folder that cannot be read: refuse the run, listing them, or train without them.")
 @_friendly
 def train(spec, out_dir, params, image_size, compile_, no_augment, **options):
     """Train SPEC with its training: recipe; runs unchanged under torchrun or with TF_CONFIG (docs/training.md)."""

@@ -200,3 +200,56 @@ def test_train_command_checks_before_importing_a_framework(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and "--data synthetic|PATH" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _bad_image_folder(root: Path) -> Path:
+    """Two classes of good images in every mode the loaders convert, one empty .jpg and
+    one truncated JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(pixels).save(root / name / "rgb.jpg")
+        Image.fromarray(pixels).convert("L").save(root / name / "gray.png")
+        Image.fromarray(pixels).convert("P").save(root / name / "palette.png")
+        Image.fromarray(pixels).convert("RGBA").save(root / name / "alpha.png")
+        Image.fromarray(pixels).convert("CMYK").save(root / name / "cmyk.jpg")
+        Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257).save(root / name / "sixteen.png")
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    whole = (root / "b" / "rgb.jpg").read_bytes()
+    (root / "b" / "truncated.jpg").write_bytes(whole[:-40])  # the header whole, the end cut off
+    return root
+
+
+def test_unreadable_images_are_found_before_training(tmp_path):
+    from archc.training.kit import scan_image_folder, unreadable_images
+
+    root = _bad_image_folder(tmp_path / "data")
+    _, files, _ = scan_image_folder(root)
+    bad = {Path(f).relative_to(root).as_posix(): why for f, why in unreadable_images(files)}
+    assert bad == {"a/empty.jpg": "empty", "b/truncated.jpg": "truncated"}  # every mode of the good ones passes
+    (root / "a" / "text.png").write_text("not a picture")
+    _, files, _ = scan_image_folder(root)
+    assert dict((Path(f).name, why) for f, why in unreadable_images(files))["text.png"] == "not an image"
+
+
+def test_a_folder_with_bad_images_is_refused_with_the_list_or_trained_without_them(tmp_path):
+    root = _bad_image_folder(tmp_path / "data")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: [16, 16, 3]\nflows:\n  main: [conv: {filters: 4, kernel: 3}, global_avg_pool, dense: 2]\n")
+
+    def train(*args):
+        return CliRunner().invoke(main, ["train", str(spec), "--data", str(root), "-o", str(tmp_path / "run"), "--max-steps", "1", *args])
+
+    refused = train()
+    assert refused.exit_code == 2, refused.output
+    (message,) = [line for line in refused.output.splitlines() if line.strip()]
+    assert "found 2 of 14 files that are not: a/empty.jpg (empty); b/truncated.jpg (truncated); pass --bad-images skip" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before step 1
+
+    skipped = train("--bad-images", "skip", "--batch-size", "4")
+    assert skipped.exit_code == 0, skipped.output
+    assert "image folder: 12 images of 2 classes (2 unreadable files skipped)" in skipped.output

@@ -67,6 +67,7 @@ class RunConfig:
     augment: bool = True  # the recipe's random crops and flips (image folders only)
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
+    bad_images: str = "refuse"  # files of an image folder that cannot be read: refuse (list them) or skip
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -191,6 +192,7 @@ class DataSource:
     labels: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     seed: int = 0
+    skipped: int = 0  # unreadable files left out (--bad-images skip)
 
     def load(self, index: int, box: Box | None = None, flip: bool = False):
         return load_image(self.files[index], self.height, self.width, self.channels, box, flip)
@@ -204,7 +206,8 @@ class DataSource:
     def describe(self) -> str:
         if self.kind == SYNTHETIC:
             return f"synthetic data: {self.size} samples an epoch, {self.classes} classes, {self.height}x{self.width}x{self.channels}"
-        return f"image folder: {self.size} images of {len(self.class_names)} classes, resized to {self.height}x{self.width}"
+        skipped = f" ({self.skipped} unreadable files skipped)" if self.skipped else ""
+        return f"image folder: {self.size} images of {len(self.class_names)} classes{skipped}, resized to {self.height}x{self.width}"
 
 
 def open_source(data: str, shape: tuple[int, int, int], classes: int, config: RunConfig, option: str) -> DataSource:
@@ -220,7 +223,53 @@ def open_source(data: str, shape: tuple[int, int, int], classes: int, config: Ru
             f"{option} {data}: expected {classes} class folders (the network's classes), found {len(names)} ({shown}); "
             f"pass -p classes={len(names)} if the spec declares it"
         )
-    return DataSource("folder", len(files), height, width, channels, classes, files, labels, names, config.seed)
+    bad = unreadable_images(files)
+    if bad and config.bad_images != "skip":
+        listed = "; ".join(f"{os.path.relpath(f, data)} ({why})" for f, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{option} {data}: expected images it can read, found {len(bad)} of {len(files)} files that are not: {listed}; pass --bad-images skip to train without them")
+    if bad:
+        dropped = {f for f, _ in bad}
+        kept = [(f, label) for f, label in zip(files, labels) if f not in dropped]
+        files, labels = [f for f, _ in kept], [label for _, label in kept]
+    return DataSource("folder", len(files), height, width, channels, classes, files, labels, names, config.seed, skipped=len(bad))
+
+
+# The last bytes of a whole file: a JPEG ends with its EOI marker, a PNG with its IEND chunk.
+ENDINGS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def unreadable_images(files: list[str]) -> list[tuple[str, str]]:
+    """(file, why) for each file that is not a whole JPEG or PNG in a mode the loaders
+    convert: a cheap check of every file before step 1 (the header, the size, the mode,
+    and the format's end marker, which a truncated file lacks), so that a bad file does
+    not end a run hours in."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for path in files:
+        try:
+            size = os.path.getsize(path)
+            if size == 0:
+                bad.append((path, "empty"))
+                continue
+            with Image.open(path) as img:
+                kind, mode, (w, h) = img.format, img.mode, img.size
+            with open(path, "rb") as fh:
+                fh.seek(max(size - 1024, 0))
+                tail = fh.read()
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            bad.append((path, "not an image" if isinstance(exc, UnidentifiedImageError) else "unreadable"))
+            continue
+        if kind not in ENDINGS:
+            bad.append((path, f"{kind} data, not JPEG or PNG"))
+        elif mode not in MODES:
+            bad.append((path, f"mode {mode}"))
+        elif w < 1 or h < 1:
+            bad.append((path, f"size {w}x{h}"))
+        elif ENDINGS[kind] not in tail:
+            bad.append((path, "truncated"))
+    return bad
 
 
 def scan_image_folder(root: str | Path, option: str = "--data") -> tuple[list[str], list[str], list[int]]:
