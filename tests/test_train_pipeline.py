@@ -157,3 +157,45 @@ def test_keras_ema_warms_up_from_the_initial_weights():
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         history.append(kernel.numpy().astype(np.float64))
         np.testing.assert_allclose(optimizer._model_variables_moving_average[0].numpy(), expected_ema(history, 0.9), rtol=1e-5, atol=1e-6)
+
+
+def test_both_trainers_decode_every_image_mode_to_the_same_pixels(tmp_path):
+    """8-bit RGB, grey, palette, alpha, 16-bit grey PNGs and a CMYK JPEG: both loaders give
+    the same RGB pixels (within one grey level), and those of the usual conversion
+    (torchvision's and tf.io's): grey replicated, palette looked up, alpha dropped, the high
+    byte of a 16-bit value. Pillow's own convert would clip 16-bit grey to near-white."""
+    from PIL import Image
+
+    h = w = 32
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), np.full_like(xx, 90)], -1).astype(np.uint8)
+    folder = tmp_path / "c0"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "rgb.png")
+    Image.fromarray(rgb).convert("L").save(folder / "grey.png")
+    Image.fromarray(rgb).convert("P").save(folder / "palette.png")
+    Image.fromarray(np.dstack([rgb, np.full((h, w), 128, np.uint8)])).save(folder / "alpha.png")
+    Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257).save(folder / "sixteen.png")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg", quality=100)
+    files = sorted(str(p) for p in folder.iterdir())
+    assert Image.open(folder / "sixteen.png").mode.startswith("I")
+    source = DataSource("folder", len(files), h, w, 3, 1, files, [0] * len(files), ["c0"], seed=0)
+    grey = np.asarray(Image.open(folder / "grey.png"))
+    expected = {
+        "rgb.png": rgb,
+        "alpha.png": rgb,
+        "grey.png": np.repeat(grey[:, :, None], 3, -1),
+        "palette.png": np.asarray(Image.open(folder / "palette.png").convert("RGB")),
+        "sixteen.png": np.repeat(rgb[:, :, :1], 3, -1),
+        "cmyk.jpg": rgb,
+    }
+    tolerance = {"cmyk.jpg": 3}  # JPEG's rounding
+    ds = keras_train._images(tf, source, RECIPE, np.arange(len(files)), np.zeros(len(files), bool), None, 1.0)
+    samples = torch_train.Samples(source, RECIPE)
+    for i, (image, _) in enumerate(ds):
+        name = os.path.basename(files[i])
+        mine = samples[(i, False, 1.0)][0].numpy().astype(int)
+        mine = mine.transpose(1, 2, 0) if mine.shape[0] == 3 else mine
+        theirs = image.numpy().astype(int)
+        assert np.abs(theirs - mine).max() <= 1, name
+        assert np.abs(mine - expected[name]).max() <= tolerance.get(name, 1), name

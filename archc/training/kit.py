@@ -236,6 +236,7 @@ def open_source(data: str, shape: tuple[int, int, int], classes: int, config: Ru
 
 # The last bytes of a whole file: a JPEG ends with its EOI marker, a PNG with its IEND chunk.
 ENDINGS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+WIDE_MODES = {"I", "I;16", "I;16B", "I;16L"}  # Pillow's modes of 16-bit grey PNGs: Image.convert would clip them
 MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
@@ -352,6 +353,8 @@ def load_image(path: str, height: int, width: int, channels: int = 3, box: Box |
         top, left, h, w = box(full_h, full_w) if box is not None else (0, 0, full_h, full_w)
         img.draft(mode, (math.ceil(full_w * width / w), math.ceil(full_h * height / h)))  # no-op for PNG
         sx, sy = full_w / img.size[0], full_h / img.size[1]
+        if img.mode in WIDE_MODES:  # 16-bit (or 32-bit) grey: its high byte, as libpng and torchvision do
+            img = Image.fromarray((np.asarray(img, dtype=np.uint32).clip(0, 65535) >> 8).astype(np.uint8), "L")
         if img.mode != mode:
             img = img.convert(mode)
         region = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
