@@ -150,3 +150,21 @@ def test_a_spec_without_training_trains_with_the_default_recipe_and_says_so(tmp_
     assert "recipe: the default (the spec has no training: section" in header
     assert "sgd (momentum 0.9), learning rate 0.1, x0.1 every 30 epochs, weight decay 0.0001, 4 images a replica, 90 epochs" in header
     assert json.loads((out / "run.json").read_text())["recipe"]["learning_rate"]["initial"] == 0.1
+
+
+def test_the_torch_trainer_never_imports_tensorflow(tmp_path):
+    """TensorBoard events are written by the kit's own writer: torch.utils.tensorboard
+    would import TensorFlow where it is installed (seconds of start-up and its log lines)."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: [16, 16, 3]\nflows:\n  main: [conv: {filters: 4, kernel: 3}, global_avg_pool, dense: 3]\n")
+    out = tmp_path / "run"
+    code = (
+        "import sys\nfrom archc.cli import main\n"
+        f"try:\n    main(['train', {str(spec)!r}, '--data', 'synthetic', '-o', {str(out)!r}, '--max-steps', '2', '--batch-size', '4'])\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False"
+    assert any((out / "tensorboard").iterdir())  # the events were written, without TensorFlow
