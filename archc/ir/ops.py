@@ -648,6 +648,25 @@ class DropPath(Node):
         return f"DropPath {self.rate:g}"
 
 
+class Upsample(Node):
+    """Each pixel becomes ``factor`` x ``factor``: repeated ('nearest') or interpolated
+    ('bilinear', with half-pixel centres: TensorFlow's resize, torch's align_corners=False)."""
+
+    op: Literal["upsample"] = "upsample"
+    factor: PositiveInt = 2
+    mode: Literal["nearest", "bilinear"] = "nearest"
+
+    shorthand: ClassVar[str | None] = "factor"
+    fill: ClassVar[str] = POOL_FILL
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        h, w, c = feature_map(self, shape)
+        return (h * self.factor, w * self.factor, c)
+
+    def diagram_label(self) -> str:
+        return f"Upsample x{self.factor}" + (f", {self.mode}" if self.mode != "nearest" else "")
+
+
 # -- combinators -----------------------------------------------------------------------------
 
 
@@ -765,10 +784,10 @@ class Call(Node):
 
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
-    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath,
+    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath, Upsample,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}

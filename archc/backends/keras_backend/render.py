@@ -635,6 +635,7 @@ OPS: dict[str, KerasOp] = {
     "dropout": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate")])),
     # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
     "drop_path": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"])),
+    "upsample": KerasOp(_one("UpSampling2D", lambda r, node: [r.sym(node, "factor"), *r.opt(node, "mode", "interpolation", "nearest")])),
     "residual": KerasOp(
         lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
         output=lambda name, layers, node: name if node.use_shortcut else None,  # switched off by a param: no addition

@@ -432,6 +432,16 @@ class Renderer:
         given = [(name, literal(tuple(getattr(node, name)))) for name in ("mean", "variance") if getattr(node, name) is not None]
         return Call(self.use("Normalization"), (v.code(ch), *given))
 
+    def layer_upsample(self, node, env, ch, rank) -> Expr:
+        """nn.Upsample; bilinear with align_corners=False, the half-pixel centres of TF's resize."""
+        mode = self.value(node, "mode", env)
+        args = [("scale_factor", v.code(self.value(node, "factor", env))), *self.option(node, env, "mode")]
+        if isinstance(mode, Sym):
+            args.append(("align_corners", f'False if {mode.code} == "bilinear" else None'))
+        elif mode == Lit("bilinear"):
+            args.append(("align_corners", "False"))
+        return Call("nn.Upsample", tuple(args))
+
     def layer_droppath(self, node, env, ch, rank) -> Expr:
         return Call(self.use("DropPath"), (v.code(self.value(node, "rate", env)),))
 
@@ -721,6 +731,7 @@ OPS: dict[str, TorchOp] = {
     ),
     "dropout": TorchOp(Renderer.layer_dropout),  # the identity in eval: not fresh
     "drop_path": TorchOp(Renderer.layer_droppath, helpers=("DropPath",)),
+    "upsample": TorchOp(Renderer.layer_upsample, fresh_output=True),
     "residual": TorchOp(Renderer.layer_residual, _body, fresh_output=_residual_fresh, helpers=("Residual",)),
     "gate": TorchOp(Renderer.layer_gate, keep, helpers=("Gate",)),  # a product its backward reads: not fresh
     "branches": TorchOp(
