@@ -4,11 +4,15 @@ Every framework convention that changes numbers is a field here (padding rule, B
 and momentum, which BN parameters exist, conv bias), never a silent backend default.
 BN ``momentum`` uses the Keras meaning: the fraction of the running value that is kept.
 
-An op is the unit of change: its class holds its fields (the schema), its shape rule
-(``infer``), its weights (``roles``, from which parameter counts follow) and its
-multiply-adds (``macs``); a combinator also says which sub-sequences it has
-(``children``). The passes (shapes, analysis, instances) iterate and ask the node; they
-never switch on its type. See docs/adding-an-op.md.
+An op is the unit of change: its class holds every fact about it that needs no framework:
+its fields (the schema), its shape rule (``infer``), its weights (``roles``, from which
+parameter counts follow), its multiply-adds (``macs``), its one-value form
+(``shorthand``), its box in ``archc graph`` (``diagram_label``, ``fill``), whether a batch
+norm after it folds into it (``fold_role``) and ``archc verify``'s random weights for it
+(``random_weights``, ``mean_square``); a combinator also says which sub-sequences it has
+(``children``). The passes and tools iterate and ask the node; they never switch on its
+type (tests/test_op_records.py). Each backend keeps one record per op (``OPS`` in its
+render module). See docs/adding-an-op.md.
 """
 
 from __future__ import annotations

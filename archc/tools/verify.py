@@ -78,7 +78,8 @@ def random_weights(analysis: Analysis, seed: int = 0) -> dict[str, dict[str, Any
     mean square of its input, each BN's moving variance is about its input's mean square
     (times 0.5-1.5), so that BN keeps the scale near one. Biases, BN offsets and moving
     means are random too (never 0 or 1), so that any role mapped to the wrong tensor, or a
-    kernel transposed, changes the outputs."""
+    kernel transposed, changes the outputs. Each op's rule is its class's
+    ``random_weights`` (and ``mean_square``), drawing through :class:`Draw`."""
     import numpy as np
 
     draw = Draw(np.random.default_rng(seed))
