@@ -274,3 +274,56 @@ def test_a_repeated_body_may_set_the_channels(tmp_path):
     assert a.counts["main/repeat1"].trainable == (27 * 8 + 8 + 16) + 2 * (72 * 8 + 8 + 16)
     result = run("verify", spec)
     assert result.exit_code == 0, result.output
+
+
+# -- upsample (the worked example of docs/adding-an-op.md) ---------------------------------------
+
+UPSAMPLE = """\
+name: upsampling
+input: [5, 7, 3]
+flows:
+  body:
+    - conv: {filters: 4, kernel: 3, padding: same}
+    - upsample: 2
+    - act: relu
+    - upsample: {factor: 3, mode: bilinear}
+    - bn
+    - conv: {filters: 2, kernel: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def upsample(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("upsample") / "upsample.yaml"
+    path.write_text(UPSAMPLE)
+    return path
+
+
+def test_upsample_shapes_and_counts(upsample):
+    a = load(upsample)
+    assert a.shapes["body/upsample1"] == ((5, 7, 4), (10, 14, 4))
+    assert a.shapes["body/upsample2"] == ((10, 14, 4), (30, 42, 4))
+    assert a.counts["body/upsample1"].total == a.counts["body/upsample2"].total == 0
+    assert a.counts["body/upsample2"].macs == 0
+    assert a.total.macs == 5 * 7 * 4 * 9 * 3 + 30 * 42 * 2 * 4  # the two convs only
+    assert a.output == (30, 42, 2)
+
+
+def test_upsample_builds_in_both_backends_and_verifies(upsample, tmp_path):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from archc.codegen.backend import get
+
+    a = load(upsample)
+    for name in ("torch", "keras"):
+        backend = get(name)
+        assert backend.count(build_model(backend, a, tmp_path)) == (a.total.trainable, a.total.non_trainable), name
+    model = build_model(get("torch"), a, tmp_path).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        y = model(torch.randn(1, 3, 5, 7))
+    assert tuple(y.shape) == (1, 2, 30, 42)
+    assert counter.get_total_flops() == 2 * a.total.macs  # one multiply-add is two flops; upsampling counts none
+    result = run("verify", upsample)  # bilinear: torch's align_corners=False gives Keras's numbers
+    assert result.exit_code == 0, result.output
+    assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output

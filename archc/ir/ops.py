@@ -4,11 +4,15 @@ Every framework convention that changes numbers is a field here (padding rule, B
 and momentum, which BN parameters exist, conv bias), never a silent backend default.
 BN ``momentum`` uses the Keras meaning: the fraction of the running value that is kept.
 
-An op is the unit of change: its class holds its fields (the schema), its shape rule
-(``infer``), its weights (``roles``, from which parameter counts follow) and its
-multiply-adds (``macs``); a combinator also says which sub-sequences it has
-(``children``). The passes (shapes, analysis, instances) iterate and ask the node; they
-never switch on its type. See docs/adding-an-op.md.
+An op is the unit of change: its class holds every fact about it that needs no framework:
+its fields (the schema), its shape rule (``infer``), its weights (``roles``, from which
+parameter counts follow), its multiply-adds (``macs``), its one-value form
+(``shorthand``), its box in ``archc graph`` (``diagram_label``, ``fill``), whether a batch
+norm after it folds into it (``fold_role``) and ``archc verify``'s random weights for it
+(``random_weights``, ``mean_square``); a combinator also says which sub-sequences it has
+(``children``). The passes and tools iterate and ask the node; they never switch on its
+type (tests/test_op_records.py). Each backend keeps one record per op (``OPS`` in its
+render module). See docs/adding-an-op.md.
 """
 
 from __future__ import annotations
@@ -113,6 +117,11 @@ class Node(BaseModel):
 
     frozen_roles: ClassVar[frozenset[str]] = frozenset()  # weights that are not trained (BN statistics)
     indexed: ClassVar[bool] = False  # whether the children's instance keys carry an index (a repeat's)
+    shorthand: ClassVar[str | None] = None  # the field that the one-value form `op: value` sets (`act: relu`)
+    shorthand_list: ClassVar[bool] = False  # whether that one value may be a list (zero_pad's margins)
+    fill: ClassVar[str] = "#ffffff"  # the colour of its box in `archc graph`
+    fold_role: ClassVar[str | None] = None  # the role whose output channels a batch norm right after it folds into
+    folds: ClassVar[bool] = False  # a batch norm: folds into a producer (an op with a fold_role) before it
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -144,6 +153,43 @@ class Node(BaseModel):
         """What the parameter table calls the node."""
         return self.op
 
+    def diagram_label(self) -> str | None:
+        """What its box in `archc graph` says (None: the op's name and its non-default fields)."""
+        return None
+
+    def swaps_before_pointwise(self) -> bool:
+        """Whether it may run after a 1x1 conv right after it instead (an average pool of
+        stride 1: both are linear per pixel; archc.passes.fold)."""
+        return False
+
+    def pointwise(self) -> bool:
+        """Whether it is a 1x1, stride-1 conv (that a pool before it may swap with)."""
+        return False
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        """``archc verify``'s random weights for each role, and the mean square of the
+        output, for an input of mean square ``m2`` (``draw``: archc.tools.verify.Draw).
+        By default a normalisation's: scales and variances near one (times the input's
+        mean square), means and offsets small; it gives outputs of mean square one."""
+        shapes = self.roles(inp)
+        arrays = draw.bias(shapes)
+        for role, shape in shapes.items():
+            if role in ("gamma", "variance", "moving_variance"):
+                arrays[role] = draw.around_one(shape) * (m2 if "variance" in role else 1.0)
+            elif role in ("moving_mean", "mean", "beta"):
+                arrays[role] = draw.normal(shape, draw.spread * (m2**0.5 if "mean" in role else 1.0))
+            elif role == "count":
+                arrays[role] = draw.zeros(shape)
+            elif role not in arrays:
+                arrays[role] = draw.around_one(shape)
+        return arrays, 1.0 if any("variance" in role for role in shapes) else m2
+
+    def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
+        """The mean square of the output, for verify's random weights: ``m2`` after the
+        node's own weights, ``parts`` the (mean square, channels) of each sequence that
+        runs (a combinator's; by default the last one's passes on)."""
+        return parts[-1][0] if parts else m2
+
     def fail(self, message: str) -> SpecError:
         w = self.where
         return SpecError(Location(w.file, w.line, w.col, w.spec_path), message)
@@ -172,6 +218,28 @@ def _bias(node: Node, units: int) -> dict[str, Shape]:
     return {"bias": (units,)} if node.bias else {}
 
 
+def _kernel(node: Node, inp: Shape, m2: float, draw: Any, fan_in: Callable[[Shape], int]) -> tuple[dict[str, Any], float]:
+    """Random weights of a linear map: the kernel scaled by its fan-in and the input's mean square."""
+    shapes = node.roles(inp)
+    return draw.bias(shapes) | {"kernel": draw.kernel(shapes["kernel"], fan_in(shapes["kernel"]), m2)}, draw.linear_output
+
+
+def _stride(pair: tuple[int, int] | None) -> str:
+    if pair is None or pair == (1, 1):
+        return ""
+    return f", stride {pair[0] if pair[0] == pair[1] else fmt(pair)}"
+
+
+ACTIVATION_TITLES = {"relu": "ReLU", "relu6": "ReLU6", "elu": "ELU", "silu": "SiLU", "gelu": "GELU", "hard_swish": "HardSwish", "hard_sigmoid": "HardSigmoid"}  # fmt: skip
+
+
+def activation_title(kind: str) -> str:
+    return ACTIVATION_TITLES.get(kind, kind.capitalize())
+
+
+CONV_FILL, NORM_FILL, POOL_FILL = "#dbe8f6", "#eeeeee", "#dcefdc"
+
+
 # -- ops -------------------------------------------------------------------------------------
 
 
@@ -198,6 +266,19 @@ class Conv(Node):
     def macs(self, inp: Shape, out: Shape) -> int:
         return out[0] * out[1] * self.filters * self.kernel[0] * self.kernel[1] * (inp[2] // self.groups)
 
+    fill: ClassVar[str] = CONV_FILL
+    fold_role: ClassVar[str | None] = "kernel"
+
+    def diagram_label(self) -> str:
+        groups = f", {self.groups} groups" if self.groups > 1 else ""
+        return f"Conv {self.filters}, {fmt(self.kernel)}{_stride(self.stride)}{groups}"
+
+    def pointwise(self) -> bool:
+        return self.kernel == self.stride == (1, 1)
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        return _kernel(self, inp, m2, draw, lambda shape: math.prod(shape[:-1]))
+
 
 class Depthwise(Node):
     """A depthwise convolution: each input channel convolved on its own into
@@ -218,6 +299,16 @@ class Depthwise(Node):
 
     def macs(self, inp: Shape, out: Shape) -> int:
         return out[0] * out[1] * out[2] * self.kernel[0] * self.kernel[1]
+
+    fill: ClassVar[str] = CONV_FILL
+    fold_role: ClassVar[str | None] = "kernel"  # its last two axes: channels x depth multiplier
+
+    def diagram_label(self) -> str:
+        multiplier = f", x{self.depth_multiplier}" if self.depth_multiplier > 1 else ""
+        return f"DepthwiseConv {fmt(self.kernel)}{_stride(self.stride)}{multiplier}"
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        return _kernel(self, inp, m2, draw, lambda shape: shape[0] * shape[1])
 
 
 class SepConv(Node):
@@ -255,6 +346,26 @@ class SepConv(Node):
         per_pixel = sum(math.prod(shape) for role, shape in self.roles(inp).items() if role != "bias")
         return out[0] * out[1] * per_pixel
 
+    fill: ClassVar[str] = CONV_FILL
+    fold_role: ClassVar[str | None] = "pointwise"
+
+    def diagram_label(self) -> str:
+        extra = "" if self.segments == "depthwise" else f", {self.segments} segments"
+        extra += f", x{self.depth_multiplier}" if self.depth_multiplier > 1 else ""
+        extra += f", {ACTIVATION_TITLES.get(self.between, self.between)} between" if self.between != "none" else ""
+        return f"SeparableConv {self.filters}, {fmt(self.kernel)}{_stride(self.stride)}{extra}"
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        """The spatial kernel keeps the scale, the pointwise one sets it (after ``between``)."""
+        shapes = self.roles(inp)
+        spatial_ = shapes["spatial"]
+        fan_in = spatial_[0] * spatial_[1] * (1 if self.segments == "depthwise" else spatial_[2])
+        arrays = draw.bias(shapes) | {
+            "spatial": draw.kernel(spatial_, fan_in, m2, 1.0),
+            "pointwise": draw.kernel(shapes["pointwise"], inp[2] * self.depth_multiplier, draw.squash(self.between)),
+        }
+        return arrays, draw.linear_output
+
 
 class BN(Node):
     """Batch normalization over channels. ``center`` adds beta, ``scale`` adds gamma;
@@ -267,10 +378,15 @@ class BN(Node):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.99
 
     frozen_roles: ClassVar[frozenset[str]] = frozenset({"moving_mean", "moving_variance"})
+    fill: ClassVar[str] = NORM_FILL
+    folds: ClassVar[bool] = True
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
         ch = (inp[-1],)
         return ({"gamma": ch} if self.scale else {}) | ({"beta": ch} if self.center else {}) | {"moving_mean": ch, "moving_variance": ch}
+
+    def diagram_label(self) -> str:
+        return "BN"
 
 
 class LayerNorm(Node):
@@ -282,9 +398,17 @@ class LayerNorm(Node):
     center: StrictBool = True
     scale: StrictBool = True
 
+    fill: ClassVar[str] = NORM_FILL
+
     def roles(self, inp: Shape) -> dict[str, Shape]:
         ch = (inp[-1],)
         return ({"gamma": ch} if self.scale else {}) | ({"beta": ch} if self.center else {})
+
+    def diagram_label(self) -> str:
+        return "LayerNorm"
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        return super().random_weights(inp, m2, draw)[0], 1.0  # it normalises without statistics
 
 
 class LayerScale(Node):
@@ -296,16 +420,31 @@ class LayerScale(Node):
     def roles(self, inp: Shape) -> dict[str, Shape]:
         return {"gamma": (inp[-1],)}
 
+    def diagram_label(self) -> str:
+        return "LayerScale"
+
 
 class Act(Node):
     op: Literal["act"] = "act"
     kind: Activation
+
+    shorthand: ClassVar[str | None] = "kind"
+    fill: ClassVar[str] = "#fdf3d0"
+
+    def diagram_label(self) -> str:
+        return activation_title(self.kind)
+
+    def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
+        return m2 * draw.squash(self.kind)
 
 
 class Identity(Node):
     """The input unchanged: a path of branches that passes its input on (DenseNet)."""
 
     op: Literal["identity"] = "identity"
+
+    def diagram_label(self) -> str:
+        return "Identity"
 
 
 class ZeroPad(Node):
@@ -314,6 +453,13 @@ class ZeroPad(Node):
 
     op: Literal["zero_pad"] = "zero_pad"
     padding: Margins
+
+    shorthand: ClassVar[str | None] = "padding"
+    shorthand_list: ClassVar[bool] = True
+
+    def diagram_label(self) -> str:
+        (top, bottom), (left, right) = self.padding
+        return f"ZeroPad {top if top == bottom == left == right else f'{top},{bottom} x {left},{right}'}"
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         (top, bottom), (left, right) = self.padding
@@ -327,6 +473,11 @@ class Rescale(Node):
     op: Literal["rescale"] = "rescale"
     scale: float
     offset: float = 0.0
+
+    shorthand: ClassVar[str | None] = "scale"
+
+    def diagram_label(self) -> str:
+        return f"Rescale x{self.scale:.4g}" + (f" {self.offset:+g}" if self.offset else "")
 
 
 class Normalize(Node):
@@ -357,6 +508,9 @@ class Normalize(Node):
             return {}
         return {"mean": (inp[-1],), "variance": (inp[-1],), "count": ()}
 
+    def diagram_label(self) -> str:
+        return "Normalize"
+
 
 class MaxPool(Node):
     op: Literal["maxpool"] = "maxpool"
@@ -364,8 +518,13 @@ class MaxPool(Node):
     stride: Pair | None = None  # None: the pool size
     padding: Padding = "valid"
 
+    fill: ClassVar[str] = POOL_FILL
+
     def infer(self, shape: Shape, run: Run) -> Shape:
         return (*spatial(self, shape, self.pool, self.stride or self.pool, self.padding), shape[2])
+
+    def diagram_label(self) -> str:
+        return f"{type(self).__name__} {fmt(self.pool)}{_stride(self.stride or self.pool)}"
 
 
 class AvgPool(Node):
@@ -376,7 +535,12 @@ class AvgPool(Node):
     stride: Pair | None = None
     padding: Padding = "valid"
 
+    fill: ClassVar[str] = POOL_FILL
     infer = MaxPool.infer
+    diagram_label = MaxPool.diagram_label
+
+    def swaps_before_pointwise(self) -> bool:
+        return (self.stride or self.pool) == (1, 1)
 
 
 class GlobalAvgPool(Node):
@@ -386,9 +550,14 @@ class GlobalAvgPool(Node):
     op: Literal["global_avg_pool"] = "global_avg_pool"
     keepdims: StrictBool = False
 
+    fill: ClassVar[str] = POOL_FILL
+
     def infer(self, shape: Shape, run: Run) -> Shape:
         c = feature_map(self, shape)[2]
         return (1, 1, c) if self.keepdims else (c,)
+
+    def diagram_label(self) -> str:
+        return "GlobalAvgPool"
 
 
 class Flatten(Node):
@@ -399,11 +568,18 @@ class Flatten(Node):
     def infer(self, shape: Shape, run: Run) -> Shape:
         return (math.prod(shape),)
 
+    def diagram_label(self) -> str:
+        return "Flatten"
+
 
 class Dense(Node):
     op: Literal["dense"] = "dense"
     units: PositiveInt
     bias: StrictBool = True
+
+    shorthand: ClassVar[str | None] = "units"
+    fill: ClassVar[str] = "#f8dfcf"
+    fold_role: ClassVar[str | None] = "kernel"
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         if len(shape) != 1:
@@ -415,6 +591,12 @@ class Dense(Node):
 
     def macs(self, inp: Shape, out: Shape) -> int:
         return inp[0] * self.units
+
+    def diagram_label(self) -> str:
+        return f"Dense {self.units}"
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        return _kernel(self, inp, m2, draw, lambda shape: shape[0])
 
 
 class ChannelDense(Node):
@@ -434,10 +616,23 @@ class ChannelDense(Node):
     def macs(self, inp: Shape, out: Shape) -> int:
         return out[0] * out[1] * inp[2] * self.units
 
+    fill: ClassVar[str] = CONV_FILL
+
+    def diagram_label(self) -> str:
+        return f"Dense {self.units} (per pixel)"
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        return _kernel(self, inp, m2, draw, lambda shape: shape[0])
+
 
 class Dropout(Node):
     op: Literal["dropout"] = "dropout"
     rate: Annotated[float, Field(ge=0, lt=1)]
+
+    shorthand: ClassVar[str | None] = "rate"
+
+    def diagram_label(self) -> str:
+        return f"Dropout {self.rate:g}"
 
 
 class DropPath(Node):
@@ -448,8 +643,32 @@ class DropPath(Node):
     op: Literal["drop_path"] = "drop_path"
     rate: Annotated[float, Field(ge=0, lt=1)]
 
+    shorthand: ClassVar[str | None] = "rate"
+
     def infer(self, shape: Shape, run: Run) -> Shape:
         return feature_map(self, shape)
+
+    def diagram_label(self) -> str:
+        return f"DropPath {self.rate:g}"
+
+
+class Upsample(Node):
+    """Each pixel becomes ``factor`` x ``factor``: repeated ('nearest') or interpolated
+    ('bilinear', with half-pixel centres: TensorFlow's resize, torch's align_corners=False)."""
+
+    op: Literal["upsample"] = "upsample"
+    factor: PositiveInt = 2
+    mode: Literal["nearest", "bilinear"] = "nearest"
+
+    shorthand: ClassVar[str | None] = "factor"
+    fill: ClassVar[str] = POOL_FILL
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        h, w, c = feature_map(self, shape)
+        return (h * self.factor, w * self.factor, c)
+
+    def diagram_label(self) -> str:
+        return f"Upsample x{self.factor}" + (f", {self.mode}" if self.mode != "nearest" else "")
 
 
 # -- combinators -----------------------------------------------------------------------------
@@ -479,6 +698,9 @@ class Residual(Node):
                 raise self.fail(f"expected the residual body's output to match its {which} ({fmt(short)}), found {fmt(out)}")
         return out
 
+    def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
+        return sum(p for p, _ in parts)  # independent random parts add their mean squares
+
 
 class Gate(Node):
     """``x * body(x)``: the body (a squeeze-and-excite: global_avg_pool with keepdims,
@@ -496,6 +718,9 @@ class Gate(Node):
         if out != (1, 1, c):
             raise self.fail(f"expected the gate's body to end in one value per channel (1x1x{c}), found {fmt(out)}")
         return shape
+
+    def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
+        return m2 * draw.squash("sigmoid")
 
 
 class Branches(Node):
@@ -516,6 +741,9 @@ class Branches(Node):
                     f"expected branches to agree except in channels (path '{first_name}' gives {fmt(first)}), found {fmt(out)} from path '{name}'"
                 )
         return (*first[:-1], sum(out[-1] for out in outs.values()))
+
+    def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
+        return sum(p * c for p, c in parts) / sum(c for _, c in parts)  # the channels' average
 
 
 class Repeat(Node):
@@ -560,16 +788,16 @@ class Call(Node):
 
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
-    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath,
+    MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath, Upsample,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}
-# `act: relu` means {kind: relu}
-SHORTHAND_LISTS = frozenset({"zero_pad"})  # shorthands whose value may be a list
-SHORTHAND = {"act": "kind", "dropout": "rate", "drop_path": "rate", "dense": "units", "zero_pad": "padding", "rescale": "scale"}
+# op -> the field its one-value form sets (`act: relu` means {kind: relu}), from the classes
+SHORTHAND = {op: cls.shorthand for op, cls in OPS.items() if cls.shorthand}
+SHORTHAND_LISTS = frozenset(op for op, cls in OPS.items() if cls.shorthand_list)  # shorthands whose value may be a list
 
 for _cls in (*COMBINATOR_CLASSES, Call):
     _cls.model_rebuild()

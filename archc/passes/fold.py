@@ -15,8 +15,9 @@ same condition (``when: $project`` on both) pair: they are there, or gone, toget
 So the pairs hold for every param value of the generated module, which can carry them
 as one table.
 
-The producers are a table (:data:`PRODUCERS`): a new op whose output channels come from
-a linear map is one entry there, and one in each backend's fold function.
+The producers are the ops with a ``fold_role`` (archc.ir.ops: the role whose output
+channels the batch norm scales): a new op whose output channels come from a linear map
+sets it, and gives a fold target in each backend's record of it.
 
 The same walk finds the second inference rewrite, :func:`swaps`: an average pool right
 before a 1x1 conv runs after it instead. Both are linear per pixel, and the pool's
@@ -30,18 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from archc.ir.ops import BN, AvgPool, Call, Conv, Node, children
+from archc.ir.ops import Call, Node, children
 from archc.passes.analysis import Analysis
-
-# op -> the neutral-format role whose output channels a BN scales: the last axis (for
-# depthwise the last two, channels x depth multiplier, in that order)
-PRODUCERS: dict[str, str] = {
-    "conv": "kernel",
-    "depthwise": "kernel",
-    "sepconv": "pointwise",
-    "dense": "kernel",
-}
-
 
 # What every generated module defines to apply the tables (templates/fold.py.j2 of each
 # backend): no name made from a spec may take one of these.
@@ -85,7 +76,7 @@ def folds(analysis: Analysis) -> list[Fold]:
     def sequence(nodes: list[Node]) -> None:
         before = None
         for node in nodes:
-            if isinstance(node, BN) and before is not None and before.op in PRODUCERS and _same_condition(before, node):
+            if node.folds and before is not None and before.fold_role and _same_condition(before, node):
                 out.append(Fold(before.path, node.path, before.op))
             for _, seq in children(node) if _present(node) else ():
                 sequence(seq)
@@ -106,20 +97,19 @@ def _first_layer(node: Node) -> Node:
 
 def swaps(analysis: Analysis) -> list[Swap]:
     """Every average pool of stride 1 that feeds a 1x1, stride-1 conv with fewer output
-    than input channels (at the spec's params), in the order of the IR."""
+    than input channels (at the spec's params), in the order of the IR (the ops say
+    which they are: ``swaps_before_pointwise``, ``pointwise``)."""
     out: list[Swap] = []
 
     def sequence(nodes: list[Node]) -> None:
         for node, after in zip(nodes, [*nodes[1:], None]):
             conv = _first_layer(after) if after is not None else None
             if (
-                isinstance(node, AvgPool)
+                node.swaps_before_pointwise()
                 and after is not None
                 and _same_condition(node, after)
-                and (node.stride or node.pool) == (1, 1)
-                and isinstance(conv, Conv)
-                and conv.kernel == conv.stride == (1, 1)
-                and conv.filters < analysis.shapes[conv.path][0][-1]
+                and conv.pointwise()
+                and analysis.shapes[conv.path][1][-1] < analysis.shapes[conv.path][0][-1]
             ):
                 out.append(Swap(node.path, conv.path))
             for _, seq in children(node) if _present(node) else ():
@@ -169,4 +159,4 @@ def batch_norms(analysis: Analysis) -> int:
     """How many batch norm instances the network runs with these params."""
     from archc.passes.instances import instances
 
-    return sum(1 for inst in instances(analysis) if isinstance(inst.node, BN))
+    return sum(1 for inst in instances(analysis) if inst.node.folds)

@@ -9,15 +9,15 @@ labelled columns side by side; a block instance (Call) is a framed group with it
 parameter count; a repeat is drawn once in a dashed frame ("repeated 8 times") unless
 expanded; shapes are written on the edges where they change.
 
-The tree is walked through :func:`archc.ir.ops.children`, and every op gets its label from
-one table with a generic fallback (op name and its non-default fields), so ops and
-combinators added later draw without a change here. :mod:`archc.tools.draw` writes the files.
+The tree is walked through :func:`archc.ir.ops.children`, and every op gives its own label
+and fill (``Node.diagram_label``, ``Node.fill``), with a generic fallback (op name and
+its non-default fields), so ops and combinators added later draw without a change here. :mod:`archc.tools.draw` writes the files.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from archc.ir.ops import SYSTEM_FIELDS, Branches, Call, Gate, Node, Repeat, Residual, children
@@ -149,86 +149,11 @@ class Diagram:
         return [i for i in self.items if isinstance(i, Box)]
 
 
-# -- labels: one table, a generic fallback ------------------------------------------------
+# -- labels: each op's own (Node.diagram_label, Node.fill), a generic fallback --------------
 def _size(pair: tuple[int, int]) -> str:
     return fmt(pair)
 
 
-def _stride(pair: tuple[int, int] | None) -> str:
-    if pair is None or pair == (1, 1):
-        return ""
-    return f", stride {pair[0] if pair[0] == pair[1] else _size(pair)}"
-
-
-def _conv(n) -> str:
-    groups = f", {n.groups} groups" if n.groups > 1 else ""
-    return f"Conv {n.filters}, {_size(n.kernel)}{_stride(n.stride)}{groups}"
-
-
-def _sepconv(n) -> str:
-    extra = "" if n.segments == "depthwise" else f", {n.segments} segments"
-    extra += f", x{n.depth_multiplier}" if n.depth_multiplier > 1 else ""
-    extra += f", {_ACT.get(n.between, n.between)} between" if n.between != "none" else ""
-    return f"SeparableConv {n.filters}, {_size(n.kernel)}{_stride(n.stride)}{extra}"
-
-
-def _margins(m: tuple[tuple[int, int], tuple[int, int]]) -> str:
-    (top, bottom), (left, right) = m
-    return str(top) if top == bottom == left == right else f"{top},{bottom} x {left},{right}"
-
-
-def _pool(name: str) -> Callable:
-    return lambda n: f"{name} {_size(n.pool)}{_stride(n.stride or n.pool)}"
-
-
-_ACT = {
-    "relu": "ReLU",
-    "relu6": "ReLU6",
-    "elu": "ELU",
-    "silu": "SiLU",
-    "gelu": "GELU",
-    "hard_swish": "HardSwish",
-    "hard_sigmoid": "HardSigmoid",
-}
-
-LABELS: dict[str, Callable[[Node], str]] = {
-    "conv": _conv,
-    "sepconv": _sepconv,
-    "bn": lambda n: "BN",
-    "act": lambda n: _ACT.get(n.kind, n.kind.capitalize()),
-    "maxpool": _pool("MaxPool"),
-    "avgpool": _pool("AvgPool"),
-    "global_avg_pool": lambda n: "GlobalAvgPool",
-    "flatten": lambda n: "Flatten",
-    "dense": lambda n: f"Dense {n.units}",
-    "dropout": lambda n: f"Dropout {n.rate:g}",
-    "depthwise": lambda n: (
-        f"DepthwiseConv {_size(n.kernel)}{_stride(n.stride)}" + (f", x{n.depth_multiplier}" if n.depth_multiplier > 1 else "")
-    ),
-    "channel_dense": lambda n: f"Dense {n.units} (per pixel)",
-    "layer_norm": lambda n: "LayerNorm",
-    "layer_scale": lambda n: "LayerScale",
-    "drop_path": lambda n: f"DropPath {n.rate:g}",
-    "identity": lambda n: "Identity",
-    "zero_pad": lambda n: f"ZeroPad {_margins(n.padding)}",
-    "rescale": lambda n: f"Rescale x{n.scale:.4g}" + (f" {n.offset:+g}" if n.offset else ""),
-    "normalize": lambda n: "Normalize",
-}
-
-FILLS = {
-    "conv": "#dbe8f6",
-    "sepconv": "#dbe8f6",
-    "bn": "#eeeeee",
-    "act": "#fdf3d0",
-    "maxpool": "#dcefdc",
-    "avgpool": "#dcefdc",
-    "global_avg_pool": "#dcefdc",
-    "dense": "#f8dfcf",
-    "depthwise": "#dbe8f6",
-    "channel_dense": "#dbe8f6",
-    "layer_norm": "#eeeeee",
-}
-DEFAULT_FILL = "#ffffff"
 COLLAPSED_FILL = "#e6e0f3"
 
 
@@ -248,10 +173,10 @@ def _value(value: object) -> str:
 
 
 def label(node: Node) -> str:
-    """What a layer's box says: from the table, or the op's name and its fields that
-    differ from their defaults (an op added later draws as ``LayerNorm epsilon 1e-06``)."""
-    if node.op in LABELS:
-        return LABELS[node.op](node)
+    """What a layer's box says: the op's own label, or its name and its fields that
+    differ from their defaults (a combinator draws as ``Repeat times 8``)."""
+    if (text := node.diagram_label()) is not None:
+        return text
     fields = [
         f"{name} {_value(getattr(node, name))}"
         for name, info in type(node).model_fields.items()
@@ -344,7 +269,7 @@ class _Layout:
 
     def node(self, node: Node, ctx: _Ctx) -> Piece:
         if not children(node):
-            return self.box(node, ctx, [label(node)], FILLS.get(node.op, DEFAULT_FILL))
+            return self.box(node, ctx, [label(node)], node.fill)
         depth = self.options.depth
         if depth is not None and ctx.depth >= depth:
             return self.collapsed(node, ctx)

@@ -13,7 +13,6 @@ Nothing here imports a framework at import time: backends do, when they build mo
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -79,21 +78,13 @@ def random_weights(analysis: Analysis, seed: int = 0) -> dict[str, dict[str, Any
     mean square of its input, each BN's moving variance is about its input's mean square
     (times 0.5-1.5), so that BN keeps the scale near one. Biases, BN offsets and moving
     means are random too (never 0 or 1), so that any role mapped to the wrong tensor, or a
-    kernel transposed, changes the outputs."""
+    kernel transposed, changes the outputs. Each op's rule is its class's
+    ``random_weights`` (and ``mean_square``), drawing through :class:`Draw`."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
+    draw = Draw(np.random.default_rng(seed))
     at = analysis.instance_shapes
     out: dict[str, dict[str, Any]] = {}
-
-    def normal(shape, std):
-        return (rng.standard_normal(shape) * std).astype(np.float32)
-
-    def kernel(shape, fan_in, m2, target=TARGET):
-        return normal(shape, (target / (fan_in * m2)) ** 0.5)
-
-    def around_one(shape):
-        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
 
     def sequence(nodes, m2, base):
         for node in nodes:
@@ -106,17 +97,15 @@ def random_weights(analysis: Analysis, seed: int = 0) -> dict[str, dict[str, Any
         inp, outp = at[key]
         shapes = node.roles(inp)
         if shapes:
-            arrays, m2 = _weights(node, shapes, inp, m2, normal, kernel, around_one)
+            arrays, m2 = node.random_weights(inp, m2, draw)
             out[key] = {role: arrays[role] for role in shapes}
-        if not node.children():
-            return m2 * SQUASH.get(getattr(node, "kind", ""), 1.0)  # activations squash; other ops keep the scale
         if node.indexed:
             for i in range(node.repeats()):
                 for _, seq in node.running():
                     m2 = sequence(seq, m2, (node.path, f"{key}[{i}]"))
             return m2
         parts = [(sequence(seq, m2, base), _channels(seq, at, base, inp[-1])) for _, seq in node.running()]
-        return COMBINE.get(node.op, lambda parts, m2: parts[-1][0])(parts, m2)
+        return node.mean_square(m2, parts, draw)
 
     m2 = 1.0
     for layers in analysis.net.flows.values():
@@ -126,48 +115,40 @@ def random_weights(analysis: Analysis, seed: int = 0) -> dict[str, dict[str, Any
     return {key: out[key] for key in expected}
 
 
-# How a combinator's mean square follows from its parts' (mean square, channels); the
-# others (a block call) pass their one part's on.
-COMBINE = {
-    "residual": lambda parts, m2: sum(p for p, _ in parts),
-    "branches": lambda parts, m2: sum(p * c for p, c in parts) / sum(c for _, c in parts),
-    "gate": lambda parts, m2: m2 * SQUASH["sigmoid"],
-}
+class Draw:
+    """The random draws an op's ``random_weights`` makes (archc.ir.ops.Node), from one
+    generator: kernels scaled by their fan-in, biases and offsets small, scales near one."""
 
+    spread = SPREAD
+    linear_output = TARGET * (1 + SPREAD**2)  # the mean square after a kernel and a bias
 
-def _weights(node, shapes, inp, m2, normal, kernel, around_one):
-    """(role -> random array, mean square after the op) for one weighted instance: kernels
-    scaled by their fan-in, normalisations' statistics near their input's, the rest random
-    around their neutral value."""
-    import numpy as np
+    def __init__(self, rng: Any):
+        self.rng = rng
 
-    cin = inp[-1]
-    arrays = {"bias": normal(shapes["bias"], SPREAD * TARGET**0.5)} if "bias" in shapes else {}
-    if node.op in ("conv", "dense", "channel_dense"):
-        shape = shapes["kernel"]
-        return arrays | {"kernel": kernel(shape, math.prod(shape[:-1]), m2)}, TARGET * (1 + SPREAD**2)
-    if node.op == "depthwise":
-        shape = shapes["kernel"]
-        return arrays | {"kernel": kernel(shape, shape[0] * shape[1], m2)}, TARGET * (1 + SPREAD**2)
-    if node.op == "sepconv":
-        spatial = shapes["spatial"]
-        fan_in = spatial[0] * spatial[1] * (1 if node.segments == "depthwise" else spatial[2])
-        arrays |= {
-            "spatial": kernel(spatial, fan_in, m2, 1.0),
-            "pointwise": kernel(shapes["pointwise"], cin * node.depth_multiplier, SQUASH.get(node.between, 1.0)),
-        }
-        return arrays, TARGET * (1 + SPREAD**2)
-    for role, shape in shapes.items():
-        if role in ("gamma", "variance", "moving_variance"):
-            arrays[role] = around_one(shape) * (m2 if "variance" in role else 1.0)
-        elif role in ("moving_mean", "mean", "beta"):
-            arrays[role] = normal(shape, SPREAD * (m2**0.5 if "mean" in role else 1.0))
-        elif role == "count":
-            arrays[role] = np.zeros(shape, np.float32)
-        elif role not in arrays:
-            arrays[role] = around_one(shape)
-    normalises = any("variance" in role for role in shapes) or node.op == "layer_norm"
-    return arrays, 1.0 if normalises else m2
+    def normal(self, shape, std):
+        import numpy as np
+
+        return (self.rng.standard_normal(shape) * std).astype(np.float32)
+
+    def kernel(self, shape, fan_in, m2, target=TARGET):
+        return self.normal(shape, (target / (fan_in * m2)) ** 0.5)
+
+    def around_one(self, shape):
+        import numpy as np
+
+        return self.rng.uniform(0.5, 1.5, shape).astype(np.float32)
+
+    def zeros(self, shape):
+        import numpy as np
+
+        return np.zeros(shape, np.float32)
+
+    def bias(self, shapes) -> dict[str, Any]:
+        return {"bias": self.normal(shapes["bias"], SPREAD * TARGET**0.5)} if "bias" in shapes else {}
+
+    def squash(self, activation: str) -> float:
+        """How an activation scales the mean square (1 for 'none' and others)."""
+        return SQUASH.get(activation, 1.0)
 
 
 def _channels(nodes: list, at: dict, base: tuple[str, str], channels: int) -> int:

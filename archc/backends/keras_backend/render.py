@@ -3,7 +3,8 @@
 Every decision is made here (which Keras layer a node becomes, which keyword arguments
 it needs, which names, conditions and loops surround it, where a long call is wrapped);
 the templates in ``templates/`` only print it. Nothing here imports a framework. Each
-op's emitter is one entry of ``LAYERS``.
+op is one record in ``OPS`` (a :class:`KerasOp`: emitter, weight names, output layer,
+fold target, the helpers the generated module then defines).
 
 Layer names: a node's Keras name is the identifiers of its IR path (``plan.ident``)
 joined by '_'. Residual and branch children add their label ('body', 'shortcut', the
@@ -265,7 +266,7 @@ class Renderer:
         self.plan = plan(analysis, fold.MODULE_NAMES)  # templates/fold.py.j2 defines them
         self.helpers: set[str] = set()  # helpers the module defines: _separable_conv, LayerScale
         self.index: str | None = None  # the loop variable of the repeat being rendered
-        self.globals = {"keras", "layers", HELPER, "LayerScale", "create_model"} | {b.func for b in self.plan.blocks.values()}
+        self.globals = {"keras", "layers", "create_model"} | RESERVED | {b.func for b in self.plan.blocks.values()}
         # each block function's name-prefix parameter: 'name' unless an argument has it
         self.prefix = {b: Namespace(set(self.plan.signature(b))).create("name") for b in self.plan.blocks}
 
@@ -296,7 +297,7 @@ class Renderer:
         return out
 
     def node(self, node: Node, cur: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
-        return LAYERS[node.op](self, node, cur, dst, node_name(self.plan, prefix, node), scope)
+        return OPS[node.op].emit(self, node, cur, dst, node_name(self.plan, prefix, node), scope)
 
     def call_block(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         bp = self.plan.blocks[node.block]
@@ -502,11 +503,10 @@ class Renderer:
         for b in blocks:
             b["signature"] = layout([b["signature"]], 0)[0]
         model["signature"] = layout([model["signature"]], 0)[0]
-        folds = [(names[f.producer], names[f.bn]) for f in fold.folds(self.analysis)]
+        folds = [(names[f.producer] + OPS[f.op].fold_into, names[f.bn]) for f in fold.folds(self.analysis)]
         return env.get_template("module.py.j2").render(
             header=self.header(),
-            helper=HELPER in self.helpers,
-            layer_scale="LayerScale" in self.helpers,
+            helpers=[template for record in OPS.values() for name, template in record.helpers if name in self.helpers],
             math="math" in self.plan.needs,
             functions=[helper_source(f) for f in sorted(self.plan.needs - {"math"})],
             blocks=blocks,
@@ -572,33 +572,80 @@ def _layer_scale(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: 
     return [call(f"{dst} = LayerScale(", [r.sym(node, "init"), f"name={name_expr(name)}"], f")({cur})")]
 
 
-LAYERS: dict[str, Callable[..., list[Stmt]]] = {
-    "conv": _one("Conv2D", _conv),
-    "depthwise": _one("DepthwiseConv2D", _depthwise),
-    "sepconv": Renderer.sepconv,
-    "bn": _one("BatchNormalization", _bn),
-    "layer_norm": _one("LayerNormalization", _layer_norm),
-    "layer_scale": _layer_scale,
-    "act": _one("Activation", lambda r, node: [r.sym(node, "kind")]),
-    "identity": _one("Identity", lambda r, node: []),
-    "zero_pad": _one("ZeroPadding2D", lambda r, node: [r.sym(node, "padding")]),
-    "rescale": _one("Rescaling", lambda r, node: [r.sym(node, "scale"), *r.opt(node, "offset", "offset", 0.0)]),
-    "normalize": _one("Normalization", _normalize),
-    "maxpool": _one("MaxPooling2D", _pool),
-    "avgpool": _one("AveragePooling2D", _pool),
-    "global_avg_pool": _one("GlobalAveragePooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False)),
-    "flatten": _one("Flatten", lambda r, node: []),  # channels_last: Keras flattens in (H, W, C) order, as the IR says
-    "dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
-    "channel_dense": _one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]),
-    "dropout": _one("Dropout", lambda r, node: [r.sym(node, "rate")]),
+def _sepconv_parts(name: str, layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
+    """One SeparableConv2D, or its spatial and pointwise layers (see Renderer.sepconv)."""
+    if name in layers:
+        return [(layers[name], {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"})]
+    parts = [
+        (f"{name}_spatial", {"kernel": "spatial", "bias": "spatial_bias"}),
+        (f"{name}_pointwise", {"kernel": "pointwise", "bias": "bias"}),
+    ]
+    return [(layers[n], r) for n, r in parts if n in layers]
+
+
+def _same_name(name: str, layers: dict[str, Any], node: Node) -> str | None:
+    return name
+
+
+@dataclass(frozen=True)
+class KerasOp:
+    """How the Keras backend renders one op.
+
+    ``emit(renderer, node, cur, dst, name, scope)`` gives the statements; ``weights`` its
+    weights: {Keras weight name: role} of its one layer, or (name, layers) -> [(layer,
+    {weight name: role})] where it makes several (None: no weights); ``output(name,
+    layers, node)`` the layer whose output is the node's (None: none of its own);
+    ``fold_into`` the layer a batch norm after it folds into, as a suffix of its name
+    (None: not a fold producer); ``helpers`` (name, template) of what the generated module
+    defines when the emitter used ``name`` (the names are reserved)."""
+
+    emit: Callable[..., list[Stmt]]
+    weights: dict[str, str] | Callable | None = None
+    output: Callable[[str, dict[str, Any], Node], str | None] = _same_name
+    fold_into: str | None = None
+    helpers: tuple[tuple[str, str], ...] = ()
+
+
+KERNEL = {"kernel": "kernel", "bias": "bias"}
+OPS: dict[str, KerasOp] = {
+    "conv": KerasOp(_one("Conv2D", _conv), KERNEL, fold_into=""),
+    "depthwise": KerasOp(_one("DepthwiseConv2D", _depthwise), KERNEL, fold_into=""),
+    "sepconv": KerasOp(
+        Renderer.sepconv,
+        _sepconv_parts,
+        lambda name, layers, node: name if name in layers else f"{name}_pointwise",
+        fold_into="",  # templates/fold.py.j2 finds the pointwise layer of a split one
+        helpers=((HELPER, "separable_conv.py.j2"),),
+    ),
+    "bn": KerasOp(_one("BatchNormalization", _bn), {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")}),
+    "layer_norm": KerasOp(_one("LayerNormalization", _layer_norm), {"gamma": "gamma", "beta": "beta"}),
+    "layer_scale": KerasOp(_layer_scale, {"gamma": "gamma"}, helpers=(("LayerScale", "layer_scale.py.j2"),)),
+    "act": KerasOp(_one("Activation", lambda r, node: [r.sym(node, "kind")])),
+    "identity": KerasOp(_one("Identity", lambda r, node: [])),
+    "zero_pad": KerasOp(_one("ZeroPadding2D", lambda r, node: [r.sym(node, "padding")])),
+    "rescale": KerasOp(_one("Rescaling", lambda r, node: [r.sym(node, "scale"), *r.opt(node, "offset", "offset", 0.0)])),
+    "normalize": KerasOp(_one("Normalization", _normalize), {"mean": "mean", "variance": "variance", "count": "count"}),
+    "maxpool": KerasOp(_one("MaxPooling2D", _pool)),
+    "avgpool": KerasOp(_one("AveragePooling2D", _pool)),
+    "global_avg_pool": KerasOp(_one("GlobalAveragePooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False))),
+    # channels_last: Keras flattens in (H, W, C) order, as the IR says
+    "flatten": KerasOp(_one("Flatten", lambda r, node: [])),
+    "dense": KerasOp(_one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]), KERNEL, fold_into=""),
+    "channel_dense": KerasOp(_one("Dense", lambda r, node: [r.sym(node, "units"), *r.opt(node, "bias", "use_bias", True)]), KERNEL),
+    "dropout": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate")])),
     # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
-    "drop_path": _one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"]),
-    "residual": lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
-    "gate": Renderer.gate,
-    "branches": lambda r, node, cur, dst, name, scope: r.branches(node, dst, name, scope),
-    "repeat": Renderer.repeat,
-    "call": Renderer.call_block,
+    "drop_path": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"])),
+    "upsample": KerasOp(_one("UpSampling2D", lambda r, node: [r.sym(node, "factor"), *r.opt(node, "mode", "interpolation", "nearest")])),
+    "residual": KerasOp(
+        lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
+        output=lambda name, layers, node: name if node.use_shortcut else None,  # switched off by a param: no addition
+    ),
+    "gate": KerasOp(Renderer.gate),
+    "branches": KerasOp(lambda r, node, cur, dst, name, scope: r.branches(node, dst, name, scope)),
+    "repeat": KerasOp(Renderer.repeat),
+    "call": KerasOp(Renderer.call_block),
 }
+RESERVED = frozenset(name for record in OPS.values() for name, _ in record.helpers)  # names the helpers define
 
 
 def environment() -> Environment:

@@ -24,7 +24,7 @@ from archc.codegen.plan import plan
 from archc.passes.analysis import Analysis
 from archc.passes.instances import Instance, instances, weighted
 
-from .render import layer_names
+from .render import OPS, layer_names
 
 
 class WeightError(ValueError):
@@ -39,39 +39,17 @@ def _layers(model: Any) -> dict[str, Any]:
     return {layer.name: layer for layer in model.layers}
 
 
-# op -> {Keras weight name: role} of its one layer (a sepconv: see _sepconv_parts)
-ROLES: dict[str, dict[str, str]] = {
-    "conv": {"kernel": "kernel", "bias": "bias"},
-    "dense": {"kernel": "kernel", "bias": "bias"},
-    "channel_dense": {"kernel": "kernel", "bias": "bias"},
-    "depthwise": {"kernel": "kernel", "bias": "bias"},
-    "bn": {r: r for r in ("gamma", "beta", "moving_mean", "moving_variance")},
-    "layer_norm": {"gamma": "gamma", "beta": "beta"},
-    "layer_scale": {"gamma": "gamma"},
-    "normalize": {"mean": "mean", "variance": "variance", "count": "count"},
-}
-
-
 def _parts(inst: Instance, names: dict[str, str], layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
-    """(layer, {Keras weight name: role}) for each layer that holds the instance's weights."""
+    """(layer, {Keras weight name: role}) for each layer that holds the instance's weights
+    (the ``weights`` of its op's record in render.OPS)."""
     pattern = names.get(inst.path)
     if pattern is None:
         return []
     name = pattern.format(*inst.indices)
-    if inst.node.op == "sepconv":
-        return _sepconv_parts(name, layers)
-    roles = ROLES.get(inst.node.op)
+    roles = OPS[inst.node.op].weights
+    if callable(roles):
+        return roles(name, layers)
     return [(layers[name], roles)] if roles and name in layers else []
-
-
-def _sepconv_parts(name: str, layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
-    if name in layers:  # one SeparableConv2D
-        return [(layers[name], {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"})]
-    parts = [
-        (f"{name}_spatial", {"kernel": "spatial", "bias": "spatial_bias"}),
-        (f"{name}_pointwise", {"kernel": "pointwise", "bias": "bias"}),
-    ]
-    return [(layers[n], r) for n, r in parts if n in layers]
 
 
 def _variables(inst: Instance, names: dict[str, str], layers: dict[str, Any]) -> dict[str, Any]:
@@ -148,11 +126,9 @@ def _output_layer(inst: Instance, names: dict[str, str], layers: dict[str, Any])
     pattern = names.get(inst.path)
     if pattern is None:
         return None
-    name = pattern.format(*inst.indices)
-    if inst.node.op == "sepconv" and name not in layers:
-        name = f"{name}_pointwise"
-    if inst.node.op == "residual" and not inst.node.use_shortcut:
-        return None  # `use_shortcut: $param` switched off: no addition
+    name = OPS[inst.node.op].output(pattern.format(*inst.indices), layers, inst.node)
+    if name is None:
+        return None
     return layers.get(name)
 
 

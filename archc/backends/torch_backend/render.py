@@ -5,15 +5,15 @@ the model, a block instance a module of its block's class, a residual a ``Residu
 (``body``, ``shortcut``), a gate a ``Gate`` (``body``), branches a ``Branches`` keyed
 by path, a repeat a ``Repeat`` of N bodies (an ``IndexedRepeat`` where each body is
 built for its index: the channels it gets, a rate); every attribute name is ``plan.ident[path]``. :func:`qualified_names`
-spells that mapping out for tests and cross-backend checks. Each op's emitter, channel
-rule and child attributes are one entry of ``EMITTERS``.
+spells that mapping out for tests and cross-backend checks. Each op is one record in
+``OPS`` (a :class:`.ops.TorchOp`: emitter, channel rule, child attributes, weight mapping,
+fold target, fresh output, helpers).
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,23 @@ from archc.syntax.errors import Location, SpecError
 
 from . import values as v
 from .layout import Call, Expr, IfElse, Lambda, assign, signature
+from .ops import (
+    CONV_WEIGHTS,
+    TorchOp,
+    TorchWeights,
+    conv_from_neutral,
+    conv_to_neutral,
+    depthwise_from_neutral,
+    depthwise_to_neutral,
+    keep,
+    module_weights,
+    norm_weights,
+    sepconv_spatial,
+    term,
+    times,
+    to,
+    transpose,
+)
 from .values import Channels, Lit, Sym, Value, literal
 
 # Public attributes of nn.Module, nn.Sequential and nn.ModuleDict (torch 2.13): a child
@@ -82,9 +99,6 @@ HELPERS: dict[str, tuple[str, ...]] = {
 RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE", "i"}
 RESERVED |= set(MODULE_NAMES)  # templates/fold.py.j2
 
-# op -> the submodule whose output channels a batch norm after it scales (archc.passes.fold)
-FOLD_INTO = {"conv": "", "depthwise": "", "sepconv": ".pointwise", "dense": ""}
-
 ACTIVATIONS = {
     "relu": Call("nn.ReLU"),
     "relu6": Call("nn.ReLU6"),
@@ -100,10 +114,6 @@ ACTIVATIONS = {
 }
 IDENTITY = Call("nn.Identity")
 IN_PLACE = {ACTIVATIONS[k]: Call(ACTIVATIONS[k].func, (("inplace", "True"),)) for k in ("relu", "relu6")}
-# Ops whose output is a new tensor that their own backward pass does not read.
-FRESH_OUTPUT = frozenset(
-    {"conv", "depthwise", "sepconv", "bn", "layer_norm", "maxpool", "avgpool", "global_avg_pool", "dense", "branches", "zero_pad"}
-)
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     undefined=StrictUndefined,
@@ -147,6 +157,7 @@ class Renderer:
     helpers: set[str] = field(default_factory=set)
     ordered_dict: bool = False
     ranks: dict[str, int] = field(default_factory=dict)  # block -> rank of its input
+    current: tuple[TorchOp, ...] = ()  # the records of the nodes being emitted, innermost last
 
     def __post_init__(self):
         self.net = self.analysis.net
@@ -207,7 +218,7 @@ class Renderer:
         return ch, rank
 
     def effect(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:
-        rule = EMITTERS[node.op].channels
+        rule = OPS[node.op].channels
         return rule(self, node, env, ch, rank) if rule else (ch, rank)
 
     def repeat_channels(self, node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, Channels | None, int]:
@@ -226,7 +237,7 @@ class Renderer:
         if growth is not None:
             return grow(ch, growth, self.value(node, "times", env)), grow(ch, growth, Sym("i")), after_rank
         if grown == after:
-            return after, Sym(f"{_term(ch)} if i == 0 else {_term(after)}"), after_rank
+            return after, Sym(f"{term(ch)} if i == 0 else {term(after)}"), after_rank
         raise Unsupported(node, "a repeated body that neither adds a fixed number of channels nor sets them")
 
     def flat_size(self, node: ir.Flatten) -> Lit:
@@ -249,7 +260,7 @@ class Renderer:
             if cond == Lit(False):
                 continue
             expr = self.layer(node, env, v.assume(ch, cond), rank)
-            if fresh and node.op == "act" and expr in IN_PLACE:
+            if fresh and expr in IN_PLACE:  # a ReLU
                 expr = IN_PLACE[expr]
             items.append((self.plan.ident[node.path], IfElse(expr, cond.code, IDENTITY) if isinstance(cond, Sym) else expr))
             fresh = _fresh_after(node, fresh, env, self) and (fresh or not isinstance(cond, Sym))
@@ -265,9 +276,17 @@ class Renderer:
         return Call("nn.Sequential", (Call("OrderedDict", tuple(items)),))
 
     def layer(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> Expr:
-        return EMITTERS[node.op].emit(self, node, env, ch, rank)
+        record = OPS[node.op]
+        self.current += (record,)
+        try:
+            return record.emit(self, node, env, ch, rank)
+        finally:
+            self.current = self.current[:-1]
 
     def use(self, helper: str) -> str:
+        """Put a helper into the generated module: one its op's record lists."""
+        if helper not in self.current[-1].helpers:
+            raise KeyError(f"the torch record of this op lists no helper '{helper}' (add it to its helpers)")
         self.helpers.add(helper)
         return helper
 
@@ -359,7 +378,7 @@ class Renderer:
             shortcut = self.sequential(node.shortcut, env, ch, rank)
             shortcut = IfElse(shortcut, use.code, "None") if isinstance(use, Sym) else shortcut
         args = (("body", self.sequential(node.body, env, ch, rank)), ("shortcut", shortcut))
-        if use != Lit(False) and _fresh_after_sequence(node.body, env, self):
+        if use != Lit(False) and fresh_after_sequence(node.body, env, self):
             args += (("inplace", "True"),)  # the body's output is fresh: add the shortcut into it
         return Call(self.use("Residual"), args)
 
@@ -412,6 +431,16 @@ class Renderer:
     def layer_normalize(self, node, env, ch, rank) -> Expr:
         given = [(name, literal(tuple(getattr(node, name)))) for name in ("mean", "variance") if getattr(node, name) is not None]
         return Call(self.use("Normalization"), (v.code(ch), *given))
+
+    def layer_upsample(self, node, env, ch, rank) -> Expr:
+        """nn.Upsample; bilinear with align_corners=False, the half-pixel centres of TF's resize."""
+        mode = self.value(node, "mode", env)
+        args = [("scale_factor", v.code(self.value(node, "factor", env))), *self.option(node, env, "mode")]
+        if isinstance(mode, Sym):
+            args.append(("align_corners", f'False if {mode.code} == "bilinear" else None'))
+        elif mode == Lit("bilinear"):
+            args.append(("align_corners", "False"))
+        return Call("nn.Upsample", tuple(args))
 
     def layer_droppath(self, node, env, ch, rank) -> Expr:
         return Call(self.use("DropPath"), (v.code(self.value(node, "rate", env)),))
@@ -528,7 +557,7 @@ def render(analysis: Analysis) -> str:
     blocks = {b: r.block_class(b) for b in r.plan.blocks}  # parents first: ranks are known
     helpers = r.helper_order()
     names = qualified_names(r.plan)
-    bn_folds = [(names[f.producer] + FOLD_INTO[f.op], names[f.bn]) for f in folds(analysis)]
+    bn_folds = [(names[f.producer] + OPS[f.op].fold_into, names[f.bn]) for f in folds(analysis)]
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
         imports=imports(r.ordered_dict, helpers, r.plan.needs),
@@ -601,7 +630,7 @@ def qualified_names(plan: Plan) -> dict[str, str]:
             for label, seq in node.children():
                 if label == "shortcut" and not (node.use_shortcut or "use_shortcut" in node.refs):
                     continue
-                inner = EMITTERS[node.op].attribute(plan, node, label, depth)
+                inner = OPS[node.op].attribute(plan, node, label, depth)
                 walk(seq, f"{name}.{inner}." if inner else f"{name}.", depth + node.indexed)
 
     for flow, nodes in plan.analysis.net.flows.items():
@@ -609,20 +638,7 @@ def qualified_names(plan: Plan) -> dict[str, str]:
     return names
 
 
-# -- the table: one entry per op ------------------------------------------------------------
-
-
-def _keep(r: Renderer, node, env, ch, rank):
-    return ch, rank
-
-
-def _vector(r: Renderer, node, env, ch, rank):
-    return ch, 1
-
-
-def _to(field: str, new_rank: int | None = None):
-    """Channels become the node's ``field`` (a conv's filters)."""
-    return lambda r, node, env, ch, rank: (r.value(node, field, env), rank if new_rank is None else new_rank)
+# -- the table: one record per op ----------------------------------------------------------
 
 
 def _body(r: Renderer, node, env, ch, rank):
@@ -647,69 +663,101 @@ def _pool(r: Renderer, node, env, ch, rank):
     return (ch, 3) if node.keepdims else (ch, 1)
 
 
-def _label(plan: Plan, node, label: str, depth: int) -> str:
-    return label
+def _depthwise(r: Renderer, node, env, ch, rank):
+    return times(ch, r.value(node, "depth_multiplier", env)), rank
 
 
-@dataclass(frozen=True)
-class TorchOp:
-    """How the torch backend renders one op: ``emit`` gives the module expression,
-    ``channels`` what the node does to (channels, rank) as generated code sees them
-    (default: nothing), ``attribute`` the attribute that holds a child sequence."""
-
-    emit: Callable
-    channels: Callable | None = None
-    attribute: Callable = _label
+def _residual_fresh(r: Renderer, node, env) -> bool:
+    return r.value(node, "use_shortcut", env) == Lit(True) or fresh_after_sequence(node.body, env, r)
 
 
-EMITTERS: dict[str, TorchOp] = {
-    "conv": TorchOp(Renderer.layer_conv, _to("filters")),
+PADDED = ("Conv2dSame", "conv2d")
+OPS: dict[str, TorchOp] = {
+    "conv": TorchOp(Renderer.layer_conv, to("filters"), weights=CONV_WEIGHTS, fold_into="", fresh_output=True, helpers=PADDED),
     "depthwise": TorchOp(
-        Renderer.layer_depthwise, lambda r, node, env, ch, rank: (times(ch, r.value(node, "depth_multiplier", env)), rank)
+        Renderer.layer_depthwise,
+        _depthwise,
+        weights=TorchWeights(module_weights, {"kernel": depthwise_to_neutral}, {"kernel": depthwise_from_neutral}),
+        fold_into="",
+        fresh_output=True,
+        helpers=PADDED,
     ),
-    "sepconv": TorchOp(Renderer.layer_sepconv, _to("filters")),
-    "bn": TorchOp(Renderer.layer_bn),
-    "layer_norm": TorchOp(Renderer.layer_layernorm),
-    "layer_scale": TorchOp(Renderer.layer_layerscale),
-    "act": TorchOp(Renderer.layer_act),
+    "sepconv": TorchOp(
+        Renderer.layer_sepconv,
+        to("filters"),
+        weights=TorchWeights(
+            lambda m: {"spatial": m.spatial.weight, "pointwise": m.pointwise.weight, "bias": m.pointwise.bias},
+            {"spatial": sepconv_spatial(True), "pointwise": conv_to_neutral},
+            {"spatial": sepconv_spatial(False), "pointwise": conv_from_neutral},
+        ),
+        fold_into=".pointwise",
+        fresh_output=True,
+        helpers=("SeparableConv2d",),
+    ),
+    "bn": TorchOp(
+        Renderer.layer_bn,
+        weights=TorchWeights(lambda m: norm_weights(m) | {"moving_mean": m.running_mean, "moving_variance": m.running_var}),
+        fresh_output=True,
+        helpers=("KerasBatchNorm2d", "KerasBatchNorm1d"),
+    ),
+    "layer_norm": TorchOp(Renderer.layer_layernorm, weights=TorchWeights(norm_weights), fresh_output=True, helpers=("LayerNorm2d",)),
+    "layer_scale": TorchOp(Renderer.layer_layerscale, weights=TorchWeights(lambda m: {"gamma": m.gamma}), helpers=("LayerScale",)),
+    "act": TorchOp(Renderer.layer_act, helpers=("activation",)),
     "identity": TorchOp(Renderer.layer_identity),
-    "zero_pad": TorchOp(Renderer.layer_zeropad),
-    "rescale": TorchOp(Renderer.layer_rescale),
-    "normalize": TorchOp(Renderer.layer_normalize),
-    "maxpool": TorchOp(Renderer.layer_maxpool),
-    "avgpool": TorchOp(Renderer.layer_avgpool),
-    "global_avg_pool": TorchOp(Renderer.layer_globalavgpool, _pool),
-    "flatten": TorchOp(Renderer.layer_flatten, _flatten),
-    "dense": TorchOp(Renderer.layer_dense, _to("units", 1)),
-    "channel_dense": TorchOp(Renderer.layer_channeldense, _to("units")),
-    "dropout": TorchOp(Renderer.layer_dropout),
-    "drop_path": TorchOp(Renderer.layer_droppath),
-    "residual": TorchOp(Renderer.layer_residual, _body),
-    "gate": TorchOp(Renderer.layer_gate, _keep),
-    "branches": TorchOp(Renderer.layer_branches, _branches, lambda plan, node, label, depth: plan.ident[f"{node.path}:{label}"]),
-    "repeat": TorchOp(Renderer.layer_repeat, _repeat, lambda plan, node, label, depth: f"{{{depth}}}"),
+    "zero_pad": TorchOp(Renderer.layer_zeropad, fresh_output=True, helpers=("zero_padding",)),
+    "rescale": TorchOp(Renderer.layer_rescale, helpers=("Rescaling",)),
+    "normalize": TorchOp(
+        Renderer.layer_normalize,
+        weights=TorchWeights(lambda m: {"mean": m.mean, "variance": m.variance, "count": m.count}),
+        helpers=("Normalization",),
+    ),
+    "maxpool": TorchOp(Renderer.layer_maxpool, fresh_output=True, helpers=("MaxPool2dSame", "max_pool2d")),
+    "avgpool": TorchOp(Renderer.layer_avgpool, fresh_output=True, helpers=("AvgPool2dSame", "avg_pool2d")),
+    "global_avg_pool": TorchOp(Renderer.layer_globalavgpool, _pool, fresh_output=True),
+    "flatten": TorchOp(Renderer.layer_flatten, _flatten, helpers=("FlattenHWC",)),  # a view: not fresh
+    "dense": TorchOp(
+        Renderer.layer_dense,
+        to("units", 1),
+        weights=TorchWeights(module_weights, {"kernel": transpose}, {"kernel": transpose}),
+        fold_into="",
+        fresh_output=True,
+    ),
+    "channel_dense": TorchOp(
+        Renderer.layer_channeldense,
+        to("units"),
+        weights=TorchWeights(
+            module_weights, {"kernel": lambda a, inst: a[:, :, 0, 0].T}, {"kernel": lambda a, inst: a.T[:, :, None, None]}
+        ),
+    ),
+    "dropout": TorchOp(Renderer.layer_dropout),  # the identity in eval: not fresh
+    "drop_path": TorchOp(Renderer.layer_droppath, helpers=("DropPath",)),
+    "upsample": TorchOp(Renderer.layer_upsample, fresh_output=True),
+    "residual": TorchOp(Renderer.layer_residual, _body, fresh_output=_residual_fresh, helpers=("Residual",)),
+    "gate": TorchOp(Renderer.layer_gate, keep, helpers=("Gate",)),  # a product its backward reads: not fresh
+    "branches": TorchOp(
+        Renderer.layer_branches,
+        _branches,
+        lambda plan, node, label, depth: plan.ident[f"{node.path}:{label}"],
+        fresh_output=True,
+        helpers=("Branches",),
+    ),
+    "repeat": TorchOp(
+        Renderer.layer_repeat,
+        _repeat,
+        lambda plan, node, label, depth: f"{{{depth}}}",
+        fresh_output=lambda r, node, env: fresh_after_sequence(node.body, {**env, expr.INDEX: Lit(0)}, r),
+        helpers=("Repeat", "IndexedRepeat"),
+    ),
     "call": TorchOp(
-        Renderer.layer_call, lambda r, node, env, ch, rank: r.effects(node.body, r.callee_env(node, env), ch, rank), lambda *_: ""
+        Renderer.layer_call,
+        lambda r, node, env, ch, rank: r.effects(node.body, r.callee_env(node, env), ch, rank),
+        lambda *_: "",
+        fresh_output=lambda r, node, env: fresh_after_sequence(node.body, r.callee_env(node, env), r),
     ),
 }
 
 
 # -- channel arithmetic for repeats that grow the channels and depthwise multipliers ------------
-
-
-def _term(value: Channels) -> str:
-    """A value as an operand of ``*`` or ``+``: parenthesised unless it is one name or number."""
-    text = v.code(value)
-    return text if text.isidentifier() or text.replace(".", "").isdigit() else f"({text})"
-
-
-def times(ch: Channels, factor: Value) -> Channels:
-    """``ch * factor`` (a depthwise conv's output channels)."""
-    if isinstance(factor, Lit) and factor.value == 1:
-        return ch
-    if isinstance(ch, Lit) and isinstance(factor, Lit):
-        return Lit(ch.value * factor.value)
-    return Sym(f"{_term(ch)} * {_term(factor)}")
 
 
 def minus(grown: Channels, base: Sym) -> Channels | None:
@@ -726,7 +774,7 @@ def grow(ch: Channels, growth: Channels, runs: Value) -> Channels:
     if all(isinstance(x, Lit) for x in (ch, growth, runs)):
         return Lit(ch.value + runs.value * growth.value)
     base = f"({v.code(ch)})" if isinstance(ch, v.Choice) else v.code(ch)  # `+` binds tighter than `if`
-    return Sym(f"{base} + {_term(runs)} * {_term(growth)}")
+    return Sym(f"{base} + {term(runs)} * {term(growth)}")
 
 
 def torch_plan(analysis: Analysis) -> Plan:
@@ -737,18 +785,11 @@ def torch_plan(analysis: Analysis) -> Plan:
 def _fresh_after(node: Node, fresh: bool, env: dict[str, Value], renderer: Renderer) -> bool:
     """Whether the tensor after ``node`` is one that later in-place ops may overwrite:
     made by this sequence, and not read by any backward pass (an activation's is)."""
-    if node.op in FRESH_OUTPUT:
-        return True
-    if node.op == "residual":
-        return renderer.value(node, "use_shortcut", env) == Lit(True) or _fresh_after_sequence(node.body, env, renderer)
-    if node.op == "repeat":
-        return _fresh_after_sequence(node.body, {**env, expr.INDEX: Lit(0)}, renderer)
-    if node.op == "call":
-        return _fresh_after_sequence(node.body, renderer.callee_env(node, env), renderer)
-    return False  # activations, dropout (the identity in eval), flatten (a view), a gate's product
+    rule = OPS[node.op].fresh_output
+    return rule(renderer, node, env) if callable(rule) else rule
 
 
-def _fresh_after_sequence(nodes: list[Node], env: dict[str, Value], renderer: Renderer) -> bool:
+def fresh_after_sequence(nodes: list[Node], env: dict[str, Value], renderer: Renderer) -> bool:
     fresh = False
     for node in nodes:
         cond = renderer.value(node, "when", env)

@@ -2,6 +2,7 @@
 export and load a model's weights, per-instance counts, intermediate outputs, and
 ``state_dict`` checkpoints. Imported only when used (it imports torch).
 
+Each op's mapping is the ``weights`` of its record (``render.OPS``, layouts in :mod:`.ops`).
 The layouts, torch -> neutral (= Keras):
 
 - conv: weight (out, in/groups, kh, kw) -> kernel (kh, kw, in/groups, out);
@@ -21,8 +22,6 @@ The layouts, torch -> neutral (= Keras):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ import torch
 from archc.passes.analysis import Analysis
 from archc.passes.instances import Instance, instances, weighted
 
-from .render import qualified_names, torch_plan
+from .ops import TorchWeights
+from .render import OPS, qualified_names, torch_plan
 
 
 class WeightError(ValueError):
@@ -46,90 +46,25 @@ def _module(model: Any, names: dict[str, str], inst: Instance) -> torch.nn.Modul
     return model.get_submodule(name.format(*inst.indices))
 
 
-def _conv_to_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
-    return a.transpose(2, 3, 1, 0)  # (out, in/g, kh, kw) -> (kh, kw, in/g, out)
-
-
-def _conv_from_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
-    return a.transpose(3, 2, 0, 1)
-
-
-def _depthwise_to_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
-    """(C*dm, 1, kh, kw), output channel c*dm + m -> (kh, kw, C, dm)."""
-    c = inst.input[-1]
-    kh, kw = a.shape[-2:]
-    return a.reshape(c, a.shape[0] // c, kh, kw).transpose(2, 3, 0, 1)
-
-
-def _depthwise_from_neutral(a: np.ndarray, inst: Instance) -> np.ndarray:
-    kh, kw, c, dm = a.shape
-    return a.transpose(2, 3, 0, 1).reshape(c * dm, 1, kh, kw)
-
-
-def _sepconv_spatial(to_neutral: bool):
-    def layout(a: np.ndarray, inst: Instance) -> np.ndarray:
-        if inst.node.segments == "depthwise":
-            return _depthwise_to_neutral(a, inst) if to_neutral else _depthwise_from_neutral(a, inst)
-        return _conv_to_neutral(a, inst) if to_neutral else _conv_from_neutral(a, inst)
-
-    return layout
-
-
-def _transpose(a: np.ndarray, inst: Instance) -> np.ndarray:
-    return a.T
-
-
-def _module_weights(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
-    return {"kernel": module.weight, "bias": module.bias}
-
-
-def _norm(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
-    return {"gamma": module.weight, "beta": module.bias}
-
-
-@dataclass(frozen=True)
-class TorchWeights:
-    """One op's weights in torch: ``tensors(module)`` -> role -> tensor (None: absent);
-    ``to_neutral`` / ``from_neutral``: role -> the layout change (default: none)."""
-
-    tensors: Callable[[torch.nn.Module], dict[str, torch.Tensor | None]]
-    to_neutral: dict[str, Callable] = field(default_factory=dict)
-    from_neutral: dict[str, Callable] = field(default_factory=dict)
-
-
-WEIGHTS: dict[str, TorchWeights] = {
-    "conv": TorchWeights(_module_weights, {"kernel": _conv_to_neutral}, {"kernel": _conv_from_neutral}),
-    "depthwise": TorchWeights(_module_weights, {"kernel": _depthwise_to_neutral}, {"kernel": _depthwise_from_neutral}),
-    "sepconv": TorchWeights(
-        lambda m: {"spatial": m.spatial.weight, "pointwise": m.pointwise.weight, "bias": m.pointwise.bias},
-        {"spatial": _sepconv_spatial(True), "pointwise": _conv_to_neutral},
-        {"spatial": _sepconv_spatial(False), "pointwise": _conv_from_neutral},
-    ),
-    "dense": TorchWeights(_module_weights, {"kernel": _transpose}, {"kernel": _transpose}),
-    "channel_dense": TorchWeights(
-        _module_weights, {"kernel": lambda a, inst: a[:, :, 0, 0].T}, {"kernel": lambda a, inst: a.T[:, :, None, None]}
-    ),
-    "bn": TorchWeights(lambda m: _norm(m) | {"moving_mean": m.running_mean, "moving_variance": m.running_var}),
-    "layer_norm": TorchWeights(_norm),
-    "layer_scale": TorchWeights(lambda m: {"gamma": m.gamma}),
-    "normalize": TorchWeights(lambda m: {"mean": m.mean, "variance": m.variance, "count": m.count}),
-}
+def _record(inst: Instance) -> TorchWeights:
+    """The weight mapping of the instance's op (its record in render.OPS)."""
+    return OPS[inst.node.op].weights
 
 
 def _to_neutral(inst: Instance, role: str, t: torch.Tensor) -> np.ndarray:
     a = t.detach().cpu().numpy()
-    layout = WEIGHTS[inst.node.op].to_neutral.get(role)
+    layout = _record(inst).to_neutral.get(role)
     return np.ascontiguousarray(layout(a, inst)) if layout else a.copy()
 
 
 def _from_neutral(inst: Instance, role: str, a: np.ndarray) -> np.ndarray:
-    layout = WEIGHTS[inst.node.op].from_neutral.get(role)
+    layout = _record(inst).from_neutral.get(role)
     return layout(a, inst) if layout else a
 
 
 def _tensors(inst: Instance, module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
     """role -> the tensor that holds it in ``module`` (None where the module lacks it)."""
-    return WEIGHTS[inst.node.op].tensors(module)
+    return _record(inst).tensors(module)
 
 
 def export(model: Any, analysis: Analysis) -> dict[str, dict[str, np.ndarray]]:
