@@ -14,7 +14,7 @@ from archc.ir.ops import COMBINATORS, OPS, SHORTHAND, SHORTHAND_LISTS, SYSTEM_FI
 from archc.ir.substitute import INDEX, Scope, Substituter
 from archc.ir.validate import validated
 from archc.syntax.errors import Location, SpecError, did_you_mean, show
-from archc.syntax.loader import Key
+from archc.syntax.loader import Key, Source
 
 MAX_UNROLLED = 100_000  # layers resolved to check a repeat whose body reads its index
 
@@ -52,7 +52,9 @@ class Written:
 
 
 class Layers(Substituter):
-    def __init__(self, source):
+    """Layers -> nodes, with the document's params, defaults and blocks (set by the Resolver)."""
+
+    def __init__(self, source: Source):
         super().__init__(source)
         self.params: dict[str, Any] = {}
         self.defaults: dict[str, dict[str, Any]] = {}

@@ -32,6 +32,8 @@ def compile_spec(spec: str | Source, overrides: Mapping[str, Any] | None = None)
 
 
 class Resolver(Layers):
+    """One spec's document -> its Network (the layers' part is inherited)."""
+
     def __init__(self, source: Source):
         super().__init__(source)
         self.doc = source.data
