@@ -197,6 +197,13 @@ def test_variants_draw_their_own_picture():
     assert title == "xception (segments=4, residual=false)"
 
 
+def test_flow_titles_come_from_the_spec_s_flow_names(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text("name: two\ninput: [8, 8, 3]\nflows:\n  trunk: [{conv: {filters: 4, kernel: 3}}]\n  top: [flatten]\n")
+    titles = [t.text for t in svg_of(spec).iter(f"{SVG}text") if t.get("class") == "flow"]
+    assert titles == ["trunk flow", "top flow"]
+
+
 def test_an_op_added_later_gets_a_generic_label():
     from typing import Literal
 

@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from archc.ir.recipe import Training
 from archc.syntax import expr
-from archc.syntax.errors import Location, SpecError
+from archc.syntax.errors import Location, SpecError, did_you_mean, show
 
 PositiveInt = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0, le=1_000_000)]
@@ -674,7 +674,21 @@ class Upsample(Node):
 # -- combinators -----------------------------------------------------------------------------
 
 
-class Residual(Node):
+class Combinator(Node):
+    """A node with sub-sequences. Its class also says how a spec writes it: the
+    classmethod ``parse(layer, resolver)`` turns the layer's mapping into the node, and
+    (for the combinators a spec names, COMBINATORS) ``layer_schema(parts)`` is that
+    mapping's JSON Schema. ``resolver`` is an archc.ir.layers.Layers, ``layer`` its
+    Written (the fields as written, where, the scope, what every node gets); ``parts``
+    is archc.ir.schema.Parts, the schema's shared pieces. Those modules import this one."""
+
+    @classmethod
+    def short_form(cls, value: Any) -> Any:
+        """The layer's value with a short form (not a mapping of fields) written out."""
+        return value
+
+
+class Residual(Combinator):
     """``body(x) + shortcut(x)``; no shortcut layers means the identity.
     ``use_shortcut`` false drops the addition and the shortcut layers (an ablation)."""
 
@@ -689,6 +703,19 @@ class Residual(Node):
     def running(self) -> list[tuple[str, list[Node]]]:
         return self.children() if self.use_shortcut else [("body", self.body)]
 
+    @classmethod
+    def parse(cls, layer: Any, resolver: Any) -> Residual:
+        resolver.check_fields(cls, layer)
+        use = resolver.field(layer, "use_shortcut", True)
+        body = resolver.sequence(layer.fields.get("body"), layer.at("body"), layer.inner("body"))
+        short = layer.fields.get("shortcut")
+        shortcut = [] if short is None else resolver.sequence(short, layer.at("shortcut"), layer.inner("shortcut"))
+        return resolver.build(cls, layer.node(body=body, shortcut=shortcut, use_shortcut=use), layer)
+
+    @classmethod
+    def layer_schema(cls, parts: Any) -> dict[str, Any]:
+        return parts.mapping(cls, body=parts.layers, shortcut=parts.layers, use_shortcut=parts.written({"type": "boolean"}))
+
     def infer(self, shape: Shape, run: Run) -> Shape:
         out = run(self.body, shape)
         if self.use_shortcut:
@@ -702,7 +729,7 @@ class Residual(Node):
         return sum(p for p, _ in parts)  # independent random parts add their mean squares
 
 
-class Gate(Node):
+class Gate(Combinator):
     """``x * body(x)``: the body (a squeeze-and-excite: global_avg_pool with keepdims,
     1x1 convs, a sigmoid) ends in one value per channel, broadcast over the map."""
 
@@ -722,8 +749,23 @@ class Gate(Node):
     def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
         return m2 * draw.squash("sigmoid")
 
+    @classmethod
+    def short_form(cls, value: Any) -> Any:
+        """``gate: [layers]`` is ``gate: {body: [layers]}``."""
+        return {"body": value} if isinstance(value, list) else value
 
-class Branches(Node):
+    @classmethod
+    def parse(cls, layer: Any, resolver: Any) -> Gate:
+        resolver.check_fields(cls, layer)
+        body = resolver.sequence(layer.fields.get("body"), layer.at("body"), layer.inner("body"))
+        return resolver.build(cls, layer.node(body=body), layer)
+
+    @classmethod
+    def layer_schema(cls, parts: Any) -> dict[str, Any]:
+        return {"anyOf": [parts.layers, parts.mapping(cls, body=parts.layers)]}
+
+
+class Branches(Combinator):
     """Parallel paths over the same input, concatenated on channels in order."""
 
     op: Literal["branches"] = "branches"
@@ -745,8 +787,41 @@ class Branches(Node):
     def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
         return sum(p * c for p, c in parts) / sum(c for _, c in parts)  # the channels' average
 
+    @classmethod
+    def short_form(cls, value: Any) -> Any:
+        """``branches: [[layers], ...]`` or ``branches: {name: [layers], ...}`` is
+        ``branches: {paths: ...}``; a list's paths are named branch1, branch2, ..."""
+        if isinstance(value, (list, dict)) and not (isinstance(value, dict) and "paths" in value):
+            return {"paths": value}
+        return value
 
-class Repeat(Node):
+    @classmethod
+    def parse(cls, layer: Any, resolver: Any) -> Branches:
+        resolver.check_fields(cls, layer)
+        raw = layer.fields.get("paths")
+        if isinstance(raw, list):
+            raw = {f"branch{i + 1}": layers for i, layers in enumerate(raw)}
+            keys = {name: i for i, name in enumerate(raw)}
+        else:
+            keys = {name: name for name in raw} if isinstance(raw, dict) else {}
+        if not isinstance(raw, dict) or len(raw) < 2:
+            message = "expected at least two paths (a list of layer lists, or a mapping of names to them)"
+            raise resolver.error(layer.key, f"{message}, found {show(layer.fields.get('paths'))}", via=layer.scope.via)
+        paths = {p: resolver.sequence(layers, layer.at("paths") + (keys[p],), layer.inner(p)) for p, layers in raw.items()}
+        return resolver.build(cls, layer.node(paths=paths), layer)
+
+    @classmethod
+    def layer_schema(cls, parts: Any) -> dict[str, Any]:
+        return {
+            "anyOf": [
+                {"type": "array", "items": parts.layers, "minItems": 2},
+                {"type": "object", "additionalProperties": parts.layers, "minProperties": 2},
+                parts.mapping(cls, paths={}),
+            ]
+        }
+
+
+class Repeat(Combinator):
     """``body`` applied ``times`` times in sequence, each with its own weights; the body
     may change the shape (DenseNet's growing channels): each run sees the last's output."""
 
@@ -766,8 +841,25 @@ class Repeat(Node):
     def repeats(self) -> int:
         return self.times
 
+    @classmethod
+    def parse(cls, layer: Any, resolver: Any) -> Repeat:
+        """``{times, body}``: the body once, at index 0 (the resolver checks that the
+        other iterations agree with it where it reads the index)."""
+        resolver.check_fields(cls, layer)
+        times = resolver.field(layer, "times")
+        if type(times) is not int or not 1 <= times <= 10_000:
+            ref = layer.refs.get("times")
+            found = show(times) + (f" (from {expr.spelled(ref)})" if ref else "")
+            raise resolver.error(layer.at("times"), f"expected a repeat count from 1 to 10000, found {found}", via=layer.scope.via)
+        body = resolver.iterations(layer, times)
+        return resolver.build(cls, layer.node(times=times, body=body), layer)
 
-class Call(Node):
+    @classmethod
+    def layer_schema(cls, parts: Any) -> dict[str, Any]:
+        return parts.mapping(cls, times=parts.written({"type": "integer", "minimum": 1, "maximum": 10000}), body=parts.layers)
+
+
+class Call(Combinator):
     """An instance of a block definition; ``body`` is the definition resolved with
     ``args``. Kept as a node so that backends emit one class/function per block."""
 
@@ -784,6 +876,30 @@ class Call(Node):
 
     def label(self) -> str:
         return self.block
+
+    @classmethod
+    def parse(cls, layer: Any, resolver: Any) -> Call:
+        """``{block: {argument: value}}``: the arguments checked against the block's
+        (defaults filled in), the body its definition resolved with them."""
+        block, scope = layer.kind, layer.scope
+        if block in scope.stack:
+            chain = " -> ".join(scope.stack + (block,))
+            raise resolver.error(layer.key, f"expected blocks that do not call themselves, found {chain}", via=scope.via)
+        declared = resolver.blocks[block][0]
+
+        def reject(arg: str) -> str:
+            if arg in declared:
+                return ""
+            return f"expected an argument of block '{block}' ({', '.join(declared) or 'none'}), found '{arg}'{did_you_mean(arg, declared)}"
+
+        args = resolver.values(layer.fields, layer.key, scope, layer.refs, reject)
+        for arg, default in declared.items():
+            if arg not in args:
+                if default is None:
+                    raise resolver.error(layer.key, f"expected a value for argument '{arg}' of block '{block}', found none", via=scope.via)
+                args[arg] = default
+        body = resolver.expand(block, args, layer)
+        return resolver.build(cls, layer.node(block=block, args=args, body=body), layer, {"args": layer.key})
 
 
 OP_CLASSES = (

@@ -26,12 +26,8 @@ TYPE_WORDS = {
 
 def declare(source: Source, raw: Any) -> dict[str, Param]:
     """Parse the ``params:`` section: ``name: default`` or ``name: {default, type, ...}``."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise source.error(("params",), f"expected a mapping of param names to defaults, found {show(raw)}")
     decls = {}
-    for name, value in raw.items():
+    for name, value in source.mapping(raw, ("params",), "param names to defaults").items():
         key = ("params", name)
         if not name.isidentifier():
             raise source.error(key, f"expected a param name made of letters, digits and '_', found {name!r}", at_key=True)

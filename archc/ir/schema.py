@@ -1,10 +1,12 @@
-"""A JSON Schema of the spec format, derived from the IR models so it cannot drift."""
+"""A JSON Schema of the spec format, derived from the IR models so it cannot drift: an
+op's fields from its pydantic model, a combinator's mapping from its class
+(``layer_schema``, given :class:`Parts`), the document's sections here."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from archc.ir.ops import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, Expect, Param, ZeroPad
+from archc.ir.ops import COMBINATORS, OPS, SHORTHAND, SYSTEM_FIELDS, Expect, Node, Param, ZeroPad
 from archc.ir.recipe import Training
 
 REF = {
@@ -47,47 +49,43 @@ def _fields(cls) -> dict[str, Any]:
     return {"type": "object", "properties": {**props, **META}, "additionalProperties": False}
 
 
-def spec_schema() -> dict[str, Any]:
-    ops = {}
-    for op, cls in OPS.items():
-        body = _fields(cls)
-        options = [body, {"type": "null"}]
-        if op in SHORTHAND:
-            options.append({"anyOf": [{"type": ["string", "number", "integer"]}, *([MARGINS] if op == "zero_pad" else [])]})
-        ops[op] = {"type": "object", "properties": {op: {"anyOf": options}}, "required": [op], "additionalProperties": False}
-    combinators = {
-        "residual": {
-            "type": "object",
-            "properties": {"body": LAYERS, "shortcut": LAYERS, "use_shortcut": {"anyOf": [{"type": "boolean"}, REF]}, **META},
-            "required": ["body"],
-            "additionalProperties": False,
-        },
-        "gate": {
-            "anyOf": [
-                LAYERS,
-                {"type": "object", "properties": {"body": LAYERS, **META}, "required": ["body"], "additionalProperties": False},
-            ]
-        },
-        "branches": {
-            "anyOf": [
-                {"type": "array", "items": LAYERS, "minItems": 2},
-                {"type": "object", "additionalProperties": LAYERS, "minProperties": 2},
-                {"type": "object", "properties": {"paths": {}, **META}, "required": ["paths"], "additionalProperties": False},
-            ]
-        },
-        "repeat": {
-            "type": "object",
-            "properties": {"times": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 10000}, REF]}, "body": LAYERS, **META},
-            "required": ["times", "body"],
-            "additionalProperties": False,
-        },
-    }
-    assert set(combinators) == set(COMBINATORS)
-    layer = {
+class Parts:
+    """What a combinator's ``layer_schema`` builds with."""
+
+    layers = LAYERS
+
+    @staticmethod
+    def written(schema: dict[str, Any]) -> dict[str, Any]:
+        """A field's schema, or a $reference in its place."""
+        return {"anyOf": [schema, REF]}
+
+    @staticmethod
+    def mapping(cls: type[Node], **properties: Any) -> dict[str, Any]:
+        """The combinator's mapping of fields (and name, when); the fields its model
+        requires are required."""
+        required = [f for f, info in cls.model_fields.items() if info.is_required() and f not in Node.model_fields]
+        return {"type": "object", "properties": {**properties, **META}, "required": required, "additionalProperties": False}
+
+
+def _only(key: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A mapping with one key, ``key``, whose value is ``value``."""
+    return {"type": "object", "properties": {key: value}, "required": [key], "additionalProperties": False}
+
+
+def _op(op: str, cls) -> dict[str, Any]:
+    options = [_fields(cls), {"type": "null"}]
+    if op in SHORTHAND:
+        options.append({"anyOf": [{"type": ["string", "number", "integer"]}, *([MARGINS] if op == "zero_pad" else [])]})
+    return _only(op, {"anyOf": options})
+
+
+def layer_schema() -> dict[str, Any]:
+    """A layer: an op's name or mapping, a combinator's mapping, or a block call."""
+    return {
         "anyOf": [
             {"type": "string", "description": "an op without fields, or a block without arguments"},
-            *ops.values(),
-            *({"type": "object", "properties": {k: v}, "required": [k], "additionalProperties": False} for k, v in combinators.items()),
+            *(_op(op, cls) for op, cls in OPS.items()),
+            *(_only(name, cls.layer_schema(Parts)) for name, cls in COMBINATORS.items()),
             {
                 "type": "object",
                 "minProperties": 1,
@@ -97,7 +95,47 @@ def spec_schema() -> dict[str, Any]:
             },
         ]
     }
-    param = Param.model_json_schema()
+
+
+def _untitled(schema: dict[str, Any], *drop: str) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k not in ("title", *drop)}
+
+
+def _params() -> dict[str, Any]:
+    declaration = {
+        "type": "object",
+        "properties": {k: _untitled(v) for k, v in Param.model_json_schema()["properties"].items()},
+        "required": ["default"],
+        "additionalProperties": False,
+    }
+    return {"type": "object", "additionalProperties": {"anyOf": [{"type": ["integer", "number", "boolean", "string"]}, declaration]}}
+
+
+def _blocks() -> dict[str, Any]:
+    block = {
+        "type": "object",
+        "required": ["body"],
+        "additionalProperties": False,
+        "properties": {
+            "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
+            "body": LAYERS,
+            "doc": {"type": "string"},
+        },
+    }
+    return {"type": "object", "additionalProperties": block}
+
+
+def _flows() -> dict[str, Any]:
+    repeated = {
+        "type": "object",
+        "properties": {"repeat": {"anyOf": [{"type": "integer", "minimum": 1}, REF]}, "body": LAYERS},
+        "required": ["repeat", "body"],
+        "additionalProperties": False,
+    }
+    return {"type": "object", "minProperties": 1, "additionalProperties": {"anyOf": [LAYERS, repeated]}}
+
+
+def spec_schema() -> dict[str, Any]:
     training = Training.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -115,51 +153,12 @@ def spec_schema() -> dict[str, Any]:
                 "maxItems": 3,
                 "description": "[height, width, channels]",
             },
-            "params": {
-                "type": "object",
-                "additionalProperties": {
-                    "anyOf": [
-                        {"type": ["integer", "number", "boolean", "string"]},
-                        {
-                            "type": "object",
-                            "properties": {k: {kk: vv for kk, vv in v.items() if kk != "title"} for k, v in param["properties"].items()},
-                            "required": ["default"],
-                            "additionalProperties": False,
-                        },
-                    ]
-                },
-            },
+            "params": _params(),
             "defaults": {"type": "object", "properties": {op: {"type": "object"} for op in OPS}, "additionalProperties": False},
-            "blocks": {
-                "type": "object",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["body"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
-                        "body": LAYERS,
-                        "doc": {"type": "string"},
-                    },
-                },
-            },
-            "flows": {
-                "type": "object",
-                "minProperties": 1,
-                "additionalProperties": {
-                    "anyOf": [
-                        LAYERS,
-                        {
-                            "type": "object",
-                            "properties": {"repeat": {"anyOf": [{"type": "integer", "minimum": 1}, REF]}, "body": LAYERS},
-                            "required": ["repeat", "body"],
-                            "additionalProperties": False,
-                        },
-                    ]
-                },
-            },
-            "expect": {k: v for k, v in Expect.model_json_schema().items() if k != "title"},
-            "training": {k: v for k, v in training.items() if k not in ("title", "$defs")},
+            "blocks": _blocks(),
+            "flows": _flows(),
+            "expect": _untitled(Expect.model_json_schema()),
+            "training": _untitled(training, "$defs"),
         },
-        "$defs": {"layer": layer, **training["$defs"]},
+        "$defs": {"layer": layer_schema(), **training["$defs"]},
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from archc.syntax.errors import Location, SpecError
+from archc.syntax.errors import Location, SpecError, show
 
 MAX_BYTES = 2_000_000
 MAX_NODES = 200_000
@@ -62,6 +62,15 @@ class Source:
 
     def error(self, key: Key, message: str, *, at_key: bool = False) -> SpecError:
         return SpecError(self.loc(key, at_key=at_key), message)
+
+    def mapping(self, raw: Any, key: Key, what: str) -> dict:
+        """A section that maps names to things (``params:``, ``blocks:``...): ``raw``,
+        {} where it is absent or empty, or an error saying it should map ``what``."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise self.error(key, f"expected a mapping of {what}, found {show(raw)}")
+        return raw
 
 
 def dotted(key: Key) -> str:

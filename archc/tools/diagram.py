@@ -17,7 +17,7 @@ its non-default fields), so ops and combinators added later draw without a chang
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from archc.ir.ops import SYSTEM_FIELDS, Branches, Call, Gate, Node, Repeat, Residual, children
@@ -197,7 +197,105 @@ def _params(c: Counts) -> str:
     return f"{c.trainable:,} params"
 
 
-# -- layout -------------------------------------------------------------------------------
+# -- geometry: pieces made of primitives and other pieces, no IR ----------------------------
+def boxed(lines: list[str], path: str, op: str, fill: str) -> Piece:
+    """A box wide enough for its lines (the first in FONT, the others SMALL)."""
+    w = max(MIN_BOX_W, max(text_width(t, FONT if i == 0 else SMALL) for i, t in enumerate(lines)) + 14)
+    h = BOX_H + LINE_H * (len(lines) - 1)
+    return Piece(w, h, w / 2, [Box(0, 0, w, h, tuple(lines), path, op, fill)])
+
+
+def even_widths(pieces: list[Piece]) -> None:
+    """The plain boxes of one sequence share one width, so that a column reads as one."""
+    plain = [p for p in pieces if len(p.items) == 1 and isinstance(p.items[0], Box)]
+    if not plain:
+        return
+    w = max(p.w for p in plain)
+    for p in plain:
+        box = p.items[0]
+        p.items[0] = replace(box, w=w)
+        p.w, p.axis = w, w / 2
+
+
+def stacked(pieces: list[Piece], gap: float) -> Piece:
+    """Pieces one below the other on one axis, joined by edges."""
+    axis = max(p.axis for p in pieces)
+    right = max(p.w - p.axis for p in pieces)
+    items: list[Primitive] = []
+    y = 0.0
+    for i, piece in enumerate(pieces):
+        items.extend(piece.at(axis - piece.axis, y))
+        y += piece.h
+        if i + 1 < len(pieces):
+            items.append(Edge(((axis, y), (axis, y + gap))))
+            y += gap
+    return Piece(axis + right, y, axis, items)
+
+
+def framed(body: Piece, title: str, note: str, kind: str, path: str) -> Piece:
+    """``body`` in a box with a header: the title left of the axis (the edge that
+    enters the frame crosses the header there), the note right of it."""
+    left = max(body.axis + PAD, PAD + text_width(title, SMALL) + 6)
+    right = max(body.w - body.axis + PAD, PAD + text_width(note, SMALL) + 6 if note else 0)
+    dx = left - body.axis
+    w, h = left + right, HEADER + body.h + PAD
+    items: list[Primitive] = [Frame(0, 0, w, h, title, note, kind, path), Edge(((left, 0), (left, HEADER)), False)]
+    items.extend(body.at(dx, HEADER))
+    return Piece(w, h, left, items, body.tail)
+
+
+def joined(body: Piece, short: Piece, symbol: str, key: str) -> Piece:
+    """``body`` and a second line (``short``; empty: the identity) from one fork,
+    meeting at a join drawn with ``symbol`` ("+" for a residual, "x" for a gate)."""
+    top = GAP  # fork at y=0, columns start at `top`
+    x_short = body.w + HGAP + short.axis  # the shortcut's line, right of the body
+    bottom = top + max(body.h, short.h)
+    r = 7
+    join_y = bottom + GAP / 2 + r
+    a = body.axis
+    items: list[Primitive] = [Edge(((a, 0), (a, top)))]
+    items.extend(body.at(0, top))
+    items.append(Edge(((a, top + body.h), (a, join_y - r))))
+    if short.items:
+        items.append(Edge(((a, top / 2), (x_short, top / 2), (x_short, top))))
+        items.extend(short.at(x_short - short.axis, top))
+        items.append(Edge(((x_short, top + short.h), (x_short, join_y), (a + r, join_y))))
+    else:
+        items.append(Edge(((a, top / 2), (x_short, top / 2), (x_short, join_y), (a + r, join_y))))
+    items.append(Join(a, join_y, 2 * r, 2 * r, symbol, key))
+    w = max(body.w, x_short + max(short.w - short.axis, 0)) + 4
+    return Piece(w, join_y + r, a, items)
+
+
+def side_by_side(paths: list[tuple[str, Piece, str]], symbol: str, key: str) -> Piece:
+    """Named paths (name, piece, the shape it ends in) side by side from one fork,
+    meeting at a node drawn with ``symbol`` ("concat")."""
+    top = GAP + SMALL  # room for the path names
+    x = 0.0
+    axes = []
+    items: list[Primitive] = []
+    for name, piece, tail in paths:
+        width = max(piece.w, piece.axis + 5 + text_width(tail, SMALL), text_width(name, SMALL) + 8)
+        axes.append(x + piece.axis)
+        items.extend(piece.at(x, top))
+        items.append(Text(x + piece.axis + 4, top - 4, name, kind="path"))
+        if tail:
+            items.append(Text(x + piece.axis + 5, top + piece.h + GAP / 2 + SMALL / 3, tail))
+        x += width + HGAP
+    w = x - HGAP
+    bottom = top + max(p.h for _, p, _ in paths) + GAP
+    jw, jh = text_width(symbol, SMALL) + 10, 14
+    a = (axes[0] + axes[-1]) / 2
+    fork = top / 2 - SMALL / 2
+    items.insert(0, Edge(((a, 0), (a, fork)), False))
+    for ax, (_, piece, _) in zip(axes, paths):
+        items.append(Edge(((a, fork), (ax, fork), (ax, top))))
+        items.append(Edge(((ax, top + piece.h), (ax, bottom), (a, bottom), (a, bottom + 4)), ax == a))
+    items.append(Join(a, bottom + 4 + jh / 2, jw, jh, symbol, key))
+    return Piece(w, bottom + 4 + jh, a, items)
+
+
+# -- the walk: a node -> its piece ----------------------------------------------------------
 @dataclass(frozen=True)
 class _Ctx:
     """Where the walk is: nesting depth, and how IR paths map to drawn keys (an
@@ -229,7 +327,7 @@ class _Layout:
     def sequence(self, nodes: list[Node], ctx: _Ctx) -> Piece:
         nodes = self.enabled(nodes)
         pieces = [self.node(n, ctx) for n in nodes]
-        self._even_widths(pieces)
+        even_widths(pieces)
         if not pieces:
             return Piece(0, 0, 0)
         axis = max(p.axis for p in pieces)
@@ -255,49 +353,17 @@ class _Layout:
                 y += gap
         return Piece(axis + right, y, axis, items, tail)
 
-    @staticmethod
-    def _even_widths(pieces: list[Piece]) -> None:
-        """The plain boxes of one sequence share one width, so that a column reads as one."""
-        plain = [p for p in pieces if len(p.items) == 1 and isinstance(p.items[0], Box)]
-        if not plain:
-            return
-        w = max(p.w for p in plain)
-        for p in plain:
-            box = p.items[0]
-            p.items[0] = replace(box, w=w)
-            p.w, p.axis = w, w / 2
-
     def node(self, node: Node, ctx: _Ctx) -> Piece:
         if not children(node):
             return self.box(node, ctx, [label(node)], node.fill)
         depth = self.options.depth
         if depth is not None and ctx.depth >= depth:
             return self.collapsed(node, ctx)
-        draw = DRAWINGS.get(node.op, _Layout.unknown)
+        draw = DRAWINGS.get(node.op, _draw_unknown)
         return draw(self, node, ctx, ctx.deeper())
 
-    # one drawing per combinator, looked up by op in DRAWINGS (below the class)
-    def call(self, node: Call, ctx: _Ctx, inner: _Ctx) -> Piece:
-        return self.frame(self.sequence(node.body, inner), _call_title(node), self.counts_note(node), "block", ctx.key(node))
-
-    def branches(self, node: Branches, ctx: _Ctx, inner: _Ctx) -> Piece:
-        return self.parallel(node, inner, "concat", ctx.key(node))
-
-    def gate(self, node: Gate, ctx: _Ctx, inner: _Ctx) -> Piece:
-        """x * body(x): the body beside the identity line, joined by a circled "x"."""
-        piece = self.joined(self.sequence(node.body, inner), Piece(0, 0, 0, []), "\u00d7", ctx.key(node))
-        return self.frame(piece, "gate", self.counts_note(node), "block", ctx.key(node))
-
-    def unknown(self, node: Node, ctx: _Ctx, inner: _Ctx) -> Piece:
-        """A combinator archc did not know when this was written: its sequences side by
-        side in a frame, meeting at a node named after it."""
-        body = self.parallel(node, inner, op_title(node.op), ctx.key(node))
-        return self.frame(body, label(node), self.counts_note(node), "combinator", ctx.key(node))
-
     def box(self, node: Node, ctx: _Ctx, lines: list[str], fill: str) -> Piece:
-        w = max(MIN_BOX_W, max(text_width(t, FONT if i == 0 else SMALL) for i, t in enumerate(lines)) + 14)
-        h = BOX_H + LINE_H * (len(lines) - 1)
-        return Piece(w, h, w / 2, [Box(0, 0, w, h, tuple(lines), ctx.key(node), node.op, fill)])
+        return boxed(lines, ctx.key(node), node.op, fill)
 
     def collapsed(self, node: Node, ctx: _Ctx) -> Piece:
         if isinstance(node, Call):
@@ -315,157 +381,142 @@ class _Layout:
         sub = [t for t in sub if t]
         return self.box(node, ctx, [main, " \u00b7 ".join(sub)] if sub else [main], COLLAPSED_FILL)
 
-    def frame(self, body: Piece, title: str, note: str, kind: str, path: str) -> Piece:
-        """``body`` in a box with a header: the title left of the axis (the edge that
-        enters the frame crosses the header there), the note right of it."""
-        left = max(body.axis + PAD, PAD + text_width(title, SMALL) + 6)
-        right = max(body.w - body.axis + PAD, PAD + text_width(note, SMALL) + 6 if note else 0)
-        dx = left - body.axis
-        w, h = left + right, HEADER + body.h + PAD
-        items: list[Primitive] = [Frame(0, 0, w, h, title, note, kind, path), Edge(((left, 0), (left, HEADER)), False)]
-        items.extend(body.at(dx, HEADER))
-        return Piece(w, h, left, items, body.tail)
-
-    def repeat(self, node: Repeat, ctx: _Ctx, inner: _Ctx) -> Piece:
-        note = self.counts_note(node)
-        if not self.options.expand:
-            return self.frame(self.sequence(node.body, inner), f"repeated {node.times} times", note, "repeat", ctx.key(node))
-        key = ctx.key(node)
-        copies = []
-        for i in range(node.times):
-            copy = replace(inner, base=(node.path, f"{key}[{i}]"))
-            copies.append(self.frame(self.sequence(node.body, copy), f"{i + 1} of {node.times}", "", "repeat", f"{key}[{i}]"))
-        axis = max(p.axis for p in copies)
-        right = max(p.w - p.axis for p in copies)
-        items: list[Primitive] = []
-        y = 0.0
-        for i, piece in enumerate(copies):
-            items.extend(piece.at(axis - piece.axis, y))
-            y += piece.h
-            if i + 1 < len(copies):
-                items.append(Edge(((axis, y), (axis, y + GAP))))
-                y += GAP
-        return self.frame(Piece(axis + right, y, axis, items), f"repeated {node.times} times", note, "repeat", key)
-
-    def residual(self, node: Residual, ctx: _Ctx, inner: _Ctx) -> Piece:
-        body = self.sequence(node.body, inner)
-        if not node.use_shortcut:
-            return body
-        return self.joined(body, self.sequence(node.shortcut, inner), "+", ctx.key(node))
-
-    def joined(self, body: Piece, short: Piece, symbol: str, key: str) -> Piece:
-        """``body`` and a second line (``short``; empty: the identity) from one fork,
-        meeting at a join drawn with ``symbol`` ("+" for a residual, "x" for a gate)."""
-        top = GAP  # fork at y=0, columns start at `top`
-        x_short = body.w + HGAP + short.axis  # the shortcut's line, right of the body
-        bottom = top + max(body.h, short.h)
-        r = 7
-        join_y = bottom + GAP / 2 + r
-        a = body.axis
-        items: list[Primitive] = [Edge(((a, 0), (a, top)))]
-        items.extend(body.at(0, top))
-        items.append(Edge(((a, top + body.h), (a, join_y - r))))
-        if short.items:
-            items.append(Edge(((a, top / 2), (x_short, top / 2), (x_short, top))))
-            items.extend(short.at(x_short - short.axis, top))
-            items.append(Edge(((x_short, top + short.h), (x_short, join_y), (a + r, join_y))))
-        else:
-            items.append(Edge(((a, top / 2), (x_short, top / 2), (x_short, join_y), (a + r, join_y))))
-        items.append(Join(a, join_y, 2 * r, 2 * r, symbol, key))
-        w = max(body.w, x_short + max(short.w - short.axis, 0)) + 4
-        return Piece(w, join_y + r, a, items)
-
-    def parallel(self, node: Node, ctx: _Ctx, symbol: str, path: str) -> Piece:
-        """Sequences side by side from one fork, meeting at a node (``concat``)."""
-        seqs = [(name, self.sequence(nodes, ctx), self.enabled(nodes)) for name, nodes in children(node)]
-        top = GAP + SMALL  # room for the path names
-        x = 0.0
-        axes = []
-        items: list[Primitive] = []
-        for name, piece, nodes in seqs:
-            tail = fmt(self.shapes[nodes[-1].path][1]) if nodes else ""
-            width = max(piece.w, piece.axis + 5 + text_width(tail, SMALL), text_width(name, SMALL) + 8)
-            axes.append(x + piece.axis)
-            items.extend(piece.at(x, top))
-            items.append(Text(x + piece.axis + 4, top - 4, name, kind="path"))
-            if tail:
-                items.append(Text(x + piece.axis + 5, top + piece.h + GAP / 2 + SMALL / 3, tail))
-            x += width + HGAP
-        w = x - HGAP
-        bottom = top + max(p.h for _, p, _ in seqs) + GAP
-        jw, jh = text_width(symbol, SMALL) + 10, 14
-        a = (axes[0] + axes[-1]) / 2
-        fork = top / 2 - SMALL / 2
-        items.insert(0, Edge(((a, 0), (a, fork)), False))
-        for ax, (_, piece, _) in zip(axes, seqs):
-            items.append(Edge(((a, fork), (ax, fork), (ax, top))))
-            items.append(Edge(((ax, top + piece.h), (ax, bottom), (a, bottom), (a, bottom + 4)), ax == a))
-        items.append(Join(a, bottom + 4 + jh / 2, jw, jh, symbol, path))
-        return Piece(w, bottom + 4 + jh, a, items)
-
-    # a flow: a labelled column, wrapped into more columns when it is long
-    def flow(self, name: str, nodes: list[Node], column: float) -> Piece:
-        nodes = self.enabled(nodes)
-        while len(nodes) == 1 and isinstance(nodes[0], Call) and self.options.depth is None:
-            # a flow that is one block (MobileNetV3's small or large net): wrap its body,
-            # the block named in the flow's title
-            name = f"{name}: {_call_title(nodes[0])}"
-            nodes = self.enabled(nodes[0].body)
-        heights = [self.node(node, _Ctx()).h + GAP for node in nodes]
-        limit = sum(heights) / math.ceil(sum(heights) / column)  # columns of about equal height
-        chunks: list[list[Node]] = [[]]
-        height = 0.0
-        for node, h in zip(nodes, heights):
-            if chunks[-1] and height + h / 2 > limit:
-                chunks.append([])
-                height = 0.0
-            chunks[-1].append(node)
-            height += h
-        columns = [self.sequence(chunk, _Ctx()) for chunk in chunks]
-        title = f"{name} flow" if name in ("entry", "middle", "exit") else name
-        inp, out = fmt(self.shapes[nodes[0].path][0]), fmt(self.shapes[nodes[-1].path][1])
-        note = _params(sum((self.analysis.counts[n.path] for n in nodes), Counts())) if self.options.counts else ""
-        label_w = max(text_width(inp, SMALL), text_width(out, SMALL)) / 2 + 4
-        top = 18 + (12 if note else 0) + 4 + SMALL + 4 + GAP  # title, note, input shape, first edge
-        items: list[Primitive] = []
-        x, bottom = 0.0, 0.0
-        axes = []
-        for k, col in enumerate(columns):
-            x += max(0, label_w - col.axis)
-            axes.append(x + col.axis)
-            items.extend(col.at(x, top))
-            bottom = max(bottom, top + col.h)
-            x += max(col.w, col.axis + label_w) + (HGAP + 24 if k + 1 < len(columns) else 0)
-        for k in range(len(columns) - 1):  # down, across the gap, and into the next column
-            a, b = axes[k], axes[k + 1]
-            y = top + columns[k].h + GAP + 6
-            mid = (a + columns[k].w - columns[k].axis + b - columns[k + 1].axis) / 2
-            text = fmt(self.shapes[chunks[k][-1].path][1])
-            items.append(Text(a + 5, top + columns[k].h + GAP / 2 + SMALL / 3, text))
-            items.append(Edge(((a, top + columns[k].h), (a, y), (mid, y), (mid, top - GAP / 2), (b, top - GAP / 2), (b, top))))
-        w = max(x, text_width(title, 13) * 1.1, text_width(note, SMALL))
-        a = axes[0]
-        centre = w / 2
-        items.append(Text(centre, 13, title, 13, "middle", "flow", True))
-        if note:
-            items.append(Text(centre, 26, note, SMALL, "middle", "note"))
-        y = top - GAP - 4
-        items.append(Text(a, y, inp, SMALL, "middle"))
-        items.append(Edge(((a, y + 4), (a, top))))
-        last = axes[-1]
-        y = top + columns[-1].h
-        items.append(Edge(((last, y), (last, y + GAP))))
-        items.append(Text(last, y + GAP + 4 + SMALL, out, SMALL, "middle"))
-        return Piece(w, max(bottom + GAP + 6, y + GAP + 4 + SMALL + 2), a, items)
+    def parallel(self, node: Node, ctx: _Ctx, symbol: str, key: str) -> Piece:
+        """The node's sequences side by side, each named and with the shape it ends in."""
+        paths = []
+        for name, nodes in children(node):
+            piece, nodes = self.sequence(nodes, ctx), self.enabled(nodes)
+            paths.append((name, piece, fmt(self.shapes[nodes[-1].path][1]) if nodes else ""))
+        return side_by_side(paths, symbol, key)
 
 
-DRAWINGS = {
-    "call": _Layout.call,
-    "repeat": _Layout.repeat,
-    "residual": _Layout.residual,
-    "branches": _Layout.branches,
-    "gate": _Layout.gate,
+# -- one drawing per combinator, looked up by op ----------------------------------------------
+Drawing = Callable[[_Layout, Node, _Ctx, _Ctx], Piece]  # (layout, node, where it is, where its children are)
+
+
+def _draw_call(lay: _Layout, node: Call, ctx: _Ctx, inner: _Ctx) -> Piece:
+    return framed(lay.sequence(node.body, inner), _call_title(node), lay.counts_note(node), "block", ctx.key(node))
+
+
+def _draw_branches(lay: _Layout, node: Branches, ctx: _Ctx, inner: _Ctx) -> Piece:
+    return lay.parallel(node, inner, "concat", ctx.key(node))
+
+
+def _draw_gate(lay: _Layout, node: Gate, ctx: _Ctx, inner: _Ctx) -> Piece:
+    """x * body(x): the body beside the identity line, joined by a circled "x"."""
+    piece = joined(lay.sequence(node.body, inner), Piece(0, 0, 0, []), "\u00d7", ctx.key(node))
+    return framed(piece, "gate", lay.counts_note(node), "block", ctx.key(node))
+
+
+def _draw_repeat(lay: _Layout, node: Repeat, ctx: _Ctx, inner: _Ctx) -> Piece:
+    """The body once in a dashed frame, or (``expand``) every copy in its own."""
+    key, title = ctx.key(node), f"repeated {node.times} times"
+    if not lay.options.expand:
+        return framed(lay.sequence(node.body, inner), title, lay.counts_note(node), "repeat", key)
+    copies = []
+    for i in range(node.times):
+        copy = replace(inner, base=(node.path, f"{key}[{i}]"))
+        copies.append(framed(lay.sequence(node.body, copy), f"{i + 1} of {node.times}", "", "repeat", f"{key}[{i}]"))
+    return framed(stacked(copies, GAP), title, lay.counts_note(node), "repeat", key)
+
+
+def _draw_residual(lay: _Layout, node: Residual, ctx: _Ctx, inner: _Ctx) -> Piece:
+    body = lay.sequence(node.body, inner)
+    if not node.use_shortcut:
+        return body
+    return joined(body, lay.sequence(node.shortcut, inner), "+", ctx.key(node))
+
+
+def _draw_unknown(lay: _Layout, node: Node, ctx: _Ctx, inner: _Ctx) -> Piece:
+    """A combinator archc did not know when this was written: its sequences side by
+    side in a frame, meeting at a node named after it."""
+    body = lay.parallel(node, inner, op_title(node.op), ctx.key(node))
+    return framed(body, label(node), lay.counts_note(node), "combinator", ctx.key(node))
+
+
+DRAWINGS: dict[str, Drawing] = {
+    "call": _draw_call,
+    "repeat": _draw_repeat,
+    "residual": _draw_residual,
+    "branches": _draw_branches,
+    "gate": _draw_gate,
 }
+
+
+# -- flows: labelled columns, a long one wrapped into several ---------------------------------
+def flow_title(name: str) -> str:
+    """A flow's column title, from the name the spec gives it ('entry' -> 'entry flow',
+    as the Xception paper names its three)."""
+    return f"{name} flow"
+
+
+def _wrapped(lay: _Layout, nodes: list[Node], column: float) -> list[list[Node]]:
+    """``nodes`` cut into columns of about equal height, none much above ``column``."""
+    heights = [lay.node(node, _Ctx()).h + GAP for node in nodes]
+    limit = sum(heights) / math.ceil(sum(heights) / column)
+    chunks: list[list[Node]] = [[]]
+    height = 0.0
+    for node, h in zip(nodes, heights):
+        if chunks[-1] and height + h / 2 > limit:
+            chunks.append([])
+            height = 0.0
+        chunks[-1].append(node)
+        height += h
+    return chunks
+
+
+def _flow(lay: _Layout, name: str, nodes: list[Node], column: float) -> Piece:
+    """A flow's column(s) under its title and parameter count, from its input shape to
+    its output shape."""
+    nodes = lay.enabled(nodes)
+    title = flow_title(name)
+    while len(nodes) == 1 and isinstance(nodes[0], Call) and lay.options.depth is None:
+        # a flow that is one block (MobileNetV3's small or large net): wrap its body,
+        # the block named in the flow's title
+        title = f"{title}: {_call_title(nodes[0])}"
+        nodes = lay.enabled(nodes[0].body)
+    chunks = _wrapped(lay, nodes, column)
+    columns = [lay.sequence(chunk, _Ctx()) for chunk in chunks]
+    shapes = [fmt(lay.shapes[nodes[0].path][0])] + [fmt(lay.shapes[chunk[-1].path][1]) for chunk in chunks]
+    note = _params(sum((lay.analysis.counts[n.path] for n in nodes), Counts())) if lay.options.counts else ""
+    return _columns(columns, shapes, title, note)
+
+
+def _columns(columns: list[Piece], shapes: list[str], title: str, note: str) -> Piece:
+    """Columns side by side, each running into the next; ``shapes``: the input shape,
+    then the shape each column ends in."""
+    inp, out = shapes[0], shapes[-1]
+    label_w = max(text_width(inp, SMALL), text_width(out, SMALL)) / 2 + 4
+    top = 18 + (12 if note else 0) + 4 + SMALL + 4 + GAP  # title, note, input shape, first edge
+    items: list[Primitive] = []
+    x, bottom = 0.0, 0.0
+    axes = []
+    for k, col in enumerate(columns):
+        x += max(0, label_w - col.axis)
+        axes.append(x + col.axis)
+        items.extend(col.at(x, top))
+        bottom = max(bottom, top + col.h)
+        x += max(col.w, col.axis + label_w) + (HGAP + 24 if k + 1 < len(columns) else 0)
+    for k in range(len(columns) - 1):  # down, across the gap, and into the next column
+        a, b = axes[k], axes[k + 1]
+        y = top + columns[k].h + GAP + 6
+        mid = (a + columns[k].w - columns[k].axis + b - columns[k + 1].axis) / 2
+        items.append(Text(a + 5, top + columns[k].h + GAP / 2 + SMALL / 3, shapes[k + 1]))
+        items.append(Edge(((a, top + columns[k].h), (a, y), (mid, y), (mid, top - GAP / 2), (b, top - GAP / 2), (b, top))))
+    w = max(x, text_width(title, 13) * 1.1, text_width(note, SMALL))
+    a = axes[0]
+    centre = w / 2
+    items.append(Text(centre, 13, title, 13, "middle", "flow", True))
+    if note:
+        items.append(Text(centre, 26, note, SMALL, "middle", "note"))
+    y = top - GAP - 4
+    items.append(Text(a, y, inp, SMALL, "middle"))
+    items.append(Edge(((a, y + 4), (a, top))))
+    last = axes[-1]
+    y = top + columns[-1].h
+    items.append(Edge(((last, y), (last, y + GAP))))
+    items.append(Text(last, y + GAP + 4 + SMALL, out, SMALL, "middle"))
+    return Piece(w, max(bottom + GAP + 6, y + GAP + 4 + SMALL + 2), a, items)
 
 
 def layout(analysis: Analysis, options: Options | None = None) -> Diagram:
@@ -482,7 +533,7 @@ def layout(analysis: Analysis, options: Options | None = None) -> Diagram:
 def _layout(analysis: Analysis, options: Options, column: float) -> Diagram:
     net = analysis.net
     lay = _Layout(analysis, options)
-    columns = [lay.flow(name, nodes, column) for name, nodes in net.flows.items() if lay.enabled(nodes)]
+    columns = [_flow(lay, name, nodes, column) for name, nodes in net.flows.items() if lay.enabled(nodes)]
     changed = {k: v for k, v in net.params.items() if k in net.param_decls and v != net.param_decls[k].default}
     title = net.name + (" (" + ", ".join(f"{k}={_value(v)}" for k, v in changed.items()) + ")" if changed else "")
     t = analysis.total
