@@ -19,7 +19,7 @@ def unit(x, filters, kernel, stride, padding, name):
     """conv2d_bn of the 2016 file, conv (with bias) -> relu -> batch norm."""
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, name=f"{name}_conv1")(x)
     x = layers.Activation("relu", name=f"{name}_act1")(x)
-    x = layers.BatchNormalization(epsilon=0.001, momentum=0.99, center=True, scale=True, name=f"{name}_bn1")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
     return x
 
 

@@ -18,7 +18,7 @@ from keras import layers
 def unit(x, filters, kernel, stride, padding, name):
     """conv2d_bn of keras.applications, conv (no bias) -> batch norm (no scale) -> relu."""
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=f"{name}_conv1")(x)
-    x = layers.BatchNormalization(epsilon=0.001, momentum=0.99, center=True, scale=False, name=f"{name}_bn1")(x)
+    x = layers.BatchNormalization(scale=False, name=f"{name}_bn1")(x)
     x = layers.Activation("relu", name=f"{name}_act1")(x)
     return x
 

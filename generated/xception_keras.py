@@ -53,13 +53,7 @@ def down(x, first, second, first_relu, segments, between, residual, name):
     """
     if residual:
         shortcut = layers.Conv2D(second, (1, 1), strides=(2, 2), padding="same", use_bias=False, name=f"{name}_residual1_shortcut_conv1")(x)
-        shortcut = layers.BatchNormalization(
-            epsilon=0.001,
-            momentum=0.99,
-            center=True,
-            scale=True,
-            name=f"{name}_residual1_shortcut_bn1",
-        )(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_residual1_shortcut_bn1")(shortcut)
     if first_relu:
         x = layers.Activation("relu", name=f"{name}_residual1_body_act1")(x)
     x = sep_bn(x, filters=first, segments=segments, between=between, name=f"{name}_residual1_body_sep_bn1")
@@ -85,7 +79,7 @@ def sep_bn(x, filters, segments, between, name):
         use_bias=False,
         name=f"{name}_sepconv1",
     )
-    x = layers.BatchNormalization(epsilon=0.001, momentum=0.99, center=True, scale=True, name=f"{name}_bn1")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
     return x
 
 
@@ -136,10 +130,10 @@ def create_model(*, middle_repeats=8, segments="depthwise", between="none", resi
 
     # entry
     x = layers.Conv2D(32, (3, 3), strides=(2, 2), use_bias=False, name="entry_conv1")(inputs)
-    x = layers.BatchNormalization(epsilon=0.001, momentum=0.99, center=True, scale=True, name="entry_bn1")(x)
+    x = layers.BatchNormalization(name="entry_bn1")(x)
     x = layers.Activation("relu", name="entry_act1")(x)
     x = layers.Conv2D(64, (3, 3), use_bias=False, name="entry_conv2")(x)
-    x = layers.BatchNormalization(epsilon=0.001, momentum=0.99, center=True, scale=True, name="entry_bn2")(x)
+    x = layers.BatchNormalization(name="entry_bn2")(x)
     x = layers.Activation("relu", name="entry_act2")(x)
     x = down(x, first=128, second=128, first_relu=False, segments=segments, between=between, residual=residual, name="entry_down1")
     x = down(x, first=256, second=256, first_relu=True, segments=segments, between=between, residual=residual, name="entry_down2")

@@ -546,13 +546,11 @@ def _depthwise(r: Renderer, node: Node) -> list[str]:
     ]
 
 
-def _bn(r: Renderer, node: Node) -> list[str]:  # every convention explicit: these change outputs and counts
-    return [
-        f"epsilon={r.sym(node, 'epsilon')}",
-        f"momentum={r.sym(node, 'momentum')}",
-        f"center={r.sym(node, 'center')}",
-        f"scale={r.sym(node, 'scale')}",
-    ]
+def _bn(r: Renderer, node: Node) -> list[str]:
+    """Only what differs from Keras's BatchNormalization defaults, as keras.applications
+    writes it (the IR states every convention; Keras's defaults are its API)."""
+    defaults = {"epsilon": 0.001, "momentum": 0.99, "center": True, "scale": True}
+    return [arg for name, default in defaults.items() for arg in r.opt(node, name, name, default)]
 
 
 def _layer_norm(r: Renderer, node: Node) -> list[str]:
