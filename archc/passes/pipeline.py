@@ -48,4 +48,3 @@ def expectation_mismatches(analysis: Analysis) -> list[tuple[str, Any, Any]]:
         "output": list(analysis.output),
     }
     return [(key, value, found[key]) for key, value in expect.model_dump(exclude_none=True).items() if value != found[key]]
-
