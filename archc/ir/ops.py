@@ -157,6 +157,11 @@ class Node(BaseModel):
         """What its box in `archc graph` says (None: the op's name and its non-default fields)."""
         return None
 
+    def in_code(self) -> bool:
+        """Whether the generated code has it: on, or switched by a param or block argument
+        (``when: false`` written as a literal leaves it, and all inside it, out)."""
+        return bool(self.when) or "when" in self.refs
+
     def swaps_before_pointwise(self) -> bool:
         """Whether it may run after a 1x1 conv right after it instead (an average pool of
         stride 1: both are linear per pixel; archc.passes.fold)."""

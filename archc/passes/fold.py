@@ -58,15 +58,9 @@ class Swap:
     conv: str
 
 
-def _present(node: Node) -> bool:
-    """Not switched off for good: a node with ``when: false`` written as a literal is not
-    in the generated code, nor is anything inside it."""
-    return bool(node.when) or "when" in node.refs
-
-
 def _same_condition(a: Node, b: Node) -> bool:
     """Both always there, or both under the same param or block argument."""
-    return a.refs.get("when") == b.refs.get("when") and _present(a) and _present(b)
+    return a.refs.get("when") == b.refs.get("when") and a.in_code() and b.in_code()
 
 
 def folds(analysis: Analysis) -> list[Fold]:
@@ -78,7 +72,7 @@ def folds(analysis: Analysis) -> list[Fold]:
         for node in nodes:
             if node.folds and before is not None and before.fold_role and _same_condition(before, node):
                 out.append(Fold(before.path, node.path, before.op))
-            for _, seq in children(node) if _present(node) else ():
+            for _, seq in children(node) if node.in_code() else ():
                 sequence(seq)
             before = node
 
@@ -112,7 +106,7 @@ def swaps(analysis: Analysis) -> list[Swap]:
                 and analysis.shapes[conv.path][1][-1] < analysis.shapes[conv.path][0][-1]
             ):
                 out.append(Swap(node.path, conv.path))
-            for _, seq in children(node) if _present(node) else ():
+            for _, seq in children(node) if node.in_code() else ():
                 sequence(seq)
 
     for layers in analysis.net.flows.values():

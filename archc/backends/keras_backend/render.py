@@ -205,7 +205,7 @@ def layer_names(p: Plan) -> dict[str, str]:
 
     def visit(nodes: list[Node], prefix: str, depth: int) -> None:
         for node in nodes:
-            if not node.when and "when" not in node.refs:
+            if not node.in_code():
                 continue
             name = node_name(p, prefix, node)
             makes_layer = node.op not in ("repeat", "call", "residual") or (
@@ -280,7 +280,7 @@ class Renderer:
 
     def sequence(self, nodes: list[Node], src: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
         """Statements computing ``dst`` from ``src`` through ``nodes``."""
-        nodes = [n for n in nodes if n.when or "when" in n.refs]
+        nodes = [n for n in nodes if n.in_code()]
         out: list[Stmt] = []
         cur = src
         for node in nodes:

@@ -624,7 +624,7 @@ def qualified_names(plan: Plan) -> dict[str, str]:
 
     def walk(nodes: list[Node], prefix: str, depth: int) -> None:
         for node in nodes:
-            if not node.when and "when" not in node.refs:
+            if not node.in_code():
                 continue
             name = names[node.path] = f"{prefix}{plan.ident[node.path]}"
             for label, seq in node.children():
