@@ -46,7 +46,7 @@ fuzz: install  ## fuzz the compiler with FUZZ_CASES mutated specs; prints the de
 # comparison runs in its own .venv-bench; see benchmarks/RESULTS.md.
 .venv-bench/.installed:
 	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 timm
+	.venv-bench/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 timm segmentation-models-pytorch
 	.venv-bench/bin/python -m pip install --quiet -e .
 	touch $@
 
