@@ -68,7 +68,7 @@ def test_an_internal_error_is_one_line_naming_the_spec_and_exit_3(command, monke
     def broken(*args, **kwargs):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr("archc.passes.analysis.infer_instances", broken)
+    monkeypatch.setattr("archc.passes.analysis.infer_graph", broken)
     result = CliRunner().invoke(main, [command[0], str(SPEC), *(a.replace("{tmp}", str(tmp_path)) for a in command[1:])])
     assert result.exit_code == 3
     assert result.output == f"error: {SPEC}: a bug in archc, not in the spec (ZeroDivisionError: planted); please report it with the spec\n"

@@ -58,7 +58,7 @@ class Layers(Substituter):
         super().__init__(source)
         self.params: dict[str, Any] = {}
         self.defaults: dict[str, dict[str, Any]] = {}
-        self.blocks: dict[str, tuple[dict[str, Any], list, str]] = {}  # name -> (args, body, doc)
+        self.blocks: dict[str, tuple[dict[str, Any], list, str, tuple[str, ...]]] = {}  # name -> (args, body, doc, tensor inputs)
 
     def sequence(self, raw: Any, key: Key, scope: Scope) -> list[Node]:
         if not isinstance(raw, list) or not raw:
@@ -128,11 +128,26 @@ class Layers(Substituter):
                 refs["when"] = ref
             if not isinstance(when, bool):
                 raise self.error(key + ("when",), f"expected true or false, found {show(when)}", via=scope.via)
-        common = {"name": name, "path": f"{scope.path}/{name}", "when": when, "where": where}
+        reads = self.tensor_names(fields.pop("from", None), key + ("from",), scope)
+        saves = self.tensor_names(fields.pop("as", None), key + ("as",), scope)
+        common = {"name": name, "path": f"{scope.path}/{name}", "when": when, "where": where, "reads": reads, "saves": saves}
         layer = Written(kind, fields, key, scope, common, refs)
         if kind in OPS:
             return self.op(layer)
         return COMBINATORS.get(kind, Call).parse(layer, self)
+
+    def tensor_names(self, raw: Any, key: Key, scope: Scope) -> tuple[str, ...]:
+        """``from:`` / ``as:``: a tensor name or a list of them (names, not $references)."""
+        if raw is None:
+            return ()
+        names = raw if isinstance(raw, list) else [raw]
+        for i, name in enumerate(names):
+            if not (isinstance(name, str) and name.isidentifier() and len(name) <= 100):
+                where = key + ((i,) if isinstance(raw, list) else ())
+                raise self.error(where, f"expected a tensor name (an identifier) or a list of them, found {show(name)}", via=scope.via)
+        if not names:
+            raise self.error(key, "expected a tensor name (an identifier) or a list of them, found []", via=scope.via)
+        return tuple(names)
 
     def op(self, layer: Written) -> Node:
         """An op's node: the ``defaults:`` section's fields for it, then its own."""

@@ -33,7 +33,8 @@ StrictBool = Annotated[bool, Field(strict=True)]
 Padding = Literal["same", "valid"]
 Activation = Literal["relu", "relu6", "elu", "sigmoid", "tanh", "silu", "swish", "gelu", "hard_sigmoid", "hard_swish", "softmax"]
 Shape = tuple[int, ...]  # (H, W, C) for feature maps, (F,) for vectors
-Run = Callable[..., Shape]  # run(sequence, shape[, repeat index]) -> the sequence's output shape
+Run = Callable[..., Shape]  # run(sequence, shape[, repeat index]) -> the sequence's output shape; run.tensor(name) -> a named tensor's shape
+TensorName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)]
 
 
 def _pair(value: Any) -> Any:
@@ -114,6 +115,8 @@ class Node(BaseModel):
     when: StrictBool = True
     refs: dict[str, str] = Field(default_factory=dict)
     where: Where = Field(default_factory=Where)
+    reads: tuple[TensorName, ...] = ()  # `from:` the named tensors it reads (none: the previous layer's output)
+    saves: tuple[TensorName, ...] = ()  # `as:` the names later layers read its output(s) by
 
     frozen_roles: ClassVar[frozenset[str]] = frozenset()  # weights that are not trained (BN statistics)
     indexed: ClassVar[bool] = False  # whether the children's instance keys carry an index (a repeat's)
@@ -122,6 +125,8 @@ class Node(BaseModel):
     fill: ClassVar[str] = "#ffffff"  # the colour of its box in `archc graph`
     fold_role: ClassVar[str | None] = None  # the role whose output channels a batch norm right after it folds into
     folds: ClassVar[bool] = False  # a batch norm: folds into a producer (an op with a fold_role) before it
+    merges: ClassVar[bool] = False  # reads two or more tensors (add, concat, multiply): its rule is ``merge``
+    closed: ClassVar[bool] = False  # its sub-sequences see only the names ``binds`` gives them (a block's body)
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -136,6 +141,19 @@ class Node(BaseModel):
         ``run(seq, shape)`` infers a sub-sequence, ``run(seq, shape, i)`` iteration i
         of a repeat's body."""
         return shape
+
+    def merge(self, shapes: list[Shape]) -> Shape:
+        """A merge op's output shape for the shapes of the tensors it reads (in order)."""
+        raise self.fail(f"expected one input tensor for '{self.op}', found {len(shapes)}")
+
+    def sizes_from(self) -> tuple[str, ...]:
+        """Named tensors whose shape (not values) it reads besides its input (a resize's ``like``)."""
+        return ()
+
+    def binds(self) -> tuple[str, ...]:
+        """The names its sub-sequences start with, bound to the tensors it reads (a block's
+        ``inputs``), where it is ``closed``."""
+        return ()
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
         """Weight role -> shape, in the neutral (Keras) layout; counts follow from these."""
@@ -200,12 +218,18 @@ class Node(BaseModel):
         return SpecError(Location(w.file, w.line, w.col, w.spec_path), message)
 
 
-SYSTEM_FIELDS = frozenset({"path", "refs", "where", "op"})
+SYSTEM_FIELDS = frozenset({"path", "refs", "where", "op", "reads", "saves"})
 
 
-def spatial(node: Node, shape: Shape, kernel: tuple[int, int], stride: tuple[int, int], padding: str) -> tuple[int, int]:
-    """TF/Keras output size: 'same' is ceil(n / s); 'valid' needs the window to fit."""
+def spatial(
+    node: Node, shape: Shape, kernel: tuple[int, int], stride: tuple[int, int], padding: str, dilation: tuple[int, int] = (1, 1)
+) -> tuple[int, int]:
+    """TF/Keras output size: 'same' is ceil(n / s); 'valid' needs the window (a dilated
+    kernel spans (k - 1) * d + 1 pixels) to fit."""
     feature_map(node, shape)
+    if dilation != (1, 1) and stride != (1, 1):
+        raise node.fail(f"expected stride 1 with dilation {fmt(dilation)} (as Keras has it), found stride {fmt(stride)}")
+    kernel = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
     if padding == "same":
         return tuple(math.ceil(n / s) for n, s in zip(shape[:2], stride))
     if kernel[0] > shape[0] or kernel[1] > shape[1]:
@@ -235,6 +259,10 @@ def _stride(pair: tuple[int, int] | None) -> str:
     return f", stride {pair[0] if pair[0] == pair[1] else fmt(pair)}"
 
 
+def _dilation(pair: tuple[int, int]) -> str:
+    return "" if pair == (1, 1) else f", dilation {pair[0] if pair[0] == pair[1] else fmt(pair)}"
+
+
 ACTIVATION_TITLES = {"relu": "ReLU", "relu6": "ReLU6", "elu": "ELU", "silu": "SiLU", "gelu": "GELU", "hard_swish": "HardSwish", "hard_sigmoid": "HardSigmoid"}  # fmt: skip
 
 
@@ -256,6 +284,7 @@ class Conv(Node):
     kernel: Pair
     stride: Pair = (1, 1)
     padding: Padding = "valid"
+    dilation: Pair = (1, 1)  # a dilated (atrous) kernel: taps d pixels apart
     bias: StrictBool = True
     groups: PositiveInt = 1
 
@@ -263,7 +292,7 @@ class Conv(Node):
         c = feature_map(self, shape)[2]
         if c % self.groups or self.filters % self.groups:
             raise self.fail(f"expected groups that divide the {c} input channels and {self.filters} filters, found groups {self.groups}")
-        return (*spatial(self, shape, self.kernel, self.stride, self.padding), self.filters)
+        return (*spatial(self, shape, self.kernel, self.stride, self.padding, self.dilation), self.filters)
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
         return {"kernel": (*self.kernel, inp[2] // self.groups, self.filters)} | _bias(self, self.filters)
@@ -276,7 +305,7 @@ class Conv(Node):
 
     def diagram_label(self) -> str:
         groups = f", {self.groups} groups" if self.groups > 1 else ""
-        return f"Conv {self.filters}, {fmt(self.kernel)}{_stride(self.stride)}{groups}"
+        return f"Conv {self.filters}, {fmt(self.kernel)}{_stride(self.stride)}{_dilation(self.dilation)}{groups}"
 
     def pointwise(self) -> bool:
         return self.kernel == self.stride == (1, 1)
@@ -293,11 +322,12 @@ class Depthwise(Node):
     kernel: Pair
     stride: Pair = (1, 1)
     padding: Padding = "valid"
+    dilation: Pair = (1, 1)  # a dilated (atrous) kernel: taps d pixels apart
     depth_multiplier: PositiveInt = 1
     bias: StrictBool = True
 
     def infer(self, shape: Shape, run: Run) -> Shape:
-        return (*spatial(self, shape, self.kernel, self.stride, self.padding), shape[2] * self.depth_multiplier)
+        return (*spatial(self, shape, self.kernel, self.stride, self.padding, self.dilation), shape[2] * self.depth_multiplier)
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
         return {"kernel": (*self.kernel, inp[2], self.depth_multiplier)} | _bias(self, inp[2] * self.depth_multiplier)
@@ -310,7 +340,7 @@ class Depthwise(Node):
 
     def diagram_label(self) -> str:
         multiplier = f", x{self.depth_multiplier}" if self.depth_multiplier > 1 else ""
-        return f"DepthwiseConv {fmt(self.kernel)}{_stride(self.stride)}{multiplier}"
+        return f"DepthwiseConv {fmt(self.kernel)}{_stride(self.stride)}{_dilation(self.dilation)}{multiplier}"
 
     def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
         return _kernel(self, inp, m2, draw, lambda shape: shape[0] * shape[1])
@@ -326,6 +356,7 @@ class SepConv(Node):
     kernel: Pair
     stride: Pair = (1, 1)
     padding: Padding = "valid"
+    dilation: Pair = (1, 1)  # a dilated (atrous) kernel: taps d pixels apart
     depth_multiplier: PositiveInt = 1
     segments: Segments = "depthwise"
     between: Literal["none"] | Activation = "none"
@@ -336,7 +367,7 @@ class SepConv(Node):
         if self.segments != "depthwise" and c % self.segments:
             origin = f" (from {expr.spelled(self.refs['segments'])})" if "segments" in self.refs else ""
             raise self.fail(f"expected segments that divide the {c} input channels, found segments {self.segments}{origin}")
-        return (*spatial(self, shape, self.kernel, self.stride, self.padding), self.filters)
+        return (*spatial(self, shape, self.kernel, self.stride, self.padding, self.dilation), self.filters)
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
         cin = inp[2]
@@ -358,7 +389,7 @@ class SepConv(Node):
         extra = "" if self.segments == "depthwise" else f", {self.segments} segments"
         extra += f", x{self.depth_multiplier}" if self.depth_multiplier > 1 else ""
         extra += f", {ACTIVATION_TITLES.get(self.between, self.between)} between" if self.between != "none" else ""
-        return f"SeparableConv {self.filters}, {fmt(self.kernel)}{_stride(self.stride)}{extra}"
+        return f"SeparableConv {self.filters}, {fmt(self.kernel)}{_stride(self.stride)}{_dilation(self.dilation)}{extra}"
 
     def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
         """The spatial kernel keeps the scale, the pointwise one sets it (after ``between``)."""
@@ -676,6 +707,140 @@ class Upsample(Node):
         return f"Upsample x{self.factor}" + (f", {self.mode}" if self.mode != "nearest" else "")
 
 
+class GlobalMaxPool(Node):
+    """The maximum over height and width: a vector, or with ``keepdims`` a 1x1 map."""
+
+    op: Literal["global_max_pool"] = "global_max_pool"
+    keepdims: StrictBool = False
+
+    fill: ClassVar[str] = POOL_FILL
+    infer = GlobalAvgPool.infer
+
+    def diagram_label(self) -> str:
+        return "GlobalMaxPool"
+
+
+class Resize(Node):
+    """Resize a feature map to the height and width of the named tensor ``like``
+    ('nearest', or 'bilinear' with half-pixel centres: TensorFlow's resize, torch's
+    align_corners=False); DeepLab's way back to the input size, FPN's top-down path."""
+
+    op: Literal["resize"] = "resize"
+    like: TensorName
+    mode: Literal["nearest", "bilinear"] = "bilinear"
+
+    shorthand: ClassVar[str | None] = "like"
+    fill: ClassVar[str] = POOL_FILL
+
+    def sizes_from(self) -> tuple[str, ...]:
+        return (self.like,)
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        c = feature_map(self, shape)[2]
+        h, w = feature_map(self, run.tensor(self.like))[:2]
+        return (h, w, c)
+
+    def diagram_label(self) -> str:
+        return f"Resize to {self.like}" + (f", {self.mode}" if self.mode != "bilinear" else "")
+
+
+class Crop(Node):
+    """Crop the centre of a feature map to the height and width of the named tensor
+    ``like`` (the original U-Net's skip connections), the odd pixel at the end."""
+
+    op: Literal["crop"] = "crop"
+    like: TensorName
+
+    shorthand: ClassVar[str | None] = "like"
+
+    def sizes_from(self) -> tuple[str, ...]:
+        return (self.like,)
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        h, w, c = feature_map(self, shape)
+        th, tw = feature_map(self, run.tensor(self.like))[:2]
+        if th > h or tw > w:
+            raise self.fail(f"expected '{self.like}' ({th}x{tw}) no larger than the {h}x{w} map it crops, found it larger")
+        return (th, tw, c)
+
+    def margins(self, inp: Shape, out: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)) cut off."""
+        dh, dw = inp[0] - out[0], inp[1] - out[1]
+        return ((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))
+
+    def diagram_label(self) -> str:
+        return f"Crop to {self.like}"
+
+
+def _same_shapes(node: Node, shapes: list[Shape], what: str) -> Shape:
+    first = shapes[0]
+    for i, shape in enumerate(shapes[1:], start=1):
+        if shape != first:
+            raise node.fail(f"expected tensors of one shape to {what} ('{node.reads[0]}' is {fmt(first)}), found {fmt(shape)} for '{node.reads[i]}'")
+    return first
+
+
+class Add(Node):
+    """The sum of two or more named tensors of one shape (FPN's top-down path)."""
+
+    op: Literal["add"] = "add"
+    merges: ClassVar[bool] = True
+    shorthand: ClassVar[str | None] = "from"
+    shorthand_list: ClassVar[bool] = True
+
+    def merge(self, shapes: list[Shape]) -> Shape:
+        return _same_shapes(self, shapes, "add")
+
+    def diagram_label(self) -> str:
+        return "+"
+
+    def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
+        return m2 * len(self.reads)  # independent random tensors add their mean squares
+
+
+class Multiply(Node):
+    """The elementwise product of two or more named tensors of one shape; a 1x1xC
+    tensor scales every pixel of the others (an attention gate)."""
+
+    op: Literal["multiply"] = "multiply"
+    merges: ClassVar[bool] = True
+    shorthand: ClassVar[str | None] = "from"
+    shorthand_list: ClassVar[bool] = True
+
+    def merge(self, shapes: list[Shape]) -> Shape:
+        full = [s for s in shapes if s[:-1] != (1, 1) or len(s) != 3] or shapes[:1]
+        out = full[0]
+        for i, shape in enumerate(shapes):
+            if shape != out and not (len(shape) == 3 == len(out) and shape == (1, 1, out[2])):
+                raise self.fail(f"expected tensors of one shape (or 1x1x{out[-1]}) to multiply, found {fmt(shape)} for '{self.reads[i]}' and {fmt(out)}")
+        return out
+
+    def diagram_label(self) -> str:
+        return "x"
+
+
+class Concat(Node):
+    """Named tensors joined along channels, in order (U-Net's skip connections)."""
+
+    op: Literal["concat"] = "concat"
+    merges: ClassVar[bool] = True
+    shorthand: ClassVar[str | None] = "from"
+    shorthand_list: ClassVar[bool] = True
+
+    def merge(self, shapes: list[Shape]) -> Shape:
+        first = shapes[0]
+        for i, shape in enumerate(shapes):
+            if len(shape) != len(first) or shape[:-1] != first[:-1]:
+                raise self.fail(
+                    f"expected tensors that agree except in channels to concatenate ('{self.reads[0]}' is {fmt(first)}), "
+                    f"found {fmt(shape)} for '{self.reads[i]}'"
+                )
+        return (*first[:-1], sum(s[-1] for s in shapes))
+
+    def diagram_label(self) -> str:
+        return "Concat"
+
+
 # -- combinators -----------------------------------------------------------------------------
 
 
@@ -872,9 +1037,15 @@ class Call(Combinator):
     block: str
     args: dict[str, Plain] = Field(default_factory=dict)
     body: list[Layer] = Field(min_length=1)
+    tensors: tuple[TensorName, ...] = ()  # the block's tensor inputs, bound to what the call reads
+
+    closed: ClassVar[bool] = True
 
     def children(self) -> list[tuple[str, list[Node]]]:
         return [("body", self.body)]
+
+    def binds(self) -> tuple[str, ...]:
+        return self.tensors
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         return run(self.body, shape)
@@ -903,16 +1074,28 @@ class Call(Combinator):
                 if default is None:
                     raise resolver.error(layer.key, f"expected a value for argument '{arg}' of block '{block}', found none", via=scope.via)
                 args[arg] = default
+        tensors = resolver.blocks[block][3]
+        reads = layer.common["reads"]
+        if len(reads) > max(len(tensors), 1):
+            wanted = f"the block's inputs {', '.join(tensors)}" if tensors else "one tensor (block '" + block + "' declares no inputs:)"
+            raise resolver.error(layer.at("from"), f"expected {wanted}, found {len(reads)} names", via=scope.via)
+        if tensors and len(reads) != len(tensors):
+            raise resolver.error(
+                layer.at("from") if reads else layer.key,
+                f"expected from: with a tensor for each input of block '{block}' ({', '.join(tensors)}), found {len(reads)}",
+                via=scope.via,
+            )
         body = resolver.expand(block, args, layer)
-        return resolver.build(cls, layer.node(block=block, args=args, body=body), layer, {"args": layer.key})
+        return resolver.build(cls, layer.node(block=block, args=args, body=body, tensors=tensors), layer, {"args": layer.key})
 
 
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
     MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath, Upsample,
+    GlobalMaxPool, Resize, Crop, Add, Multiply, Concat,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | GlobalMaxPool | Resize | Crop | Add | Multiply | Concat | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}
@@ -940,6 +1123,7 @@ class BlockDef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     args: dict[str, Plain]  # name -> default (None: required)
     doc: str = ""
+    inputs: tuple[TensorName, ...] = ()  # named tensor inputs (none: one, the caller's current tensor)
 
 
 class Expect(BaseModel):
@@ -965,6 +1149,8 @@ class Network(BaseModel):
     param_decls: dict[str, Param]
     blocks: dict[str, BlockDef]
     flows: dict[str, list[Layer]]
+    outputs: dict[TensorName, TensorName] = Field(default_factory=dict)  # output name -> tensor (none: the last layer's)
+    output_where: dict[str, Where] = Field(default_factory=dict)  # output name -> where outputs: names it
     expect: Expect | None = None
     training: Training | None = None
 

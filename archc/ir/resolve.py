@@ -20,8 +20,8 @@ from archc.ir.validate import validated
 from archc.syntax.errors import show
 from archc.syntax.loader import Source, load_file
 
-TOP_KEYS = ("name", "description", "input", "params", "defaults", "blocks", "flows", "expect", "training")
-LAYER_META = ("name", "when")
+TOP_KEYS = ("name", "description", "input", "params", "defaults", "blocks", "flows", "outputs", "expect", "training")
+LAYER_META = ("name", "when", "from", "as")
 RESERVED = set(OPS) | set(COMBINATORS) | {"call"}
 
 
@@ -48,6 +48,7 @@ class Resolver(Layers):
         self.blocks = self.read_blocks(doc.get("blocks"))
         flows = self.read_flows(doc["flows"], values)
         expect = None if "expect" not in doc else validated(self.source, Expect, doc["expect"], ("expect",))
+        outputs, output_keys = self.read_outputs(doc.get("outputs"))
         return Network(
             name=doc["name"],
             file=self.source.file,
@@ -56,8 +57,10 @@ class Resolver(Layers):
             input_refs=input_refs,
             params=values,
             param_decls=decls,
-            blocks={name: BlockDef(args=args, doc=doc_) for name, (args, _, doc_) in self.blocks.items()},
+            blocks={name: BlockDef(args=args, doc=doc_, inputs=inputs) for name, (args, _, doc_, inputs) in self.blocks.items()},
             flows=flows,
+            outputs=outputs,
+            output_where={name: self.where(key, Scope(values, "outputs")) for name, key in output_keys.items()},
             expect=expect,
             training=self.read_training(doc.get("training"), values),
         )
@@ -117,22 +120,47 @@ class Resolver(Layers):
                 raise self.error(("defaults", op), f"expected a mapping of field defaults, found {show(fields)}")
         return raw
 
-    def read_blocks(self, raw: Any) -> dict[str, tuple[dict[str, Any], list, str]]:
+    def read_outputs(self, raw: Any) -> tuple[dict[str, str], dict[str, tuple]]:
+        """``outputs:``: a list of tensor names, or a mapping of output names to tensor
+        names; (output -> tensor, output -> where it is written)."""
+        if raw is None:
+            return {}, {}
+        pairs = [(name, name, ("outputs", i)) for i, name in enumerate(raw)] if isinstance(raw, list) else []
+        pairs += [(name, tensor, ("outputs", name)) for name, tensor in raw.items()] if isinstance(raw, dict) else []
+        if not pairs:
+            raise self.error(("outputs",), f"expected a list of tensor names or a mapping of output names to them, found {show(raw)}")
+        outputs, keys = {}, {}
+        for name, tensor, key in pairs:
+            for value in (name, tensor):
+                if not (isinstance(value, str) and value.isidentifier()):
+                    raise self.error(key, f"expected a tensor name (an identifier), found {show(value)}", at_key=value is name and isinstance(raw, dict))
+            if name in outputs:
+                raise self.error(key, f"expected each output once, found '{name}' again")
+            outputs[name], keys[name] = tensor, key
+        return outputs, keys
+
+    def read_blocks(self, raw: Any) -> dict[str, tuple[dict[str, Any], list, str, tuple[str, ...]]]:
         return {
             name: self.read_block(name, body) for name, body in self.source.mapping(raw, ("blocks",), "block names to definitions").items()
         }
 
-    def read_block(self, name: str, body: Any) -> tuple[dict[str, Any], list, str]:
-        """(args with their defaults, None where required; the body as written; the doc)."""
+    def read_block(self, name: str, body: Any) -> tuple[dict[str, Any], list, str, tuple[str, ...]]:
+        """(args with their defaults, None where required; the body as written; the doc;
+        the names of its tensor inputs)."""
         key = ("blocks", name)
         if name in RESERVED or not name.isidentifier():
             raise self.error(key, f"expected a block name that is an identifier and not an op, found '{name}'", at_key=True)
         if not isinstance(body, dict):
             raise self.error(key, f"expected a mapping with 'body' (and 'args', 'doc'), found {show(body)}")
-        self.check_keys(body, key, ("args", "body", "doc"), "block key")
+        self.check_keys(body, key, ("args", "inputs", "body", "doc"), "block key")
         if "body" not in body:
             raise self.error(key, "expected a 'body' list of layers, found none")
-        return self.read_args(key + ("args",), body.get("args") or {}), body["body"], str(body.get("doc") or "")
+        args = self.read_args(key + ("args",), body.get("args") or {})
+        inputs = self.tensor_names(body.get("inputs"), key + ("inputs",), Scope(self.params, name))
+        for tensor in inputs:
+            if tensor in args or inputs.count(tensor) > 1:
+                raise self.error(key + ("inputs",), f"expected tensor input names that differ from each other and from the args, found '{tensor}' twice")
+        return args, body["body"], str(body.get("doc") or ""), inputs
 
     def read_args(self, key: tuple, args: Any) -> dict[str, Any]:
         if isinstance(args, list):

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from archc.ir.ops import Network, Node, children
-from archc.passes.shapes import Shape, Shapes, infer_instances, output_shape
+from archc.passes.shapes import INPUT, Graph, Shape, Shapes, infer_graph
 from archc.syntax.errors import Location, SpecError
 
 
@@ -55,8 +55,10 @@ class Analysis:
     counts: dict[str, Counts]  # IR path -> counts of its first instance (children included)
     rows: list[Row] = field(default_factory=list)
     total: Counts = Counts()
-    output: Shape = ()
+    output: Shape = ()  # the first output's shape
     instance_shapes: Shapes = field(default_factory=dict)  # instance key -> shapes
+    outputs: dict[str, Shape] = field(default_factory=dict)  # output name -> shape, in the spec's order
+    output_counts: dict[str, Counts] = field(default_factory=dict)  # output name -> counts of what it depends on
 
     def as_dict(self) -> dict:
         return {
@@ -65,6 +67,10 @@ class Analysis:
             "params": self.net.params,
             "input": list(self.net.input),
             "output": list(self.output),
+            "outputs": {
+                name: {"shape": list(shape), "trainable": c.trainable, "non_trainable": c.non_trainable, "macs": c.macs}
+                for (name, shape), c in zip(self.outputs.items(), self.output_counts.values())
+            },
             "trainable": self.total.trainable,
             "non_trainable": self.total.non_trainable,
             "total": self.total.total,
@@ -90,9 +96,12 @@ MAX_LAYERS = 1_000_000
 
 def analyse(net: Network) -> Analysis:
     _layer_count([n for layers in net.flows.values() for n in layers])
-    shapes, at = infer_instances(net)
+    graph = infer_graph(net)
+    shapes, at = graph.by_path, graph.by_key
     counts: dict[str, Counts] = {}
-    result = Analysis(net, shapes, counts, output=output_shape(net, shapes), instance_shapes=at)
+    outputs = {name: tensor.shape for name, tensor in graph.outputs.items()}
+    result = Analysis(net, shapes, counts, output=next(iter(outputs.values())), instance_shapes=at, outputs=outputs)
+    result.output_counts = _per_output(graph)
     total = Counts()
     for flow, layers in net.flows.items():
         for node in layers:
@@ -114,6 +123,32 @@ def own_counts(node: Node, inp: Shape, out: Shape) -> Counts:
         else:
             trainable += math.prod(shape)
     return Counts(trainable, non_trainable, node.macs(inp, out))
+
+
+def _per_output(graph: Graph) -> dict[str, Counts]:
+    """The counts of the instances each output depends on; a located error for a layer
+    that no output depends on (its output read by nothing: a silent mistake otherwise,
+    and Keras would leave it out of the model)."""
+    per: dict[str, Counts] = {}
+    needed: set[str] = set()
+    for name, tensor in graph.outputs.items():
+        seen: set[str] = set()
+        todo = [tensor.source]
+        while todo:
+            key = todo.pop()
+            if key in seen or key == INPUT:
+                continue
+            seen.add(key)
+            todo.extend(graph.reads[key])
+        per[name] = sum((own_counts(graph.nodes[k], *graph.by_key[k]) for k in seen), Counts())
+        needed |= seen
+    for key, node in graph.nodes.items():
+        if key not in needed:
+            raise node.fail(
+                "expected every layer to lead to an output, found this one's output read by no later layer "
+                "(name it with as: and read it with from:, or list it in outputs:)"
+            )
+    return per
 
 
 def _count(node: Node, key: str, base: tuple[str, str], at: Shapes, counts: dict[str, Counts]) -> Counts:

@@ -1,19 +1,51 @@
 """Shape inference: every enabled node's input and output shape, or a located error
 for a network that could not run (mismatched residuals or branches, segments that do
-not divide channels, valid windows larger than their input, ...). Each op's own rule is
-its ``infer`` method (archc.ir.ops); this module only walks the tree.
+not divide channels, valid windows larger than their input, a tensor name read before
+it is defined, ...). Each op's own rule is its ``infer`` method (a merge op's is
+``merge``; archc.ir.ops); this module only walks the tree and keeps the names.
+
+Named tensors: a layer's ``as:`` names its output, a later layer's ``from:`` reads
+names instead of the previous output. A flow sees the network's inputs and the names
+of the flows before it; a nested sequence (a residual's body, a branch, a repeat's
+iteration) sees the names around it, and its own names stay inside it; a block's body
+sees only its tensor inputs and its own names. A name is defined once, so the graph
+has no cycle by construction.
 
 Shapes are recorded per instance (a node inside a repeat runs once per index, and a
 body that grows the channels sees a different input each time), keyed as
-:mod:`archc.passes.instances` keys them, and per IR path (the first instance)."""
+:mod:`archc.passes.instances` keys them, and per IR path (the first instance). The
+walk also records which tensors each instance reads (``Graph.reads``), from which the
+analysis finds what each output depends on."""
 
 from __future__ import annotations
 
-from archc.ir.ops import Network, Node, Shape, fmt
+from dataclasses import dataclass, field
+
+from archc.ir.ops import Network, Node, Shape, Where, fmt, walk
+from archc.syntax.errors import Location, SpecError, did_you_mean
 
 Shapes = dict[str, tuple[Shape, Shape]]
+INPUT = "input"  # the name of the network's input tensor, and the source of what it feeds
 
-__all__ = ["Shapes", "fmt", "infer", "infer_instances", "output_shape"]
+__all__ = ["INPUT", "Graph", "Shapes", "Tensor", "fmt", "infer", "infer_graph", "infer_instances", "output_shape"]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    shape: Shape
+    source: str  # the instance key of the node that made it (INPUT: the network's input)
+
+
+@dataclass
+class Graph:
+    """What the walk found: shapes by IR path and by instance key, the tensors each
+    instance reads (by source), and the network's outputs by name."""
+
+    by_path: Shapes = field(default_factory=dict)
+    by_key: Shapes = field(default_factory=dict)
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)  # instance key -> node
 
 
 def infer(net: Network) -> Shapes:
@@ -23,28 +55,109 @@ def infer(net: Network) -> Shapes:
 
 def infer_instances(net: Network) -> tuple[Shapes, Shapes]:
     """(by IR path, by instance key) -> (input shape, output shape), in network order."""
-    by_path: Shapes = {}
-    by_key: Shapes = {}
+    graph = infer_graph(net)
+    return graph.by_path, graph.by_key
 
-    def sequence(layers: list[Node], shape: Shape, base: tuple[str, str]) -> Shape:
+
+def infer_graph(net: Network) -> Graph:
+    return _Walk(net).network()
+
+
+class _Run:
+    """What ``Node.infer`` gets: ``run(seq, shape[, i])`` infers a sub-sequence (from the
+    node's input, or iteration i of a repeat from the previous one's output), and
+    ``run.tensor(name)`` is the shape of a named tensor the node can see."""
+
+    def __init__(self, walk: _Walk, node: Node, key: str, base: tuple[str, str], inputs: list[Tensor], names: dict[str, Tensor]):
+        self.walk, self.node, self.key, self.base = walk, node, key, base
+        self.inputs, self.names = inputs, names
+        self.outs: list[str] = []  # the sources of the sub-sequences' outputs
+        self.last = inputs[0].source
+
+    def __call__(self, seq: list[Node], shape: Shape, index: int | None = None) -> Shape:
+        node = self.node
+        if node.closed:  # a block's body: its tensor inputs, nothing else
+            names = {name: tensor for name, tensor in zip(node.binds(), self.inputs)}
+        else:
+            names = dict(self.names)
+        start = Tensor(shape, self.last if index is not None else self.inputs[0].source)
+        base = self.base if index is None else (node.path, f"{self.key}[{index}]")
+        out = self.walk.sequence(seq, start, names, base)
+        if index is not None:
+            self.last = out.source
+        self.outs.append(out.source)
+        return out.shape
+
+    def tensor(self, name: str) -> Shape:
+        return self.walk.lookup(self.node, name, self.names).shape
+
+
+class _Walk:
+    def __init__(self, net: Network):
+        self.net = net
+        self.graph = Graph()
+        self.defined = {name: node for layers in net.flows.values() for node in walk(layers) for name in node.saves}
+
+    def network(self) -> Graph:
+        net, graph = self.net, self.graph
+        names = {INPUT: Tensor(tuple(net.input), INPUT)}
+        current = names[INPUT]
+        for layers in net.flows.values():
+            current = self.sequence(layers, current, names, ("", ""))
+        if not net.outputs:
+            graph.outputs = {"output": current}
+        for output, tensor in net.outputs.items():
+            if tensor not in names:
+                w = net.output_where.get(output) or Where(file=net.file, spec_path="outputs")
+                known = sorted(names)
+                message = f"expected a tensor that a flow names with as: ({', '.join(known)}), found '{tensor}'"
+                if tensor in self.defined:
+                    message += " (switched off by its when:, or defined inside a nested sequence)"
+                raise SpecError(Location(w.file, w.line, w.col, w.spec_path), message + did_you_mean(tensor, known))
+            graph.outputs[output] = names[tensor]
+        return graph
+
+    def sequence(self, layers: list[Node], current: Tensor, names: dict[str, Tensor], base: tuple[str, str]) -> Tensor:
         for node in layers:
             if not node.when:
                 continue
             key = base[1] + node.path[len(base[0]) :]
+            inputs = [self.lookup(node, name, names) for name in node.reads] or [current]
+            for name in node.sizes_from():
+                self.lookup(node, name, names)
+            run = _Run(self, node, key, base, inputs, names)
+            if node.merges:
+                if len(node.reads) < 2:
+                    raise node.fail(f"expected from: with two or more tensor names for '{node.op}', found {len(node.reads)}")
+                out = node.merge([t.shape for t in inputs])
+            elif len(inputs) > max(len(node.binds()), 1):
+                raise node.fail(f"expected one tensor in from: for '{node.op}', found {len(inputs)} ({', '.join(node.reads)})")
+            else:
+                out = node.infer(inputs[0].shape, run)
+            self.graph.by_key[key] = (inputs[0].shape, out)
+            self.graph.by_path.setdefault(node.path, (inputs[0].shape, out))
+            self.graph.nodes[key] = node
+            sized = tuple(names[name].source for name in node.sizes_from())
+            self.graph.reads[key] = tuple(t.source for t in inputs) + sized + tuple(run.outs)
+            current = Tensor(out, key)
+            for name in node.saves:
+                if name in names:
+                    raise node.fail(f"expected a tensor name not yet defined where it is visible, found '{name}' again")
+                names[name] = current
+        return current
 
-            def run(seq: list[Node], inp: Shape, index: int | None = None, node=node, key=key) -> Shape:
-                return sequence(seq, inp, base if index is None else (node.path, f"{key}[{index}]"))
-
-            out = node.infer(shape, run)
-            by_key[key] = (shape, out)
-            by_path.setdefault(node.path, (shape, out))
-            shape = out
-        return shape
-
-    shape: Shape = tuple(net.input)
-    for layers in net.flows.values():
-        shape = sequence(layers, shape, ("", ""))
-    return by_path, by_key
+    def lookup(self, node: Node, name: str, names: dict[str, Tensor]) -> Tensor:
+        """The tensor ``name`` as ``node`` sees it, or a located error saying why not."""
+        if name in names:
+            return names[name]
+        if name in self.defined:
+            other = self.defined[name].where
+            raise node.fail(
+                f"expected a tensor defined before this layer and visible here, found '{name}', defined at line {other.line} "
+                f"({other.spec_path}) after it or in a sequence this layer cannot see (a graph has no cycles)"
+            )
+        known = sorted(names)
+        raise node.fail(f"expected a tensor name defined with as: ({', '.join(known)}), found '{name}'{did_you_mean(name, known)}")
 
 
 def output_shape(net: Network, shapes: Shapes) -> Shape:

@@ -31,5 +31,9 @@ def print_table(analysis: Analysis, console: Console | None = None) -> None:
         )
     t = analysis.total
     table.add_section()
-    table.add_row("total", "", "", fmt(analysis.output), f"{t.trainable:,}", f"{t.non_trainable:,}", f"{t.macs:,}", style="bold")
+    if len(analysis.outputs) > 1:  # each output with what it depends on (shared layers count in each)
+        for (name, shape), c in zip(analysis.outputs.items(), analysis.output_counts.values()):
+            table.add_row("output", escape(name), "", fmt(shape), f"{c.trainable:,}", f"{c.non_trainable:,}", f"{c.macs:,}")
+    shown = fmt(analysis.output) if len(analysis.outputs) == 1 else f"{len(analysis.outputs)} outputs"
+    table.add_row("total", "", "", shown, f"{t.trainable:,}", f"{t.non_trainable:,}", f"{t.macs:,}", style="bold")
     console.print(table)
