@@ -45,6 +45,8 @@ SAMPLES: dict[str, dict] = {
     "channel_dense": {"units": 3},
     "dropout": {"rate": 0.1},
     "drop_path": {"rate": 0.1},
+    "resize": {"like": "skip"},
+    "crop": {"like": "skip"},
     "residual": {"body": [{"op": "identity", "name": "i"}]},
     "gate": {"body": [{"op": "identity", "name": "i"}]},
     "branches": {"paths": {"a": [{"op": "identity", "name": "i"}], "b": [{"op": "identity", "name": "j"}]}},

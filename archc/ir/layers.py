@@ -113,7 +113,7 @@ class Layers(Substituter):
         elif isinstance(value, dict):
             fields = dict(value)
         elif kind in SHORTHAND and (not isinstance(value, list) or kind in SHORTHAND_LISTS):
-            fields = {SHORTHAND[kind]: value}
+            fields = {"from" if SHORTHAND[kind] == "reads" else SHORTHAND[kind]: value}  # a merge's `add: [a, b]`
         else:
             raise self.error(fkey, f"expected a mapping of fields for '{kind}', found {show(value)}", via=scope.via)
         return kind, fields, fkey

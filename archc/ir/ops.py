@@ -785,7 +785,7 @@ class Add(Node):
 
     op: Literal["add"] = "add"
     merges: ClassVar[bool] = True
-    shorthand: ClassVar[str | None] = "from"
+    shorthand: ClassVar[str | None] = "reads"  # written `concat: [a, b]`, as from: [a, b]
     shorthand_list: ClassVar[bool] = True
 
     def merge(self, shapes: list[Shape]) -> Shape:
@@ -804,7 +804,7 @@ class Multiply(Node):
 
     op: Literal["multiply"] = "multiply"
     merges: ClassVar[bool] = True
-    shorthand: ClassVar[str | None] = "from"
+    shorthand: ClassVar[str | None] = "reads"  # written `concat: [a, b]`, as from: [a, b]
     shorthand_list: ClassVar[bool] = True
 
     def merge(self, shapes: list[Shape]) -> Shape:
@@ -824,7 +824,7 @@ class Concat(Node):
 
     op: Literal["concat"] = "concat"
     merges: ClassVar[bool] = True
-    shorthand: ClassVar[str | None] = "from"
+    shorthand: ClassVar[str | None] = "reads"  # written `concat: [a, b]`, as from: [a, b]
     shorthand_list: ClassVar[bool] = True
 
     def merge(self, shapes: list[Shape]) -> Shape:
@@ -1158,6 +1158,11 @@ class Network(BaseModel):
 def children(node: Node) -> list[tuple[str, list[Node]]]:
     """The labelled sub-sequences of a node (see ``Node.children``)."""
     return node.children()
+
+
+def tensor_reads(net: Network) -> set[str]:
+    """The tensor names that some layer reads (``from:``, a resize's ``like``) or an output names."""
+    return {n for layers in net.flows.values() for node in walk(layers) for n in (*node.reads, *node.sizes_from())} | set(net.outputs.values())
 
 
 def walk(layers: list[Node]):

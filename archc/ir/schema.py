@@ -29,7 +29,9 @@ MARGINS = {
     ],
     "description": "p, [height, width] or [[top, bottom], [left, right]]",
 }
-META = {"name": {"type": "string", "minLength": 1}, "when": {"anyOf": [{"type": "boolean"}, REF]}}
+TENSOR = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}
+TENSORS = {"anyOf": [TENSOR, {"type": "array", "items": TENSOR, "minItems": 1}], "description": "a tensor name, or a list of them"}
+META = {"name": {"type": "string", "minLength": 1}, "when": {"anyOf": [{"type": "boolean"}, REF]}, "from": TENSORS, "as": TENSORS}
 LAYERS = {"type": "array", "items": {"$ref": "#/$defs/layer"}, "minItems": 1}
 
 
@@ -40,7 +42,7 @@ def _fields(cls) -> dict[str, Any]:
         if name in SYSTEM_FIELDS or name in META:
             continue
         prop = {k: v for k, v in prop.items() if k != "title"}
-        if name in ("kernel", "stride", "pool"):
+        if name in ("kernel", "stride", "pool", "dilation"):
             prop = PAIR
         if cls is ZeroPad and name == "padding":
             prop = MARGINS
@@ -74,7 +76,9 @@ def _only(key: str, value: dict[str, Any]) -> dict[str, Any]:
 
 def _op(op: str, cls) -> dict[str, Any]:
     options = [_fields(cls), {"type": "null"}]
-    if op in SHORTHAND:
+    if SHORTHAND.get(op) == "reads":  # a merge: `concat: [a, b]`
+        options.append({"type": "array", "items": TENSOR, "minItems": 2})
+    elif op in SHORTHAND:
         options.append({"anyOf": [{"type": ["string", "number", "integer"]}, *([MARGINS] if op == "zero_pad" else [])]})
     return _only(op, {"anyOf": options})
 
@@ -118,6 +122,7 @@ def _blocks() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
+            "inputs": {"type": "array", "items": TENSOR, "minItems": 1, "description": "named tensor inputs"},
             "body": LAYERS,
             "doc": {"type": "string"},
         },
@@ -157,6 +162,10 @@ def spec_schema() -> dict[str, Any]:
             "defaults": {"type": "object", "properties": {op: {"type": "object"} for op in OPS}, "additionalProperties": False},
             "blocks": _blocks(),
             "flows": _flows(),
+            "outputs": {
+                "anyOf": [{"type": "array", "items": TENSOR, "minItems": 1}, {"type": "object", "additionalProperties": TENSOR, "minProperties": 1}],
+                "description": "tensor names, or output names -> tensor names",
+            },
             "expect": _untitled(Expect.model_json_schema()),
             "training": _untitled(training, "$defs"),
         },

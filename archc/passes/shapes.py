@@ -151,13 +151,15 @@ class _Walk:
         if name in names:
             return names[name]
         if name in self.defined:
-            other = self.defined[name].where
-            raise node.fail(
-                f"expected a tensor defined before this layer and visible here, found '{name}', defined at line {other.line} "
-                f"({other.spec_path}) after it or in a sequence this layer cannot see (a graph has no cycles)"
-            )
-        known = sorted(names)
-        raise node.fail(f"expected a tensor name defined with as: ({', '.join(known)}), found '{name}'{did_you_mean(name, known)}")
+            other, here = self.defined[name].where, node.where
+            if (other.line, other.col) > (here.line, here.col):
+                raise node.fail(
+                    f"expected a tensor defined before this layer (a graph has no cycles), found '{name}', "
+                    f"defined after it (line {other.line}, {other.spec_path})"
+                )
+            raise node.fail(f"expected a tensor visible here, found '{name}', defined in a sequence this layer cannot see (line {other.line}, {other.spec_path})")
+        known = ", ".join(sorted(names)) or "none visible here"
+        raise node.fail(f"expected a tensor name defined with as: ({known}), found '{name}'{did_you_mean(name, sorted(names))}")
 
 
 def output_shape(net: Network, shapes: Shapes) -> Shape:

@@ -24,9 +24,10 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from archc.codegen.naming import Namespace, identifier
 from archc.codegen.plan import Plan, helper_source, literal, plan
-from archc.ir.ops import Node
+from archc.ir.ops import Node, tensor_reads
 from archc.passes import fold
 from archc.passes.analysis import Analysis
+from archc.passes.shapes import INPUT
 from archc.syntax.errors import Location, SpecError
 
 LINE_LENGTH = 140  # the project's ruff line length: generated code is already formatted
@@ -251,6 +252,7 @@ class Scope:
     names: Namespace
     loops: dict[int, str] = field(default_factory=dict)  # repeat depth -> loop variable
     depth: int = 0
+    tensors: dict[str, str] = field(default_factory=dict)  # tensor name (as:) -> its local variable
 
     def loop_var(self) -> str:
         if self.depth not in self.loops:
@@ -266,6 +268,7 @@ class Renderer:
         self.plan = plan(analysis, fold.MODULE_NAMES)  # templates/fold.py.j2 defines them
         self.helpers: set[str] = set()  # helpers the module defines: _separable_conv, LayerScale
         self.index: str | None = None  # the loop variable of the repeat being rendered
+        self.read_names = tensor_reads(analysis.net)  # the names some layer or output reads
         self.globals = {"keras", "layers", "create_model"} | RESERVED | {b.func for b in self.plan.blocks.values()}
         # each block function's name-prefix parameter: 'name' unless an argument has it
         self.prefix = {b: Namespace(set(self.plan.signature(b))).create("name") for b in self.plan.blocks}
@@ -284,6 +287,8 @@ class Renderer:
         out: list[Stmt] = []
         cur = src
         for node in nodes:
+            if node.reads:  # named tensors instead of the previous output
+                cur = self.reads(node, scope)
             direct = not node.children() or node.op == "call"
             direct = direct and "when" not in node.refs
             if cur != dst and not direct:
@@ -292,9 +297,18 @@ class Renderer:
             stmts = self.node(node, cur, dst, prefix, scope)
             out.extend(block(f"if {self.plan.symbol(node, 'when', True, self.index)}:", stmts) if "when" in node.refs else stmts)
             cur = dst
+            for name in (n for n in node.saves if n in self.read_names):  # a later layer reads it (switched off: what passed through)
+                scope.tensors[name] = scope.names.create(name, "tensor")
+                out.append(line(f"{scope.tensors[name]} = {dst}"))
         if cur != dst:
             out.append(line(f"{dst} = {cur}"))
         return out
+
+    def reads(self, node: Node, scope: Scope) -> str:
+        """The input of a node that reads named tensors: a merge's list, a block's
+        positional arguments, or the one variable."""
+        names = [scope.tensors[name] for name in node.reads]
+        return f"[{', '.join(names)}]" if node.merges else ", ".join(names)
 
     def node(self, node: Node, cur: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
         return OPS[node.op].emit(self, node, cur, dst, node_name(self.plan, prefix, node), scope)
@@ -358,7 +372,7 @@ class Renderer:
 
     def sepconv(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         s, opt = self.sym, self.opt
-        shared = [*opt(node, "stride", "strides", (1, 1)), *opt(node, "padding", "padding", "valid")]
+        shared = [*opt(node, "stride", "strides", (1, 1)), *opt(node, "padding", "padding", "valid"), *opt(node, "dilation", "dilation_rate", (1, 1))]
         multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
         if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
             self.helpers.add(HELPER)
@@ -413,10 +427,12 @@ class Renderer:
         bp = self.plan.blocks[block]
         prefix = self.prefix[block]
         scope = self.scope([*self.plan.signature(block), prefix])
-        body = self.sequence(bp.instance.body, "x", "x", f"{{{prefix}}}", scope)
+        inputs = [scope.names.create(name, "tensor") for name in bp.instance.tensors] or ["x"]
+        scope.tensors = dict(zip(bp.instance.tensors, inputs))
+        body = self.sequence(bp.instance.body, inputs[0], "x", f"{{{prefix}}}", scope)
         doc = prose(self.net.blocks[block].doc) or f"The block '{prose(block)}' of the spec."
         return {
-            "signature": call(f"def {bp.func}(", ["x", *self.plan.signature(block), prefix], "):"),
+            "signature": call(f"def {bp.func}(", [*inputs, *self.plan.signature(block), prefix], "):"),
             "doc": docstring([wrap(doc)], INDENT),
             "body": layout(merge_conditions(body) + [line("return x")], 1),
         }
@@ -449,12 +465,16 @@ class Renderer:
         )
         body += [Stmt("blank"), call(f"{inputs} = keras.Input(", [f"shape=({', '.join(self.plan.input_size())})", 'name="input"'], ")")]
         src = inputs
+        scope.tensors = {INPUT: inputs}
         for flow, layers in net.flows.items():
             ident = self.plan.ident[flow]
             body += [Stmt("blank"), Stmt("comment", text=ident)]
             body += self.sequence(layers, src, "x", ident, scope)
             src = "x"
-        body += [Stmt("blank"), call("return keras.Model(", [inputs, "x", f"name={literal(identifier(net.name, 'model'))}"], ")")]
+        outputs = "x"
+        if net.outputs:  # several outputs: a dict by output name, in the spec's order
+            outputs = "{" + ", ".join(f"{literal(name)}: {scope.tensors[tensor]}" for name, tensor in net.outputs.items()) + "}"
+        body += [Stmt("blank"), call("return keras.Model(", [inputs, outputs, f"name={literal(identifier(net.name, 'model'))}"], ")")]
         args = [f"{ident}={literal(net.params[p])}" for p, ident in params.items()]
         doc = [
             wrap(
@@ -531,6 +551,7 @@ def _conv(r: Renderer, node: Node) -> list[str]:
         r.sym(node, "kernel"),
         *r.opt(node, "stride", "strides", (1, 1)),
         *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "dilation", "dilation_rate", (1, 1)),
         *r.opt(node, "groups", "groups", 1),
         *r.opt(node, "bias", "use_bias", True),
     ]
@@ -541,6 +562,7 @@ def _depthwise(r: Renderer, node: Node) -> list[str]:
         r.sym(node, "kernel"),
         *r.opt(node, "stride", "strides", (1, 1)),
         *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "dilation", "dilation_rate", (1, 1)),
         *r.opt(node, "depth_multiplier", "depth_multiplier", 1),
         *r.opt(node, "bias", "use_bias", True),
     ]
@@ -579,6 +601,24 @@ def _sepconv_parts(name: str, layers: dict[str, Any]) -> list[tuple[Any, dict[st
         (f"{name}_pointwise", {"kernel": "pointwise", "bias": "bias"}),
     ]
     return [(layers[n], r) for n, r in parts if n in layers]
+
+
+def _merge(function: str) -> Callable:
+    """An emitter for a merge over named tensors: ``dst = layers.function([a, b], name=...)``."""
+    return lambda r, node, cur, dst, name, scope: [call(f"{dst} = layers.{function}(", [cur, f"name={name_expr(name)}"], ")")]
+
+
+def _resize(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    """Keras's Resizing to the static height and width of the tensor ``like`` (TensorFlow's
+    resize: half-pixel centres, no antialiasing)."""
+    like = scope.tensors[node.like]
+    args = [f"{like}.shape[1]", f"{like}.shape[2]", f"interpolation={r.sym(node, 'mode')}"]
+    return r.layer("Resizing", args, cur, dst, name)
+
+
+def _crop(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    r.helpers.add("crop_margins")
+    return r.layer("Cropping2D", [f"crop_margins({cur}, {scope.tensors[node.like]})"], cur, dst, name)
 
 
 def _same_name(name: str, layers: dict[str, Any], node: Node) -> str | None:
@@ -634,6 +674,12 @@ OPS: dict[str, KerasOp] = {
     # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
     "drop_path": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"])),
     "upsample": KerasOp(_one("UpSampling2D", lambda r, node: [r.sym(node, "factor"), *r.opt(node, "mode", "interpolation", "nearest")])),
+    "global_max_pool": KerasOp(_one("GlobalMaxPooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False))),
+    "resize": KerasOp(_resize),
+    "crop": KerasOp(_crop, helpers=(("crop_margins", "crop_margins.py.j2"),)),
+    "add": KerasOp(_merge("add")),
+    "multiply": KerasOp(_merge("multiply")),
+    "concat": KerasOp(_merge("concatenate")),
     "residual": KerasOp(
         lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
         output=lambda name, layers, node: name if node.use_shortcut else None,  # switched off by a param: no addition

@@ -207,6 +207,8 @@ class Renderer:
         cond = self.value(node, "when", env)
         if cond == Lit(False):
             return cond, ch, rank
+        if node.reads or node.merges:
+            raise Unsupported(node, "a layer that reads named tensors (from:), which the torch backend does not render yet")
         new, new_rank = self.effect(node, env, v.assume(ch, cond), rank)
         if isinstance(cond, Sym) and new_rank != rank:
             raise Unsupported(node, f"`when: ${node.refs['when']}` on a layer that turns feature maps into vectors")
@@ -305,14 +307,29 @@ class Renderer:
             return self.use(same), []
         return self.use(factory), [("padding", v.code(padding))]
 
+    def dilated(self, node: Node, env, kernel: Value) -> tuple[Value, list[tuple[str, str]]]:
+        """The kernel's span for the padding rule ((k - 1) * d + 1) and the dilation argument."""
+        dilation = self.value(node, "dilation", env)
+        if dilation == Lit((1, 1)):
+            return kernel, []
+        if not (isinstance(dilation, Lit) and isinstance(kernel, Lit)):
+            raise Unsupported(node, "a dilation or kernel that a param or argument sets, on a dilated layer")
+        span = Lit(tuple((k - 1) * d + 1 for k, d in zip(kernel.value, dilation.value)))
+        return span, [("dilation", v.size(dilation))]
+
     def layer_conv(self, node: ir.Conv, env, ch, rank) -> Expr:
         kernel, stride = self.value(node, "kernel", env), self.value(node, "stride", env)
-        func, padding = self.padded(node, env, kernel, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
+        span, dilation = self.dilated(node, env, kernel)
+        func, padding = self.padded(node, env, span, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
+        if dilation and func != "nn.Conv2d":
+            raise Unsupported(node, "a dilated conv whose 'same' padding is not symmetric (an even kernel span)")
         args = (v.code(ch), v.code(self.value(node, "filters", env)), v.size(kernel))
-        rest = self.option(node, env, "stride", fmt=v.size) + padding + self.option(node, env, "groups") + self.option(node, env, "bias")
+        rest = self.option(node, env, "stride", fmt=v.size) + padding + dilation + self.option(node, env, "groups") + self.option(node, env, "bias")
         return Call(func, (*args, *rest))
 
     def layer_sepconv(self, node: ir.SepConv, env, ch, rank) -> Expr:
+        if self.value(node, "dilation", env) != Lit((1, 1)):
+            raise Unsupported(node, "a dilated sepconv")
         args = (v.code(ch), v.code(self.value(node, "filters", env)), v.size(self.value(node, "kernel", env)))
         rest = self.option(node, env, "stride", fmt=v.size)
         for name in ("padding", "depth_multiplier", "segments", "between", "bias"):
@@ -358,6 +375,14 @@ class Renderer:
             return Call("nn.AdaptiveAvgPool2d", ("1",))
         return Call("nn.Sequential", (Call("nn.AdaptiveAvgPool2d", ("1",)), Call("nn.Flatten")))
 
+    def layer_globalmaxpool(self, node: ir.GlobalMaxPool, env, ch, rank) -> Expr:
+        if node.keepdims:
+            return Call("nn.AdaptiveMaxPool2d", ("1",))
+        return Call("nn.Sequential", (Call("nn.AdaptiveMaxPool2d", ("1",)), Call("nn.Flatten")))
+
+    def layer_graph(self, node: Node, env, ch, rank) -> Expr:
+        raise Unsupported(node, f"'{node.op}', which the torch backend does not render yet")
+
     def layer_flatten(self, node: ir.Flatten, env, ch, rank) -> Expr:
         return Call(self.use("FlattenHWC")) if rank == 3 else Call("nn.Flatten")
 
@@ -400,9 +425,12 @@ class Renderer:
 
     def layer_depthwise(self, node, env, ch, rank) -> Expr:
         kernel, stride = self.value(node, "kernel", env), self.value(node, "stride", env)
-        func, padding = self.padded(node, env, kernel, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
+        span, dilation = self.dilated(node, env, kernel)
+        func, padding = self.padded(node, env, span, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
+        if dilation and func != "nn.Conv2d":
+            raise Unsupported(node, "a dilated depthwise conv whose 'same' padding is not symmetric (an even kernel span)")
         out = times(ch, self.value(node, "depth_multiplier", env))
-        rest = self.option(node, env, "stride", fmt=v.size) + padding + [("groups", v.code(ch))] + self.option(node, env, "bias")
+        rest = self.option(node, env, "stride", fmt=v.size) + padding + dilation + [("groups", v.code(ch))] + self.option(node, env, "bias")
         return Call(func, (v.code(ch), v.code(out), v.size(kernel), *rest))
 
     def layer_layernorm(self, node, env, ch, rank) -> Expr:
@@ -552,6 +580,9 @@ def docstring(text: str, depth: int, width: int = 84) -> list[str]:
 
 def render(analysis: Analysis) -> str:
     """The generated module's text."""
+    if len(analysis.outputs) > 1:
+        w = next(iter(analysis.net.output_where.values()))
+        raise SpecError(Location(w.file, w.line, w.col, w.spec_path), "expected what the torch backend can express, found several outputs")
     r = Renderer(analysis)
     model = r.model_class()
     blocks = {b: r.block_class(b) for b in r.plan.blocks}  # parents first: ranks are known
@@ -732,6 +763,12 @@ OPS: dict[str, TorchOp] = {
     "dropout": TorchOp(Renderer.layer_dropout),  # the identity in eval: not fresh
     "drop_path": TorchOp(Renderer.layer_droppath, helpers=("DropPath",)),
     "upsample": TorchOp(Renderer.layer_upsample, fresh_output=True),
+    "global_max_pool": TorchOp(Renderer.layer_globalmaxpool, _pool, fresh_output=True),
+    "resize": TorchOp(Renderer.layer_graph),
+    "crop": TorchOp(Renderer.layer_graph),
+    "add": TorchOp(Renderer.layer_graph),
+    "multiply": TorchOp(Renderer.layer_graph),
+    "concat": TorchOp(Renderer.layer_graph),
     "residual": TorchOp(Renderer.layer_residual, _body, fresh_output=_residual_fresh, helpers=("Residual",)),
     "gate": TorchOp(Renderer.layer_gate, keep, helpers=("Gate",)),  # a product its backward reads: not fresh
     "branches": TorchOp(
