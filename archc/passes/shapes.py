@@ -119,7 +119,9 @@ class _Walk:
 
     def sequence(self, layers: list[Node], current: Tensor, names: dict[str, Tensor], base: tuple[str, str]) -> Tensor:
         for node in layers:
-            if not node.when:
+            if not node.when:  # switched off: what passes through goes by its names
+                for name in node.saves:
+                    self.define(node, name, current, names)
                 continue
             key = base[1] + node.path[len(base[0]) :]
             inputs = [self.lookup(node, name, names) for name in node.reads] or [current]
@@ -141,10 +143,14 @@ class _Walk:
             self.graph.reads[key] = tuple(t.source for t in inputs) + sized + tuple(run.outs)
             current = Tensor(out, key)
             for name in node.saves:
-                if name in names:
-                    raise node.fail(f"expected a tensor name not yet defined where it is visible, found '{name}' again")
-                names[name] = current
+                self.define(node, name, current, names)
         return current
+
+    @staticmethod
+    def define(node: Node, name: str, tensor: Tensor, names: dict[str, Tensor]) -> None:
+        if name in names:
+            raise node.fail(f"expected a tensor name not yet defined where it is visible, found '{name}' again")
+        names[name] = tensor
 
     def lookup(self, node: Node, name: str, names: dict[str, Tensor]) -> Tensor:
         """The tensor ``name`` as ``node`` sees it, or a located error saying why not."""

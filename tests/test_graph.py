@@ -1,0 +1,193 @@
+"""The graph language: named tensors (as:/from:), merges, block tensor inputs, several
+outputs, and the ops of dense prediction; what the IR computes and what the Keras
+backend builds from it (the torch backend refuses graphs in one located line for now)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from archc.api import load
+from archc.codegen.backend import get
+from archc.syntax.errors import SpecError
+
+UNET = """
+name: tiny_unet
+input: [32, 32, 3]
+params: {classes: 2}
+blocks:
+  up:
+    args: [filters]
+    inputs: [x, skip]
+    body:
+      - upsample: {factor: 2, from: x, as: u}
+      - concat: [u, skip]
+      - conv: {filters: $filters, kernel: 3, padding: same}
+      - act: relu
+flows:
+  encoder:
+    - conv: {filters: 8, kernel: 3, padding: same, as: c1}
+    - maxpool: {pool: 2}
+    - conv: {filters: 16, kernel: 3, padding: same, dilation: 2, as: c2}
+    - maxpool: {pool: 2}
+    - conv: {filters: 32, kernel: 3, padding: same, as: c3}
+  decoder:
+    - up: {filters: 16, from: [c3, c2], as: u1}
+    - up: {filters: 8, from: [u1, c1]}
+    - conv: {filters: $classes, kernel: 1, as: mask}
+  aux:
+    - global_max_pool: {from: c3}
+    - dense: {units: 3, as: label}
+outputs: {mask: mask, label: label}
+"""
+
+
+def spec(tmp_path, text: str, name: str = "g.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def keras_model(analysis, tmp_path, **params):
+    path = tmp_path / f"{analysis.net.name}_keras_{len(list(tmp_path.iterdir()))}.py"
+    path.write_text(get("keras").render(analysis))
+    return get("keras").load(path).create_model(**params)
+
+
+def conv(k: int, cin: int, cout: int) -> int:
+    return k * k * cin * cout + cout
+
+
+def test_named_tensors_shapes_and_counts_per_output(tmp_path):
+    a = load(spec(tmp_path, UNET))
+    assert a.outputs == {"mask": (32, 32, 2), "label": (3,)}
+    assert a.output == (32, 32, 2)
+    encoder = conv(3, 3, 8) + conv(3, 8, 16) + conv(3, 16, 32)
+    decoder = conv(3, 32 + 16, 16) + conv(3, 16 + 8, 8) + conv(1, 8, 2)
+    label = 32 * 3 + 3
+    assert a.total.trainable == encoder + decoder + label
+    assert a.output_counts["mask"].trainable == encoder + decoder
+    assert a.output_counts["label"].trainable == encoder + label  # shared layers count in each output
+    assert a.shapes["decoder/up1/concat1"] == ((16, 16, 32), (16, 16, 48))  # input: the first tensor read
+    # MACs of a dilated conv: as an undilated one, per output pixel
+    assert a.counts["encoder/conv2"].macs == 16 * 16 * 9 * 8 * 16
+
+
+def test_single_output_counts_equal_the_total_for_every_bundled_spec():
+    from archc.passes.pipeline import spec_files
+
+    for path in spec_files(["specs", "examples"]):
+        a = load(path)
+        assert list(a.output_counts) == ["output"] and a.output_counts["output"] == a.total, path
+
+
+def test_keras_builds_the_graph_with_one_output_per_name(tmp_path):
+    np = pytest.importorskip("numpy")
+    a = load(spec(tmp_path, UNET))
+    model = keras_model(a, tmp_path)
+    assert model.count_params() == a.total.trainable
+    out = model(np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32"))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"mask": (2, 32, 32, 2), "label": (2, 3)}
+
+
+def test_resize_crop_and_merges_in_keras_follow_the_ir(tmp_path):
+    np = pytest.importorskip("numpy")
+    text = """
+    name: dense_ops
+    input: [12, 12, 4]
+    flows:
+      main:
+        - conv: {filters: 4, kernel: 3, as: small}          # 10x10
+        - resize: {like: input, mode: bilinear, as: big}     # back to 12x12
+        - crop: {like: small, from: big, as: cropped}        # 10x10 centre
+        - global_avg_pool: {keepdims: true, from: small, as: gate}
+        - multiply: [cropped, gate]
+        - add: {from: [multiply1, small]}
+    """
+    with pytest.raises(SpecError, match="expected a tensor name defined with as:.*found 'multiply1'"):
+        load(spec(tmp_path, text))
+    a = load(spec(tmp_path, text.replace("- multiply: [cropped, gate]", "- multiply: {from: [cropped, gate], as: gated}").replace("multiply1", "gated")))
+    assert a.outputs == {"output": (10, 10, 4)}
+    assert a.shapes["main/resize1"][1] == (12, 12, 4) and a.shapes["main/crop1"][1] == (10, 10, 4)
+    model = keras_model(a, tmp_path)
+    x = np.random.default_rng(1).normal(size=(1, 12, 12, 4)).astype("float32")
+    layers = {layer.name: layer for layer in model.layers}
+    assert layers["main_crop1"].cropping == ((1, 1), (1, 1))
+    assert tuple(model(x).shape) == (1, 10, 10, 4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("- conv: {filters: 4, kernel: 3, stride: 2, dilation: 2}", "expected stride 1 with dilation 2x2"),
+        ("- conv: {filters: 4, kernel: 5, dilation: 3}", "expected a window no larger than its 8x8 input"),
+    ],
+)
+def test_dilation_rules(tmp_path, change, message):
+    text = f"""
+    name: d
+    input: [8, 8, 3]
+    flows:
+      main:
+        {change}
+    """
+    with pytest.raises(SpecError, match=message):
+        load(spec(tmp_path, text))
+
+
+def test_dilated_valid_conv_spans_the_dilated_kernel(tmp_path):
+    a = load(spec(tmp_path, "name: d\ninput: [9, 9, 3]\nflows:\n  main:\n    - conv: {filters: 4, kernel: 3, dilation: 4}\n"))
+    assert a.output == (1, 1, 4)  # (3 - 1) * 4 + 1 = 9
+
+
+def test_scopes(tmp_path):
+    """Names inside a nested sequence stay inside; a flow sees earlier flows' names."""
+    inner = """
+    name: s
+    input: [8, 8, 3]
+    flows:
+      main:
+        - residual:
+            body:
+              - conv: {filters: 3, kernel: 1, padding: same, as: inside}
+        - concat: [inside, input]
+    """
+    with pytest.raises(SpecError, match="defined in a sequence this layer cannot see"):
+        load(spec(tmp_path, inner))
+    later = """
+    name: s
+    input: [8, 8, 3]
+    flows:
+      a:
+        - conv: {filters: 3, kernel: 1, as: first}
+      b:
+        - add: [first, input]
+    """
+    assert load(spec(tmp_path, later)).output == (8, 8, 3)
+
+
+def test_a_switched_off_layer_passes_its_input_on_under_its_name(tmp_path):
+    text = """
+    name: w
+    input: [8, 8, 3]
+    params: {extra: false}
+    flows:
+      main:
+        - conv: {filters: 3, kernel: 1, as: a}
+        - conv: {filters: 3, kernel: 1, when: $extra, as: b}
+        - add: [a, b]
+    """
+    off = load(spec(tmp_path, text))
+    on = load(spec(tmp_path, text), {"extra": True})
+    assert off.total.trainable == conv(1, 3, 3) and on.total.trainable == 2 * conv(1, 3, 3)
+    for a in (off, on):
+        model = keras_model(a, tmp_path)
+        assert model.count_params() == a.total.trainable
+
+
+def test_torch_refuses_a_graph_in_one_located_line(tmp_path):
+    a = load(spec(tmp_path, UNET))
+    with pytest.raises(SpecError, match=r"g.yaml:\d+:\d+: outputs.mask: expected what the torch backend can express, found several outputs"):
+        get("torch").render(a)
+
