@@ -174,7 +174,19 @@ def _value(value: object) -> str:
 
 def label(node: Node) -> str:
     """What a layer's box says: the op's own label, or its name and its fields that
-    differ from their defaults (a combinator draws as ``Repeat times 8``)."""
+    differ from their defaults (a combinator draws as ``Repeat times 8``), with the named
+    tensors it reads before it and the names of its output after it."""
+    return tensors(node, _label(node))
+
+
+def tensors(node: Node, text: str) -> str:
+    """``text`` with the tensors a layer reads (``a, b →``) and its names (``→ c``)."""
+    before = f"{', '.join(node.reads)} → " if node.reads else ""
+    after = f" → {', '.join(node.saves)}" if node.saves else ""
+    return before + text + after
+
+
+def _label(node: Node) -> str:
     if (text := node.diagram_label()) is not None:
         return text
     fields = [
@@ -190,7 +202,8 @@ def label(node: Node) -> str:
 def _call_title(node: Call) -> str:
     """'sep_bn1' (a name archc made from the block's), or 'mixed0: module_a'."""
     rest = node.name[len(node.block) :]
-    return node.name if node.name.startswith(node.block) and rest.isdigit() or node.name == node.block else f"{node.name}: {node.block}"
+    title = node.name if node.name.startswith(node.block) and rest.isdigit() or node.name == node.block else f"{node.name}: {node.block}"
+    return tensors(node, title)
 
 
 def _params(c: Counts) -> str:
@@ -537,7 +550,8 @@ def _layout(analysis: Analysis, options: Options, column: float) -> Diagram:
     changed = {k: v for k, v in net.params.items() if k in net.param_decls and v != net.param_decls[k].default}
     title = net.name + (" (" + ", ".join(f"{k}={_value(v)}" for k, v in changed.items()) + ")" if changed else "")
     t = analysis.total
-    facts = [f"input {fmt(net.input)}", f"output {fmt(analysis.output)}"]
+    shown = ", ".join(f"{name} {fmt(shape)}" for name, shape in analysis.outputs.items())
+    facts = [f"input {fmt(net.input)}", f"output {fmt(analysis.output)}" if len(analysis.outputs) == 1 else f"outputs {shown}"]
     if options.counts:
         facts[1:1] = [f"{t.trainable:,} trainable + {t.non_trainable:,} non-trainable parameters", f"{t.macs:,} multiply-adds"]
     subtitle = " \u00b7 ".join(facts)
