@@ -191,3 +191,40 @@ def test_torch_refuses_a_graph_in_one_located_line(tmp_path):
     with pytest.raises(SpecError, match=r"g.yaml:\d+:\d+: outputs.mask: expected what the torch backend can express, found several outputs"):
         get("torch").render(a)
 
+
+
+AUX = """
+name: aux
+input: [16, 16, 3]
+params: {aux_logits: false}
+flows:
+  main:
+    - conv: {filters: 4, kernel: 3, as: mid}
+    - global_avg_pool
+    - dense: {units: 5, as: logits}
+  aux:
+    - conv: {filters: 2, kernel: 1, from: mid, when: $aux_logits}
+    - global_avg_pool: {when: $aux_logits}
+    - dense: {units: 5, when: $aux_logits, as: aux}
+outputs:
+  logits: logits
+  aux: {tensor: aux, when: $aux_logits}
+"""
+
+
+def test_a_param_switches_an_output_off(tmp_path):
+    np = pytest.importorskip("numpy")
+    path = spec(tmp_path, AUX)
+    off, on = load(path), load(path, {"aux_logits": True})
+    assert off.outputs == {"logits": (5,)} and on.outputs == {"logits": (5,), "aux": (5,)}
+    assert on.total.trainable - off.total.trainable == conv(1, 4, 2) + 2 * 5 + 5
+    x = np.zeros((1, 16, 16, 3), "float32")
+    assert set(keras_model(off, tmp_path)(x)) == {"logits"}
+    both = keras_model(off, tmp_path, aux_logits=True)  # the default module, the other value at create_model
+    assert set(both(x)) == {"logits", "aux"} and both.count_params() == on.total.trainable
+
+
+def test_an_output_switched_on_needs_its_layers(tmp_path):
+    text = AUX.replace("when: $aux_logits}\n    - global_avg_pool: {when: $aux_logits}", "}\n    - global_avg_pool")
+    with pytest.raises(SpecError, match="expected every layer to lead to an output"):
+        load(spec(tmp_path, text))

@@ -1151,6 +1151,11 @@ class Network(BaseModel):
     flows: dict[str, list[Layer]]
     outputs: dict[TensorName, TensorName] = Field(default_factory=dict)  # output name -> tensor (none: the last layer's)
     output_where: dict[str, Where] = Field(default_factory=dict)  # output name -> where outputs: names it
+    output_when: dict[str, tuple[bool, str]] = Field(default_factory=dict)  # output name -> (on, the $param that switches it)
+
+    def active_outputs(self) -> dict[str, str]:
+        """The outputs that are on at these params (output name -> tensor)."""
+        return {name: tensor for name, tensor in self.outputs.items() if self.output_when.get(name, (True, ""))[0]}
     expect: Expect | None = None
     training: Training | None = None
 

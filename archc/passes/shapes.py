@@ -106,7 +106,10 @@ class _Walk:
             current = self.sequence(layers, current, names, ("", ""))
         if not net.outputs:
             graph.outputs = {"output": current}
-        for output, tensor in net.outputs.items():
+        elif not net.active_outputs():
+            w = next(iter(net.output_where.values()))
+            raise SpecError(Location(w.file, w.line, w.col, w.spec_path), "expected at least one output switched on, found none")
+        for output, tensor in net.active_outputs().items():
             if tensor not in names:
                 w = net.output_where.get(output) or Where(file=net.file, spec_path="outputs")
                 known = sorted(names)

@@ -28,6 +28,7 @@ from archc.ir.ops import Node, tensor_reads
 from archc.passes import fold
 from archc.passes.analysis import Analysis
 from archc.passes.shapes import INPUT
+from archc.syntax import expr
 from archc.syntax.errors import Location, SpecError
 
 LINE_LENGTH = 140  # the project's ruff line length: generated code is already formatted
@@ -471,10 +472,18 @@ class Renderer:
             body += [Stmt("blank"), Stmt("comment", text=ident)]
             body += self.sequence(layers, src, "x", ident, scope)
             src = "x"
-        outputs = "x"
-        if net.outputs:  # several outputs: a dict by output name, in the spec's order
-            outputs = "{" + ", ".join(f"{literal(name)}: {scope.tensors[tensor]}" for name, tensor in net.outputs.items()) + "}"
-        body += [Stmt("blank"), call("return keras.Model(", [inputs, outputs, f"name={literal(identifier(net.name, 'model'))}"], ")")]
+        body += [Stmt("blank")]
+        outputs = scope.tensors[next(iter(net.outputs.values()))] if len(net.outputs) == 1 else "x"
+        if len(net.outputs) > 1:  # a dict by output name, in the spec's order; a param may switch one off
+            outputs = scope.names.create("outputs")
+            fixed = [name for name in net.outputs if not net.output_when.get(name, (True, ""))[1]]
+            items = [f"{literal(name)}: {scope.tensors[net.outputs[name]]}" for name in fixed if net.output_when.get(name, (True, ""))[0]]
+            body.append(line(f"{outputs} = {{{', '.join(items)}}}"))
+            for name, (_, ref) in net.output_when.items():
+                if ref:
+                    condition = expr.to_python(expr.parse(ref), self.plan.params.__getitem__)
+                    body += block(f"if {condition}:", [line(f"{outputs}[{literal(name)}] = {scope.tensors[net.outputs[name]]}")])
+        body.append(call("return keras.Model(", [inputs, outputs, f"name={literal(identifier(net.name, 'model'))}"], ")"))
         args = [f"{ident}={literal(net.params[p])}" for p, ident in params.items()]
         doc = [
             wrap(
