@@ -208,7 +208,7 @@ flows:
     - dense: {units: 5, when: $aux_logits, as: aux}
 outputs:
   logits: logits
-  aux: {tensor: aux, when: $aux_logits}
+  aux: {from: aux, when: $aux_logits}
 """
 
 

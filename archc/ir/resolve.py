@@ -123,7 +123,7 @@ class Resolver(Layers):
 
     def read_outputs(self, raw: Any, values: dict[str, Any]) -> tuple[dict[str, str], dict[str, tuple], dict[str, tuple[bool, str]]]:
         """``outputs:``: a list of tensor names, or a mapping of output names to tensor
-        names or to ``{tensor: name, when: $param}`` (an output a param switches off);
+        names or to ``{from: tensor, when: $param}`` (an output a param switches off);
         (output -> tensor, output -> where it is written, output -> (when, its expression))."""
         if raw is None:
             return {}, {}, {}
@@ -134,12 +134,14 @@ class Resolver(Layers):
         outputs, keys, switches = {}, {}, {}
         for name, tensor, key in pairs:
             if isinstance(tensor, dict) and isinstance(raw, dict):
-                self.check_keys(tensor, key, ("tensor", "when"), "output key")
+                self.check_keys(tensor, key, ("from", "when"), "key of a switched output")
+                if "from" not in tensor:
+                    raise self.error(key, "expected 'from' (the tensor) and 'when', found no 'from'")
                 when, ref = self.substitute(tensor.get("when", True), key + ("when",), Scope(values, "outputs"))
                 if not isinstance(when, bool):
                     raise self.error(key + ("when",), f"expected true or false, found {show(when)}")
                 switches[name] = (when, ref or "")
-                key, tensor = key + ("tensor",), tensor.get("tensor")
+                key, tensor = key + ("from",), tensor["from"]
             for value in (name, tensor):
                 if not (isinstance(value, str) and value.isidentifier()):
                     raise self.error(key, f"expected a tensor name (an identifier), found {show(value)}", at_key=value is name and isinstance(raw, dict))
