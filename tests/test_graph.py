@@ -107,7 +107,12 @@ def test_resize_crop_and_merges_in_keras_follow_the_ir(tmp_path):
     """
     with pytest.raises(SpecError, match="expected a tensor name defined with as:.*found 'multiply1'"):
         load(spec(tmp_path, text))
-    a = load(spec(tmp_path, text.replace("- multiply: [cropped, gate]", "- multiply: {from: [cropped, gate], as: gated}").replace("multiply1", "gated")))
+    a = load(
+        spec(
+            tmp_path,
+            text.replace("- multiply: [cropped, gate]", "- multiply: {from: [cropped, gate], as: gated}").replace("multiply1", "gated"),
+        )
+    )
     assert a.outputs == {"output": (10, 10, 4)}
     assert a.shapes["main/resize1"][1] == (12, 12, 4) and a.shapes["main/crop1"][1] == (10, 10, 4)
     model = keras_model(a, tmp_path)
@@ -188,9 +193,10 @@ def test_a_switched_off_layer_passes_its_input_on_under_its_name(tmp_path):
 
 def test_torch_refuses_a_graph_in_one_located_line(tmp_path):
     a = load(spec(tmp_path, UNET))
-    with pytest.raises(SpecError, match=r"g.yaml:\d+:\d+: outputs.mask: expected what the torch backend can express, found several outputs"):
+    with pytest.raises(
+        SpecError, match=r"g.yaml:\d+:\d+: outputs.mask: expected what the torch backend can express, found several outputs"
+    ):
         get("torch").render(a)
-
 
 
 AUX = """

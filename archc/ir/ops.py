@@ -33,7 +33,9 @@ StrictBool = Annotated[bool, Field(strict=True)]
 Padding = Literal["same", "valid"]
 Activation = Literal["relu", "relu6", "elu", "sigmoid", "tanh", "silu", "swish", "gelu", "hard_sigmoid", "hard_swish", "softmax"]
 Shape = tuple[int, ...]  # (H, W, C) for feature maps, (F,) for vectors
-Run = Callable[..., Shape]  # run(sequence, shape[, repeat index]) -> the sequence's output shape; run.tensor(name) -> a named tensor's shape
+Run = Callable[
+    ..., Shape
+]  # run(sequence, shape[, repeat index]) -> the sequence's output shape; run.tensor(name) -> a named tensor's shape
 TensorName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)]
 
 
@@ -776,7 +778,9 @@ def _same_shapes(node: Node, shapes: list[Shape], what: str) -> Shape:
     first = shapes[0]
     for i, shape in enumerate(shapes[1:], start=1):
         if shape != first:
-            raise node.fail(f"expected tensors of one shape to {what} ('{node.reads[0]}' is {fmt(first)}), found {fmt(shape)} for '{node.reads[i]}'")
+            raise node.fail(
+                f"expected tensors of one shape to {what} ('{node.reads[0]}' is {fmt(first)}), found {fmt(shape)} for '{node.reads[i]}'"
+            )
     return first
 
 
@@ -812,7 +816,9 @@ class Multiply(Node):
         out = full[0]
         for i, shape in enumerate(shapes):
             if shape != out and not (len(shape) == 3 == len(out) and shape == (1, 1, out[2])):
-                raise self.fail(f"expected tensors of one shape (or 1x1x{out[-1]}) to multiply, found {fmt(shape)} for '{self.reads[i]}' and {fmt(out)}")
+                raise self.fail(
+                    f"expected tensors of one shape (or 1x1x{out[-1]}) to multiply, found {fmt(shape)} for '{self.reads[i]}' and {fmt(out)}"
+                )
         return out
 
     def diagram_label(self) -> str:
@@ -1156,6 +1162,7 @@ class Network(BaseModel):
     def active_outputs(self) -> dict[str, str]:
         """The outputs that are on at these params (output name -> tensor)."""
         return {name: tensor for name, tensor in self.outputs.items() if self.output_when.get(name, (True, ""))[0]}
+
     expect: Expect | None = None
     training: Training | None = None
 
@@ -1167,7 +1174,9 @@ def children(node: Node) -> list[tuple[str, list[Node]]]:
 
 def tensor_reads(net: Network) -> set[str]:
     """The tensor names that some layer reads (``from:``, a resize's ``like``) or an output names."""
-    return {n for layers in net.flows.values() for node in walk(layers) for n in (*node.reads, *node.sizes_from())} | set(net.outputs.values())
+    return {n for layers in net.flows.values() for node in walk(layers) for n in (*node.reads, *node.sizes_from())} | set(
+        net.outputs.values()
+    )
 
 
 def walk(layers: list[Node]):

@@ -144,7 +144,9 @@ class Resolver(Layers):
                 key, tensor = key + ("from",), tensor["from"]
             for value in (name, tensor):
                 if not (isinstance(value, str) and value.isidentifier()):
-                    raise self.error(key, f"expected a tensor name (an identifier), found {show(value)}", at_key=value is name and isinstance(raw, dict))
+                    raise self.error(
+                        key, f"expected a tensor name (an identifier), found {show(value)}", at_key=value is name and isinstance(raw, dict)
+                    )
             if name in outputs:
                 raise self.error(key, f"expected each output once, found '{name}' again")
             outputs[name], keys[name] = tensor, key
@@ -170,7 +172,9 @@ class Resolver(Layers):
         inputs = self.tensor_names(body.get("inputs"), key + ("inputs",), Scope(self.params, name))
         for tensor in inputs:
             if tensor in args or inputs.count(tensor) > 1:
-                raise self.error(key + ("inputs",), f"expected tensor input names that differ from each other and from the args, found '{tensor}' twice")
+                raise self.error(
+                    key + ("inputs",), f"expected tensor input names that differ from each other and from the args, found '{tensor}' twice"
+                )
         return args, body["body"], str(body.get("doc") or ""), inputs
 
     def read_args(self, key: tuple, args: Any) -> dict[str, Any]:

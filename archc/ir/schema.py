@@ -163,7 +163,10 @@ def spec_schema() -> dict[str, Any]:
             "blocks": _blocks(),
             "flows": _flows(),
             "outputs": {
-                "anyOf": [{"type": "array", "items": TENSOR, "minItems": 1}, {"type": "object", "additionalProperties": TENSOR, "minProperties": 1}],
+                "anyOf": [
+                    {"type": "array", "items": TENSOR, "minItems": 1},
+                    {"type": "object", "additionalProperties": TENSOR, "minProperties": 1},
+                ],
                 "description": "tensor names, or output names -> tensor names",
             },
             "expect": _untitled(Expect.model_json_schema()),

@@ -166,7 +166,9 @@ class _Walk:
                     f"expected a tensor defined before this layer (a graph has no cycles), found '{name}', "
                     f"defined after it (line {other.line}, {other.spec_path})"
                 )
-            raise node.fail(f"expected a tensor visible here, found '{name}', defined in a sequence this layer cannot see (line {other.line}, {other.spec_path})")
+            raise node.fail(
+                f"expected a tensor visible here, found '{name}', defined in a sequence this layer cannot see (line {other.line}, {other.spec_path})"
+            )
         known = ", ".join(sorted(names)) or "none visible here"
         raise node.fail(f"expected a tensor name defined with as: ({known}), found '{name}'{did_you_mean(name, sorted(names))}")
 

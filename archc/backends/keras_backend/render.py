@@ -373,7 +373,11 @@ class Renderer:
 
     def sepconv(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         s, opt = self.sym, self.opt
-        shared = [*opt(node, "stride", "strides", (1, 1)), *opt(node, "padding", "padding", "valid"), *opt(node, "dilation", "dilation_rate", (1, 1))]
+        shared = [
+            *opt(node, "stride", "strides", (1, 1)),
+            *opt(node, "padding", "padding", "valid"),
+            *opt(node, "dilation", "dilation_rate", (1, 1)),
+        ]
         multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
         if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
             self.helpers.add(HELPER)
