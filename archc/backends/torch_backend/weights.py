@@ -31,8 +31,8 @@ import torch
 from archc.passes.analysis import Analysis
 from archc.passes.instances import Instance, instances, weighted
 
-from .ops import TorchWeights
-from .render import OPS, qualified_names, torch_plan
+from .ops import OPS, TorchWeights
+from .render import qualified_names, torch_plan
 
 
 class WeightError(ValueError):
