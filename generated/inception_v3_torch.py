@@ -87,16 +87,6 @@ def conv2d(in_channels, out_channels, kernel_size, stride=1, padding="valid", **
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad, **kwargs)
 
 
-class Branches(nn.ModuleDict):
-    """Parallel paths over the same input, concatenated on channels in order."""
-
-    def __init__(self, **paths: nn.Module):
-        super().__init__(paths)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([path(x) for path in self.values()], dim=1)
-
-
 class Unit(nn.Module):
     """conv2d_bn of the 2016 file, conv (with bias) -> relu -> batch norm."""
 
@@ -123,38 +113,30 @@ class ModuleA(nn.Module):
 
     def __init__(self, in_channels, *, pool_filters):
         super().__init__()
-        self.branches1 = Branches(
-            b1x1=nn.Sequential(
-                OrderedDict(unit1=Unit(in_channels, filters=64, kernel=1)),
-            ),
-            b5x5=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=48, kernel=1),
-                    unit2=Unit(48, filters=64, kernel=5),
-                ),
-            ),
-            b3x3dbl=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=64, kernel=1),
-                    unit2=Unit(64, filters=96, kernel=3),
-                    unit3=Unit(96, filters=96, kernel=3),
-                ),
-            ),
-            pool=nn.Sequential(
-                OrderedDict(
-                    avgpool1=nn.AvgPool2d(
-                        3,
-                        stride=1,
-                        padding=1,
-                        count_include_pad=False,
-                    ),
-                    unit1=Unit(in_channels, filters=pool_filters, kernel=1),
-                ),
-            ),
+        self.b1x1_unit1 = Unit(in_channels, filters=64, kernel=1)
+        self.b5x5_unit1 = Unit(in_channels, filters=48, kernel=1)
+        self.b5x5_unit2 = Unit(48, filters=64, kernel=5)
+        self.b3x3dbl_unit1 = Unit(in_channels, filters=64, kernel=1)
+        self.b3x3dbl_unit2 = Unit(64, filters=96, kernel=3)
+        self.b3x3dbl_unit3 = Unit(96, filters=96, kernel=3)
+        self.pool_avgpool1 = nn.AvgPool2d(
+            3,
+            stride=1,
+            padding=1,
+            count_include_pad=False,
         )
+        self.pool_unit1 = Unit(in_channels, filters=pool_filters, kernel=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branches1(x)
+        b1x1 = self.b1x1_unit1(x)
+        b5x5 = self.b5x5_unit1(x)
+        b5x5 = self.b5x5_unit2(b5x5)
+        b3x3dbl = self.b3x3dbl_unit1(x)
+        b3x3dbl = self.b3x3dbl_unit2(b3x3dbl)
+        b3x3dbl = self.b3x3dbl_unit3(b3x3dbl)
+        pool = self.pool_avgpool1(x)
+        pool = self.pool_unit1(pool)
+        return torch.cat([b1x1, b5x5, b3x3dbl, pool], dim=1)
 
 
 class ReduceA(nn.Module):
@@ -162,30 +144,25 @@ class ReduceA(nn.Module):
 
     def __init__(self, in_channels):
         super().__init__()
-        self.branches1 = Branches(
-            b3x3=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(
-                        in_channels,
-                        filters=384,
-                        kernel=3,
-                        stride=2,
-                        padding="valid",
-                    ),
-                ),
-            ),
-            b3x3dbl=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=64, kernel=1),
-                    unit2=Unit(64, filters=96, kernel=3),
-                    unit3=Unit(96, filters=96, kernel=3, stride=2, padding="valid"),
-                ),
-            ),
-            pool=nn.Sequential(OrderedDict(maxpool1=nn.MaxPool2d(3, stride=2))),
+        self.b3x3_unit1 = Unit(
+            in_channels,
+            filters=384,
+            kernel=3,
+            stride=2,
+            padding="valid",
         )
+        self.b3x3dbl_unit1 = Unit(in_channels, filters=64, kernel=1)
+        self.b3x3dbl_unit2 = Unit(64, filters=96, kernel=3)
+        self.b3x3dbl_unit3 = Unit(96, filters=96, kernel=3, stride=2, padding="valid")
+        self.pool_maxpool1 = nn.MaxPool2d(3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branches1(x)
+        b3x3 = self.b3x3_unit1(x)
+        b3x3dbl = self.b3x3dbl_unit1(x)
+        b3x3dbl = self.b3x3dbl_unit2(b3x3dbl)
+        b3x3dbl = self.b3x3dbl_unit3(b3x3dbl)
+        pool = self.pool_maxpool1(x)
+        return torch.cat([b3x3, b3x3dbl, pool], dim=1)
 
 
 class ModuleC(nn.Module):
@@ -193,41 +170,36 @@ class ModuleC(nn.Module):
 
     def __init__(self, in_channels, *, mid, dbl_first):
         super().__init__()
-        self.branches1 = Branches(
-            b1x1=nn.Sequential(
-                OrderedDict(unit1=Unit(in_channels, filters=192, kernel=1)),
-            ),
-            b7x7=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=mid, kernel=1),
-                    unit2=Unit(mid, filters=mid, kernel=(1, 7)),
-                    unit3=Unit(mid, filters=192, kernel=(7, 1)),
-                ),
-            ),
-            b7x7dbl=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=dbl_first, kernel=1),
-                    unit2=Unit(dbl_first, filters=mid, kernel=(7, 1)),
-                    unit3=Unit(mid, filters=mid, kernel=(1, 7)),
-                    unit4=Unit(mid, filters=mid, kernel=(7, 1)),
-                    unit5=Unit(mid, filters=192, kernel=(1, 7)),
-                ),
-            ),
-            pool=nn.Sequential(
-                OrderedDict(
-                    avgpool1=nn.AvgPool2d(
-                        3,
-                        stride=1,
-                        padding=1,
-                        count_include_pad=False,
-                    ),
-                    unit1=Unit(in_channels, filters=192, kernel=1),
-                ),
-            ),
+        self.b1x1_unit1 = Unit(in_channels, filters=192, kernel=1)
+        self.b7x7_unit1 = Unit(in_channels, filters=mid, kernel=1)
+        self.b7x7_unit2 = Unit(mid, filters=mid, kernel=(1, 7))
+        self.b7x7_unit3 = Unit(mid, filters=192, kernel=(7, 1))
+        self.b7x7dbl_unit1 = Unit(in_channels, filters=dbl_first, kernel=1)
+        self.b7x7dbl_unit2 = Unit(dbl_first, filters=mid, kernel=(7, 1))
+        self.b7x7dbl_unit3 = Unit(mid, filters=mid, kernel=(1, 7))
+        self.b7x7dbl_unit4 = Unit(mid, filters=mid, kernel=(7, 1))
+        self.b7x7dbl_unit5 = Unit(mid, filters=192, kernel=(1, 7))
+        self.pool_avgpool1 = nn.AvgPool2d(
+            3,
+            stride=1,
+            padding=1,
+            count_include_pad=False,
         )
+        self.pool_unit1 = Unit(in_channels, filters=192, kernel=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branches1(x)
+        b1x1 = self.b1x1_unit1(x)
+        b7x7 = self.b7x7_unit1(x)
+        b7x7 = self.b7x7_unit2(b7x7)
+        b7x7 = self.b7x7_unit3(b7x7)
+        b7x7dbl = self.b7x7dbl_unit1(x)
+        b7x7dbl = self.b7x7dbl_unit2(b7x7dbl)
+        b7x7dbl = self.b7x7dbl_unit3(b7x7dbl)
+        b7x7dbl = self.b7x7dbl_unit4(b7x7dbl)
+        b7x7dbl = self.b7x7dbl_unit5(b7x7dbl)
+        pool = self.pool_avgpool1(x)
+        pool = self.pool_unit1(pool)
+        return torch.cat([b1x1, b7x7, b7x7dbl, pool], dim=1)
 
 
 class ReduceB(nn.Module):
@@ -235,26 +207,23 @@ class ReduceB(nn.Module):
 
     def __init__(self, in_channels):
         super().__init__()
-        self.branches1 = Branches(
-            b3x3=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=192, kernel=1),
-                    unit2=Unit(192, filters=320, kernel=3, stride=2, padding="valid"),
-                ),
-            ),
-            b7x7x3=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=192, kernel=1),
-                    unit2=Unit(192, filters=192, kernel=(1, 7)),
-                    unit3=Unit(192, filters=192, kernel=(7, 1)),
-                    unit4=Unit(192, filters=192, kernel=3, stride=2, padding="valid"),
-                ),
-            ),
-            pool=nn.Sequential(OrderedDict(avgpool1=nn.AvgPool2d(3, stride=2))),
-        )
+        self.b3x3_unit1 = Unit(in_channels, filters=192, kernel=1)
+        self.b3x3_unit2 = Unit(192, filters=320, kernel=3, stride=2, padding="valid")
+        self.b7x7x3_unit1 = Unit(in_channels, filters=192, kernel=1)
+        self.b7x7x3_unit2 = Unit(192, filters=192, kernel=(1, 7))
+        self.b7x7x3_unit3 = Unit(192, filters=192, kernel=(7, 1))
+        self.b7x7x3_unit4 = Unit(192, filters=192, kernel=3, stride=2, padding="valid")
+        self.pool_avgpool1 = nn.AvgPool2d(3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branches1(x)
+        b3x3 = self.b3x3_unit1(x)
+        b3x3 = self.b3x3_unit2(b3x3)
+        b7x7x3 = self.b7x7x3_unit1(x)
+        b7x7x3 = self.b7x7x3_unit2(b7x7x3)
+        b7x7x3 = self.b7x7x3_unit3(b7x7x3)
+        b7x7x3 = self.b7x7x3_unit4(b7x7x3)
+        pool = self.pool_avgpool1(x)
+        return torch.cat([b3x3, b7x7x3, pool], dim=1)
 
 
 class ModuleE(nn.Module):
@@ -262,52 +231,36 @@ class ModuleE(nn.Module):
 
     def __init__(self, in_channels):
         super().__init__()
-        self.branches1 = Branches(
-            b1x1=nn.Sequential(
-                OrderedDict(unit1=Unit(in_channels, filters=320, kernel=1)),
-            ),
-            b3x3=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=384, kernel=1),
-                    branches1=Branches(
-                        b1x3=nn.Sequential(
-                            OrderedDict(unit1=Unit(384, filters=384, kernel=(1, 3))),
-                        ),
-                        b3x1=nn.Sequential(
-                            OrderedDict(unit1=Unit(384, filters=384, kernel=(3, 1))),
-                        ),
-                    ),
-                ),
-            ),
-            b3x3dbl=nn.Sequential(
-                OrderedDict(
-                    unit1=Unit(in_channels, filters=448, kernel=1),
-                    unit2=Unit(448, filters=384, kernel=3),
-                    branches1=Branches(
-                        b1x3=nn.Sequential(
-                            OrderedDict(unit1=Unit(384, filters=384, kernel=(1, 3))),
-                        ),
-                        b3x1=nn.Sequential(
-                            OrderedDict(unit1=Unit(384, filters=384, kernel=(3, 1))),
-                        ),
-                    ),
-                ),
-            ),
-            pool=nn.Sequential(
-                OrderedDict(
-                    avgpool1=nn.AvgPool2d(
-                        3,
-                        stride=1,
-                        padding=1,
-                        count_include_pad=False,
-                    ),
-                    unit1=Unit(in_channels, filters=192, kernel=1),
-                ),
-            ),
+        self.b1x1_unit1 = Unit(in_channels, filters=320, kernel=1)
+        self.b3x3_unit1 = Unit(in_channels, filters=384, kernel=1)
+        self.b3x3_b1x3_unit1 = Unit(384, filters=384, kernel=(1, 3))
+        self.b3x3_b3x1_unit1 = Unit(384, filters=384, kernel=(3, 1))
+        self.b3x3dbl_unit1 = Unit(in_channels, filters=448, kernel=1)
+        self.b3x3dbl_unit2 = Unit(448, filters=384, kernel=3)
+        self.b3x3dbl_b1x3_unit1 = Unit(384, filters=384, kernel=(1, 3))
+        self.b3x3dbl_b3x1_unit1 = Unit(384, filters=384, kernel=(3, 1))
+        self.pool_avgpool1 = nn.AvgPool2d(
+            3,
+            stride=1,
+            padding=1,
+            count_include_pad=False,
         )
+        self.pool_unit1 = Unit(in_channels, filters=192, kernel=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branches1(x)
+        b1x1 = self.b1x1_unit1(x)
+        b3x3 = self.b3x3_unit1(x)
+        b1x3 = self.b3x3_b1x3_unit1(b3x3)
+        b3x1 = self.b3x3_b3x1_unit1(b3x3)
+        b3x3 = torch.cat([b1x3, b3x1], dim=1)
+        b3x3dbl = self.b3x3dbl_unit1(x)
+        b3x3dbl = self.b3x3dbl_unit2(b3x3dbl)
+        b1x3_2 = self.b3x3dbl_b1x3_unit1(b3x3dbl)
+        b3x1_2 = self.b3x3dbl_b3x1_unit1(b3x3dbl)
+        b3x3dbl = torch.cat([b1x3_2, b3x1_2], dim=1)
+        pool = self.pool_avgpool1(x)
+        pool = self.pool_unit1(pool)
+        return torch.cat([b1x1, b3x3, b3x3dbl, pool], dim=1)
 
 
 class InceptionV3(nn.Module):
@@ -378,40 +331,40 @@ BN_FOLDS = ()
 # the pool average its fewer channels: the same outputs in less time.
 POOL_SWAPS = (
     (
-        "grid35.mixed0.branches1.pool.avgpool1",
-        "grid35.mixed0.branches1.pool.unit1.conv1",
+        "grid35.mixed0.pool_avgpool1",
+        "grid35.mixed0.pool_unit1.conv1",
     ),
     (
-        "grid35.mixed1.branches1.pool.avgpool1",
-        "grid35.mixed1.branches1.pool.unit1.conv1",
+        "grid35.mixed1.pool_avgpool1",
+        "grid35.mixed1.pool_unit1.conv1",
     ),
     (
-        "grid35.mixed2.branches1.pool.avgpool1",
-        "grid35.mixed2.branches1.pool.unit1.conv1",
+        "grid35.mixed2.pool_avgpool1",
+        "grid35.mixed2.pool_unit1.conv1",
     ),
     (
-        "grid17.mixed4.branches1.pool.avgpool1",
-        "grid17.mixed4.branches1.pool.unit1.conv1",
+        "grid17.mixed4.pool_avgpool1",
+        "grid17.mixed4.pool_unit1.conv1",
     ),
     (
-        "grid17.mixed5.branches1.pool.avgpool1",
-        "grid17.mixed5.branches1.pool.unit1.conv1",
+        "grid17.mixed5.pool_avgpool1",
+        "grid17.mixed5.pool_unit1.conv1",
     ),
     (
-        "grid17.mixed6.branches1.pool.avgpool1",
-        "grid17.mixed6.branches1.pool.unit1.conv1",
+        "grid17.mixed6.pool_avgpool1",
+        "grid17.mixed6.pool_unit1.conv1",
     ),
     (
-        "grid17.mixed7.branches1.pool.avgpool1",
-        "grid17.mixed7.branches1.pool.unit1.conv1",
+        "grid17.mixed7.pool_avgpool1",
+        "grid17.mixed7.pool_unit1.conv1",
     ),
     (
-        "grid8.mixed9.branches1.pool.avgpool1",
-        "grid8.mixed9.branches1.pool.unit1.conv1",
+        "grid8.mixed9.pool_avgpool1",
+        "grid8.mixed9.pool_unit1.conv1",
     ),
     (
-        "grid8.mixed10.branches1.pool.avgpool1",
-        "grid8.mixed10.branches1.pool.unit1.conv1",
+        "grid8.mixed10.pool_avgpool1",
+        "grid8.mixed10.pool_unit1.conv1",
     ),
 )
 

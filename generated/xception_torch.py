@@ -20,7 +20,6 @@ With these params: input 3x299x299 (channels x height x width), output 1000;
 """
 
 from collections import OrderedDict
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -189,31 +188,6 @@ class SeparableConv2d(nn.Module):
         return self.pointwise(self.between(self.spatial(x)))
 
 
-class Residual(nn.Module):
-    """``body(x) + shortcut(x)``, or ``body(x)`` alone when the shortcut is None.
-    ``inplace`` adds the shortcut into the body's output, where that output is a fresh
-    tensor no backward pass reads (as timm's ``x += skip``)."""
-
-    def __init__(self, body: nn.Module, shortcut: nn.Module | None, inplace=False):
-        super().__init__()
-        self.body = body
-        self.shortcut = shortcut
-        self.inplace = inplace
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        if self.shortcut is None:
-            return y
-        return y.add_(self.shortcut(x)) if self.inplace else y + self.shortcut(x)
-
-
-class Repeat(nn.Sequential):
-    """``times`` instances of a body in sequence, each with its own weights."""
-
-    def __init__(self, times: int, body: Callable[[], nn.Module]):
-        super().__init__(*(body() for _ in range(times)))
-
-
 class SepBn(nn.Module):
     """A separable conv followed by batch normalization."""
 
@@ -252,39 +226,50 @@ class Down(nn.Module):
         residual,
     ):
         super().__init__()
-        self.residual1 = Residual(
-            body=nn.Sequential(
-                OrderedDict(
-                    act1=nn.ReLU() if first_relu else nn.Identity(),
-                    sep_bn1=SepBn(
-                        in_channels,
-                        filters=first,
-                        segments=segments,
-                        between=between,
-                    ),
-                    act2=nn.ReLU(inplace=True),
-                    sep_bn2=SepBn(
-                        first,
-                        filters=second,
-                        segments=segments,
-                        between=between,
-                    ),
-                    maxpool1=MaxPool2dSame(3, stride=2),
-                ),
-            ),
-            shortcut=nn.Sequential(
-                OrderedDict(
-                    conv1=nn.Conv2d(in_channels, second, 1, stride=2, bias=False),
-                    bn1=nn.BatchNorm2d(second, eps=0.001, momentum=0.01),
-                ),
+        self.act1 = nn.ReLU() if first_relu else nn.Identity()
+        self.sep_bn1 = SepBn(
+            in_channels,
+            filters=first,
+            segments=segments,
+            between=between,
+        )
+        self.act2 = nn.ReLU(inplace=True)
+        self.sep_bn2 = SepBn(first, filters=second, segments=segments, between=between)
+        self.maxpool1 = MaxPool2dSame(3, stride=2)
+        self.has_shortcut = residual
+        self.shortcut_conv1 = (
+            nn.Conv2d(
+                in_channels,
+                second,
+                1,
+                stride=2,
+                bias=False,
             )
             if residual
-            else None,
-            inplace=True,
+            else None
+        )
+        self.shortcut_bn1 = (
+            nn.BatchNorm2d(
+                second,
+                eps=0.001,
+                momentum=0.01,
+            )
+            if residual
+            else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual1(x)
+        shortcut = x
+        x = self.act1(x)
+        x = self.sep_bn1(x)
+        x = self.act2(x)
+        x = self.sep_bn2(x)
+        x = self.maxpool1(x)
+        if self.has_shortcut:
+            shortcut = self.shortcut_conv1(shortcut)
+            shortcut = self.shortcut_bn1(shortcut)
+            x += shortcut
+        return x
 
 
 class Middle(nn.Module):
@@ -292,28 +277,30 @@ class Middle(nn.Module):
 
     def __init__(self, in_channels, *, segments, between, residual):
         super().__init__()
-        self.residual1 = Residual(
-            body=nn.Sequential(
-                OrderedDict(
-                    act1=nn.ReLU(),
-                    sep_bn1=SepBn(
-                        in_channels,
-                        filters=728,
-                        segments=segments,
-                        between=between,
-                    ),
-                    act2=nn.ReLU(inplace=True),
-                    sep_bn2=SepBn(728, filters=728, segments=segments, between=between),
-                    act3=nn.ReLU(inplace=True),
-                    sep_bn3=SepBn(728, filters=728, segments=segments, between=between),
-                ),
-            ),
-            shortcut=nn.Identity() if residual else None,
-            inplace=True,
+        self.act1 = nn.ReLU()
+        self.sep_bn1 = SepBn(
+            in_channels,
+            filters=728,
+            segments=segments,
+            between=between,
         )
+        self.act2 = nn.ReLU(inplace=True)
+        self.sep_bn2 = SepBn(728, filters=728, segments=segments, between=between)
+        self.act3 = nn.ReLU(inplace=True)
+        self.sep_bn3 = SepBn(728, filters=728, segments=segments, between=between)
+        self.has_shortcut = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual1(x)
+        shortcut = x
+        x = self.act1(x)
+        x = self.sep_bn1(x)
+        x = self.act2(x)
+        x = self.sep_bn2(x)
+        x = self.act3(x)
+        x = self.sep_bn3(x)
+        if self.has_shortcut:
+            x += shortcut
+        return x
 
 
 class Xception(nn.Module):
@@ -366,20 +353,14 @@ class Xception(nn.Module):
             ),
         )
         self.middle = nn.Sequential(
-            OrderedDict(
-                repeat=Repeat(
-                    middle_repeats,
-                    lambda: nn.Sequential(
-                        OrderedDict(
-                            middle1=Middle(
-                                728,
-                                segments=segments,
-                                between=between,
-                                residual=residual,
-                            ),
-                        ),
-                    ),
-                ),
+            *(
+                Middle(
+                    728,
+                    segments=segments,
+                    between=between,
+                    residual=residual,
+                )
+                for _ in range(middle_repeats)
             ),
         )
         self.exit = nn.Sequential(
@@ -435,64 +416,64 @@ BN_FOLDS = (
         "entry.bn2",
     ),
     (
-        "entry.down1.residual1.body.sep_bn1.sepconv1.pointwise",
-        "entry.down1.residual1.body.sep_bn1.bn1",
+        "entry.down1.sep_bn1.sepconv1.pointwise",
+        "entry.down1.sep_bn1.bn1",
     ),
     (
-        "entry.down1.residual1.body.sep_bn2.sepconv1.pointwise",
-        "entry.down1.residual1.body.sep_bn2.bn1",
+        "entry.down1.sep_bn2.sepconv1.pointwise",
+        "entry.down1.sep_bn2.bn1",
     ),
     (
-        "entry.down1.residual1.shortcut.conv1",
-        "entry.down1.residual1.shortcut.bn1",
+        "entry.down1.shortcut_conv1",
+        "entry.down1.shortcut_bn1",
     ),
     (
-        "entry.down2.residual1.body.sep_bn1.sepconv1.pointwise",
-        "entry.down2.residual1.body.sep_bn1.bn1",
+        "entry.down2.sep_bn1.sepconv1.pointwise",
+        "entry.down2.sep_bn1.bn1",
     ),
     (
-        "entry.down2.residual1.body.sep_bn2.sepconv1.pointwise",
-        "entry.down2.residual1.body.sep_bn2.bn1",
+        "entry.down2.sep_bn2.sepconv1.pointwise",
+        "entry.down2.sep_bn2.bn1",
     ),
     (
-        "entry.down2.residual1.shortcut.conv1",
-        "entry.down2.residual1.shortcut.bn1",
+        "entry.down2.shortcut_conv1",
+        "entry.down2.shortcut_bn1",
     ),
     (
-        "entry.down3.residual1.body.sep_bn1.sepconv1.pointwise",
-        "entry.down3.residual1.body.sep_bn1.bn1",
+        "entry.down3.sep_bn1.sepconv1.pointwise",
+        "entry.down3.sep_bn1.bn1",
     ),
     (
-        "entry.down3.residual1.body.sep_bn2.sepconv1.pointwise",
-        "entry.down3.residual1.body.sep_bn2.bn1",
+        "entry.down3.sep_bn2.sepconv1.pointwise",
+        "entry.down3.sep_bn2.bn1",
     ),
     (
-        "entry.down3.residual1.shortcut.conv1",
-        "entry.down3.residual1.shortcut.bn1",
+        "entry.down3.shortcut_conv1",
+        "entry.down3.shortcut_bn1",
     ),
     (
-        "middle.repeat.{0}.middle1.residual1.body.sep_bn1.sepconv1.pointwise",
-        "middle.repeat.{0}.middle1.residual1.body.sep_bn1.bn1",
+        "middle.{0}.sep_bn1.sepconv1.pointwise",
+        "middle.{0}.sep_bn1.bn1",
     ),
     (
-        "middle.repeat.{0}.middle1.residual1.body.sep_bn2.sepconv1.pointwise",
-        "middle.repeat.{0}.middle1.residual1.body.sep_bn2.bn1",
+        "middle.{0}.sep_bn2.sepconv1.pointwise",
+        "middle.{0}.sep_bn2.bn1",
     ),
     (
-        "middle.repeat.{0}.middle1.residual1.body.sep_bn3.sepconv1.pointwise",
-        "middle.repeat.{0}.middle1.residual1.body.sep_bn3.bn1",
+        "middle.{0}.sep_bn3.sepconv1.pointwise",
+        "middle.{0}.sep_bn3.bn1",
     ),
     (
-        "exit.down1.residual1.body.sep_bn1.sepconv1.pointwise",
-        "exit.down1.residual1.body.sep_bn1.bn1",
+        "exit.down1.sep_bn1.sepconv1.pointwise",
+        "exit.down1.sep_bn1.bn1",
     ),
     (
-        "exit.down1.residual1.body.sep_bn2.sepconv1.pointwise",
-        "exit.down1.residual1.body.sep_bn2.bn1",
+        "exit.down1.sep_bn2.sepconv1.pointwise",
+        "exit.down1.sep_bn2.bn1",
     ),
     (
-        "exit.down1.residual1.shortcut.conv1",
-        "exit.down1.residual1.shortcut.bn1",
+        "exit.down1.shortcut_conv1",
+        "exit.down1.shortcut_bn1",
     ),
     (
         "exit.sep_bn1.sepconv1.pointwise",

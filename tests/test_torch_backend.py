@@ -25,6 +25,7 @@ from archc.backends.torch_backend import MODULE_ATTRIBUTES, TorchBackend, module
 from archc.backends.torch_backend import values as torch_values  # noqa: E402
 from archc.cli import main  # noqa: E402
 from archc.codegen.backend import get  # noqa: E402
+from archc.ir.ops import walk  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -105,13 +106,20 @@ def torch_shape(ir_shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
     return (batch, ir_shape[2], ir_shape[0], ir_shape[1]) if len(ir_shape) == 3 else (batch, *ir_shape)
 
 
+STATEMENTS = {"residual", "branches", "gate"}  # combinators that are statements in forward, no module
+
+
 def check_shapes(model, analysis, batch: int = 1):
     """Run one batch at the spec's input size; every module at an IR path must give the
-    shape archc inferred (hooks on the modules that ``modules_at`` maps the path to)."""
+    shape archc inferred (hooks on the modules that ``modules_at`` maps the path to).
+    Every path has a module but those of residuals, branches and gates."""
     found = modules_at(model, torch_plan(analysis))
+    ops = {node.path: node.op for node in walk([n for flow in analysis.net.flows.values() for n in flow])}
+    assert {path for path in analysis.shapes if path not in found} == {path for path in analysis.shapes if ops[path] in STATEMENTS}
     seen: dict[str, list[tuple[int, ...]]] = {}
     hooks = []
-    for path in analysis.shapes:
+    shapes = {path: shape for path, shape in analysis.shapes.items() if path in found}
+    for path in shapes:
         assert found[path], f"no module for {path}"
         for module in found[path]:
             hooks.append(module.register_forward_hook(lambda m, i, out, path=path: seen.setdefault(path, []).append(tuple(out.shape))))
@@ -120,8 +128,8 @@ def check_shapes(model, analysis, batch: int = 1):
         y = model.eval()(torch.randn(batch, c, h, w))
     for hook in hooks:
         hook.remove()
-    assert set(seen) == set(analysis.shapes)
-    for path, (_, out) in analysis.shapes.items():
+    assert set(seen) == set(shapes)
+    for path, (_, out) in shapes.items():
         assert set(seen[path]) == {torch_shape(out, batch)}, path
     return y
 
@@ -157,8 +165,9 @@ def test_the_generated_module_reads_like_model_code():
     init = next(f for f in classes["Down"].body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
     args = [a.arg for a in init.args.args + init.args.kwonlyargs]
     assert args == ["self", "in_channels", "first", "second", "first_relu", "segments", "between", "residual"]
-    assert "Repeat(\n                    middle_repeats," in text
+    assert "for _ in range(middle_repeats)" in text
     assert "nn.ReLU() if first_relu else nn.Identity()" in text and "if residual\n            else None" in text
+    assert "Residual" not in text and "Repeat" not in text  # no helper classes for the structure
     assert "nn.Linear(2048, 4096) if fc_layers else nn.Identity()" in text
     assert "nn.Linear(4096 if fc_layers else 2048, classes)" in text
     assert "nn.BatchNorm2d(32, eps=0.001, momentum=0.01)" in text
@@ -285,7 +294,7 @@ def test_flatten_is_in_keras_order(tmp_path):
 
 def test_separable_conv_is_grouped_spatial_then_pointwise():
     module = BACKEND.load(ROOT / "generated/xception_torch.py")
-    sep = module.create_model(segments=4).entry.down1.residual1.body.sep_bn1.sepconv1
+    sep = module.create_model(segments=4).entry.down1.sep_bn1.sepconv1
     assert (sep.spatial.groups, sep.spatial.bias, sep.pointwise.kernel_size, sep.pointwise.bias) == (4, None, (1, 1), None)
     depthwise = module.create_model().exit.sep_bn1.sepconv1.spatial
     assert depthwise.groups == depthwise.in_channels == 1024
@@ -345,7 +354,7 @@ def test_padding_is_static_where_it_can_be():
     model = module.create_model()
     assert model.entry.conv2.padding == (0, 0)  # valid
     assert model.exit.sep_bn1.sepconv1.spatial.padding == (1, 1)  # stride 1: static, symmetric
-    assert type(model.entry.down1.residual1.body.maxpool1).__name__ == "MaxPool2dSame"  # stride 2: by input size
+    assert type(model.entry.down1.maxpool1).__name__ == "MaxPool2dSame"  # stride 2: by input size
 
 
 def test_same_padding_matches_tensorflow(tmp_path):
@@ -447,9 +456,12 @@ def test_module_attribute_names_cover_the_installed_torch():
 def test_qualified_names_mirror_the_ir():
     analysis = load(XCEPTION)
     names = qualified_names(torch_plan(analysis))
-    assert names["entry/down1/residual1/body/sep_bn1/sepconv1"] == "entry.down1.residual1.body.sep_bn1.sepconv1"
-    assert names["middle/repeat/middle1"] == "middle.repeat.{0}.middle1"
+    assert names["entry/down1/residual1/body/sep_bn1/sepconv1"] == "entry.down1.sep_bn1.sepconv1"
+    assert names["entry/down1/residual1/shortcut/conv1"] == "entry.down1.shortcut_conv1"
+    assert names["middle/repeat"] == "middle"  # a flow of one layer is that layer
+    assert names["middle/repeat/middle1"] == "middle.{0}"  # a run of one block is that block
     assert names["exit/global_avg_pool1"] == "exit.global_avg_pool1"
+    assert "entry/down1/residual1" not in names  # a residual is statements, no module
     model = BACKEND.load(ROOT / "generated/xception_torch.py").create_model()
     found = modules_at(model, torch_plan(analysis))
     assert len(found["middle/repeat/middle1/residual1/body/sep_bn2/bn1"]) == 8
@@ -514,13 +526,14 @@ def test_unsupported_specs_get_one_located_message(tmp_path):
 
 
 def test_layout_is_what_ruff_formats_at_any_width(tmp_path):
-    """The hand-rolled layout against ruff on random nestings of calls, conditionals and
-    lambdas with names of every length: unchanged at 88 columns and at 140. (Not: a
-    conditional layer without arguments, `nn.ReLU() if c else nn.Identity()`, too long
-    for 88 columns; only absurd names make it so, and it is laid out for 88.)"""
+    """The hand-rolled layout against ruff on random nestings of calls, conditionals,
+    lists, dicts and generators of a repeat's runs with names of every length: unchanged
+    at 88 columns and at 140. (Not: a conditional layer without arguments,
+    `nn.ReLU() if c else nn.Identity()`, or a run without arguments, too long for 88
+    columns; only absurd names make it so, and it is laid out for 88.)"""
     import random
 
-    from archc.backends.torch_backend.layout import Call, IfElse, Lambda, assign
+    from archc.backends.torch_backend.layout import Call, Each, IfElse, assign
 
     rng = random.Random(0)
 
@@ -533,8 +546,14 @@ def test_layout_is_what_ruff_formats_at_any_width(tmp_path):
             return name()
         if roll < 0.4:
             return IfElse(Call(name(), tuple(expr(depth - 1) for _ in range(rng.randint(1, 3)))), name(), "None")
-        if roll < 0.45:
-            return Call("Repeat", (name(), Lambda(Call("nn.Sequential", (expr(depth - 1),)))))
+        if roll < 0.45:  # a run is a module made with arguments (its input channels at least)
+            return Call("nn.Sequential", (Each(Call(name(), (expr(depth - 1),)), "_", f"range({name()})"),))
+        if roll < 0.5:
+            return Call("nn.ModuleList", (Each(Call(name(), (name(), expr(depth - 1))), "i", f"range({name()})", star=False),))
+        if roll < 0.55:
+            return Call("nn.ModuleDict", (Call("", tuple((f'"{name()}"', expr(depth - 1)) for _ in range(rng.randint(1, 3))), "{}"),))
+        if roll < 0.6:
+            return Call("torch.cat", (Call("", tuple(name() for _ in range(rng.randint(1, 4))), "[]"), ("dim", "1")))
         args = [expr(depth - 1) if rng.random() < 0.5 else (name(), expr(depth - 1)) for _ in range(rng.randint(0, 4))]
         return Call(name(), tuple(sorted(args, key=lambda a: isinstance(a, tuple))))
 
@@ -553,10 +572,11 @@ def test_in_place_ops_only_where_no_one_else_reads_the_tensor(tmp_path):
     tensor is a block's input, which a shortcut shares; gradients are unchanged."""
     import torch
 
-    module = generate(ROOT / "specs/xception.yaml", tmp_path, middle_repeats=1, classes=5)
+    (file,) = build(ROOT / "specs/xception.yaml", ["torch"], tmp_path, {"middle_repeats": 1, "classes": 5})
+    module = BACKEND.load(file)
     model = module.create_model()
-    down = model.entry.down2.residual1
-    assert not down.body.act1.inplace and down.body.act2.inplace and down.inplace
+    down = model.entry.down2
+    assert not down.act1.inplace and down.act2.inplace and "x += shortcut" in inspect.getsource(type(down).forward)
     assert model.entry.act1.inplace and model.exit.act1.inplace
 
     def grads(m):
@@ -567,11 +587,12 @@ def test_in_place_ops_only_where_no_one_else_reads_the_tensor(tmp_path):
         torch.nn.functional.cross_entropy(m(x), torch.tensor([1, 3])).backward()
         return {name: p.grad.clone() for name, p in m.named_parameters()}
 
-    reference = module.create_model()
+    plain_file = tmp_path / "plain" / file.name
+    plain_file.parent.mkdir()
+    plain_file.write_text(file.read_text().replace("nn.ReLU(inplace=True)", "nn.ReLU()").replace("x += shortcut", "x = x + shortcut"))
+    assert "inplace=True" not in plain_file.read_text() and "x += " not in plain_file.read_text()
+    reference = BACKEND.load(plain_file).create_model()
     reference.load_state_dict(model.state_dict())
-    for sub in reference.modules():
-        if hasattr(sub, "inplace"):
-            sub.inplace = False
     fast, plain = grads(model), grads(reference)
     assert fast.keys() == plain.keys()
     for name in fast:

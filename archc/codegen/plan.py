@@ -36,6 +36,7 @@ class BlockPlan:
     instance: Call  # the first instance: its body is the template
     args: list[str]  # declared argument names (identifiers)
     params: list[str]  # spec params the body needs
+    tensors: list[str] = field(default_factory=list)  # its tensor inputs (identifiers, none taken by an argument)
 
 
 @dataclass
@@ -122,6 +123,18 @@ def _escape(match: re.Match) -> str:
     return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
+def _tensor_names(tensors: Iterable[str], taken: set[str]) -> list[str]:
+    """Identifiers for a block's tensor inputs that no argument, param or ``<name>_channels``
+    of another takes."""
+    space = Namespace(taken | {"self", "in_channels"})
+    out = []
+    for name in tensors:
+        ident = space.create(name, "tensor")
+        space.create(f"{ident}_channels")
+        out.append(ident)
+    return out
+
+
 def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
     """``reserved``: names a backend's generated code uses itself (its helpers, the
     framework's attribute names), which no identifier made from a spec name may take."""
@@ -147,6 +160,7 @@ def plan(analysis: Analysis, reserved: Iterable[str] = ()) -> Plan:
                 node,
                 args[node.block],
                 [],
+                _tensor_names(node.tensors, set(args[node.block]) | set(result.params.values()) | reserved),
             )
     _owners(result.owner, [n for layers in net.flows.values() for n in layers], None)
     _repeated(result.in_repeat, [n for layers in net.flows.values() for n in layers], False)

@@ -8,7 +8,8 @@ output channels by ``s`` and shifting its bias (added where it has none) by ``t`
 the same outputs without the batch norm.
 
 A pair is a producer and the batch norm right after it in the same sequence, with
-nothing between. Any boundary breaks a pair: the end of a residual body or branch, the
+nothing between, reading its output, which has no name (``as:``) that another layer
+could read. Any boundary breaks a pair: the end of a residual body or branch, the
 end of a block, a repeat, a node switched off in between, and a ``when`` condition on
 only one of the two (a param could remove one and not the other). Two nodes under the
 same condition (``when: $project`` on both) pair: they are there, or gone, together.
@@ -63,6 +64,12 @@ def _same_condition(a: Node, b: Node) -> bool:
     return a.refs.get("when") == b.refs.get("when") and a.in_code() and b.in_code()
 
 
+def _feeds(a: Node, b: Node) -> bool:
+    """``b`` reads ``a``'s output and nothing else does: ``b`` reads no named tensor, and
+    ``a``'s output has no name (a later layer could read it before the rewrite)."""
+    return not b.reads and not a.saves
+
+
 def folds(analysis: Analysis) -> list[Fold]:
     """Every (producer, batch norm) pair of the network, in the order of the IR."""
     out: list[Fold] = []
@@ -70,7 +77,7 @@ def folds(analysis: Analysis) -> list[Fold]:
     def sequence(nodes: list[Node]) -> None:
         before = None
         for node in nodes:
-            if node.folds and before is not None and before.fold_role and _same_condition(before, node):
+            if node.folds and before is not None and before.fold_role and _same_condition(before, node) and _feeds(before, node):
                 out.append(Fold(before.path, node.path, before.op))
             for _, seq in children(node) if node.in_code() else ():
                 sequence(seq)
@@ -102,6 +109,8 @@ def swaps(analysis: Analysis) -> list[Swap]:
                 node.swaps_before_pointwise()
                 and after is not None
                 and _same_condition(node, after)
+                and _feeds(node, after)
+                and not conv.reads
                 and conv.pointwise()
                 and analysis.shapes[conv.path][1][-1] < analysis.shapes[conv.path][0][-1]
             ):

@@ -145,12 +145,19 @@ def activations(model: Any, analysis: Analysis, x: np.ndarray, keys: list[str] |
         layer = _output_layer(inst, names, layers)
         if layer is not None:
             probes.append((inst.key, layer.output))
-    probe = keras.Model(model.inputs, [model.outputs[0], *(t for _, t in probes)])
+    probe = keras.Model(model.inputs, [model.output, *(t for _, t in probes)])  # the output as built: a tensor or a dict
     results = probe([x], training=False)
     if not isinstance(results, (list, tuple)):  # a model with one output returns it bare
         results = [results]
-    arrays = [np.asarray(keras.ops.convert_to_numpy(r)) for r in results]
+    arrays = [_numpy(r) for r in results]
     return arrays[0], {key: a for (key, _), a in zip(probes, arrays[1:])}
+
+
+def _numpy(result: Any) -> Any:
+    """An output as numpy; several outputs as a dict by name."""
+    if isinstance(result, dict):
+        return {name: _numpy(value) for name, value in result.items()}
+    return np.asarray(keras.ops.convert_to_numpy(result))
 
 
 def save_checkpoint(model: Any, path: str | Path) -> None:

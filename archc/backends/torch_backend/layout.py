@@ -16,10 +16,24 @@ INDENT = "    "
 
 @dataclass(frozen=True)
 class Call:
-    """``func(args)``; an arg is an expression or a (keyword, expression) pair."""
+    """``func(args)``; an arg is an expression or a (keyword, expression) pair. With
+    ``brackets`` '[]' and no ``func`` a list; with '{}' a dict, whose pairs are
+    (quoted key, expression)."""
 
     func: str
     args: tuple[Arg, ...] = ()
+    brackets: str = "()"
+
+
+@dataclass(frozen=True)
+class Each:
+    """``*(item for var in iterable)`` (``star``) or ``[item for var in iterable]``: one
+    module per run of a repeat."""
+
+    item: Expr
+    var: str
+    iterable: str
+    star: bool = True
 
 
 @dataclass(frozen=True)
@@ -31,15 +45,7 @@ class IfElse:
     other: Expr
 
 
-@dataclass(frozen=True)
-class Lambda:
-    """``lambda: body`` (or ``lambda param: body``): a body built anew on every call."""
-
-    body: Expr
-    param: str = ""
-
-
-Expr = str | Call | IfElse | Lambda
+Expr = str | Call | IfElse | Each
 Arg = Expr | tuple[str, Expr]
 
 
@@ -48,18 +54,26 @@ def flat(expr: Expr) -> str:
     if isinstance(expr, str):
         return expr
     if isinstance(expr, Call):
-        return f"{expr.func}({', '.join(_flat_arg(a) for a in expr.args)})"
+        open_, close = expr.brackets
+        return f"{expr.func}{open_}{', '.join(_flat_arg(a, expr.brackets) for a in expr.args)}{close}"
+    if isinstance(expr, Each):
+        open_, close = _each_brackets(expr)
+        return f"{open_}{flat(expr.item)} for {expr.var} in {expr.iterable}{close}"
     if isinstance(expr, IfElse):
         return f"{flat(expr.then)} if {expr.cond} else {flat(expr.other)}"
-    return f"{_head(expr)}{flat(expr.body)}"
+    raise TypeError(f"not an expression: {expr!r}")
 
 
-def _head(expr: Lambda) -> str:
-    return f"lambda {expr.param}: " if expr.param else "lambda: "
+def _each_brackets(expr: Each) -> tuple[str, str]:
+    return ("*(", ")") if expr.star else ("[", "]")
 
 
-def _flat_arg(arg: Arg) -> str:
-    return f"{arg[0]}={flat(arg[1])}" if isinstance(arg, tuple) else flat(arg)
+def _key(key: str, brackets: str) -> str:
+    return f"{key}: " if brackets == "{}" else f"{key}="
+
+
+def _flat_arg(arg: Arg, brackets: str = "()") -> str:
+    return f"{_key(arg[0], brackets)}{flat(arg[1])}" if isinstance(arg, tuple) else flat(arg)
 
 
 def lines(expr: Expr, depth: int, prefix: str = "", suffix: str = "") -> list[str]:
@@ -70,8 +84,8 @@ def lines(expr: Expr, depth: int, prefix: str = "", suffix: str = "") -> list[st
         return [one]
     if isinstance(expr, Call):
         return _explode(expr, depth, prefix, suffix)
-    if isinstance(expr, Lambda):
-        return lines(expr.body, depth, f"{prefix}{_head(expr)}", suffix)
+    if isinstance(expr, Each):
+        return _each(expr, depth, prefix, suffix)
     return _conditional(expr, depth, prefix, suffix)
 
 
@@ -84,15 +98,25 @@ def _conditional(expr: IfElse, depth: int, prefix: str, suffix: str) -> list[str
     return [*head, f"{indent}if {expr.cond}", f"{indent}else {flat(expr.other)}{suffix}"]
 
 
+def _each(expr: Each, depth: int, prefix: str, suffix: str) -> list[str]:
+    """The item on lines of its own, exploded (a comprehension has no trailing comma to
+    keep it apart, so an item that fits would make the layout depend on the width)."""
+    indent = INDENT * depth
+    open_, close = _each_brackets(expr)
+    item = _explode(expr.item, depth + 1, "", "") if isinstance(expr.item, Call) else lines(expr.item, depth + 1)
+    return [f"{indent}{prefix}{open_}", *item, f"{indent}{INDENT}for {expr.var} in {expr.iterable}", f"{indent}{close}{suffix}"]
+
+
 def _explode(call: Call, depth: int, prefix: str, suffix: str) -> list[str]:
     indent = INDENT * depth
     if not call.args:
         return [f"{indent}{prefix}{flat(call)}{suffix}"]
-    out = [f"{indent}{prefix}{call.func}("]
+    open_, close = call.brackets
+    out = [f"{indent}{prefix}{call.func}{open_}"]
     for arg in call.args:
         key, value = arg if isinstance(arg, tuple) else ("", arg)
-        out += lines(value, depth + 1, f"{key}=" if key else "", ",")
-    return [*out, f"{indent}){suffix}"]
+        out += lines(value, depth + 1, _key(key, call.brackets) if key else "", ",")
+    return [*out, f"{indent}{close}{suffix}"]
 
 
 def assign(target: str, expr: Expr, depth: int) -> list[str]:

@@ -1,19 +1,21 @@
 """The torch backend's decisions: an analysed spec -> what the templates print.
 
-The generated module mirrors the IR tree: a flow is an ``nn.Sequential`` attribute of
-the model, a block instance a module of its block's class, a residual a ``Residual``
-(``body``, ``shortcut``), a gate a ``Gate`` (``body``), branches a ``Branches`` keyed
-by path, a repeat a ``Repeat`` of N bodies (an ``IndexedRepeat`` where each body is
-built for its index: the channels it gets, a rate); every attribute name is ``plan.ident[path]``. :func:`qualified_names`
-spells that mapping out for tests and cross-backend checks. Each op is one record in
-``OPS`` (a :class:`.ops.TorchOp`: emitter, channel rule, child attributes, weight mapping,
-fold target, fresh output, helpers).
+The generated module is written as a timm author would: one class per block, whose
+``__init__`` makes its layers and whose ``forward`` shows its data flow as statements
+(the residual add, the branch concat, the gate product, an ``if`` where a param switches
+one off, a loop over a repeat's runs where they are not one module each); the model
+holds one module per flow. Where each layer lives is :mod:`.scope`'s rule (``state_dict``
+keys no deeper than the spec's nesting), the statements are :mod:`.statements`, the
+channel algebra is :mod:`.channels`, and each op is one record in :data:`.ops.OPS`
+(emitter or statement layout, channels, weights, fold target, fresh output, helpers).
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,98 +24,22 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from archc.codegen.naming import Namespace, class_name
 from archc.codegen.plan import Plan, helper_source
 from archc.codegen.plan import plan as make_plan
-from archc.ir import ops as ir
-from archc.ir.ops import Node, children
+from archc.ir.ops import Node, children, tensor_reads
 from archc.passes.analysis import Analysis
-from archc.passes.fold import MODULE_NAMES, folds, swaps
+from archc.passes.fold import folds, swaps
+from archc.passes.shapes import INPUT
 from archc.syntax import expr
-from archc.syntax.errors import Location, SpecError
 
 from . import values as v
-from .layout import Call, Expr, IfElse, Lambda, assign, signature
-from .ops import (
-    CONV_WEIGHTS,
-    TorchOp,
-    TorchWeights,
-    conv_from_neutral,
-    conv_to_neutral,
-    depthwise_from_neutral,
-    depthwise_to_neutral,
-    keep,
-    module_weights,
-    norm_weights,
-    sepconv_spatial,
-    term,
-    times,
-    to,
-    transpose,
-)
+from .channels import ChannelAlgebra
+from .layout import Call, Expr, IfElse, assign, signature
+from .ops import HELPERS, IDENTITY, IN_PLACE, MODULE_ATTRIBUTES, OPS, RESERVED, Looped, Unsupported, block_literal, fresh_after
+from .scope import TAKEN, holder, qualified_names, scope_names
+from .statements import Assign, For, If, Return, Statement, apply, format_statements, returning
 from .values import Channels, Lit, Sym, Value, literal
 
-# Public attributes of nn.Module, nn.Sequential and nn.ModuleDict (torch 2.13): a child
-# module named like one would be shadowed or refused. A test checks the installed torch.
-MODULE_ATTRIBUTES = frozenset(
-    """
-T_destination add_module append apply bfloat16 buffers call_super_init children clear compile cpu cuda double
-dump_patches eval extend extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half
-insert ipu items keys load_state_dict modules mtia named_buffers named_children named_modules named_parameters
-parameters pop register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
-register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
-register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
-register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty
-train type update values xpu zero_grad
-""".split()
-)
+__all__ = ["HELPERS", "MODULE_ATTRIBUTES", "OPS", "RESERVED", "qualified_names", "render", "torch_plan"]
 
-# Helpers the generated file may define, in file order, each with the helpers it uses.
-HELPERS: dict[str, tuple[str, ...]] = {
-    "_pair": (),
-    "same_pad": ("_pair",),
-    "pad_same": (),
-    "symmetric_padding": ("same_pad",),
-    "Conv2dSame": ("same_pad", "pad_same"),
-    "conv2d": ("symmetric_padding", "Conv2dSame"),
-    "MaxPool2dSame": ("_pair", "same_pad", "pad_same"),
-    "max_pool2d": ("symmetric_padding", "MaxPool2dSame"),
-    "AvgPool2dSame": ("_pair", "same_pad", "pad_same"),
-    "avg_pool2d": ("symmetric_padding", "AvgPool2dSame"),
-    "activation": (),
-    "zero_padding": (),
-    "SeparableConv2d": ("conv2d", "activation"),
-    "KerasBatchNorm2d": (),
-    "KerasBatchNorm1d": (),
-    "FlattenHWC": (),
-    "LayerNorm2d": (),
-    "LayerScale": (),
-    "Rescaling": (),
-    "Normalization": (),
-    "DropPath": (),
-    "Residual": (),
-    "Gate": (),
-    "Branches": (),
-    "Repeat": (),
-    "IndexedRepeat": (),
-}
-
-# Names the generated code gives its own meaning; no spec name may become one of them.
-RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "Callable", "in_channels", "INPUT_SIZE", "i"}
-RESERVED |= set(MODULE_NAMES)  # templates/fold.py.j2
-
-ACTIVATIONS = {
-    "relu": Call("nn.ReLU"),
-    "relu6": Call("nn.ReLU6"),
-    "elu": Call("nn.ELU"),
-    "sigmoid": Call("nn.Sigmoid"),
-    "tanh": Call("nn.Tanh"),
-    "silu": Call("nn.SiLU"),
-    "swish": Call("nn.SiLU"),
-    "gelu": Call("nn.GELU"),
-    "hard_sigmoid": Call("nn.Hardsigmoid"),
-    "hard_swish": Call("nn.Hardswish"),
-    "softmax": Call("nn.Softmax", (("dim", "1"),)),
-}
-IDENTITY = Call("nn.Identity")
-IN_PLACE = {ACTIVATIONS[k]: Call(ACTIVATIONS[k].func, (("inplace", "True"),)) for k in ("relu", "relu6")}
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     undefined=StrictUndefined,
@@ -122,16 +48,6 @@ TEMPLATES = Environment(
     lstrip_blocks=True,
     autoescape=False,  # Python source: every spec text is escaped or made an identifier first
 )
-
-
-class Unsupported(SpecError):
-    """A spec the IR accepts but this backend cannot express, located at the node."""
-
-    def __init__(self, node: Node, found: str):
-        where = node.where
-        super().__init__(
-            Location(where.file, where.line, where.col, where.spec_path), f"expected what the torch backend can express, found {found}"
-        )
 
 
 @dataclass
@@ -143,13 +59,28 @@ class ClassView:
     signature: list[str]
     init: list[str]
     forward: list[str]
+    inputs: str = "x: torch.Tensor"  # forward's parameters
+    returns: str = "torch.Tensor"
 
 
 @dataclass
-class Renderer:
-    """Walks the IR once for the model and once for each block class, tracking what the
-    generated code knows at each point: the symbols in scope, the channel count (as an
-    expression, since block classes are shared) and whether the data is a feature map."""
+class Scope:
+    """Where layers go while a sequence is laid out: ``owner`` is how ``forward`` reaches
+    them (``self``, a flow's ``self.flow``, a repeat's loop variable), ``names`` their
+    attributes (:mod:`.scope`), ``attributes`` what ``__init__`` (or the ``nn.ModuleDict``)
+    assigns, in order; ``root`` the class's own scope, which holds the flags."""
+
+    owner: str
+    names: dict[str, str]
+    space: Namespace
+    attributes: list[tuple[str, Expr]] = field(default_factory=list)
+    root: Scope | None = None
+
+
+@dataclass
+class Renderer(ChannelAlgebra):
+    """Walks the IR once for the model and once for each block class, laying out each
+    class's attributes and ``forward`` statements over the channel algebra."""
 
     analysis: Analysis
     plan: Plan = field(init=False)
@@ -157,133 +88,156 @@ class Renderer:
     helpers: set[str] = field(default_factory=set)
     ordered_dict: bool = False
     ranks: dict[str, int] = field(default_factory=dict)  # block -> rank of its input
-    current: tuple[TorchOp, ...] = ()  # the records of the nodes being emitted, innermost last
+    current: tuple = ()  # the records of the nodes being emitted, innermost last
+    scope: Scope | None = None  # where layers go now
+    locals: Namespace | None = None  # the local names of the forward being laid out
+    data: str = "x"  # the local a repeat's runs work on
+    guards: tuple[str, ...] = ()  # conditions of the switched combinators around
+    tensor_channels: dict = field(default_factory=dict)  # named tensor -> (channels, rank) (channels.py)
+    tensor_locals: dict[str, str] = field(default_factory=dict)  # named tensor -> its local in the forward laid out
+    functional: bool = False  # whether the code calls torch.nn.functional (F.interpolate)
 
     def __post_init__(self):
         self.net = self.analysis.net
         self.model = Namespace(RESERVED).create(class_name(self.net.name), "Model")
         self.plan = make_plan(self.analysis, RESERVED | {self.model})
         self.param_of = {ident: name for name, ident in self.plan.params.items()}
+        self.read_names = tensor_reads(self.net)  # the names some layer or output reads
 
-    # -- values ---------------------------------------------------------------------------
+    # -- the statement layout ------------------------------------------------------------------
 
-    def value(self, node: Node, name: str, env: dict[str, Value]) -> Value:
-        """A field as the generated code sees it here: its symbol if written ``$ref``."""
-        ref = node.refs.get(name)
-        return Lit(getattr(node, name)) if ref is None else self.symbol(node, ref, env)
-
-    def symbol(self, node: Node, ref: str, env: dict[str, Value]) -> Value:
-        """A ``$name`` or ``${...}`` as the generated code sees it here: a literal where
-        every name it reads is one, else the expression over the code's names."""
-        tree = expr.parse(ref)
-        for name in sorted(expr.names(tree)):
-            if name not in env:
-                raise Unsupported(
-                    node, f"'{name}' in {expr.spelled(ref)}, an argument of a calling block (declare it as an argument of this block)"
-                )
-        if isinstance(tree, expr.Name):
-            return env[tree.name]
-        values = {n: env[n] for n in expr.names(tree)}
-        if all(isinstance(value, Lit) for value in values.values()):
-            return Lit(expr.evaluate(tree, {n: value.value for n, value in values.items()}))
-        return Sym(expr.to_python(tree, lambda n: v.atom(v.code(values[n]))))
-
-    def option(self, node: Node, env: dict[str, Value], name: str, keyword: str = "", fmt=v.code) -> list[tuple[str, str]]:
-        """``keyword=value`` unless the field keeps the IR's default (which torch shares)."""
-        value = self.value(node, name, env)
-        if isinstance(value, Lit) and value.value == type(node).model_fields[name].default:
-            return []
-        return [(keyword or name, fmt(value))]
-
-    def callee_env(self, node: ir.Call, env: dict[str, Value]) -> dict[str, Value]:
-        """Symbols inside a call: the caller's, then the arguments (as the resolver does)."""
-        args = {a: self.symbol(node, node.refs[a], env) if a in node.refs else Lit(node.args[a]) for a in self.net.blocks[node.block].args}
-        return {**env, **args}
-
-    # -- what a node does to channels and rank --------------------------------------------
-
-    def step(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Value, Channels, int]:
-        """(condition, channels after, rank after) for a node in a sequence."""
-        cond = self.value(node, "when", env)
-        if cond == Lit(False):
-            return cond, ch, rank
-        if node.reads or node.merges:
-            raise Unsupported(node, "a layer that reads named tensors (from:), which the torch backend does not render yet")
-        new, new_rank = self.effect(node, env, v.assume(ch, cond), rank)
-        if isinstance(cond, Sym) and new_rank != rank:
-            raise Unsupported(node, f"`when: ${node.refs['when']}` on a layer that turns feature maps into vectors")
-        return cond, v.switch(cond, new, ch), new_rank
-
-    def effects(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:
-        for node in nodes:
-            _, ch, rank = self.step(node, env, ch, rank)
-        return ch, rank
-
-    def effect(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:
-        rule = OPS[node.op].channels
-        return rule(self, node, env, ch, rank) if rule else (ch, rank)
-
-    def repeat_channels(self, node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, Channels | None, int]:
-        """(channels after, channels into run ``i`` as code of ``i`` or None where every run
-        gets ``ch``, rank after) of a repeat. A body that changes the channels either adds
-        the same number each run (DenseNet's concatenation: ``in + i * growth``) or sets
-        them whatever it gets (a conv: ``in if i == 0 else filters``). Channels are
-        integers, the same in every run's body (the resolver checks), so the index is 0 here."""
-        env = {**env, expr.INDEX: Lit(0)}
-        after, after_rank = self.effects(node.body, env, ch, rank)
-        if after == ch:
-            return after, None, after_rank
-        probe = Sym("in_channels")
-        grown, _ = self.effects(node.body, env, probe, rank)
-        growth = minus(grown, probe)
-        if growth is not None:
-            return grow(ch, growth, self.value(node, "times", env)), grow(ch, growth, Sym("i")), after_rank
-        if grown == after:
-            return after, Sym(f"{term(ch)} if i == 0 else {term(after)}"), after_rank
-        raise Unsupported(node, "a repeated body that neither adds a fixed number of channels nor sets them")
-
-    def flat_size(self, node: ir.Flatten) -> Lit:
-        """A flatten's output size, as archc infers it for the spec's params."""
-        if node.path not in self.analysis.shapes:
-            raise Unsupported(node, "a flatten that is switched off by default (its output size is not known)")
-        return Lit(self.analysis.shapes[node.path][1][0])
-
-    # -- layers ---------------------------------------------------------------------------
-
-    def sequence(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int) -> list[tuple[str, Expr]]:
-        """(attribute, module expression) for each node that can exist here. A ReLU
-        works in place where its input is a tensor this sequence made and no backward
-        pass needs (never on the sequence's input, which a shortcut may share), as in
+    def lay_out(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int, source: str, target: str):
+        """(statements, the local that holds the result) of ``nodes`` applied to ``source``
+        into ``target``, their layers put into the current scope. A ReLU works in place
+        where its input is a tensor this sequence made and no backward pass needs (never
+        on the sequence's input, which a shortcut or another path may share), as in
         timm's models: it saves a feature map of memory per activation."""
-        items = []
+        out: list[Statement] = []
         fresh = False
         for node in nodes:
+            if node.reads:  # named tensors instead of the previous output (never overwritten in place)
+                source, fresh = self.tensor(node.reads[0]), False
+                ch, rank = self.tensor_channels[node.reads[0]]
             cond, after, after_rank = self.step(node, env, ch, rank)
-            if cond == Lit(False):
+            if cond == Lit(False):  # passes its input on, under its names
+                out += self.name_output(node, source)
                 continue
-            expr = self.layer(node, env, v.assume(ch, cond), rank)
-            if fresh and expr in IN_PLACE:  # a ReLU
-                expr = IN_PLACE[expr]
-            items.append((self.plan.ident[node.path], IfElse(expr, cond.code, IDENTITY) if isinstance(cond, Sym) else expr))
-            fresh = _fresh_after(node, fresh, env, self) and (fresh or not isinstance(cond, Sym))
+            inner = v.assume(ch, cond)
+            if OPS[node.op].forward is not None:
+                out += self.combinator(node, cond, env, inner, rank, source, target)
+            else:
+                called = ", ".join(self.reads(node)) if node.reads else source  # a block's tensor inputs
+                out += self.module(node, cond, env, inner, rank, called, target, fresh)
+            source = target
+            fresh = fresh_after(node, fresh, env, self) and (fresh or not isinstance(cond, Sym))
             ch, rank = after, after_rank
-        return items
+            out += self.name_output(node, source)
+        return out, source
 
-    def sequential(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int) -> Expr:
-        """``nn.Sequential(OrderedDict(name=layer, ...))``, so that names follow the spec."""
-        items = self.sequence(nodes, env, ch, rank)
-        if not items:
-            return IDENTITY
-        self.ordered_dict = True
-        return Call("nn.Sequential", (Call("OrderedDict", tuple(items)),))
+    def name_output(self, node: Node, source: str) -> list[Statement]:
+        """``skip = x`` for each name of the node's output that a later layer reads."""
+        out = []
+        for name in node.saves:
+            if name in self.read_names:
+                self.tensor_locals[name] = self.locals.create(name, "tensor")
+                out.append(Assign(self.tensor_locals[name], source))
+        return out
 
-    def layer(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> Expr:
+    def tensor(self, name: str) -> str:
+        """The local that holds a named tensor in the forward being laid out."""
+        return self.tensor_locals[name]
+
+    def reads(self, node: Node) -> list[str]:
+        return [self.tensor(name) for name in node.reads]
+
+    def module(self, node: Node, cond: Value, env, ch: Channels, rank: int, source: str, target: str, fresh: bool) -> list[Statement]:
+        """One layer: an attribute, and ``target = owner.layer(source)`` (or a loop)."""
+        self.data = target
+        made = self.layer(node, env, ch, rank)
+        module = made.module if isinstance(made, Looped) else made
+        if fresh and module in IN_PLACE:  # a ReLU
+            module = IN_PLACE[module]
+        if isinstance(cond, Sym):
+            module = IfElse(module, cond.code, "nn.ModuleList()" if isinstance(made, Looped) else IDENTITY)
+        attribute = self.scope.names[node.path]
+        self.scope.attributes.append((attribute, self.guarded(module)))
+        if not isinstance(made, Looped):
+            return [Assign(target, apply(self.scope.owner, attribute, source))]
+        start = [Assign(target, source)] if source != target else []
+        return [*start, For(made.var, f"{self.scope.owner}.{attribute}", made.body)]
+
+    def combinator(self, node: Node, cond: Value, env, ch: Channels, rank: int, source: str, target: str) -> list[Statement]:
+        """A residual, branches or a gate: its statements, under an ``if`` where a param
+        switches it off."""
+        if not isinstance(cond, Sym):
+            body, result = OPS[node.op].forward(self, node, env, ch, rank, source, target)
+            return body if result == target else [*body, Assign(target, result)]
+        start = [Assign(target, source)] if source != target else []
+        test = self.flag(f"has_{self.plan.ident[node.path]}", cond, node)
+        with self.guard(cond):
+            body, result = OPS[node.op].forward(self, node, env, ch, rank, target, target)
+        return self.under(test, body if result == target else [*body, Assign(target, result)], start)
+
+    def layer(self, node: Node, env, ch: Channels, rank: int) -> Expr | Looped:
         record = OPS[node.op]
         self.current += (record,)
         try:
             return record.emit(self, node, env, ch, rank)
         finally:
             self.current = self.current[:-1]
+
+    def held(self, nodes: list[Node], env, ch: Channels, rank: int, owner: str, data: str) -> tuple[Expr, list[Statement] | None]:
+        """The one module that holds ``nodes`` (a flow, a repeat's run), and the statements
+        that run it where it is an ``nn.ModuleDict`` scope (None where it is called)."""
+        kind = holder(nodes)
+        if kind == "empty":
+            return IDENTITY, None
+        space = Namespace(TAKEN, attribute=True)
+        names = {node.path: name for node, name in scope_names(self.plan, nodes, space)}
+        outer, self.scope = self.scope, Scope(owner, names, space, root=self.scope.root)
+        try:
+            body, result = self.lay_out(nodes, env, ch, rank, data, data)
+            attributes = self.scope.attributes
+        finally:
+            self.scope = outer
+        if kind == "single":
+            return attributes[0][1], None
+        if kind == "chain":
+            self.ordered_dict = True
+            return Call("nn.Sequential", (Call("OrderedDict", tuple(attributes)),)), None
+        items = tuple((v.string(name), module) for name, module in attributes)
+        return Call("nn.ModuleDict", (Call("", items, "{}"),)), body if result == data else [*body, Assign(data, result)]
+
+    def local(self, name: str) -> str:
+        """A new local name of the forward being laid out (a branch's output, a shortcut)."""
+        return self.locals.create(name, "out")
+
+    def flag(self, name: str, cond: Sym, node: Node) -> str:
+        """``self.<name> = cond`` in ``__init__``: what ``forward`` tests where a param
+        switches a combinator off (as timm's ``has_skip``)."""
+        root = self.scope.root
+        if self.scope is not root and re.search(rf"\b{expr.INDEX}\b", cond.code):
+            raise Unsupported(node, f"a combinator switched by the repeat index ({cond.code}) inside a repeat of several layers")
+        attribute = root.space.create(name)
+        root.attributes.append((attribute, cond.code))
+        return f"self.{attribute}"
+
+    @contextmanager
+    def guard(self, cond: Value) -> Iterator[None]:
+        """Layers made inside are None where ``cond`` (a param) switches them off."""
+        outer = self.guards
+        self.guards += (v.atom(cond.code),) if isinstance(cond, Sym) else ()
+        try:
+            yield
+        finally:
+            self.guards = outer
+
+    def guarded(self, module: Expr) -> Expr:
+        return IfElse(module, " and ".join(self.guards), "None") if self.guards else module
+
+    @staticmethod
+    def under(test: str | None, body: list[Statement], before: list[Statement]) -> list[Statement]:
+        return [*before, If(test, tuple(body))] if test else [*before, *body]
 
     def use(self, helper: str) -> str:
         """Put a helper into the generated module: one its op's record lists."""
@@ -292,233 +246,84 @@ class Renderer:
         self.helpers.add(helper)
         return helper
 
-    def padded(self, node: Node, env, kernel: Value, stride: Value, plain: str, same: str, factory: str):
-        """The layer that realises Keras padding, and its padding argument: torch's own
-        symmetric padding where exact, a 'Same' class where TF pads asymmetrically or by
-        input size, a factory that decides at construction where an argument chooses."""
-        padding = self.value(node, "padding", env)
-        if padding == Lit("valid"):
-            return plain, []
-        if padding == Lit("same") and isinstance(kernel, Lit) and isinstance(stride, Lit):
-            pad = v.symmetric_padding(tuple(kernel.value), tuple(stride.value or kernel.value))
-            if pad is not None:
-                return plain, [("padding", v.size(Lit(pad)))] if any(pad) else []
-        if padding == Lit("same"):
-            return self.use(same), []
-        return self.use(factory), [("padding", v.code(padding))]
-
-    def dilated(self, node: Node, env, kernel: Value) -> tuple[Value, list[tuple[str, str]]]:
-        """The kernel's span for the padding rule ((k - 1) * d + 1) and the dilation argument."""
-        dilation = self.value(node, "dilation", env)
-        if dilation == Lit((1, 1)):
-            return kernel, []
-        if not (isinstance(dilation, Lit) and isinstance(kernel, Lit)):
-            raise Unsupported(node, "a dilation or kernel that a param or argument sets, on a dilated layer")
-        span = Lit(tuple((k - 1) * d + 1 for k, d in zip(kernel.value, dilation.value)))
-        return span, [("dilation", v.size(dilation))]
-
-    def layer_conv(self, node: ir.Conv, env, ch, rank) -> Expr:
-        kernel, stride = self.value(node, "kernel", env), self.value(node, "stride", env)
-        span, dilation = self.dilated(node, env, kernel)
-        func, padding = self.padded(node, env, span, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
-        if dilation and func != "nn.Conv2d":
-            raise Unsupported(node, "a dilated conv whose 'same' padding is not symmetric (an even kernel span)")
-        args = (v.code(ch), v.code(self.value(node, "filters", env)), v.size(kernel))
-        rest = self.option(node, env, "stride", fmt=v.size) + padding + dilation + self.option(node, env, "groups") + self.option(node, env, "bias")
-        return Call(func, (*args, *rest))
-
-    def layer_sepconv(self, node: ir.SepConv, env, ch, rank) -> Expr:
-        if self.value(node, "dilation", env) != Lit((1, 1)):
-            raise Unsupported(node, "a dilated sepconv")
-        args = (v.code(ch), v.code(self.value(node, "filters", env)), v.size(self.value(node, "kernel", env)))
-        rest = self.option(node, env, "stride", fmt=v.size)
-        for name in ("padding", "depth_multiplier", "segments", "between", "bias"):
-            rest += self.option(node, env, name)
-        return Call(self.use("SeparableConv2d"), (*args, *rest))
-
-    def pool(self, node: ir.MaxPool | ir.AvgPool, env, names: tuple[str, str, str]) -> tuple[str, tuple, list]:
-        kernel, stride = self.value(node, "pool", env), self.value(node, "stride", env)
-        func, padding = self.padded(node, env, kernel, stride, *names)
-        return func, (v.size(kernel), *self.option(node, env, "stride", fmt=v.size)), padding
-
-    def layer_maxpool(self, node: ir.MaxPool, env, ch, rank) -> Expr:
-        func, args, padding = self.pool(node, env, ("nn.MaxPool2d", "MaxPool2dSame", "max_pool2d"))
-        return Call(func, (*args, *padding))
-
-    def layer_avgpool(self, node: ir.AvgPool, env, ch, rank) -> Expr:
-        """TF leaves padded cells out of the average: count_include_pad=False."""
-        func, args, padding = self.pool(node, env, ("nn.AvgPool2d", "AvgPool2dSame", "avg_pool2d"))
-        exclude = [("count_include_pad", "False")] if func == "nn.AvgPool2d" and padding else []
-        return Call(func, (*args, *padding, *exclude))
-
-    def layer_bn(self, node: ir.BN, env, ch, rank) -> Expr:
-        dims = "2d" if rank == 3 else "1d"
-        center, scale = self.value(node, "center", env), self.value(node, "scale", env)
-        args = (
-            v.code(ch),
-            ("eps", v.code(self.value(node, "epsilon", env))),
-            ("momentum", v.code(v.torch_momentum(self.value(node, "momentum", env)))),
-        )
-        if center == scale == Lit(True):
-            return Call(f"nn.BatchNorm{dims}", args)
-        if center == scale == Lit(False):
-            return Call(f"nn.BatchNorm{dims}", (*args, ("affine", "False")))
-        flags = self.option(node, env, "center") + self.option(node, env, "scale")
-        return Call(self.use(f"KerasBatchNorm{dims}"), (*args, *flags))
-
-    def layer_act(self, node: ir.Act, env, ch, rank) -> Expr:
-        kind = self.value(node, "kind", env)
-        return ACTIVATIONS[kind.value] if isinstance(kind, Lit) else Call(self.use("activation"), (kind.code,))
-
-    def layer_globalavgpool(self, node: ir.GlobalAvgPool, env, ch, rank) -> Expr:
-        if node.keepdims:
-            return Call("nn.AdaptiveAvgPool2d", ("1",))
-        return Call("nn.Sequential", (Call("nn.AdaptiveAvgPool2d", ("1",)), Call("nn.Flatten")))
-
-    def layer_globalmaxpool(self, node: ir.GlobalMaxPool, env, ch, rank) -> Expr:
-        if node.keepdims:
-            return Call("nn.AdaptiveMaxPool2d", ("1",))
-        return Call("nn.Sequential", (Call("nn.AdaptiveMaxPool2d", ("1",)), Call("nn.Flatten")))
-
-    def layer_graph(self, node: Node, env, ch, rank) -> Expr:
-        raise Unsupported(node, f"'{node.op}', which the torch backend does not render yet")
-
-    def layer_flatten(self, node: ir.Flatten, env, ch, rank) -> Expr:
-        return Call(self.use("FlattenHWC")) if rank == 3 else Call("nn.Flatten")
-
-    def layer_dense(self, node: ir.Dense, env, ch, rank) -> Expr:
-        return Call("nn.Linear", (v.code(ch), v.code(self.value(node, "units", env)), *self.option(node, env, "bias")))
-
-    def layer_channeldense(self, node, env, ch, rank) -> Expr:
-        """A 1x1 conv: the same weights as a dense layer over each pixel's channels."""
-        return Call("nn.Conv2d", (v.code(ch), v.code(self.value(node, "units", env)), "1", *self.option(node, env, "bias")))
-
-    def layer_dropout(self, node: ir.Dropout, env, ch, rank) -> Expr:
-        return Call("nn.Dropout", (v.code(self.value(node, "rate", env)),))
-
-    def layer_residual(self, node: ir.Residual, env, ch, rank) -> Expr:
-        use = self.value(node, "use_shortcut", env)
-        shortcut: Expr = "None"
-        if use != Lit(False):
-            shortcut = self.sequential(node.shortcut, env, ch, rank)
-            shortcut = IfElse(shortcut, use.code, "None") if isinstance(use, Sym) else shortcut
-        args = (("body", self.sequential(node.body, env, ch, rank)), ("shortcut", shortcut))
-        if use != Lit(False) and fresh_after_sequence(node.body, env, self):
-            args += (("inplace", "True"),)  # the body's output is fresh: add the shortcut into it
-        return Call(self.use("Residual"), args)
-
-    def layer_branches(self, node: ir.Branches, env, ch, rank) -> Expr:
-        paths = [(self.plan.ident[f"{node.path}:{label}"], self.sequential(nodes, env, ch, rank)) for label, nodes in node.paths.items()]
-        return Call(self.use("Branches"), tuple(paths))
-
-    def layer_repeat(self, node, env, ch, rank) -> Expr:
-        times = v.code(self.value(node, "times", env))
-        _, inputs, _ = self.repeat_channels(node, env, ch, rank)
-        if inputs is None and not self.plan.reads_index(node):
-            return Call(self.use("Repeat"), (times, Lambda(self.sequential(node.body, env, ch, rank))))
-        # each run's values (the channels it receives, a rate) depend on its index
-        body = self.sequential(node.body, {**env, expr.INDEX: Sym(expr.INDEX)}, ch if inputs is None else inputs, rank)
-        return Call(self.use("IndexedRepeat"), (times, Lambda(body, expr.INDEX)))
-
-    def layer_gate(self, node, env, ch, rank) -> Expr:
-        return Call(self.use("Gate"), (self.sequential(node.body, env, ch, rank),))
-
-    def layer_depthwise(self, node, env, ch, rank) -> Expr:
-        kernel, stride = self.value(node, "kernel", env), self.value(node, "stride", env)
-        span, dilation = self.dilated(node, env, kernel)
-        func, padding = self.padded(node, env, span, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
-        if dilation and func != "nn.Conv2d":
-            raise Unsupported(node, "a dilated depthwise conv whose 'same' padding is not symmetric (an even kernel span)")
-        out = times(ch, self.value(node, "depth_multiplier", env))
-        rest = self.option(node, env, "stride", fmt=v.size) + padding + dilation + [("groups", v.code(ch))] + self.option(node, env, "bias")
-        return Call(func, (v.code(ch), v.code(out), v.size(kernel), *rest))
-
-    def layer_layernorm(self, node, env, ch, rank) -> Expr:
-        center, scale = self.value(node, "center", env), self.value(node, "scale", env)
-        if center != scale or not isinstance(center, Lit):
-            raise Unsupported(node, "a layer_norm with only one of center and scale")
-        args = (v.code(ch), ("eps", v.code(self.value(node, "epsilon", env))))
-        args += () if center.value else (("elementwise_affine", "False"),)
-        return Call(self.use("LayerNorm2d") if rank == 3 else "nn.LayerNorm", args)
-
-    def layer_layerscale(self, node, env, ch, rank) -> Expr:
-        return Call(self.use("LayerScale"), (v.code(ch), v.code(self.value(node, "init", env))))
-
-    def layer_identity(self, node, env, ch, rank) -> Expr:
-        return IDENTITY
-
-    def layer_zeropad(self, node, env, ch, rank) -> Expr:
-        if "padding" in node.refs:
-            return Call("nn.ZeroPad2d", (Call(self.use("zero_padding"), (v.code(self.value(node, "padding", env)),)),))
-        (top, bottom), (left, right) = node.padding
-        return Call("nn.ZeroPad2d", (literal((left, right, top, bottom)),))
-
-    def layer_rescale(self, node, env, ch, rank) -> Expr:
-        return Call(self.use("Rescaling"), (v.code(self.value(node, "scale", env)), *self.option(node, env, "offset")))
-
-    def layer_normalize(self, node, env, ch, rank) -> Expr:
-        given = [(name, literal(tuple(getattr(node, name)))) for name in ("mean", "variance") if getattr(node, name) is not None]
-        return Call(self.use("Normalization"), (v.code(ch), *given))
-
-    def layer_upsample(self, node, env, ch, rank) -> Expr:
-        """nn.Upsample; bilinear with align_corners=False, the half-pixel centres of TF's resize."""
-        mode = self.value(node, "mode", env)
-        args = [("scale_factor", v.code(self.value(node, "factor", env))), *self.option(node, env, "mode")]
-        if isinstance(mode, Sym):
-            args.append(("align_corners", f'False if {mode.code} == "bilinear" else None'))
-        elif mode == Lit("bilinear"):
-            args.append(("align_corners", "False"))
-        return Call("nn.Upsample", tuple(args))
-
-    def layer_droppath(self, node, env, ch, rank) -> Expr:
-        return Call(self.use("DropPath"), (v.code(self.value(node, "rate", env)),))
-
-    def layer_call(self, node: ir.Call, env, ch, rank) -> Expr:
-        block = self.plan.blocks[node.block]
-        self.ranks.setdefault(node.block, rank)
-        args: list[tuple[str, str]] = []
-        for (name, default), ident in zip(self.net.blocks[node.block].args.items(), block.args):
-            if name in node.refs:
-                args.append((ident, v.code(self.symbol(node, node.refs[name], env))))
-            elif default is None or node.args[name] != default:
-                args.append((ident, self.literal(node, node.args[name])))
-        args += [(ident, v.code(self.symbol(node, self.param_of[ident], env))) for ident in block.params]
-        return Call(block.cls, (v.code(ch), *args))
-
-    def literal(self, node: Node, value) -> str:
-        try:
-            return literal(value)
-        except TypeError:
-            raise Unsupported(node, f"a block argument of {type(value).__name__}, which has no Python literal") from None
-
     # -- classes --------------------------------------------------------------------------
 
-    def module_class(self, name: str, doc: str, params: list[str], attributes: list[tuple[str, Expr]]) -> ClassView:
-        init = [line for attr, expr in attributes for line in assign(f"self.{attr}", expr, 2)]
-        calls = [f"self.{attr}(x)" for attr, _ in attributes]
-        forward = [f"        x = {c}" for c in calls[:-1]] + [f"        return {calls[-1] if calls else 'x'}"]
-        return ClassView(name, docstring(doc, 1), signature("__init__", ["self", *params], 1), init, forward)
+    def module_class(
+        self, name: str, doc: str, params: list[str], scope: Scope, statements: list[Statement], data: str = "x", **forward: str
+    ) -> ClassView:
+        init = [line for attr, module in scope.attributes for line in assign(f"self.{attr}", module, 2)]
+        lines = format_statements(returning(statements, data), 2)
+        return ClassView(name, docstring(doc, 1), signature("__init__", ["self", *params], 1), init, lines, **forward)
+
+    def new_scope(self, names: dict[str, str], space: Namespace, taken: tuple[str, ...] = ("x",)) -> Scope:
+        """The class's own scope; a fresh forward (its locals, ``taken`` its parameters)."""
+        scope = Scope("self", names, space)
+        scope.root = scope
+        self.scope, self.locals = scope, Namespace(RESERVED | {"x", *taken, self.model} | {b.cls for b in self.plan.blocks.values()})
+        self.tensor_locals, self.tensor_channels = {}, {}
+        return scope
 
     def block_class(self, block: str) -> ClassView:
         bp = self.plan.blocks[block]
         decl = self.net.blocks[block]
         env = {self.param_of[i]: Sym(i) for i in bp.params} | {a: Sym(i) for a, i in zip(decl.args, bp.args)}
-        attributes = self.sequence(bp.instance.body, env, Sym("in_channels"), self.ranks.get(block, 3))
-        args = [i if default is None else f"{i}={self.literal(bp.instance, default)}" for i, default in zip(bp.args, decl.args.values())]
+        space = Namespace(TAKEN, attribute=True)
+        inputs = bp.tensors or ["x"]  # forward's parameters: the block's tensor inputs
+        data = "out" if "x" in bp.tensors else "x"  # the running local, never an input a later layer may read
+        scope = self.new_scope({node.path: name for node, name in scope_names(self.plan, bp.instance.body, space)}, space, (*inputs, data))
+        rank = self.ranks.get(block, 3)
+        channels = [Sym("in_channels"), *(Sym(f"{t}_channels") for t in bp.tensors[1:])]
+        self.tensor_locals = dict(zip(bp.instance.tensors, bp.tensors))
+        self.tensor_channels = {name: (c, rank) for name, c in zip(bp.instance.tensors, channels)}
+        body, result = self.lay_out(bp.instance.body, env, channels[0], rank, inputs[0], data)
+        args = [i if default is None else f"{i}={block_literal(bp.instance, default)}" for i, default in zip(bp.args, decl.args.values())]
         keywords = ["*", *args, *bp.params] if args or bp.params else []
-        return self.module_class(bp.cls, decl.doc or f"The spec's block '{block}'.", ["in_channels", *keywords], attributes)
+        doc = decl.doc or f"The spec's block '{block}'."
+        params = [v.code(c) for c in channels] + keywords
+        statements = body if result == data else [*body, Assign(data, result)]
+        return self.module_class(bp.cls, doc, params, scope, statements, data, inputs=", ".join(f"{t}: torch.Tensor" for t in inputs))
 
     def model_class(self) -> ClassView:
         net = self.net
         env: dict[str, Value] = {name: Sym(ident) for name, ident in self.plan.params.items()}
         ch: Channels = Lit(net.input[2])
         rank = 3
-        flows = []
+        scope = self.new_scope({}, Namespace(TAKEN | {self.plan.ident[f] for f in net.flows}, attribute=True))
+        body: list[Statement] = []
+        self.tensor_channels[INPUT] = (ch, rank)
+        if INPUT in self.read_names:  # a later layer reads the input: keep it apart from x
+            self.tensor_locals[INPUT] = self.locals.create("image", "tensor")
+            body.append(Assign(self.tensor_locals[INPUT], "x"))
         for flow, nodes in net.flows.items():
-            flows.append((self.plan.ident[flow], self.sequential(nodes, env, ch, rank)))
+            attribute = self.plan.ident[flow]
+            if holder(nodes) != "empty":
+                module, statements = self.held(nodes, env, ch, rank, f"self.{attribute}", "x")
+                scope.attributes.append((attribute, module))
+                body += [Assign("x", apply("self", attribute, "x"))] if statements is None else statements
             ch, rank = self.effects(nodes, env, ch, rank)
         params = [f"{self.plan.params[p]}={literal(value)}" for p, value in net.params.items()]
-        return self.module_class(self.model, net.description or f"The spec '{net.name}'.", params, flows)
+        body, returns = self.outputs(body)
+        return self.module_class(self.model, net.description or f"The spec '{net.name}'.", params, scope, body, returns=returns)
+
+    def outputs(self, body: list[Statement]) -> tuple[list[Statement], str]:
+        """The model's return: its one output, or a dict by output name (an output a param
+        switches off is added under ``if self.has_<name>:``), and forward's annotation."""
+        net = self.net
+        if len(net.outputs) == 1:
+            return [*body, Return(self.tensor(next(iter(net.outputs.values()))))], "torch.Tensor"
+        if not net.outputs:
+            return body, "torch.Tensor"
+        always = Call("", tuple((literal(name), self.tensor(t)) for name, t in net.outputs.items() if name not in net.output_when), "{}")
+        if not net.output_when:
+            return [*body, Return(always)], "dict[str, torch.Tensor]"
+        result = self.locals.create("outputs")
+        body = [*body, Assign(result, always)]
+        for name, (on, ref) in net.output_when.items():
+            cond = Sym(expr.to_python(expr.parse(ref), self.plan.params.__getitem__)) if ref else Lit(on)
+            if cond == Lit(True) or isinstance(cond, Sym):
+                test = self.flag(f"has_{name}", cond, None) if isinstance(cond, Sym) else None
+                body = self.under(test, [Assign(f"{result}[{literal(name)}]", self.tensor(net.outputs[name]))], body)
+        return [*body, Return(result)], "dict[str, torch.Tensor]"
 
     def block_order(self) -> list[str]:
         """Blocks with the ones they use first, as one would write them by hand."""
@@ -544,6 +349,11 @@ class Renderer:
                 needed.add(helper)
                 todo += HELPERS[helper]
         return [h for h in HELPERS if h in needed]
+
+
+def torch_plan(analysis: Analysis) -> Plan:
+    """The codegen plan with the names the generated code reserves for itself."""
+    return Renderer(analysis).plan
 
 
 def _calls(nodes: list[Node]):
@@ -580,9 +390,6 @@ def docstring(text: str, depth: int, width: int = 84) -> list[str]:
 
 def render(analysis: Analysis) -> str:
     """The generated module's text."""
-    if len(analysis.outputs) > 1:
-        w = next(iter(analysis.net.output_where.values()))
-        raise SpecError(Location(w.file, w.line, w.col, w.spec_path), "expected what the torch backend can express, found several outputs")
     r = Renderer(analysis)
     model = r.model_class()
     blocks = {b: r.block_class(b) for b in r.plan.blocks}  # parents first: ranks are known
@@ -591,7 +398,7 @@ def render(analysis: Analysis) -> str:
     bn_folds = [(names[f.producer] + OPS[f.op].fold_into, names[f.bn]) for f in folds(analysis)]
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
-        imports=imports(r.ordered_dict, helpers, r.plan.needs),
+        imports=imports(r.ordered_dict, helpers, r.plan.needs, r.functional),
         functions=[helper_source(f) for f in sorted(r.plan.needs - {"math"})],
         folds=bn_folds,
         swaps=[(names[s.pool], names[s.conv]) for s in swaps(analysis)],
@@ -603,18 +410,17 @@ def render(analysis: Analysis) -> str:
     )
 
 
-def imports(ordered_dict: bool, helpers: list[str], needs: set[str]) -> list[str]:
+def imports(ordered_dict: bool, helpers: list[str], needs: set[str], functional: bool = False) -> list[str]:
     """The import lines, grouped and sorted as isort (ruff's I rules) wants them."""
     stdlib = [
         line
         for line, used in (
             ("import math", "math" in needs),  # isort: plain imports before from-imports
             ("from collections import OrderedDict", ordered_dict),
-            ("from collections.abc import Callable", "Repeat" in helpers or "IndexedRepeat" in helpers),
         )
         if used
     ]
-    functional = ["import torch.nn.functional as F"] if "pad_same" in helpers else []
+    functional = ["import torch.nn.functional as F"] if "pad_same" in helpers or functional else []
     return [*stdlib, *([""] if stdlib else []), "import torch", *functional, "from torch import nn"]
 
 
@@ -642,195 +448,3 @@ def docstring_lines(text: str) -> list[str]:
     """A module docstring kept line for line (the params table is preformatted)."""
     rows = escape("\n".join(row.rstrip() for row in printable(text).split("\n"))).split("\n")
     return [f'"""{rows[0]}', *rows[1:], '"""']
-
-
-def qualified_names(plan: Plan) -> dict[str, str]:
-    """IR path -> qualified name of its module in a model built by the generated file.
-
-    ``{0}``, ``{1}`` ... stand for the indices of the enclosing repeats, outermost first
-    (``middle.repeat.{0}.middle1``). Nodes removed by a literal ``when: false`` (or a
-    literal ``use_shortcut: false``) have no module; those switched off through a param
-    are ``nn.Identity`` (a shortcut, None)."""
-    names: dict[str, str] = {}
-
-    def walk(nodes: list[Node], prefix: str, depth: int) -> None:
-        for node in nodes:
-            if not node.in_code():
-                continue
-            name = names[node.path] = f"{prefix}{plan.ident[node.path]}"
-            for label, seq in node.children():
-                if label == "shortcut" and not (node.use_shortcut or "use_shortcut" in node.refs):
-                    continue
-                inner = OPS[node.op].attribute(plan, node, label, depth)
-                walk(seq, f"{name}.{inner}." if inner else f"{name}.", depth + node.indexed)
-
-    for flow, nodes in plan.analysis.net.flows.items():
-        walk(nodes, f"{plan.ident[flow]}.", 0)
-    return names
-
-
-# -- the table: one record per op ----------------------------------------------------------
-
-
-def _body(r: Renderer, node, env, ch, rank):
-    return r.effects(node.body, env, ch, rank)
-
-
-def _branches(r: Renderer, node, env, ch, rank):
-    outs = [r.effects(path, env, ch, rank) for path in node.paths.values()]
-    return v.total([c for c, _ in outs]), outs[0][1]
-
-
-def _repeat(r: Renderer, node, env, ch, rank):
-    after, _, after_rank = r.repeat_channels(node, env, ch, rank)
-    return after, after_rank
-
-
-def _flatten(r: Renderer, node, env, ch, rank):
-    return (r.flat_size(node), 1) if rank == 3 else (ch, 1)
-
-
-def _pool(r: Renderer, node, env, ch, rank):
-    return (ch, 3) if node.keepdims else (ch, 1)
-
-
-def _depthwise(r: Renderer, node, env, ch, rank):
-    return times(ch, r.value(node, "depth_multiplier", env)), rank
-
-
-def _residual_fresh(r: Renderer, node, env) -> bool:
-    return r.value(node, "use_shortcut", env) == Lit(True) or fresh_after_sequence(node.body, env, r)
-
-
-PADDED = ("Conv2dSame", "conv2d")
-OPS: dict[str, TorchOp] = {
-    "conv": TorchOp(Renderer.layer_conv, to("filters"), weights=CONV_WEIGHTS, fold_into="", fresh_output=True, helpers=PADDED),
-    "depthwise": TorchOp(
-        Renderer.layer_depthwise,
-        _depthwise,
-        weights=TorchWeights(module_weights, {"kernel": depthwise_to_neutral}, {"kernel": depthwise_from_neutral}),
-        fold_into="",
-        fresh_output=True,
-        helpers=PADDED,
-    ),
-    "sepconv": TorchOp(
-        Renderer.layer_sepconv,
-        to("filters"),
-        weights=TorchWeights(
-            lambda m: {"spatial": m.spatial.weight, "pointwise": m.pointwise.weight, "bias": m.pointwise.bias},
-            {"spatial": sepconv_spatial(True), "pointwise": conv_to_neutral},
-            {"spatial": sepconv_spatial(False), "pointwise": conv_from_neutral},
-        ),
-        fold_into=".pointwise",
-        fresh_output=True,
-        helpers=("SeparableConv2d",),
-    ),
-    "bn": TorchOp(
-        Renderer.layer_bn,
-        weights=TorchWeights(lambda m: norm_weights(m) | {"moving_mean": m.running_mean, "moving_variance": m.running_var}),
-        fresh_output=True,
-        helpers=("KerasBatchNorm2d", "KerasBatchNorm1d"),
-    ),
-    "layer_norm": TorchOp(Renderer.layer_layernorm, weights=TorchWeights(norm_weights), fresh_output=True, helpers=("LayerNorm2d",)),
-    "layer_scale": TorchOp(Renderer.layer_layerscale, weights=TorchWeights(lambda m: {"gamma": m.gamma}), helpers=("LayerScale",)),
-    "act": TorchOp(Renderer.layer_act, helpers=("activation",)),
-    "identity": TorchOp(Renderer.layer_identity),
-    "zero_pad": TorchOp(Renderer.layer_zeropad, fresh_output=True, helpers=("zero_padding",)),
-    "rescale": TorchOp(Renderer.layer_rescale, helpers=("Rescaling",)),
-    "normalize": TorchOp(
-        Renderer.layer_normalize,
-        weights=TorchWeights(lambda m: {"mean": m.mean, "variance": m.variance, "count": m.count}),
-        helpers=("Normalization",),
-    ),
-    "maxpool": TorchOp(Renderer.layer_maxpool, fresh_output=True, helpers=("MaxPool2dSame", "max_pool2d")),
-    "avgpool": TorchOp(Renderer.layer_avgpool, fresh_output=True, helpers=("AvgPool2dSame", "avg_pool2d")),
-    "global_avg_pool": TorchOp(Renderer.layer_globalavgpool, _pool, fresh_output=True),
-    "flatten": TorchOp(Renderer.layer_flatten, _flatten, helpers=("FlattenHWC",)),  # a view: not fresh
-    "dense": TorchOp(
-        Renderer.layer_dense,
-        to("units", 1),
-        weights=TorchWeights(module_weights, {"kernel": transpose}, {"kernel": transpose}),
-        fold_into="",
-        fresh_output=True,
-    ),
-    "channel_dense": TorchOp(
-        Renderer.layer_channeldense,
-        to("units"),
-        weights=TorchWeights(
-            module_weights, {"kernel": lambda a, inst: a[:, :, 0, 0].T}, {"kernel": lambda a, inst: a.T[:, :, None, None]}
-        ),
-    ),
-    "dropout": TorchOp(Renderer.layer_dropout),  # the identity in eval: not fresh
-    "drop_path": TorchOp(Renderer.layer_droppath, helpers=("DropPath",)),
-    "upsample": TorchOp(Renderer.layer_upsample, fresh_output=True),
-    "global_max_pool": TorchOp(Renderer.layer_globalmaxpool, _pool, fresh_output=True),
-    "resize": TorchOp(Renderer.layer_graph),
-    "crop": TorchOp(Renderer.layer_graph),
-    "add": TorchOp(Renderer.layer_graph),
-    "multiply": TorchOp(Renderer.layer_graph),
-    "concat": TorchOp(Renderer.layer_graph),
-    "residual": TorchOp(Renderer.layer_residual, _body, fresh_output=_residual_fresh, helpers=("Residual",)),
-    "gate": TorchOp(Renderer.layer_gate, keep, helpers=("Gate",)),  # a product its backward reads: not fresh
-    "branches": TorchOp(
-        Renderer.layer_branches,
-        _branches,
-        lambda plan, node, label, depth: plan.ident[f"{node.path}:{label}"],
-        fresh_output=True,
-        helpers=("Branches",),
-    ),
-    "repeat": TorchOp(
-        Renderer.layer_repeat,
-        _repeat,
-        lambda plan, node, label, depth: f"{{{depth}}}",
-        fresh_output=lambda r, node, env: fresh_after_sequence(node.body, {**env, expr.INDEX: Lit(0)}, r),
-        helpers=("Repeat", "IndexedRepeat"),
-    ),
-    "call": TorchOp(
-        Renderer.layer_call,
-        lambda r, node, env, ch, rank: r.effects(node.body, r.callee_env(node, env), ch, rank),
-        lambda *_: "",
-        fresh_output=lambda r, node, env: fresh_after_sequence(node.body, r.callee_env(node, env), r),
-    ),
-}
-
-
-# -- channel arithmetic for repeats that grow the channels and depthwise multipliers ------------
-
-
-def minus(grown: Channels, base: Sym) -> Channels | None:
-    """``grown - base`` where ``grown`` is ``base`` plus terms not involving it, else None."""
-    if isinstance(grown, v.Sum) and base.code in grown.terms and grown.terms.count(base.code) == 1:
-        rest = tuple(t for t in grown.terms if t != base.code)
-        if not any(base.code in t for t in rest):
-            return v.Sum(rest, grown.const) if rest else Lit(grown.const)
-    return None
-
-
-def grow(ch: Channels, growth: Channels, runs: Value) -> Channels:
-    """``ch + runs * growth``: the channels after ``runs`` runs of a growing body."""
-    if all(isinstance(x, Lit) for x in (ch, growth, runs)):
-        return Lit(ch.value + runs.value * growth.value)
-    base = f"({v.code(ch)})" if isinstance(ch, v.Choice) else v.code(ch)  # `+` binds tighter than `if`
-    return Sym(f"{base} + {term(runs)} * {term(growth)}")
-
-
-def torch_plan(analysis: Analysis) -> Plan:
-    """The codegen plan with the names the generated code reserves for itself."""
-    return Renderer(analysis).plan
-
-
-def _fresh_after(node: Node, fresh: bool, env: dict[str, Value], renderer: Renderer) -> bool:
-    """Whether the tensor after ``node`` is one that later in-place ops may overwrite:
-    made by this sequence, and not read by any backward pass (an activation's is)."""
-    rule = OPS[node.op].fresh_output
-    return rule(renderer, node, env) if callable(rule) else rule
-
-
-def fresh_after_sequence(nodes: list[Node], env: dict[str, Value], renderer: Renderer) -> bool:
-    fresh = False
-    for node in nodes:
-        cond = renderer.value(node, "when", env)
-        if cond == Lit(False):
-            continue
-        fresh = _fresh_after(node, fresh, env, renderer) and (fresh or not isinstance(cond, Sym))
-    return fresh

@@ -31,8 +31,8 @@ import torch
 from archc.passes.analysis import Analysis
 from archc.passes.instances import Instance, instances, weighted
 
-from .ops import TorchWeights
-from .render import OPS, qualified_names, torch_plan
+from .ops import OPS, TorchWeights
+from .render import qualified_names, torch_plan
 
 
 class WeightError(ValueError):
@@ -122,7 +122,9 @@ def counts(model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _nhwc(t: torch.Tensor) -> np.ndarray:
+def _nhwc(t: torch.Tensor | dict[str, torch.Tensor]) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(t, dict):  # several outputs, by name
+        return {name: _nhwc(value) for name, value in t.items()}
     a = t.detach().cpu().float().numpy()  # a copy below: a later in-place op must not change it
     return np.array(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a, order="C", copy=True)
 

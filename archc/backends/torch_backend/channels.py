@@ -1,0 +1,138 @@
+"""The channel algebra of the torch renderer: what the generated code knows at each point
+of a sequence, as values it can name (``Lit`` known now, ``Sym`` a param or argument):
+a field's value, and the channels and rank after each node. Block classes are shared by
+instances with different arguments, so channels are expressions (``in_channels``,
+``4096 if fc_layers else 2048``), not numbers."""
+
+from __future__ import annotations
+
+from archc.ir import ops as ir
+from archc.ir.ops import Node
+from archc.passes.analysis import Analysis
+from archc.syntax import expr
+
+from . import values as v
+from .ops import OPS, Unsupported, term
+from .values import Channels, Lit, Sym, Value
+
+
+class ChannelAlgebra:
+    """Values and channels as the generated code sees them; :class:`.render.Renderer`
+    lays the code out over them."""
+
+    analysis: Analysis
+    tensor_channels: dict[str, tuple[Channels, int]]  # named tensor -> (channels, rank) where it is visible
+
+    def read_channels(self, node: Node) -> list[tuple[Channels, int]]:
+        """(channels, rank) of each named tensor ``node`` reads."""
+        return [self.tensor_channels[name] for name in node.reads]
+
+    def value(self, node: Node, name: str, env: dict[str, Value]) -> Value:
+        """A field as the generated code sees it here: its symbol if written ``$ref``."""
+        ref = node.refs.get(name)
+        return Lit(getattr(node, name)) if ref is None else self.symbol(node, ref, env)
+
+    def symbol(self, node: Node, ref: str, env: dict[str, Value]) -> Value:
+        """A ``$name`` or ``${...}`` as the generated code sees it here: a literal where
+        every name it reads is one, else the expression over the code's names."""
+        tree = expr.parse(ref)
+        for name in sorted(expr.names(tree)):
+            if name not in env:
+                raise Unsupported(
+                    node, f"'{name}' in {expr.spelled(ref)}, an argument of a calling block (declare it as an argument of this block)"
+                )
+        if isinstance(tree, expr.Name):
+            return env[tree.name]
+        values = {n: env[n] for n in expr.names(tree)}
+        if all(isinstance(value, Lit) for value in values.values()):
+            return Lit(expr.evaluate(tree, {n: value.value for n, value in values.items()}))
+        return Sym(expr.to_python(tree, lambda n: v.atom(v.code(values[n]))))
+
+    def option(self, node: Node, env: dict[str, Value], name: str, keyword: str = "", fmt=v.code) -> list[tuple[str, str]]:
+        """``keyword=value`` unless the field keeps the IR's default (which torch shares)."""
+        value = self.value(node, name, env)
+        if isinstance(value, Lit) and value.value == type(node).model_fields[name].default:
+            return []
+        return [(keyword or name, fmt(value))]
+
+    def callee(self, node: ir.Call, ch: Channels, rank: int) -> dict[str, tuple[Channels, int]]:
+        """The named tensors a block's body starts with: its inputs, as the call reads them."""
+        if not node.tensors:
+            return {}
+        return {name: (ch, rank) if i == 0 else self.tensor_channels[read] for i, (name, read) in enumerate(zip(node.tensors, node.reads))}
+
+    def callee_env(self, node: ir.Call, env: dict[str, Value]) -> dict[str, Value]:
+        """Symbols inside a call: the caller's, then the arguments (as the resolver does)."""
+        args = {
+            a: self.symbol(node, node.refs[a], env) if a in node.refs else Lit(node.args[a])
+            for a in self.analysis.net.blocks[node.block].args
+        }
+        return {**env, **args}
+
+    def step(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Value, Channels, int]:
+        """(condition, channels after, rank after) for a node in a sequence; a node that
+        reads named tensors starts from the first, and its names get what it gives."""
+        if node.reads:
+            ch, rank = self.tensor_channels[node.reads[0]]
+        cond = self.value(node, "when", env)
+        if cond == Lit(False):
+            new, new_rank = ch, rank
+        else:
+            new, new_rank = self.effect(node, env, v.assume(ch, cond), rank)
+            if isinstance(cond, Sym) and new_rank != rank:
+                raise Unsupported(node, f"`when: ${node.refs['when']}` on a layer that turns feature maps into vectors")
+            new = v.switch(cond, new, ch)
+        for name in node.saves:
+            self.tensor_channels[name] = (new, new_rank)
+        return cond, new, new_rank
+
+    def effects(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:
+        for node in nodes:
+            _, ch, rank = self.step(node, env, ch, rank)
+        return ch, rank
+
+    def effect(self, node: Node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:
+        rule = OPS[node.op].channels
+        return rule(self, node, env, ch, rank) if rule else (ch, rank)
+
+    def repeat_channels(self, node, env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, Channels | None, int]:
+        """(channels after, channels into run ``i`` as code of ``i`` or None where every run
+        gets ``ch``, rank after) of a repeat. A body that changes the channels either adds
+        the same number each run (DenseNet's concatenation: ``in + i * growth``) or sets
+        them whatever it gets (a conv: ``in if i == 0 else filters``). Channels are
+        integers, the same in every run's body (the resolver checks), so the index is 0 here."""
+        env = {**env, expr.INDEX: Lit(0)}
+        after, after_rank = self.effects(node.body, env, ch, rank)
+        if after == ch:
+            return after, None, after_rank
+        probe = Sym("in_channels")
+        grown, _ = self.effects(node.body, env, probe, rank)
+        growth = minus(grown, probe)
+        if growth is not None:
+            return grow(ch, growth, self.value(node, "times", env)), grow(ch, growth, Sym("i")), after_rank
+        if grown == after:
+            return after, Sym(f"{term(ch)} if i == 0 else {term(after)}"), after_rank
+        raise Unsupported(node, "a repeated body that neither adds a fixed number of channels nor sets them")
+
+    def flat_size(self, node: ir.Flatten) -> Lit:
+        """A flatten's output size, as archc infers it for the spec's params."""
+        if node.path not in self.analysis.shapes:
+            raise Unsupported(node, "a flatten that is switched off by default (its output size is not known)")
+        return Lit(self.analysis.shapes[node.path][1][0])
+
+
+def minus(grown: Channels, base: Sym) -> Channels | None:
+    """``grown - base`` where ``grown`` is ``base`` plus terms not involving it, else None."""
+    if isinstance(grown, v.Sum) and base.code in grown.terms and grown.terms.count(base.code) == 1:
+        rest = tuple(t for t in grown.terms if t != base.code)
+        if not any(base.code in t for t in rest):
+            return v.Sum(rest, grown.const) if rest else Lit(grown.const)
+    return None
+
+
+def grow(ch: Channels, growth: Channels, runs: Value) -> Channels:
+    """``ch + runs * growth``: the channels after ``runs`` runs of a growing body."""
+    if all(isinstance(x, Lit) for x in (ch, growth, runs)):
+        return Lit(ch.value + runs.value * growth.value)
+    base = f"({v.code(ch)})" if isinstance(ch, v.Choice) else v.code(ch)  # `+` binds tighter than `if`
+    return Sym(f"{base} + {term(runs)} * {term(growth)}")
