@@ -191,12 +191,24 @@ def test_a_switched_off_layer_passes_its_input_on_under_its_name(tmp_path):
         assert model.count_params() == a.total.trainable
 
 
-def test_torch_refuses_a_graph_in_one_located_line(tmp_path):
-    a = load(spec(tmp_path, UNET))
-    with pytest.raises(
-        SpecError, match=r"g.yaml:\d+:\d+: outputs.mask: expected what the torch backend can express, found several outputs"
-    ):
-        get("torch").render(a)
+def test_torch_and_keras_agree_on_a_graph_output_by_output(tmp_path):
+    from archc.tools.verify import verify
+
+    for text in (UNET, AUX.replace("aux_logits: false", "aux_logits: true")):
+        a = load(spec(tmp_path, text))
+        result = verify(a, ["torch", "keras"])
+        assert result.ok, result.failure()
+        assert {c.other for c in result.comparisons} == {"keras"}
+
+
+def test_torch_forward_reads_like_hand_written_code(tmp_path):
+    source = get("torch").render(load(spec(tmp_path, UNET)))
+    assert "def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:" not in source  # x is read by name
+    assert "x = torch.cat([u, skip], dim=1)" in source
+    assert "x = self.decoder.up1(c3, c2)" in source
+    assert 'return {"mask": mask, "label": label}' in source
+    assert "self.conv1 = nn.Conv2d(in_channels + skip_channels, filters, 3, padding=1)" in source
+    assert "nn.Conv2d(8, 16, 3, padding=2, dilation=2)" in source
 
 
 AUX = """

@@ -22,6 +22,7 @@ class ChannelAlgebra:
 
     analysis: Analysis
     tensor_channels: dict[str, tuple[Channels, int]]  # named tensor -> (channels, rank) where it is visible
+    switched_heads: set[str]  # nodes that may turn maps into vectors under a param: see switched_heads()
 
     def read_channels(self, node: Node) -> list[tuple[Channels, int]]:
         """(channels, rank) of each named tensor ``node`` reads."""
@@ -79,7 +80,7 @@ class ChannelAlgebra:
             new, new_rank = ch, rank
         else:
             new, new_rank = self.effect(node, env, v.assume(ch, cond), rank)
-            if isinstance(cond, Sym) and new_rank != rank:
+            if isinstance(cond, Sym) and new_rank != rank and node.path not in self.switched_heads:
                 raise Unsupported(node, f"`when: ${node.refs['when']}` on a layer that turns feature maps into vectors")
             new = v.switch(cond, new, ch)
         for name in node.saves:
@@ -136,3 +137,38 @@ def grow(ch: Channels, growth: Channels, runs: Value) -> Channels:
         return Lit(ch.value + runs.value * growth.value)
     base = f"({v.code(ch)})" if isinstance(ch, v.Choice) else v.code(ch)  # `+` binds tighter than `if`
     return Sym(f"{base} + {term(runs)} * {term(growth)}")
+
+
+def switched_heads(net: ir.Network) -> set[str]:
+    """The top-level nodes under ``when: $p`` that may change the rank (an auxiliary head's
+    pooling): what follows them in their flow, up to a layer that reads named tensors,
+    is under the same ``$p``; that chain's output goes nowhere else (the last flow with
+    declared outputs, or a next flow that starts from named tensors); and every reader
+    of its names, layer or output, is switched by the same ``$p``. Off, nothing reads
+    what the chain would have made, so no layer is built for the wrong rank."""
+    readers: dict[str, set[str]] = {}
+    for node in ir.walk([n for nodes in net.flows.values() for n in nodes]):
+        for name in (*node.reads, *node.sizes_from()):
+            readers.setdefault(name, set()).add(node.refs.get("when", "" if node.when else "false"))
+    for output, tensor in net.outputs.items():
+        readers.setdefault(tensor, set()).add(net.output_when.get(output, (True, ""))[1])
+    safe: set[str] = set()
+    flows = list(net.flows.values())
+    for f, nodes in enumerate(flows):
+        for i, node in enumerate(nodes):
+            ref = node.refs.get("when")
+            if not ref:
+                continue
+            chain = [node]
+            for later in nodes[i + 1 :]:
+                if later.reads:
+                    break
+                chain.append(later)
+            ends = len(chain) == len(nodes) - i
+            following = flows[f + 1][0] if f + 1 < len(flows) else None
+            goes_on = ends and (following is None and not net.outputs or following is not None and not following.reads)
+            if goes_on or any(n.refs.get("when") != ref for n in chain):
+                continue
+            if all(readers.get(name, set()) <= {ref} for n in chain for name in n.saves):
+                safe.add(node.path)
+    return safe

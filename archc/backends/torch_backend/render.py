@@ -31,7 +31,7 @@ from archc.passes.shapes import INPUT
 from archc.syntax import expr
 
 from . import values as v
-from .channels import ChannelAlgebra
+from .channels import ChannelAlgebra, switched_heads
 from .layout import Call, Expr, IfElse, assign, signature
 from .ops import HELPERS, IDENTITY, IN_PLACE, MODULE_ATTRIBUTES, OPS, RESERVED, Looped, Unsupported, block_literal, fresh_after
 from .scope import TAKEN, holder, qualified_names, scope_names
@@ -103,6 +103,7 @@ class Renderer(ChannelAlgebra):
         self.plan = make_plan(self.analysis, RESERVED | {self.model})
         self.param_of = {ident: name for name, ident in self.plan.params.items()}
         self.read_names = tensor_reads(self.net)  # the names some layer or output reads
+        self.switched_heads = switched_heads(self.net)
 
     # -- the statement layout ------------------------------------------------------------------
 
