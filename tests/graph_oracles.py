@@ -99,7 +99,9 @@ def resnet50_fpn(size: int) -> dict:
 
     names = {"0": "p2", "1": "p3", "2": "p4", "3": "p5", "pool": "p6"}
     outputs = {names[k]: (_hwc(v), level(min(int(k) if k != "pool" else 3, 3))) for k, v in out.items()}
-    assert sum(per_module[f"ResNetFPN.fpn.{kind}_blocks.{i}"] for kind in ("inner", "layer") for i in range(4)) + body == per_module["Global"]
+    assert (
+        sum(per_module[f"ResNetFPN.fpn.{kind}_blocks.{i}"] for kind in ("inner", "layer") for i in range(4)) + body == per_module["Global"]
+    )
     return _figures(model, outputs, total=per_module["Global"])
 
 
@@ -113,7 +115,9 @@ def inception_v3_aux(size: int) -> dict:
     macs = {name: n // 2 for name, n in _module_macs(model, lambda: out.append(model(x))).items()}
     logits, aux = out[0]
     total = macs["Global"]
-    return _figures(model, {"logits": ([logits.shape[1]], total - macs["Inception3.AuxLogits"]), "aux": ([aux.shape[1]], _aux_macs(macs))}, total)
+    return _figures(
+        model, {"logits": ([logits.shape[1]], total - macs["Inception3.AuxLogits"]), "aux": ([aux.shape[1]], _aux_macs(macs))}, total
+    )
 
 
 def _aux_macs(macs: dict[str, int]) -> int:
@@ -136,4 +140,8 @@ ORACLES = {"deeplabv3": deeplabv3, "unet_resnet34": unet_resnet34, "resnet50_fpn
 
 if __name__ == "__main__":
     sizes = dict(arg.split("=") for arg in sys.argv[1:])  # e.g. deeplabv3=512
-    print(json.dumps({name: oracle(int(sizes.get(name, 299 if name == "inception_v3_aux" else 512))) for name, oracle in ORACLES.items()}, indent=1))
+    print(
+        json.dumps(
+            {name: oracle(int(sizes.get(name, 299 if name == "inception_v3_aux" else 512))) for name, oracle in ORACLES.items()}, indent=1
+        )
+    )

@@ -1151,6 +1151,8 @@ class Network(BaseModel):
     flows: dict[str, list[Layer]]
     outputs: dict[TensorName, TensorName] = Field(default_factory=dict)  # output name -> tensor (none: the last layer's)
     output_where: dict[str, Where] = Field(default_factory=dict)  # output name -> where outputs: names it
+    output_when: dict[str, StrictBool] = Field(default_factory=dict)  # output name -> whether it is on (absent: on)
+    output_refs: dict[str, str] = Field(default_factory=dict)  # output name -> the param or expression its when: reads
     expect: Expect | None = None
     training: Training | None = None
 

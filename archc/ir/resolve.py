@@ -48,7 +48,7 @@ class Resolver(Layers):
         self.blocks = self.read_blocks(doc.get("blocks"))
         flows = self.read_flows(doc["flows"], values)
         expect = None if "expect" not in doc else validated(self.source, Expect, doc["expect"], ("expect",))
-        outputs, output_keys = self.read_outputs(doc.get("outputs"))
+        outputs, output_keys, output_when = self.read_outputs(doc.get("outputs"), Scope(values, "outputs"))
         return Network(
             name=doc["name"],
             file=self.source.file,
@@ -61,6 +61,8 @@ class Resolver(Layers):
             flows=flows,
             outputs=outputs,
             output_where={name: self.where(key, Scope(values, "outputs")) for name, key in output_keys.items()},
+            output_when={name: when for name, (when, _) in output_when.items()},
+            output_refs={name: ref for name, (_, ref) in output_when.items() if ref},
             expect=expect,
             training=self.read_training(doc.get("training"), values),
         )
@@ -120,24 +122,36 @@ class Resolver(Layers):
                 raise self.error(("defaults", op), f"expected a mapping of field defaults, found {show(fields)}")
         return raw
 
-    def read_outputs(self, raw: Any) -> tuple[dict[str, str], dict[str, tuple]]:
+    def read_outputs(self, raw: Any, scope: Scope) -> tuple[dict[str, str], dict[str, tuple], dict[str, tuple[bool, str | None]]]:
         """``outputs:``: a list of tensor names, or a mapping of output names to tensor
-        names; (output -> tensor, output -> where it is written)."""
+        names or to ``{from: tensor, when: ...}`` (an output a param switches, as an
+        auxiliary head is); (output -> tensor, output -> where it is written, output ->
+        (switched on, the when's $reference or expression) for the switched ones)."""
         if raw is None:
-            return {}, {}
+            return {}, {}, {}
         pairs = [(name, name, ("outputs", i)) for i, name in enumerate(raw)] if isinstance(raw, list) else []
         pairs += [(name, tensor, ("outputs", name)) for name, tensor in raw.items()] if isinstance(raw, dict) else []
         if not pairs:
             raise self.error(("outputs",), f"expected a list of tensor names or a mapping of output names to them, found {show(raw)}")
-        outputs, keys = {}, {}
+        outputs, keys, switched = {}, {}, {}
         for name, tensor, key in pairs:
+            if isinstance(raw, dict) and isinstance(tensor, dict):
+                self.check_keys(tensor, key, ("from", "when"), "key of a switched output")
+                if "from" not in tensor:
+                    raise self.error(key, "expected 'from' (the tensor) and 'when', found no 'from'")
+                when, ref = self.substitute(tensor.get("when", True), key + ("when",), scope)
+                if not isinstance(when, bool):
+                    raise self.error(key + ("when",), f"expected true or false, found {show(when)}")
+                switched[name], tensor, key = (when, ref), tensor["from"], key + ("from",)
             for value in (name, tensor):
                 if not (isinstance(value, str) and value.isidentifier()):
                     raise self.error(key, f"expected a tensor name (an identifier), found {show(value)}", at_key=value is name and isinstance(raw, dict))
             if name in outputs:
                 raise self.error(key, f"expected each output once, found '{name}' again")
             outputs[name], keys[name] = tensor, key
-        return outputs, keys
+        if not any(when for when, _ in switched.values()) and len(switched) == len(outputs):
+            raise self.error(("outputs",), "expected at least one output switched on, found every one switched off by its when:")
+        return outputs, keys, switched
 
     def read_blocks(self, raw: Any) -> dict[str, tuple[dict[str, Any], list, str, tuple[str, ...]]]:
         return {

@@ -29,7 +29,9 @@ MARGINS = {
     ],
     "description": "p, [height, width] or [[top, bottom], [left, right]]",
 }
-META = {"name": {"type": "string", "minLength": 1}, "when": {"anyOf": [{"type": "boolean"}, REF]}}
+TENSOR = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 100}
+TENSORS = {"anyOf": [TENSOR, {"type": "array", "items": TENSOR, "minItems": 1}], "description": "a tensor name or a list of them"}
+META = {"name": {"type": "string", "minLength": 1}, "when": {"anyOf": [{"type": "boolean"}, REF]}, "from": TENSORS, "as": TENSORS}
 LAYERS = {"type": "array", "items": {"$ref": "#/$defs/layer"}, "minItems": 1}
 
 
@@ -40,7 +42,7 @@ def _fields(cls) -> dict[str, Any]:
         if name in SYSTEM_FIELDS or name in META:
             continue
         prop = {k: v for k, v in prop.items() if k != "title"}
-        if name in ("kernel", "stride", "pool"):
+        if name in ("kernel", "stride", "pool", "dilation"):
             prop = PAIR
         if cls is ZeroPad and name == "padding":
             prop = MARGINS
@@ -75,7 +77,7 @@ def _only(key: str, value: dict[str, Any]) -> dict[str, Any]:
 def _op(op: str, cls) -> dict[str, Any]:
     options = [_fields(cls), {"type": "null"}]
     if op in SHORTHAND:
-        options.append({"anyOf": [{"type": ["string", "number", "integer"]}, *([MARGINS] if op == "zero_pad" else [])]})
+        options.append({"anyOf": [{"type": ["string", "number", "integer"]}, *([MARGINS] if op == "zero_pad" else []), *([TENSORS] if cls.merges else [])]})
     return _only(op, {"anyOf": options})
 
 
@@ -120,9 +122,18 @@ def _blocks() -> dict[str, Any]:
             "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
             "body": LAYERS,
             "doc": {"type": "string"},
+            "inputs": TENSORS,
         },
     }
     return {"type": "object", "additionalProperties": block}
+
+
+def _outputs() -> dict[str, Any]:
+    switched = {"type": "object", "properties": {"from": TENSOR, "when": META["when"]}, "required": ["from"], "additionalProperties": False}
+    return {
+        "anyOf": [{"type": "array", "items": TENSOR, "minItems": 1}, {"type": "object", "additionalProperties": {"anyOf": [TENSOR, switched]}}],
+        "description": "tensor names, or output names -> tensor names (or {from: tensor, when: ...})",
+    }
 
 
 def _flows() -> dict[str, Any]:
@@ -157,6 +168,7 @@ def spec_schema() -> dict[str, Any]:
             "defaults": {"type": "object", "properties": {op: {"type": "object"} for op in OPS}, "additionalProperties": False},
             "blocks": _blocks(),
             "flows": _flows(),
+            "outputs": _outputs(),
             "expect": _untitled(Expect.model_json_schema()),
             "training": _untitled(training, "$defs"),
         },

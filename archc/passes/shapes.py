@@ -107,6 +107,8 @@ class _Walk:
         if not net.outputs:
             graph.outputs = {"output": current}
         for output, tensor in net.outputs.items():
+            if not net.output_when.get(output, True):
+                continue
             if tensor not in names:
                 w = net.output_where.get(output) or Where(file=net.file, spec_path="outputs")
                 known = sorted(names)
