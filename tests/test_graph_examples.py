@@ -111,11 +111,20 @@ def test_an_output_can_be_switched_by_a_param(tmp_path):
 @pytest.mark.parametrize(
     "outputs, message",
     [
-        ("  logits: {from: logits, when: $aux}\n  extra: {from: extra, when: $aux}\n", "13:3: outputs: expected at least one output switched on, found every one switched off"),
-        ("  logits: logits\n  extra: {from: extra, whn: $aux}\n", "14:24: outputs.extra.whn: expected a key of a switched output (from, when), found 'whn'"),
+        (
+            "  logits: {from: logits, when: $aux}\n  extra: {from: extra, when: $aux}\n",
+            "13:3: outputs: expected at least one output switched on, found every one switched off",
+        ),
+        (
+            "  logits: logits\n  extra: {from: extra, whn: $aux}\n",
+            "14:24: outputs.extra.whn: expected a key of a switched output (from, when), found 'whn'",
+        ),
         ("  logits: logits\n  extra: {when: $aux}\n", "14:10: outputs.extra: expected 'from' (the tensor) and 'when', found no 'from'"),
         ("  logits: logits\n  extra: {from: extra, when: 3}\n", "14:30: outputs.extra.when: expected true or false, found 3"),
-        ("  logits: logits\n  extra: {from: extr, when: true}\n", "14:11: outputs.extra.from: expected a tensor that a flow names with as: (extra, features, input, logits), found 'extr'"),
+        (
+            "  logits: logits\n  extra: {from: extr, when: true}\n",
+            "14:11: outputs.extra.from: expected a tensor that a flow names with as: (extra, features, input, logits), found 'extr'",
+        ),
     ],
 )
 def test_a_bad_switched_output_is_one_located_line(tmp_path, outputs, message):

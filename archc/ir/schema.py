@@ -77,7 +77,15 @@ def _only(key: str, value: dict[str, Any]) -> dict[str, Any]:
 def _op(op: str, cls) -> dict[str, Any]:
     options = [_fields(cls), {"type": "null"}]
     if op in SHORTHAND:
-        options.append({"anyOf": [{"type": ["string", "number", "integer"]}, *([MARGINS] if op == "zero_pad" else []), *([TENSORS] if cls.merges else [])]})
+        options.append(
+            {
+                "anyOf": [
+                    {"type": ["string", "number", "integer"]},
+                    *([MARGINS] if op == "zero_pad" else []),
+                    *([TENSORS] if cls.merges else []),
+                ]
+            }
+        )
     return _only(op, {"anyOf": options})
 
 
@@ -131,7 +139,10 @@ def _blocks() -> dict[str, Any]:
 def _outputs() -> dict[str, Any]:
     switched = {"type": "object", "properties": {"from": TENSOR, "when": META["when"]}, "required": ["from"], "additionalProperties": False}
     return {
-        "anyOf": [{"type": "array", "items": TENSOR, "minItems": 1}, {"type": "object", "additionalProperties": {"anyOf": [TENSOR, switched]}}],
+        "anyOf": [
+            {"type": "array", "items": TENSOR, "minItems": 1},
+            {"type": "object", "additionalProperties": {"anyOf": [TENSOR, switched]}},
+        ],
         "description": "tensor names, or output names -> tensor names (or {from: tensor, when: ...})",
     }
 
