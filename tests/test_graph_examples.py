@@ -51,6 +51,15 @@ def test_the_ir_gives_the_references_counts_shapes_and_macs(example):
     assert a.total.macs == TOTAL_MACS.get(example, next(iter(outputs.values()))[1])
 
 
+def test_deeplab_and_fpn_share_the_torch_resnet_blocks():
+    """Written once in each spec (a spec cannot import another's blocks): the same text,
+    so that a fix to one is a fix to both."""
+    import yaml
+
+    blocks = [yaml.safe_load((ROOT / f"examples/{name}.yaml").read_text())["blocks"] for name in ("deeplabv3", "resnet50_fpn")]
+    assert [{k: b[k] for k in ("bottleneck", "stage")} for b in blocks] == [{k: blocks[0][k] for k in ("bottleneck", "stage")}] * 2
+
+
 def test_every_graph_example_is_held_to_a_reference():
     assert GRAPH_EXAMPLES <= {Path(spec).stem for spec, *_ in REFERENCES.values()}
 
