@@ -5,7 +5,8 @@ output shapes and multiply-adds, per output, for the input size an example uses.
 Counts: trainable parameters; non-trainable = BN running mean and variance (torch's
 num_batches_tracked is not a weight of the network, archc does not count it).
 Multiply-adds: torch.utils.flop_counter's FLOPs / 2, per output summed over the modules
-that output depends on (FlopCounterMode counts per module). Everything runs on the meta
+that output depends on (FlopCounterMode counts per module). Weights: the shapes of the
+state_dict's tensors in its order (what a copy by structure walks). Everything runs on the meta
 device: shapes and formulas only, no arithmetic.
 
 ``python tests/graph_oracles.py`` (with torchvision and smp installed, e.g. in
@@ -131,6 +132,7 @@ def _figures(model: torch.nn.Module, outputs: dict[str, tuple[list[int], int]], 
     return {
         "trainable": trainable,
         "non_trainable": frozen,
+        "weights": [list(t.shape) for name, t in model.state_dict().items() if not name.endswith("num_batches_tracked")],
         "outputs": {name: {"shape": shape, "macs": macs} for name, (shape, macs) in outputs.items()},
         "macs": total if total is not None else sum(m for _, m in outputs.values()),
     }

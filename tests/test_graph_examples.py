@@ -14,6 +14,7 @@ import pytest
 from bundled import GRAPH_EXAMPLES
 
 from archc.api import load
+from archc.passes.instances import roles, weighted
 from archc.syntax.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,26 @@ def test_the_reference_agrees(example, size):
     for (name, shape), counts in zip(a.outputs.items(), a.output_counts.values()):
         assert (list(shape), counts.macs) == (ref["outputs"][name]["shape"], ref["outputs"][name]["macs"]), name
     assert a.total.macs == ref["macs"]
+
+
+def _torch_weight_shapes(analysis) -> list[list[int]]:
+    """The IR's weights in network order, each role's shape in torch's layout (conv
+    kernels (out, in, kh, kw), dense kernels (out, in)); BN gamma, beta, mean, variance
+    are torch's weight, bias, running_mean, running_var in that order."""
+    shapes = []
+    for instance in weighted(analysis):
+        for shape in roles(instance).values():
+            shapes.append([shape[3], shape[2], shape[0], shape[1]] if len(shape) == 4 else list(shape[::-1]))
+    return shapes
+
+
+@pytest.mark.parametrize("example", REFERENCES)
+def test_the_weights_line_up_with_the_references_state_dict(example):
+    """Layer for layer in torch's order: the IR's weights, walked in network order, have
+    the shapes of the reference's state_dict in its order (what a copy by structure needs)."""
+    path, params, oracle, *_ = REFERENCES[example]
+    a = load(ROOT / path, params)
+    assert _torch_weight_shapes(a) == _oracle(oracle)(a.net.input[0])["weights"]
 
 
 # -- outputs a param switches (an auxiliary head) ----------------------------------------------
