@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from bundled import buildable
 
 torch = pytest.importorskip("torch")
 
@@ -17,7 +18,7 @@ from archc.codegen.backend import get, write_all  # noqa: E402
 ROOT = Path(__file__).parents[1]
 BACKEND = get("torch")
 GENERATED = sorted((ROOT / "generated").glob("*_torch.py"))
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = buildable(sorted((ROOT / "examples").glob("*.yaml")))
 REAL_BATCH_NORM = torch.nn.functional.batch_norm
 
 EVERY_BN = """

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bundled import buildable
 from click.testing import CliRunner
 
 from archc.api import load
@@ -27,7 +28,7 @@ from archc.tools.verify import output_difference, porting_backends, random_weigh
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 ROOT = Path(__file__).parents[1]
-BUNDLED = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")])
+BUNDLED = buildable(sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")]))
 SMALL = (75, 75)  # fits every bundled spec (Xception needs 71, Inception V3 75)
 
 # Every kind of pair and every boundary that breaks one: conv with and without bias,

@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from bundled import buildable
 
 from archc.api import build, load
 from archc.backends.keras_backend import KerasBackend, layer_names
@@ -27,7 +28,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before anything imports 
 
 ROOT = Path(__file__).parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = buildable(sorted((ROOT / "examples").glob("*.yaml")))
 BACKEND = KerasBackend()
 
 TINY = """\

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bundled import buildable
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ from archc.tools.export import generated_module
 from archc.tools.verify import output_difference, porting_backends, random_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")])
+BUNDLED = buildable(sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")]))
 SMALL = (75, 75)  # fits every bundled spec (Xception needs 71, Inception V3 75)
 EXAMPLES = int(os.environ.get("ARCHC_PROPERTY_EXAMPLES", "2"))
 TOLERANCE = 1e-4  # torch vs Keras, as archc verify

@@ -150,6 +150,8 @@ class Resolver(Layers):
             if name in outputs:
                 raise self.error(key, f"expected each output once, found '{name}' again")
             outputs[name], keys[name] = tensor, key
+        if not any(when for when, _ in switches.values()) and len(switches) == len(outputs):
+            raise self.error(("outputs",), "expected at least one output switched on, found every one switched off by its when:")
         return outputs, keys, switches
 
     def read_blocks(self, raw: Any) -> dict[str, tuple[dict[str, Any], list, str, tuple[str, ...]]]:

@@ -29,8 +29,8 @@ MARGINS = {
     ],
     "description": "p, [height, width] or [[top, bottom], [left, right]]",
 }
-TENSOR = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}
-TENSORS = {"anyOf": [TENSOR, {"type": "array", "items": TENSOR, "minItems": 1}], "description": "a tensor name, or a list of them"}
+TENSOR = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 100}
+TENSORS = {"anyOf": [TENSOR, {"type": "array", "items": TENSOR, "minItems": 1}], "description": "a tensor name or a list of them"}
 META = {"name": {"type": "string", "minLength": 1}, "when": {"anyOf": [{"type": "boolean"}, REF]}, "from": TENSORS, "as": TENSORS}
 LAYERS = {"type": "array", "items": {"$ref": "#/$defs/layer"}, "minItems": 1}
 
@@ -125,9 +125,21 @@ def _blocks() -> dict[str, Any]:
             "inputs": {"type": "array", "items": TENSOR, "minItems": 1, "description": "named tensor inputs"},
             "body": LAYERS,
             "doc": {"type": "string"},
+            "inputs": TENSORS,
         },
     }
     return {"type": "object", "additionalProperties": block}
+
+
+def _outputs() -> dict[str, Any]:
+    switched = {"type": "object", "properties": {"from": TENSOR, "when": META["when"]}, "required": ["from"], "additionalProperties": False}
+    return {
+        "anyOf": [
+            {"type": "array", "items": TENSOR, "minItems": 1},
+            {"type": "object", "additionalProperties": {"anyOf": [TENSOR, switched]}},
+        ],
+        "description": "tensor names, or output names -> tensor names (or {from: tensor, when: ...})",
+    }
 
 
 def _flows() -> dict[str, Any]:
@@ -162,13 +174,7 @@ def spec_schema() -> dict[str, Any]:
             "defaults": {"type": "object", "properties": {op: {"type": "object"} for op in OPS}, "additionalProperties": False},
             "blocks": _blocks(),
             "flows": _flows(),
-            "outputs": {
-                "anyOf": [
-                    {"type": "array", "items": TENSOR, "minItems": 1},
-                    {"type": "object", "additionalProperties": TENSOR, "minProperties": 1},
-                ],
-                "description": "tensor names, or output names -> tensor names",
-            },
+            "outputs": _outputs(),
             "expect": _untitled(Expect.model_json_schema()),
             "training": _untitled(training, "$defs"),
         },

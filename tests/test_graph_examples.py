@@ -1,0 +1,165 @@
+"""The graph examples of issue 21 against their outside references: the IR's counts,
+per-output shapes and multiply-adds equal torchvision's and segmentation_models_pytorch's
+models (typed in below from tests/graph_oracles.py, which builds the references with
+random weights); where those libraries are importable (.venv-bench), the oracle is run
+and must agree at the default input size and at another one. The backends do not build
+these examples yet (tests/bundled.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from bundled import GRAPH_EXAMPLES
+
+from archc.api import load
+from archc.passes.instances import roles, weighted
+from archc.syntax.errors import SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# example -> (spec, params, oracle, trainable, non-trainable, {output: (shape, multiply-adds)})
+REFERENCES = {
+    "deeplabv3": (
+        "examples/deeplabv3.yaml", {}, "deeplabv3", 39_638_869, 56_704,
+        {"output": ((512, 512, 21), 163_579_428_864)},
+    ),
+    "unet_resnet34": (
+        "examples/unet_resnet34.yaml", {}, "unet_resnet34", 24_436_514, 19_008,
+        {"output": ((512, 512, 2), 31_293_702_144)},
+    ),
+    "resnet50_fpn": (
+        "examples/resnet50_fpn.yaml", {}, "resnet50_fpn", 26_852_416, 53_120,
+        {
+            "p2": ((128, 128, 256), 33_030_144_000),
+            "p3": ((64, 64, 256), 24_708_644_864),
+            "p4": ((32, 32, 256), 22_359_834_624),
+            "p5": ((16, 16, 256), 21_638_414_336),
+            "p6": ((8, 8, 256), 21_638_414_336),
+        },
+    ),
+}  # fmt: skip
+TOTAL_MACS = {"resnet50_fpn": 36_201_037_824}  # shared layers once; one output: its own
+
+
+@pytest.mark.parametrize("example", REFERENCES)
+def test_the_ir_gives_the_references_counts_shapes_and_macs(example):
+    path, params, _, trainable, non_trainable, outputs = REFERENCES[example]
+    a = load(ROOT / path, params)
+    assert (a.total.trainable, a.total.non_trainable) == (trainable, non_trainable)
+    assert {name: (shape, c.macs) for (name, shape), c in zip(a.outputs.items(), a.output_counts.values())} == outputs
+    assert a.total.macs == TOTAL_MACS.get(example, next(iter(outputs.values()))[1])
+
+
+def test_deeplab_and_fpn_share_the_torch_resnet_blocks():
+    """Written once in each spec (a spec cannot import another's blocks): the same text,
+    so that a fix to one is a fix to both."""
+    import yaml
+
+    blocks = [yaml.safe_load((ROOT / f"examples/{name}.yaml").read_text())["blocks"] for name in ("deeplabv3", "resnet50_fpn")]
+    assert [{k: b[k] for k in ("bottleneck", "stage")} for b in blocks] == [{k: blocks[0][k] for k in ("bottleneck", "stage")}] * 2
+
+
+def test_every_graph_example_is_held_to_a_reference():
+    assert GRAPH_EXAMPLES <= {Path(spec).stem for spec, *_ in REFERENCES.values()}
+
+
+def _oracle(name: str):
+    for module in ("torchvision", "segmentation_models_pytorch"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed here (the oracle runs in .venv-bench)")
+    import graph_oracles
+
+    return graph_oracles.ORACLES[name]
+
+
+@pytest.mark.parametrize("size", [None, 256])
+@pytest.mark.parametrize("example", REFERENCES)
+def test_the_reference_agrees(example, size):
+    """Counts, every output's shape and multiply-adds (torch.utils.flop_counter / 2) of
+    the reference built now, at the spec's input size and at another one."""
+    path, params, oracle, *_ = REFERENCES[example]
+    a = load(ROOT / path, params, None if size is None else (size, size))
+    ref = _oracle(oracle)(a.net.input[0])
+    assert (a.total.trainable, a.total.non_trainable) == (ref["trainable"], ref["non_trainable"])
+    assert list(a.outputs) == list(ref["outputs"])
+    for (name, shape), counts in zip(a.outputs.items(), a.output_counts.values()):
+        assert (list(shape), counts.macs) == (ref["outputs"][name]["shape"], ref["outputs"][name]["macs"]), name
+    assert a.total.macs == ref["macs"]
+
+
+def _torch_weight_shapes(analysis) -> list[list[int]]:
+    """The IR's weights in network order, each role's shape in torch's layout (conv
+    kernels (out, in, kh, kw), dense kernels (out, in)); BN gamma, beta, mean, variance
+    are torch's weight, bias, running_mean, running_var in that order."""
+    shapes = []
+    for instance in weighted(analysis):
+        for shape in roles(instance).values():
+            shapes.append([shape[3], shape[2], shape[0], shape[1]] if len(shape) == 4 else list(shape[::-1]))
+    return shapes
+
+
+@pytest.mark.parametrize("example", REFERENCES)
+def test_the_weights_line_up_with_the_references_state_dict(example):
+    """Layer for layer in torch's order: the IR's weights, walked in network order, have
+    the shapes of the reference's state_dict in its order (what a copy by structure needs)."""
+    path, params, oracle, *_ = REFERENCES[example]
+    a = load(ROOT / path, params)
+    assert _torch_weight_shapes(a) == _oracle(oracle)(a.net.input[0])["weights"]
+
+
+# -- outputs a param switches (an auxiliary head) ----------------------------------------------
+
+SWITCHED = """\
+name: switched
+input: [16, 16, 3]
+params: {aux: false}
+flows:
+  main:
+    - conv: {filters: 4, kernel: 3, as: features}
+    - global_avg_pool
+    - dense: {units: 10, as: logits}
+  side:
+    - global_max_pool: {from: features, when: $aux}
+    - dense: {units: 2, when: $aux, as: extra}
+outputs:
+  logits: logits
+  extra: {from: extra, when: $aux}
+"""
+
+
+def test_an_output_can_be_switched_by_a_param(tmp_path):
+    spec = tmp_path / "switched.yaml"
+    spec.write_text(SWITCHED)
+    off, on = load(spec), load(spec, {"aux": True})
+    assert off.outputs == {"logits": (10,)} and off.total.trainable == 112 + 50
+    assert on.outputs == {"logits": (10,), "extra": (2,)} and on.total.trainable == 112 + 50 + 10
+    assert on.net.output_when == {"extra": (True, "aux")}
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (
+            "  logits: {from: logits, when: $aux}\n  extra: {from: extra, when: $aux}\n",
+            "13:3: outputs: expected at least one output switched on, found every one switched off",
+        ),
+        (
+            "  logits: logits\n  extra: {from: extra, whn: $aux}\n",
+            "14:24: outputs.extra.whn: expected a key of a switched output (from, when), found 'whn'",
+        ),
+        ("  logits: logits\n  extra: {when: $aux}\n", "14:10: outputs.extra: expected 'from' (the tensor) and 'when', found no 'from'"),
+        ("  logits: logits\n  extra: {from: extra, when: 3}\n", "14:30: outputs.extra.when: expected true or false, found 3"),
+        (
+            "  logits: logits\n  extra: {from: extr, when: true}\n",
+            "14:11: outputs.extra.from: expected a tensor that a flow names with as: (extra, features, input, logits), found 'extr'",
+        ),
+    ],
+)
+def test_a_bad_switched_output_is_one_located_line(tmp_path, outputs, message):
+    spec = tmp_path / "switched.yaml"
+    spec.write_text(SWITCHED.split("outputs:")[0] + "outputs:\n" + outputs)
+    with pytest.raises(SpecError) as err:
+        load(spec, {"aux": "every one" not in message})
+    assert str(err.value).startswith(f"{spec}:{message}")
