@@ -125,7 +125,6 @@ def _blocks() -> dict[str, Any]:
             "inputs": {"type": "array", "items": TENSOR, "minItems": 1, "description": "named tensor inputs"},
             "body": LAYERS,
             "doc": {"type": "string"},
-            "inputs": TENSORS,
         },
     }
     return {"type": "object", "additionalProperties": block}

@@ -570,6 +570,16 @@ def _conv(r: Renderer, node: Node) -> list[str]:
     ]
 
 
+def _conv_transpose(r: Renderer, node: Node) -> list[str]:
+    return [
+        r.sym(node, "filters"),
+        r.sym(node, "kernel"),
+        *r.opt(node, "stride", "strides", (1, 1)),
+        *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "bias", "use_bias", True),
+    ]
+
+
 def _depthwise(r: Renderer, node: Node) -> list[str]:
     return [
         r.sym(node, "kernel"),
@@ -686,6 +696,7 @@ OPS: dict[str, KerasOp] = {
     "dropout": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate")])),
     # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
     "drop_path": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"])),
+    "conv_transpose": KerasOp(_one("Conv2DTranspose", _conv_transpose), KERNEL),
     "upsample": KerasOp(_one("UpSampling2D", lambda r, node: [r.sym(node, "factor"), *r.opt(node, "mode", "interpolation", "nearest")])),
     "global_max_pool": KerasOp(_one("GlobalMaxPooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False))),
     "resize": KerasOp(_resize),
