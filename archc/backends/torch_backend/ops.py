@@ -264,8 +264,10 @@ def dilated(r, node: Node, env, kernel: Value) -> tuple[Value, list[tuple[str, s
     dilation = r.value(node, "dilation", env)
     if dilation == Lit((1, 1)):
         return kernel, []
+    if r.value(node, "padding", env) == Lit("valid"):  # no padding to derive from the span
+        return kernel, [("dilation", v.size(dilation))]
     if not (isinstance(dilation, Lit) and isinstance(kernel, Lit)):
-        raise Unsupported(node, "a dilated layer whose dilation or kernel a param or argument sets")
+        raise Unsupported(node, "a dilated layer with 'same' padding whose dilation or kernel a param or argument sets (pad with zero_pad)")
     return Lit(tuple((k - 1) * d + 1 for k, d in zip(kernel.value, dilation.value))), [("dilation", v.size(dilation))]
 
 
