@@ -203,8 +203,8 @@ def test_torch_and_keras_agree_on_a_graph_output_by_output(tmp_path):
 
 def test_torch_forward_reads_like_hand_written_code(tmp_path):
     source = get("torch").render(load(spec(tmp_path, UNET)))
-    assert "def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:" not in source  # x is read by name
-    assert "x = torch.cat([u, skip], dim=1)" in source
+    assert "def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:" in source  # the block's inputs
+    assert "out = torch.cat([u, skip], dim=1)" in source  # the running tensor is not x, which a layer may read by name
     assert "x = self.decoder.up1(c3, c2)" in source
     assert 'return {"mask": mask, "label": label}' in source
     assert "self.conv1 = nn.Conv2d(in_channels + skip_channels, filters, 3, padding=1)" in source

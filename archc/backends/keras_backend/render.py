@@ -431,15 +431,16 @@ class Renderer:
     def block_function(self, block: str) -> dict[str, Any]:
         bp = self.plan.blocks[block]
         prefix = self.prefix[block]
-        scope = self.scope([*self.plan.signature(block), prefix])
-        inputs = [scope.names.create(name, "tensor") for name in bp.instance.tensors] or ["x"]
+        inputs = bp.tensors or ["x"]  # the block's tensor inputs, by their names
+        data = "out" if "x" in bp.tensors else "x"  # the running local, never an input a later layer may read
+        scope = self.scope([*self.plan.signature(block), prefix, *inputs, data])
         scope.tensors = dict(zip(bp.instance.tensors, inputs))
-        body = self.sequence(bp.instance.body, inputs[0], "x", f"{{{prefix}}}", scope)
+        body = self.sequence(bp.instance.body, inputs[0], data, f"{{{prefix}}}", scope)
         doc = prose(self.net.blocks[block].doc) or f"The block '{prose(block)}' of the spec."
         return {
             "signature": call(f"def {bp.func}(", [*inputs, *self.plan.signature(block), prefix], "):"),
             "doc": docstring([wrap(doc)], INDENT),
-            "body": layout(merge_conditions(body) + [line("return x")], 1),
+            "body": layout(merge_conditions(body) + [line(f"return {data}")], 1),
         }
 
     def create_model(self) -> dict[str, Any]:
