@@ -8,10 +8,10 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 import shutil
 import subprocess
 import sys
-import re
 import textwrap
 from pathlib import Path
 
