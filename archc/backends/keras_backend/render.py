@@ -371,61 +371,6 @@ class Renderer:
             return [f"{keyword}={self.sym(node, field_name)}"]
         return []
 
-    def sepconv(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
-        s, opt = self.sym, self.opt
-        shared = [
-            *opt(node, "stride", "strides", (1, 1)),
-            *opt(node, "padding", "padding", "valid"),
-            *opt(node, "dilation", "dilation_rate", (1, 1)),
-        ]
-        multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
-        if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
-            self.helpers.add(HELPER)
-            args = [
-                cur,
-                s(node, "filters"),
-                s(node, "kernel"),
-                f"strides={s(node, 'stride')}",
-                f"padding={s(node, 'padding')}",
-                f"depth_multiplier={s(node, 'depth_multiplier')}",
-                f"segments={s(node, 'segments')}",
-                f"between={s(node, 'between')}",
-                f"use_bias={s(node, 'bias')}",
-                f"name={name_expr(name)}",
-            ]
-            return [call(f"{dst} = {HELPER}(", args, ")")]
-        bias = opt(node, "bias", "use_bias", True)
-        if node.segments == "depthwise" and node.between == "none":  # keras.applications' layer
-            args = [s(node, "filters"), s(node, "kernel"), *shared, *multiplier, *bias, f"name={name_expr(name)}"]
-            return [call(f"{dst} = layers.SeparableConv2D(", args, f")({cur})")]
-        if node.segments == "depthwise":
-            spatial = call(
-                f"{dst} = layers.DepthwiseConv2D(",
-                [s(node, "kernel"), *shared, *multiplier, "use_bias=False", f"name={name_expr(name + '_spatial')}"],
-                f")({cur})",
-            )
-        else:
-            channels = f"{cur}.shape[-1]" + (f" * {s(node, 'depth_multiplier')}" if multiplier else "")
-            spatial = call(
-                f"{dst} = layers.Conv2D(",
-                [
-                    channels,
-                    s(node, "kernel"),
-                    *shared,
-                    f"groups={s(node, 'segments')}",
-                    "use_bias=False",
-                    f"name={name_expr(name + '_spatial')}",
-                ],
-                f")({cur})",
-            )
-        out = [spatial]
-        if node.between != "none":
-            out.append(call(f"{dst} = layers.Activation(", [s(node, "between"), f"name={name_expr(name + '_act')}"], f")({dst})"))
-        out.append(
-            call(f"{dst} = layers.Conv2D(", [s(node, "filters"), "(1, 1)", *bias, f"name={name_expr(name + '_pointwise')}"], f")({dst})")
-        )
-        return out
-
     # -- the module --
 
     def block_function(self, block: str) -> dict[str, Any]:
@@ -616,8 +561,67 @@ def _layer_scale(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: 
     return [call(f"{dst} = LayerScale(", [r.sym(node, "init"), f"name={name_expr(name)}"], f")({cur})")]
 
 
+def _sepconv(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    """One SeparableConv2D where keras.applications has one; its spatial conv, an
+    activation between and its pointwise conv where segments or between ask for them; the
+    helper that decides when the model is built where a param or argument chooses."""
+    s, opt = r.sym, r.opt
+    shared = [
+        *opt(node, "stride", "strides", (1, 1)),
+        *opt(node, "padding", "padding", "valid"),
+        *opt(node, "dilation", "dilation_rate", (1, 1)),
+    ]
+    multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
+    if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
+        r.helpers.add(HELPER)
+        args = [
+            cur,
+            s(node, "filters"),
+            s(node, "kernel"),
+            f"strides={s(node, 'stride')}",
+            f"padding={s(node, 'padding')}",
+            f"depth_multiplier={s(node, 'depth_multiplier')}",
+            f"segments={s(node, 'segments')}",
+            f"between={s(node, 'between')}",
+            f"use_bias={s(node, 'bias')}",
+            f"name={name_expr(name)}",
+        ]
+        return [call(f"{dst} = {HELPER}(", args, ")")]
+    bias = opt(node, "bias", "use_bias", True)
+    if node.segments == "depthwise" and node.between == "none":  # keras.applications' layer
+        args = [s(node, "filters"), s(node, "kernel"), *shared, *multiplier, *bias, f"name={name_expr(name)}"]
+        return [call(f"{dst} = layers.SeparableConv2D(", args, f")({cur})")]
+    if node.segments == "depthwise":
+        spatial = call(
+            f"{dst} = layers.DepthwiseConv2D(",
+            [s(node, "kernel"), *shared, *multiplier, "use_bias=False", f"name={name_expr(name + '_spatial')}"],
+            f")({cur})",
+        )
+    else:
+        channels = f"{cur}.shape[-1]" + (f" * {s(node, 'depth_multiplier')}" if multiplier else "")
+        spatial = call(
+            f"{dst} = layers.Conv2D(",
+            [
+                channels,
+                s(node, "kernel"),
+                *shared,
+                f"groups={s(node, 'segments')}",
+                "use_bias=False",
+                f"name={name_expr(name + '_spatial')}",
+            ],
+            f")({cur})",
+        )
+    out = [spatial]
+    if node.between != "none":
+        out.append(call(f"{dst} = layers.Activation(", [s(node, "between"), f"name={name_expr(name + '_act')}"], f")({dst})"))
+    out.append(
+        call(f"{dst} = layers.Conv2D(", [s(node, "filters"), "(1, 1)", *bias, f"name={name_expr(name + '_pointwise')}"], f")({dst})")
+    )
+    return out
+
+
 def _sepconv_parts(name: str, layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
-    """One SeparableConv2D, or its spatial and pointwise layers (see Renderer.sepconv)."""
+    """One SeparableConv2D, or its spatial and pointwise layers (see _sepconv)."""
     if name in layers:
         return [(layers[name], {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"})]
     parts = [
@@ -673,7 +677,7 @@ OPS: dict[str, KerasOp] = {
     "conv": KerasOp(_one("Conv2D", _conv), KERNEL, fold_into=""),
     "depthwise": KerasOp(_one("DepthwiseConv2D", _depthwise), KERNEL, fold_into=""),
     "sepconv": KerasOp(
-        Renderer.sepconv,
+        _sepconv,
         _sepconv_parts,
         lambda name, layers, node: name if name in layers else f"{name}_pointwise",
         fold_into="",  # templates/fold.py.j2 finds the pointwise layer of a split one
