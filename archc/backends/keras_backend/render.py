@@ -573,6 +573,12 @@ def _sepconv(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scop
     ]
     multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
     if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
+        if shared[2:]:
+            w = node.where
+            raise SpecError(
+                Location(w.file, w.line, w.col, w.spec_path),
+                "expected a sepconv whose segments and between are fixed where it is dilated, found a param or argument choosing them",
+            )
         r.helpers.add(HELPER)
         args = [
             cur,
