@@ -573,7 +573,7 @@ def _sepconv(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scop
     ]
     multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
     if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
-        if shared[2:]:
+        if node.dilation != (1, 1) or "dilation" in node.refs:
             w = node.where
             raise SpecError(
                 Location(w.file, w.line, w.col, w.spec_path),
