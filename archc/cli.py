@@ -115,14 +115,16 @@ def main() -> None:
 @_no_traceback
 @_friendly
 def params(specs, params, as_json):
-    """Shapes, parameter counts and multiply-adds per module."""
+    """Shapes, parameter counts and multiply-adds per module, and the feature taps (the
+    last feature map at each reduction, where a detection or segmentation head reads)."""
     from archc.api import load, spec_files
+    from archc.passes.taps import taps
     from archc.tools.report import print_table
 
     overrides = _overrides(params)
     results = [load(path, overrides) for path in spec_files(specs)]
     if as_json:
-        data = [a.as_dict() for a in results]
+        data = [a.as_dict() | {"taps": [t.as_dict() for t in taps(a)]} for a in results]
         click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
     else:
         for analysis in results:

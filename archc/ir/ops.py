@@ -122,6 +122,7 @@ class Node(BaseModel):
     fill: ClassVar[str] = "#ffffff"  # the colour of its box in `archc graph`
     fold_role: ClassVar[str | None] = None  # the role whose output channels a batch norm right after it folds into
     folds: ClassVar[bool] = False  # a batch norm: folds into a producer (an op with a fold_role) before it
+    pools_globally: ClassVar[bool] = False  # the feature maps end here (archc.passes.taps)
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -556,6 +557,7 @@ class GlobalAvgPool(Node):
     keepdims: StrictBool = False
 
     fill: ClassVar[str] = POOL_FILL
+    pools_globally: ClassVar[bool] = True
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         c = feature_map(self, shape)[2]
