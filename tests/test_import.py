@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from archc.api import load
 from archc.cli import main
+from archc.passes.instances import weighted
 from archc.tools.export import generated_module
 from archc.tools.verify import output_difference, porting_backends
 
@@ -95,3 +96,115 @@ def test_import_every_family(family, tmp_path):
     assert result.exit_code == 0, result.output
     out = torch_output(generated_module(backends["torch"], analysis, tmp_path).create_model(), tmp_path / "t.pt", x)
     assert output_difference(expected, out).rel <= 1e-4
+
+
+# -- --partial: into variants ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xception(tmp_path_factory):
+    """keras.applications Xception at 71x71 with random weights, saved as shipped; its
+    outputs on a grey image repeated in the three channels."""
+    folder = tmp_path_factory.mktemp("xception")
+    rng = np.random.default_rng(1)
+    ref = randomised(keras.applications.Xception(weights=None, input_shape=(71, 71, 3), classifier_activation=None), rng)
+    grey = rng.uniform(-1, 1, (2, 71, 71, 1)).astype("float32")
+    return saved(ref, folder)["h5"], grey, np.asarray(ref(np.repeat(grey, 3, axis=-1), training=False))
+
+
+def partial(spec, h5, out, *args):
+    result = run("import", spec, *args, "--partial", "--from", "keras.applications", h5, "--to", "keras", "-o", out, "--image-size", 71)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    return lines[0], lines[1:-1]
+
+
+def test_partial_into_segments_4_skips_only_the_spatial_kernels(xception, tmp_path):
+    """Each separable conv's depthwise kernel (3, 3, C, 1) is a grouped conv's (3, 3, C/4, C)
+    in the variant; its pointwise kernel, every BN and the classifier keep their places."""
+    h5, _, _ = xception
+    summary, lines = partial(ROOT / "specs/xception.yaml", h5, tmp_path / "s4.weights.h5", "-p", "segments=4")
+    analysis = load(ROOT / "specs/xception.yaml", None, (71, 71))
+    separable = [i for i in weighted(analysis) if i.node.op == "sepconv"]
+    assert len(separable) == 34
+    skipped = [line for line in lines if line.startswith("skipped ")]
+    assert [line.split(":")[0] for line in skipped] == [f"skipped {i.key}" for i in separable]
+    assert all(":spatial: (3, 3, " in line and ", 1) in the file, (3, 3, " in line for line in skipped)
+    tensors = sum(len(i.node.roles(i.input)) for i in weighted(analysis))
+    assert summary == f"matched {tensors - 34} tensors, adapted 0, skipped 34, new 0, unused 0"
+
+
+def test_partial_into_10_classes_leaves_only_the_classifier_fresh(xception, tmp_path):
+    h5, grey, _ = xception
+    summary, lines = partial(ROOT / "specs/xception.yaml", h5, tmp_path / "c10.weights.h5", "-p", "classes=10")
+    assert lines == [
+        "skipped head/classifier:kernel: (2048, 1000) in the file, (2048, 10) here",
+        "skipped head/classifier:bias: (1000,) in the file, (10,) here",
+    ]
+    assert summary.endswith("adapted 0, skipped 2, new 0, unused 0")
+
+
+def test_partial_three_to_one_channel_gives_the_source_output_on_grey(xception, tmp_path):
+    """A one-channel variant (a copy of the spec whose input channels are a param): its
+    first conv's kernel summed over the input channels gives, on a grey image, what the
+    source gives on that image repeated three times; in Keras and in torch."""
+    h5, grey, expected = xception
+    text = (ROOT / "specs/xception.yaml").read_text().replace("input: [299, 299, 3]", "input: [299, 299, $channels]")
+    spec = tmp_path / "xception.yaml"
+    spec.write_text(text.replace("params:\n", "params:\n  channels: {default: 3, min: 1}\n", 1))
+    summary, lines = partial(spec, h5, tmp_path / "grey.weights.h5", "-p", "channels=1")
+    assert lines == ["adapted entry/conv1:kernel: (3, 3, 3, 32) -> (3, 3, 1, 32), summed over the input channels"]
+    assert summary.startswith("matched ") and summary.endswith("adapted 1, skipped 0, new 0, unused 0")
+    analysis = load(spec, {"channels": 1}, (71, 71))
+    backends = porting_backends(["keras", "torch"])[0]
+    ours = generated_module(backends["keras"], analysis, tmp_path).create_model()
+    ours.load_weights(tmp_path / "grey.weights.h5")
+    assert output_difference(expected, np.asarray(ours(grey, training=False))).rel <= 1e-5
+    result = run(
+        "import",
+        spec,
+        "-p",
+        "channels=1",
+        "--partial",
+        "--from",
+        "keras.applications",
+        h5,
+        "--to",
+        "torch",
+        "-o",
+        tmp_path / "g.pt",
+        "--image-size",
+        71,
+    )
+    assert result.exit_code == 0, result.output
+    out = torch_output(generated_module(backends["torch"], analysis, tmp_path).create_model(), tmp_path / "g.pt", grey)
+    assert output_difference(expected, out).rel <= 1e-4
+
+
+def test_partial_repeats_and_scales_for_more_channels():
+    from archc.tools.transfer import adapt_input_kernel
+
+    kernel = np.arange(2 * 2 * 3 * 4, dtype="float32").reshape(2, 2, 3, 4)
+    five = adapt_input_kernel(kernel, 5)
+    assert five.shape == (2, 2, 5, 4)
+    np.testing.assert_allclose(five, np.concatenate([kernel, kernel[:, :, :2]], axis=2) * 3 / 5, rtol=1e-6)
+    x = np.ones(3, dtype="float32")  # a uniform input keeps the response, as in timm
+    np.testing.assert_allclose(np.einsum("hwio,i->o", adapt_input_kernel(kernel, 6), np.ones(6)), np.einsum("hwio,i->o", kernel, x))
+
+
+def test_source_param_needs_partial(xception, tmp_path):
+    h5, _, _ = xception
+    result = run(
+        "import",
+        ROOT / "specs/xception.yaml",
+        "--source-param",
+        "classes=10",
+        "--from",
+        "keras.applications",
+        h5,
+        "--to",
+        "keras",
+        "-o",
+        tmp_path / "w.weights.h5",
+    )
+    assert result.exit_code == 2 and "--source-param only with --partial" in result.output
