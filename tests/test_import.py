@@ -27,14 +27,15 @@ ROOT = Path(__file__).parents[1]
 
 # keras.applications constructor -> (spec, params, input size): the smallest variant, at a small size
 FAMILIES = {
-    "ResNet50": ("examples/resnet50.yaml", [], 32),
-    "VGG16": ("examples/vgg16.yaml", [], 32),
-    "MobileNet": ("examples/mobilenet_v1.yaml", [], 32),
-    "MobileNetV2": ("examples/mobilenet_v2.yaml", [], 32),
-    "MobileNetV3Small": ("examples/mobilenet_v3.yaml", [], 32),
-    "DenseNet121": ("examples/densenet.yaml", [], 32),
-    "EfficientNetB0": ("examples/efficientnet.yaml", [], 32),
-    "ConvNeXtTiny": ("examples/convnext.yaml", [], 32),
+    "ResNet50": ("examples/resnet50.yaml", {}, 32),
+    "VGG16": ("examples/vgg16.yaml", {}, 32),
+    "VGG19": ("examples/vgg16.yaml", {"deep_convs": 4}, 32),
+    "MobileNet": ("examples/mobilenet_v1.yaml", {}, 32),
+    "MobileNetV2": ("examples/mobilenet_v2.yaml", {}, 32),
+    "MobileNetV3Small": ("examples/mobilenet_v3.yaml", {}, 32),
+    "DenseNet121": ("examples/densenet.yaml", {}, 32),
+    "EfficientNetB0": ("examples/efficientnet.yaml", {}, 32),
+    "ConvNeXtTiny": ("examples/convnext.yaml", {}, 32),
 }
 
 
@@ -82,9 +83,9 @@ def test_import_every_family(family, tmp_path):
     x = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
     expected = np.asarray(ref(x, training=False))
     assert np.abs(expected).max() > 1e-3
-    analysis = load(ROOT / spec, None, (size, size))
+    analysis = load(ROOT / spec, params or None, (size, size))
     backends = porting_backends(["keras", "torch"])[0]
-    common = [ROOT / spec, *params, "--from", "keras.applications", "--image-size", size]
+    common = [ROOT / spec, *(f"-p{k}={v}" for k, v in params.items()), "--from", "keras.applications", "--image-size", size]
 
     result = run("import", *common, files["h5"], "--to", "keras", "-o", tmp_path / "k.weights.h5")
     assert result.exit_code == 0, result.output
@@ -96,6 +97,45 @@ def test_import_every_family(family, tmp_path):
     assert result.exit_code == 0, result.output
     out = torch_output(generated_module(backends["torch"], analysis, tmp_path).create_model(), tmp_path / "t.pt", x)
     assert output_difference(expected, out).rel <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "params, reference",
+    [({"blocks3": 23}, "ResNet101"), ({"blocks2": 8, "blocks3": 36}, "ResNet152")],
+    ids=["ResNet101", "ResNet152"],
+)
+def test_resnet_depth_params_are_the_deeper_keras_applications_models(params, reference):
+    from archc.codegen.backend import get
+
+    analysis = load(ROOT / "examples/resnet50.yaml", params)
+    model = getattr(keras.applications, reference)(weights=None)
+    assert get("keras").count(model) == (analysis.total.trainable, analysis.total.non_trainable)
+
+
+def test_a_file_of_another_architecture_names_the_first_layer_that_does_not_fit(tmp_path):
+    """MobileNetV2's file into the MobileNet spec: both begin with a conv, BN, depthwise conv
+    and BN of the same shapes; the pointwise conv after them is 64 wide in MobileNet and
+    projects to 16 in MobileNetV2. Both layouts, one line, nothing written."""
+    files = saved(keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3)), tmp_path)
+    for layout in ("h5", "weights.h5"):
+        out = tmp_path / "w.pt"
+        result = run(
+            "import",
+            ROOT / "examples/mobilenet_v1.yaml",
+            "--from",
+            "keras.applications",
+            files[layout],
+            "--to",
+            "torch",
+            "-o",
+            out,
+            "--image-size",
+            32,
+        )
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].endswith("the architectures differ") and "'features_dw_pw1_conv2'" in lines[0], result.output
+        assert not out.exists()
 
 
 # -- --partial: into variants ---------------------------------------------------------------------
