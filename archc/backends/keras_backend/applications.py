@@ -283,7 +283,8 @@ def match(model: Any, reference: Reference) -> list[tuple[Any, list[Any]]]:
     """(layer of ``model``, the arrays for its ``set_weights``) for every layer with weights,
     under the first reading that fits; or a UserError naming the first layer that does not
     fit in the reading that went furthest."""
-    merges = [frozenset(c) for n in range(len(COMMUTATIVE) + 1) for c in itertools.combinations(COMMUTATIVE, n)]
+    present = [name for name in COMMUTATIVE if any(type(layer).__name__ == name for layer in model.layers)]
+    merges = [frozenset(c) for n in range(len(present) + 1) for c in itertools.combinations(present, n)]
     spellings = (False, True) if reference.by_kind is not None else (False,)
     best: _Misfit | None = None
     for reverse in merges:
