@@ -115,14 +115,16 @@ def main() -> None:
 @_no_traceback
 @_friendly
 def params(specs, params, as_json):
-    """Shapes, parameter counts and multiply-adds per module."""
+    """Shapes, parameter counts and multiply-adds per module, and the feature taps (the
+    last feature map at each reduction, where a detection or segmentation head reads)."""
     from archc.api import load, spec_files
+    from archc.passes.taps import taps
     from archc.tools.report import print_table
 
     overrides = _overrides(params)
     results = [load(path, overrides) for path in spec_files(specs)]
     if as_json:
-        data = [a.as_dict() for a in results]
+        data = [a.as_dict() | {"taps": [t.as_dict() for t in taps(a)]} for a in results]
         click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
     else:
         for analysis in results:
@@ -464,15 +466,31 @@ def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
 @click.argument("src", metavar="FILE", type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The checkpoint to write.")
 @click.option("--to", "target", type=_Offered(_backends), required=True, help="torch (a state_dict) or keras (.weights.h5).")
+@click.option("--image-size", metavar="H|HxW", help="Build the models at this input size instead of the spec's.")
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="FILE holds the spec at its defaults (and --source-param): load every tensor whose place and shape fit the -p variant, report the rest.",
+)
+@click.option("--source-param", "source_params", multiple=True, metavar="NAME=VALUE", help="With --partial: a param of the architecture FILE holds.")
 @_friendly
-def import_(spec, params, source, src, out, target):
+def import_(spec, params, source, src, out, target, image_size, partial, source_params):
     """Weights of a keras.applications model (FILE: .h5 as it ships them, or .weights.h5)
     into SPEC's generated model, matched by structure; one line naming the first layer
-    that does not fit when the architectures differ."""
+    that does not fit when the architectures differ. With --partial, into a variant:
+    each tensor that keeps its place and shape, the first conv adapted to another input
+    channel count, and a report of what was matched, adapted, skipped and new."""
     from archc.api import load
     from archc.tools.importer import import_weights
+    from archc.training.kit import parse_image_size
 
-    n = import_weights(load(spec, _overrides(params)), source, src, out, target)
+    if source_params and not partial:
+        raise UserError("expected --source-param only with --partial, found it without")
+    size = parse_image_size(image_size) if image_size else None
+    held = load(spec, _overrides(source_params), size) if partial else None
+    n, report = import_weights(load(spec, _overrides(params), size), source, src, out, target, held)
+    for line in report.lines() if report else []:
+        click.echo(line)
     click.echo(f"wrote {out}: {n} layers with weights from {src} ({source} -> {target})")
 
 

@@ -129,6 +129,7 @@ class Node(BaseModel):
     folds: ClassVar[bool] = False  # a batch norm: folds into a producer (an op with a fold_role) before it
     merges: ClassVar[bool] = False  # reads two or more tensors (add, concat, multiply): its rule is ``merge``
     closed: ClassVar[bool] = False  # its sub-sequences see only the names ``binds`` gives them (a block's body)
+    pools_globally: ClassVar[bool] = False  # the feature maps end here (archc.passes.taps)
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -589,6 +590,7 @@ class GlobalAvgPool(Node):
     keepdims: StrictBool = False
 
     fill: ClassVar[str] = POOL_FILL
+    pools_globally: ClassVar[bool] = True
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         c = feature_map(self, shape)[2]
@@ -763,6 +765,7 @@ class GlobalMaxPool(Node):
     keepdims: StrictBool = False
 
     fill: ClassVar[str] = POOL_FILL
+    pools_globally: ClassVar[bool] = True
     infer = GlobalAvgPool.infer
 
     def diagram_label(self) -> str:

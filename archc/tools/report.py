@@ -9,6 +9,7 @@ from rich.table import Table
 
 from archc.passes.analysis import Analysis
 from archc.passes.shapes import fmt
+from archc.passes.taps import taps
 
 
 def print_table(analysis: Analysis, console: Console | None = None) -> None:
@@ -37,3 +38,11 @@ def print_table(analysis: Analysis, console: Console | None = None) -> None:
     shown = fmt(analysis.output) if len(analysis.outputs) == 1 else f"{len(analysis.outputs)} outputs"
     table.add_row("total", "", "", shown, f"{t.trainable:,}", f"{t.non_trainable:,}", f"{t.macs:,}", style="bold")
     console.print(table)
+    found = taps(analysis)
+    if found:
+        features = Table(title="feature taps (the last map at each reduction)", title_justify="left")
+        for column in ("reduction", "module", "output", "channels"):
+            features.add_column(column, justify="right" if column in ("reduction", "channels") else "left")
+        for tap in found:
+            features.add_row(str(tap.reduction), escape(tap.module), fmt(tap.shape), str(tap.channels))
+        console.print(features)
