@@ -303,28 +303,8 @@ class Renderer(ChannelAlgebra):
                 body += [Assign("x", apply("self", attribute, "x"))] if statements is None else statements
             ch, rank = self.effects(nodes, env, ch, rank)
         params = [f"{self.plan.params[p]}={literal(value)}" for p, value in net.params.items()]
-        body, returns = self.outputs(body)
+        body, returns = model_outputs(self, body)
         return self.module_class(self.model, net.description or f"The spec '{net.name}'.", params, scope, body, returns=returns)
-
-    def outputs(self, body: list[Statement]) -> tuple[list[Statement], str]:
-        """The model's return: its one output, or a dict by output name (an output a param
-        switches off is added under ``if self.has_<name>:``), and forward's annotation."""
-        net = self.net
-        if len(net.outputs) == 1:
-            return [*body, Return(self.tensor(next(iter(net.outputs.values()))))], "torch.Tensor"
-        if not net.outputs:
-            return body, "torch.Tensor"
-        always = Call("", tuple((literal(name), self.tensor(t)) for name, t in net.outputs.items() if name not in net.output_when), "{}")
-        if not net.output_when:
-            return [*body, Return(always)], "dict[str, torch.Tensor]"
-        result = self.locals.create("outputs")
-        body = [*body, Assign(result, always)]
-        for name, (on, ref) in net.output_when.items():
-            cond = Sym(expr.to_python(expr.parse(ref), self.plan.params.__getitem__)) if ref else Lit(on)
-            if cond == Lit(True) or isinstance(cond, Sym):
-                test = self.flag(f"has_{name}", cond, None) if isinstance(cond, Sym) else None
-                body = self.under(test, [Assign(f"{result}[{literal(name)}]", self.tensor(net.outputs[name]))], body)
-        return [*body, Return(result)], "dict[str, torch.Tensor]"
 
     def block_order(self) -> list[str]:
         """Blocks with the ones they use first, as one would write them by hand."""
@@ -350,6 +330,27 @@ class Renderer(ChannelAlgebra):
                 needed.add(helper)
                 todo += HELPERS[helper]
         return [h for h in HELPERS if h in needed]
+
+
+def model_outputs(r: Renderer, body: list[Statement]) -> tuple[list[Statement], str]:
+    """The model's return: its one output, or a dict by output name (an output a param
+    switches off is added under ``if self.has_<name>:``), and forward's annotation."""
+    net = r.net
+    if len(net.outputs) == 1:
+        return [*body, Return(r.tensor(next(iter(net.outputs.values()))))], "torch.Tensor"
+    if not net.outputs:
+        return body, "torch.Tensor"
+    always = Call("", tuple((literal(name), r.tensor(t)) for name, t in net.outputs.items() if name not in net.output_when), "{}")
+    if not net.output_when:
+        return [*body, Return(always)], "dict[str, torch.Tensor]"
+    result = r.locals.create("outputs")
+    body = [*body, Assign(result, always)]
+    for name, (on, ref) in net.output_when.items():
+        cond = Sym(expr.to_python(expr.parse(ref), r.plan.params.__getitem__)) if ref else Lit(on)
+        if cond == Lit(True) or isinstance(cond, Sym):
+            test = r.flag(f"has_{name}", cond, None) if isinstance(cond, Sym) else None
+            body = r.under(test, [Assign(f"{result}[{literal(name)}]", r.tensor(net.outputs[name]))], body)
+    return [*body, Return(result)], "dict[str, torch.Tensor]"
 
 
 def torch_plan(analysis: Analysis) -> Plan:
