@@ -79,7 +79,8 @@ def test_single_output_counts_equal_the_total_for_every_bundled_spec():
 
     for path in spec_files(["specs", "examples"]):
         a = load(path)
-        assert list(a.output_counts) == ["output"] and a.output_counts["output"] == a.total, path
+        if not a.net.outputs:  # one output, the last layer's: it depends on every layer
+            assert list(a.output_counts) == ["output"] and a.output_counts["output"] == a.total, path
 
 
 def test_keras_builds_the_graph_with_one_output_per_name(tmp_path):

@@ -834,13 +834,18 @@ def _same_shapes(node: Node, shapes: list[Shape], what: str) -> Shape:
     return first
 
 
-class Add(Node):
+class Merge(Node):
+    """An op over two or more named tensors (``from: [a, b]``, written ``add: [a, b]``)."""
+
+    merges: ClassVar[bool] = True
+    shorthand: ClassVar[str | None] = "reads"  # `concat: [a, b]` is concat: {from: [a, b]}
+    shorthand_list: ClassVar[bool] = True
+
+
+class Add(Merge):
     """The sum of two or more named tensors of one shape (FPN's top-down path)."""
 
     op: Literal["add"] = "add"
-    merges: ClassVar[bool] = True
-    shorthand: ClassVar[str | None] = "reads"  # written `concat: [a, b]`, as from: [a, b]
-    shorthand_list: ClassVar[bool] = True
 
     def merge(self, shapes: list[Shape]) -> Shape:
         return _same_shapes(self, shapes, "add")
@@ -852,14 +857,11 @@ class Add(Node):
         return m2 * len(self.reads)  # independent random tensors add their mean squares
 
 
-class Multiply(Node):
+class Multiply(Merge):
     """The elementwise product of two or more named tensors of one shape; a 1x1xC
     tensor scales every pixel of the others (an attention gate)."""
 
     op: Literal["multiply"] = "multiply"
-    merges: ClassVar[bool] = True
-    shorthand: ClassVar[str | None] = "reads"  # written `concat: [a, b]`, as from: [a, b]
-    shorthand_list: ClassVar[bool] = True
 
     def merge(self, shapes: list[Shape]) -> Shape:
         full = [s for s in shapes if s[:-1] != (1, 1) or len(s) != 3] or shapes[:1]
@@ -875,13 +877,10 @@ class Multiply(Node):
         return "x"
 
 
-class Concat(Node):
+class Concat(Merge):
     """Named tensors joined along channels, in order (U-Net's skip connections)."""
 
     op: Literal["concat"] = "concat"
-    merges: ClassVar[bool] = True
-    shorthand: ClassVar[str | None] = "reads"  # written `concat: [a, b]`, as from: [a, b]
-    shorthand_list: ClassVar[bool] = True
 
     def merge(self, shapes: list[Shape]) -> Shape:
         first = shapes[0]
