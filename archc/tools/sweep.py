@@ -186,10 +186,19 @@ def run_trial(trial: Mapping[str, Any], env: Mapping[str, str] | None = None) ->
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1", **(env or {})}
     start = time.time()
     with open(out / LOG, "ab") as log:
-        log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(trial['command'])}\n".encode())
+        newline = "\n" if _mid_line(out / LOG) else ""  # after a killed attempt's last line
+        log.write(f"{newline}== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(trial['command'])}\n".encode())
         log.flush()
         code = subprocess.run(trial["command"], stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=out).returncode
     result = {"id": trial["id"], "returncode": code, "wall_s": round(time.time() - start, 3), "host": os.uname().nodename}
     if code == 0:
         write_json(out / RESULT, result)
     return result
+
+
+def _mid_line(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"

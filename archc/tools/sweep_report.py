@@ -109,7 +109,7 @@ def write(manifest: Mapping[str, Any], out: Path) -> list[Path]:
     for path, text in files.items():
         path.write_text(text)
     written = list(files)
-    if any(v["evals"] for v in variants):
+    if any(run for v in variants for run in v["evals"]):  # no --val-data: nothing to draw
         try:
             import matplotlib  # noqa: F401
         except ImportError:
