@@ -190,7 +190,15 @@ def run_trial(trial: Mapping[str, Any], env: Mapping[str, str] | None = None) ->
         log.write(f"{newline}== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(trial['command'])}\n".encode())
         log.flush()
         code = subprocess.run(trial["command"], stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=out).returncode
-    result = {"id": trial["id"], "returncode": code, "wall_s": round(time.time() - start, 3), "host": os.uname().nodename}
+    end = time.time()
+    result = {
+        "id": trial["id"],
+        "returncode": code,
+        "wall_s": round(end - start, 3),
+        "start": start,
+        "end": end,
+        "host": os.uname().nodename,
+    }
     if code == 0:
         write_json(out / RESULT, result)
     return result
