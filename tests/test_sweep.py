@@ -176,3 +176,15 @@ def test_dry_run_writes_only_the_manifest_and_another_sweep_in_its_folder_is_ref
     assert [v["trainable"] for v in manifest["variants"]] == [4 * 27 + 4 + 8 + 4 * 4 + 4, 8 * 27 + 8 + 16 + 8 * 4 + 4]
     other = CliRunner().invoke(main, ["sweep", str(spec), "--sweep", "width=4,16", "-o", str(out), "--dry-run", *TRAIN])
     assert other.exit_code == 2 and "expected the same sweep to resume" in other.output
+
+
+def test_a_trial_with_several_gpus_runs_under_torchrun(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    out = tmp_path / "sweep"
+    args = ["sweep", str(spec), "--sweep", "width=4", "-o", str(out), "--gpus-per-trial", "2", "--cpus-per-trial", "8", "--dry-run", *TRAIN]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (trial,) = json.loads((out / "manifest.json").read_text())["trials"]
+    assert trial["resources"] == {"cpus": 8, "gpus": 2}
+    assert trial["command"][1:8] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "archc", "train"]
