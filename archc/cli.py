@@ -312,7 +312,7 @@ def train(spec, out_dir, params, image_size, compile_, no_augment, **options):
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
 @click.option("--sweep", "sweeps", multiple=True, required=True, metavar="NAME=V1,V2,...", help="Values of a param (repeatable: product).")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Trials per variant, seeded 0..K-1.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, metavar="K", help="Trials per variant, seeded 0..K-1.")
 @param_option
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Sweep folder: manifest, trials/, tables, plots."

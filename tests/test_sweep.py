@@ -160,7 +160,7 @@ def test_an_engine_that_is_not_installed_is_refused_before_any_trial(tmp_path, m
     assert not (tmp_path / "s").exists()
 
 
-def test_dry_run_writes_only_the_manifest_and_another_sweep_in_its_folder_is_refused(tmp_path):
+def test_dry_run_writes_only_the_manifest_a_sweep_grows_and_a_changed_command_is_refused(tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)
     out = tmp_path / "sweep"
@@ -174,8 +174,12 @@ def test_dry_run_writes_only_the_manifest_and_another_sweep_in_its_folder_is_ref
     assert trial["command"][2:5] == ["archc", "train", str(spec.resolve())]
     assert trial["command"][5:] == ["-p", "width=8", "--seed", "2", "-o", trial["out"], *TRAIN]
     assert [v["trainable"] for v in manifest["variants"]] == [4 * 27 + 4 + 8 + 4 * 4 + 4, 8 * 27 + 8 + 16 + 8 * 4 + 4]
-    other = CliRunner().invoke(main, ["sweep", str(spec), "--sweep", "width=4,16", "-o", str(out), "--dry-run", *TRAIN])
-    assert other.exit_code == 2 and "expected the same sweep to resume" in other.output
+    more = CliRunner().invoke(main, ["sweep", str(spec), "--sweep", "width=4,8,16", "--seeds", "4", "-o", str(out), "--dry-run", *TRAIN])
+    assert more.exit_code == 0, more.output  # more values and seeds join the sweep
+    assert len(json.loads((out / "manifest.json").read_text())["trials"]) == 12
+    other = CliRunner().invoke(main, ["sweep", str(spec), "--sweep", "width=4", "-o", str(out), "--dry-run", *TRAIN, "--epochs", "3"])
+    assert other.exit_code == 2, other.output
+    assert "expected trial tiny__width-4__seed-0 to keep its command to resume, found another one" in other.output
 
 
 def test_a_trial_with_several_gpus_runs_under_torchrun(tmp_path):

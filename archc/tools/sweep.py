@@ -149,17 +149,16 @@ def plan(
 
 
 def write_manifest(found: Plan) -> Path:
-    """``OUT/manifest.json``; a folder that holds another sweep's manifest is refused, so
-    that a resumed sweep is the same sweep (the same trials and commands)."""
+    """``OUT/manifest.json``. A sweep may be run again with more seeds or values (its new
+    trials join the folder), but a trial whose command changed (other train options or
+    fixed params) is refused: its folder holds a run of the old command."""
     path = found.out / MANIFEST
     manifest = found.manifest()
     if path.exists():
-        old = json.loads(path.read_text())
-        before = {t["id"]: t["command"] for t in old.get("trials", [])}
-        now = {t["id"]: t["command"] for t in manifest["trials"]}
-        if before != now:
-            changed = sorted(set(before) ^ set(now)) or sorted(k for k in now if before[k] != now[k])
-            raise UserError(f"{path}: expected the same sweep to resume, found other trials or commands ({changed[0]}); use another -o")
+        before = {t["id"]: t["command"] for t in json.loads(path.read_text()).get("trials", [])}
+        changed = [t["id"] for t in manifest["trials"] if before.get(t["id"], t["command"]) != t["command"]]
+        if changed:
+            raise UserError(f"{path}: expected trial {changed[0]} to keep its command to resume, found another one; use another -o")
     write_json(path, manifest)
     return path
 
