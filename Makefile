@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test generated docs fuzz bench digits clean
+.PHONY: install run test generated docs fuzz bench digits digits-sweeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,17 @@ digits: install  ## Xception learns scikit-learn's digits (>= 95% validation top
 	$(BIN)/archc train $(DIGITS_TRAIN) --backend torch -o runs/digits/torch
 	$(BIN)/archc train $(DIGITS_TRAIN) --backend keras -o runs/digits/keras
 	tail -n 3 runs/digits/torch/eval.csv runs/digits/keras/eval.csv
+
+# The paper's three experiments as sweeps on the digits (docs/experiments.md; hours on a few
+# CPU cores, minutes on a GPU; not CI): Figure 9, Figure 10 and the segments spectrum, 3 seeds.
+SWEEP_DIGITS = specs/xception.yaml -p middle_repeats=1 -p classes=10 --image-size 71 --epochs 10 --no-augment --seeds 3 \
+	--data runs/digits/data/train --val-data runs/digits/data/val $(SWEEP_ARGS)
+digits-sweeps: install  ## Figures 9 and 10 and the segments spectrum on digits with archc sweep (SWEEP_ARGS="--engine ray" ...)
+	$(BIN)/python -m pip install --quiet -e '.[digits]'
+	test -d runs/digits/data || $(BIN)/python benchmarks/digits.py runs/digits/data
+	$(BIN)/archc sweep $(SWEEP_DIGITS) --sweep residual=true,false -o runs/fig9
+	$(BIN)/archc sweep $(SWEEP_DIGITS) --sweep between=none,relu,elu -o runs/fig10
+	$(BIN)/archc sweep $(SWEEP_DIGITS) --sweep segments=1,2,4,8,depthwise -o runs/spectrum
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

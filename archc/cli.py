@@ -311,6 +311,72 @@ def train(spec, out_dir, params, image_size, compile_, no_augment, **options):
     backend.train(config)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("spec", type=click.Path(dir_okay=False, exists=True))
+@click.option("--sweep", "sweeps", multiple=True, required=True, metavar="NAME=V1,V2,...", help="Values of a param (repeatable: product).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, metavar="K", help="Trials per variant, seeded 0..K-1.")
+@param_option
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Sweep folder: manifest, trials/, tables, plots."
+)
+@_choice("--engine", ["local", "ray", "submitit"], "local: a process pool; ray: Ray Tune; submitit: a Slurm job array.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Trials at once (default: the CPUs over --cpus-per-trial).")
+@click.option("--cpus-per-trial", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads of a trial.")
+@click.option(
+    "--gpus-per-trial", type=click.IntRange(min=0), default=0, show_default=True, help="GPUs of a trial (>1: DDP under torchrun)."
+)
+@click.option("--address", help="Ray: the address of a running cluster (default: a local Ray).")
+@_choice("--cluster", ["auto", "slurm", "local"], "submitit: auto picks Slurm when it is there.")
+@click.option("--partition", help="submitit: the Slurm partition.")
+@click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True, help="submitit: a task's time limit.")
+@click.option("--dry-run", is_flag=True, help="Write the manifest of trials and stop.")
+@click.pass_context
+@_no_traceback
+@_friendly
+def sweep(ctx, spec, sweeps, seeds, params, out_dir, engine, dry_run, cpus_per_trial, gpus_per_trial, **options):
+    """Train every variant of SPEC (the product of --sweep values) with K seeds on an engine,
+    then compare them; other options (--data, --val-data, --epochs, ...) go to archc train.
+    Run it again to resume: finished trials are skipped (docs/experiments.md)."""
+    from pathlib import Path
+
+    from archc.tools import sweep_engines, sweep_report
+    from archc.tools.sweep import Resources, plan, write_manifest
+    from archc.tools.variants import parse_sweeps
+
+    train_args = list(ctx.args)
+    image_size = _train_options(spec, out_dir, train_args)
+    engine_options = sweep_engines.Options(out=Path(out_dir).resolve(), **options)
+    sweep_engines.check(engine, engine_options)
+    resources = Resources(cpus_per_trial, gpus_per_trial)
+    found = plan(spec, parse_sweeps(sweeps), seeds, out_dir, _overrides(params), train_args, resources, image_size)
+    manifest = write_manifest(found)
+    click.echo(f"wrote {manifest}: {len(found.trials)} trials ({len(found.trials) // seeds} variants x {seeds} seeds)")
+    if dry_run:
+        return
+    results, wall = sweep_engines.execute(found.trials, engine, engine_options, click.echo)
+    failed = [r["id"] for r in results if r.get("returncode") != 0]
+    for path in sweep_report.write(found.manifest(), found.out):
+        click.echo(f"wrote {path}")
+    click.echo(f"engine wall time {wall:.1f} s for {len(results)} trials")
+    if failed:
+        click.echo(f"error: {len(failed)} trials failed (their trial.log says why): {', '.join(failed)}", err=True)
+        sys.exit(1)
+
+
+def _train_options(spec: str, out_dir: str, args: list[str]):
+    """Check the options a sweep forwards to archc train, as train parses them, before any
+    trial runs; return the --image-size they ask for (the size the counts are taken at)."""
+    from archc.codegen.backend import get, require
+    from archc.training.kit import parse_image_size
+
+    try:
+        ctx = train.make_context("train", [spec, "-o", out_dir, *args])
+    except click.ClickException as exc:
+        raise UserError(f"expected archc train's options after the sweep's, found: {exc.format_message()}") from None
+    require(get(ctx.params["backend"]), "trains", ("train",))
+    return parse_image_size(ctx.params["image_size"]) if ctx.params["image_size"] else None
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
 @param_option

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from archc.ir.ops import Network
 from archc.ir.resolve import compile_spec
 from archc.passes.analysis import Analysis, analyse
 from archc.syntax.errors import Location, SpecError
@@ -29,11 +30,16 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None, input_siz
     """Compile and analyse one spec: the IR with every shape and count. ``input_size``
     (height, width) replaces the spec's input size (smoke runs, fast tests); shape
     inference checks that the network still fits it."""
-    net = compile_spec(str(path), overrides)
-    if input_size is not None:  # the size as given, no longer the params' expressions (the generated code's too)
-        refs = {i: ref for i, ref in net.input_refs.items() if i == 2}
-        net = net.model_copy(update={"input": (*input_size, net.input[2]), "input_refs": refs})
-    return analyse(net)
+    return analyse(at_input_size(compile_spec(str(path), overrides), input_size))
+
+
+def at_input_size(net: Network, input_size: tuple[int, int] | None) -> Network:
+    """``net`` with its input's height and width replaced (None: as it is): the size as
+    given, no longer the params' expressions (the generated code's too)."""
+    if input_size is None:
+        return net
+    refs = {i: ref for i, ref in net.input_refs.items() if i == 2}
+    return net.model_copy(update={"input": (*input_size, net.input[2]), "input_refs": refs})
 
 
 def expectation_mismatches(analysis: Analysis) -> list[tuple[str, Any, Any]]:

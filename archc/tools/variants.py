@@ -17,6 +17,7 @@ import yaml
 from archc.ir import params as params_mod
 from archc.ir.resolve import Resolver
 from archc.passes.analysis import Analysis, analyse
+from archc.passes.pipeline import at_input_size
 from archc.syntax.errors import SpecError, UserError
 from archc.syntax.loader import load_file
 
@@ -57,11 +58,17 @@ def _slug(value: Any) -> str:
 
 
 def run(
-    spec: str | Path, sweeps: Mapping[str, list[str]], overrides: Mapping[str, Any] | None = None, out_dir: str | Path | None = None
+    spec: str | Path,
+    sweeps: Mapping[str, list[str]],
+    overrides: Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Sweep:
-    """Compile every combination; write each resolved spec into ``out_dir`` if given."""
+    """Compile every combination (at ``input_size`` (height, width) when given: the
+    multiply-adds of a run at another size); write each resolved spec into ``out_dir`` if given."""
     source = load_file(spec)
     decls = params_mod.declare(source, source.data.get("params") if isinstance(source.data, dict) else None)
+    params_mod.resolve(source, decls, overrides)  # a bad -p stops the run before any variant
     typed: dict[str, list[Any]] = {}
     for name, values in sweeps.items():  # bad values stop the run, as a bad -p does
         typed[name] = [params_mod.resolve(source, decls, {name: v})[name] for v in values]
@@ -72,7 +79,7 @@ def run(
         name = "__".join([Path(spec).stem, *(f"{k}-{_slug(v)}" for k, v in values.items())])
         variant = Variant(name, values)
         try:
-            variant.analysis = analyse(Resolver(source).network({**base, **values}))
+            variant.analysis = analyse(at_input_size(Resolver(source).network({**base, **values}), input_size))
         except SpecError as exc:  # an invalid combination is listed, not fatal
             variant.reason = f"{exc.message} at {exc.loc}"
         result.variants.append(variant)
