@@ -19,6 +19,7 @@ pytest.importorskip("PIL")
 
 from events import check_against_csv  # noqa: E402
 from imagefolder import make_image_folder  # noqa: E402
+from interrupt import sigterm_once_started  # noqa: E402
 
 from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
 
@@ -72,7 +73,7 @@ def test_two_process_torchrun_keeps_replicas_identical_and_learns(tmp_path):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
+def test_a_killed_or_terminated_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
     common = ["--data", "synthetic", "--synthetic-samples", "16", "--image-size", "32", "--batch-size", "4"]
     common += ["--max-steps", "12", "--log-every", "1", "--checkpoint-every", "2", "--lr", "0.005"]
 
@@ -98,6 +99,19 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_o
     assert f"step {saved + 1}/12" in proc.stdout and f"step {saved}/12" not in proc.stdout
     assert not list(ckpt.parent.glob(".tmp-*"))  # what the kill left half-written is gone
 
+    # SIGTERM (Slurm's notice before preemption): a checkpoint after the step under way, exit 0
+    termed = tmp_path / "termed"
+    status, printed = sigterm_once_started(archc_train(*common, "--checkpoint-every", "0", "-o", str(termed)), ENV)
+    ckpt = termed / "checkpoints" / "latest.pt"
+    stopped = torch.load(ckpt, weights_only=True)["step"]
+    assert status == 0 and 0 < stopped < 12, printed
+    assert f"stopped by SIGTERM after step {stopped} of 12; checkpoint {ckpt}; the same command resumes" in printed
+    assert not (termed / "final.pt").exists()
+    proc = subprocess.run(
+        archc_train(*common, "--checkpoint-every", "0", "-o", str(termed)), capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert proc.returncode == 0 and f"resuming from {ckpt} at step {stopped}" in proc.stdout, proc.stdout + proc.stderr
+
     rows = metrics(out)  # rows logged after the checkpoint by the killed run were replaced
     assert [int(r["step"]) for r in rows] == list(range(1, 13))
     recipe = LearningRate(initial=0.005, decay=0.94, every_epochs=2)  # xception's schedule, --lr 0.005
@@ -109,6 +123,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_o
     a = json.loads((straight / "ranks" / "rank-0.json").read_text())
     b = json.loads((out / "ranks" / "rank-0.json").read_text())
     assert a == b
+    assert json.loads((termed / "ranks" / "rank-0.json").read_text()) == a
 
 
 def test_data_is_chosen_explicitly_and_checked(tmp_path):
@@ -143,7 +158,21 @@ def test_a_spec_without_training_trains_with_the_default_recipe_and_says_so(tmp_
     spec = tmp_path / "tiny.yaml"
     spec.write_text("name: tiny\ninput: [16, 16, 3]\nflows:\n  main: [conv: {filters: 4, kernel: 3}, global_avg_pool, dense: 3]\n")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "archc", "train", str(spec), "--data", "synthetic", "-o", str(out), "--max-steps", "2", "--batch-size", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "archc",
+        "train",
+        str(spec),
+        "--data",
+        "synthetic",
+        "-o",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     header = done.stdout + done.stderr

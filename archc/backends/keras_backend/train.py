@@ -381,7 +381,8 @@ class KerasEngine:
             start_ema(self.model, self.optimizer)
         self.stats = [v for v in self.model.non_trainable_weights if "float" in str(v.dtype)]  # BN moving mean and variance
         self.train_step = self.make_train_step()
-        self.replica_means, self.replica_barrier = self.make_collectives()
+        self.replica_means, self.replica_barrier, self.replica_any = self.make_collectives()
+        self.multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.plain = PlainCopy(tf, self.module)
         self.window: list = []
         self.final_weights = self.final_ema = None
@@ -438,7 +439,11 @@ class KerasEngine:
         def replica_barrier():
             return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.ones(())))
 
-        return replica_means, replica_barrier
+        @tf.function
+        def replica_any(flag):
+            return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MAX, flag))
+
+        return replica_means, replica_barrier, replica_any
 
     def sync(self) -> None:
         """Average the BN moving statistics over the replicas (a collective: every worker
@@ -515,6 +520,13 @@ class KerasEngine:
     def barrier(self) -> None:
         if self.replicas > 1:  # the others wait for the chief's files: no worker leaves while the chief still needs the cluster
             self.replica_barrier()
+
+    def agree(self, stop: bool) -> bool:
+        """Any worker's stop request (replicas in one process share theirs)."""
+        if not self.multi_worker:
+            return stop
+        flags = self.replica_any(self.tf.constant(float(stop)))
+        return bool(self.strategy.experimental_local_results(flags)[0] > 0)
 
 
 # -- checkpoints ---------------------------------------------------------------------------

@@ -64,9 +64,11 @@ class Distributed:
             self.device = torch.device("cuda", self.local_rank)
         else:
             self.device = torch.device("cpu")
+        self.control = None  # the default group, or a gloo one beside NCCL: small CPU all-reduces
         if self.enabled:
             backend = "nccl" if cuda else "gloo"
             dist.init_process_group(backend=backend, device_id=self.device if cuda else None)
+            self.control = dist.new_group(backend="gloo") if cuda else None
         self.dist = dist
 
     @property
@@ -81,6 +83,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled and self.world > 1:
             self.dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank: a one-number all-reduce on the CPU (on GPU
+        over a gloo group, so that the step does not wait for the device)."""
+        if not (self.enabled and self.world > 1):
+            return flag
+        import torch
+
+        value = torch.tensor([int(flag)])
+        self.dist.all_reduce(value, group=self.control)
+        return bool(value.item())
 
     def close(self) -> None:
         if self.enabled:
@@ -541,3 +554,6 @@ class TorchEngine:
 
     def barrier(self) -> None:
         self.job.barrier()
+
+    def agree(self, stop: bool) -> bool:
+        return self.job.any(stop)
