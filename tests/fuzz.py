@@ -296,8 +296,9 @@ def at(tree: Any, path: tuple) -> Any:
 
 def node_by_key(data: st.DataObject, tree: Any, numbers: bool = False) -> tuple:
     """A position of ``tree`` (with ``numbers``, one that holds a number or a boolean outside
-    ``params``): its key first (list items share the key ``[]``), then one of the positions
-    under that key, so that every kind of field is as likely as another."""
+    ``params``): half the time its key first (list items share the key ``[]``), then one of
+    the positions under that key, so that a rare field is as likely as a common one; else
+    any position, so that a common field is drawn as often as it occurs."""
     groups: dict[str, list[tuple]] = {}
     for where in paths(tree)[1:]:
         if numbers and (where[0] == "params" or not isinstance(at(tree, where), (bool, int, float))):
@@ -305,8 +306,10 @@ def node_by_key(data: st.DataObject, tree: Any, numbers: bool = False) -> tuple:
         groups.setdefault(where[-1] if isinstance(where[-1], str) else "[]", []).append(where)
     if not groups:
         return ()
-    key = data.draw(st.sampled_from(sorted(groups)), label="key")
-    return data.draw(st.sampled_from(groups[key]), label="node")
+    if data.draw(st.booleans(), label="by key?"):
+        key = data.draw(st.sampled_from(sorted(groups)), label="key")
+        return data.draw(st.sampled_from(groups[key]), label="node")
+    return data.draw(st.sampled_from([where for key in sorted(groups) for where in groups[key]]), label="node")
 
 
 def declared(tree: Any) -> list[str]:
@@ -528,7 +531,7 @@ def nearby(value: Any) -> st.SearchStrategy:
     if isinstance(value, bool):
         return st.just(not value)
     if isinstance(value, int):
-        return st.sampled_from(sorted({value - 1, value + 1, 2 * value + 1, value // 2} - {value}))
+        return st.sampled_from(sorted({value + 1, value + 2, 2 * value + 1, max(1, value // 2)} - {value}))
     return st.sampled_from([value * 0.5, value * 2, value + 0.5])
 
 

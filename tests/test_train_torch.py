@@ -19,7 +19,7 @@ pytest.importorskip("PIL")
 
 from events import check_against_csv  # noqa: E402
 from imagefolder import make_image_folder  # noqa: E402
-from interrupt import sigterm_once_started  # noqa: E402
+from interrupt import children, sigterm_once_started  # noqa: E402
 
 from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
 
@@ -71,6 +71,41 @@ def test_two_process_torchrun_keeps_replicas_identical_and_learns(tmp_path):
     model = module.create_model()
     model.load_state_dict(torch.load(out / "final_ema.pt", weights_only=True))
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_torchrun_restarts_a_group_that_lost_a_worker_and_it_ends_as_an_uninterrupted_run(tmp_path):
+    """Elastic restart: with --max-restarts 1, one of two workers killed mid-run makes
+    torchrun stop the other and start the group again; it resumes from the last
+    checkpoint and ends with the weights of a run that was never interrupted."""
+    common = ["--data", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "4"]
+    common += ["--max-steps", "12", "--log-every", "1", "--checkpoint-every", "2", "--lr", "0.005"]
+
+    def torchrun(out: Path, *extra: str) -> list[str]:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra]
+        return [*launch, "-m", "archc", "train", XCEPTION, *SMALL, *common, "-o", str(out)]
+
+    straight = tmp_path / "straight"
+    proc = subprocess.run(torchrun(straight), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    out = tmp_path / "restarted"
+    ckpt = out / "checkpoints" / "latest.pt"
+    agent = subprocess.Popen(torchrun(out, "--max-restarts=1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and agent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = children(agent.pid)
+    assert len(workers) == 2 and agent.poll() is None, "the run ended before a worker could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
+    printed, _ = agent.communicate(timeout=300)
+    assert agent.returncode == 0, printed
+    saved = [int(line.split()[-1]) for line in printed.splitlines() if line.startswith(f"resuming from {ckpt} at step ")]
+    assert len(saved) == 1 and 0 < saved[0] < 12, printed  # the second group resumed, once
+
+    a = json.loads((straight / "ranks" / "rank-0.json").read_text())
+    for rank in (0, 1):  # both replicas of the restarted group hold the uninterrupted run's bits
+        assert json.loads((out / "ranks" / f"rank-{rank}.json").read_text()) == a
+    assert [int(r["step"]) for r in metrics(out)] == list(range(1, 13))
 
 
 def test_a_killed_or_terminated_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
