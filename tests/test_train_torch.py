@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("PIL")
 
 from events import check_against_csv  # noqa: E402
-from imagefolder import make_image_folder  # noqa: E402
+from imagefolder import damaged_png, make_image_folder  # noqa: E402
 from interrupt import children, sigterm_once_started  # noqa: E402
 
 from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
@@ -232,3 +232,19 @@ def test_the_torch_trainer_never_imports_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False False"
     assert any((out / "tensorboard").iterdir())  # the events were written, without TensorFlow
+
+
+def test_a_file_that_fails_to_decode_mid_run_is_skipped_and_counted(tmp_path):
+    """It passes the check before step 1 (header, size, mode, end marker), then fails in
+    the loader: one line on stderr each time, counted, never a traceback."""
+    data = make_image_folder(tmp_path / "data", per_class=3)
+    bad = damaged_png(data / "red" / "damaged.png")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--val-data", str(data), "-o", str(out), "--image-size", "32", "--batch-size", "4", "--epochs", "1"]
+    proc = subprocess.run(archc_train(*args), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "13 images of 4 classes" in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(f"archc train: skipped {bad}: it failed to decode (")]
+    count = json.loads((out / "ranks" / "rank-0.json").read_text())["unreadable"]
+    assert count == len(lines) >= 1  # the evaluation reads every file: at least once
+    assert f"{count} files that failed to decode skipped" in proc.stdout

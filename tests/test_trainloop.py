@@ -25,7 +25,7 @@ XCEPTION = str(ROOT / "specs/xception.yaml")
 class Recorder:
     """An engine (archc.training.loop.Engine) with no model: it logs its calls."""
 
-    kind, replicas, is_main, rank_name, checkpoint_suffix = "fake/one", 1, True, "rank-0", ".fake.json"
+    kind, replicas, is_main, rank_name, checkpoint_suffix, unreadable = "fake/one", 1, True, "rank-0", ".fake.json", 0
 
     def __init__(self, term_at: int | None = None):
         self.calls: list = []

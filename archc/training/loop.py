@@ -41,6 +41,7 @@ class Engine(Protocol):
     is_main: bool  # this process logs and writes checkpoints and final weights
     rank_name: str  # this process's digests go to OUT/ranks/<rank_name>.json
     checkpoint_suffix: str  # OUT/checkpoints/latest<suffix>
+    unreadable: int  # this process's files that failed to decode during the run, skipped
 
     def describe(self) -> str:
         """The run header's words after the model file: framework, devices, precision."""
@@ -194,10 +195,17 @@ def run_steps(
 def finish(out: str | Path, engine: Engine, log: MetricLog | None, step: int) -> None:
     """Every process's digests, then the main process's final weights."""
     out = Path(out)
-    write_json(out / "ranks" / f"{engine.rank_name}.json", {"step": step, **engine.digests()})
+    digests = engine.digests()
+    skipped = {"unreadable": engine.unreadable} if engine.unreadable else {}
+    write_json(out / "ranks" / f"{engine.rank_name}.json", {"step": step, **skipped, **digests})
     if log is not None:
         weights = engine.save_final(out)
-        log.echo(f"done: {step} steps; weights in {weights}")
+        unread = (
+            f"; {engine.unreadable} files that failed to decode skipped (this process; OUT/ranks/ has each one's count)"
+            if engine.unreadable
+            else ""
+        )
+        log.echo(f"done: {step} steps; weights in {weights}{unread}")
         log.close()
     engine.barrier()
 
