@@ -21,7 +21,7 @@ pytest.importorskip("keras")
 pytest.importorskip("PIL")
 
 from events import check_against_csv  # noqa: E402
-from imagefolder import make_image_folder  # noqa: E402
+from imagefolder import damaged_png, make_image_folder  # noqa: E402
 from interrupt import sigterm_once_started  # noqa: E402
 
 from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
@@ -175,3 +175,18 @@ def test_a_killed_or_terminated_run_resumes_from_its_checkpoint_and_matches_an_u
     b = json.loads((out / "ranks" / "worker-0.json").read_text())
     assert a == b
     assert json.loads((termed / "ranks" / "worker-0.json").read_text()) == a
+
+
+def test_a_file_that_fails_to_decode_mid_run_is_skipped_and_counted(tmp_path):
+    """It passes the check before step 1, then fails in tf.data: skipped, counted (one
+    line each time the count grows), never a traceback."""
+    data = make_image_folder(tmp_path / "data", per_class=3)
+    damaged_png(data / "red" / "damaged.png")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--val-data", str(data), "-o", str(out), "--image-size", "32", "--batch-size", "4", "--epochs", "1"]
+    proc = subprocess.run(archc_train(*args, "--log-every", "1"), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "13 images of 4 classes" in proc.stdout
+    count = json.loads((out / "ranks" / "worker-0.json").read_text())["unreadable"]
+    assert count >= 1 and f"{count} so far, all replicas" in proc.stderr  # the evaluation reads every file
+    assert f"{count} files that failed to decode were skipped" in proc.stdout

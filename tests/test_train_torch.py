@@ -247,4 +247,4 @@ def test_a_file_that_fails_to_decode_mid_run_is_skipped_and_counted(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith(f"archc train: skipped {bad}: it failed to decode (")]
     count = json.loads((out / "ranks" / "rank-0.json").read_text())["unreadable"]
     assert count == len(lines) >= 1  # the evaluation reads every file: at least once
-    assert f"{count} files that failed to decode skipped" in proc.stdout
+    assert f"{count} files that failed to decode were skipped" in proc.stdout

@@ -200,11 +200,7 @@ def finish(out: str | Path, engine: Engine, log: MetricLog | None, step: int) ->
     write_json(out / "ranks" / f"{engine.rank_name}.json", {"step": step, **skipped, **digests})
     if log is not None:
         weights = engine.save_final(out)
-        unread = (
-            f"; {engine.unreadable} files that failed to decode skipped (this process; OUT/ranks/ has each one's count)"
-            if engine.unreadable
-            else ""
-        )
+        unread = f"; {engine.unreadable} files that failed to decode were skipped (OUT/ranks/ has the counts)" if engine.unreadable else ""
         log.echo(f"done: {step} steps; weights in {weights}{unread}")
         log.close()
     engine.barrier()
