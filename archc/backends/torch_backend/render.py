@@ -484,6 +484,8 @@ class Renderer:
         net = self.net
         env: dict[str, Value] = {name: Sym(ident) for name, ident in self.plan.params.items()}
         ch: Channels = Lit(net.input[2])
+        if 2 in net.input_refs:  # channels from a param: create_model's, not the default's
+            ch = Sym(v.atom(self.plan.input_size()[2]))
         rank = 3
         flows = []
         for flow, nodes in net.flows.items():
