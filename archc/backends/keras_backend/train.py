@@ -464,7 +464,10 @@ class KerasEngine:
 
         @tf.function
         def replica_any(flag):
-            return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MAX, flag))
+            def fn(flag):
+                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
+
+            return strategy.run(fn, args=(flag,))
 
         return replica_means, replica_barrier, replica_any
 
