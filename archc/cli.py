@@ -1,11 +1,14 @@
-"""The ``archc`` command line. Spec problems print one located message and exit 2."""
+"""The ``archc`` command line. Every command keeps one contract (:func:`_contract`): a
+spec problem or a bad option prints one located line and exits 2, a bug in archc one
+line and exit 3, never a traceback."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from functools import wraps
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import click
 
@@ -13,40 +16,57 @@ from archc.ir.params import parse_assignments
 from archc.syntax.errors import SpecError, UserError, one_line
 
 
-def _friendly(fn):
-    """Turn user errors into one line on stderr and exit status 2, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (SpecError, UserError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+def _fail(status: int, message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(status)
 
 
-def _no_traceback(fn):
-    """Any other exception is a bug in archc, not in the spec: one line that says so,
-    with the spec's path, and exit status 3 (ARCHC_TRACEBACK=1 shows the traceback)."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+@contextmanager
+def _contract(path: str, spec: Callable[[], str]):
+    """The one contract of every command: a user error (a spec, an option, a file) is one
+    line and exit status 2; anything else is a bug in archc, not in the spec: one line that
+    says so, with the spec's path, and exit status 3 (ARCHC_TRACEBACK=1 shows the
+    traceback). ``--help``, ``--version`` and Ctrl-C keep click's behaviour."""
+    try:
+        yield
+    except (SpecError, UserError) as exc:
+        _fail(2, f"error: {exc}")
+    except click.ClickException as exc:  # click's own checks of the command line: usage errors
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else path
+        _fail(exc.exit_code, f"error: {where}: {one_line(exc.format_message()).rstrip('.')} (see {where} --help)")
+    except (click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("ARCHC_TRACEBACK"):
             raise
-        except Exception as exc:
-            if os.environ.get("ARCHC_TRACEBACK"):
-                raise
-            spec = kwargs.get("spec") or ", ".join(kwargs.get("specs") or ()) or "<no spec>"
-            what = one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            what = what if len(what) <= 200 else what[:197] + "..."
-            click.echo(f"error: {spec}: a bug in archc, not in the spec ({what}); please report it with the spec", err=True)
-            sys.exit(3)
+        what = one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        what = what if len(what) <= 200 else what[:197] + "..."
+        _fail(3, f"error: {spec()}: a bug in archc, not in the spec ({what}); please report it with the spec")
 
-    return wrapper
+
+def _spec_of(ctx: click.Context | None) -> str:
+    params = ctx.params if ctx is not None else {}
+    return params.get("spec") or ", ".join(params.get("specs") or ()) or "<no spec>"
+
+
+class _Command(click.Command):
+    """A command held to :func:`_contract`, from reading its command line to its end."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        path = f"{parent.command_path} {info_name}" if parent is not None else str(info_name)
+        with _contract(path, lambda: "<no spec>"):
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _contract(ctx.command_path, lambda: _spec_of(ctx)):
+            return super().invoke(ctx)
+
+
+class _Group(_Command, click.Group):
+    """The ``archc`` group: its own command line under the contract (an unknown command is
+    one line), and every command made with ``@main.command()`` a :class:`_Command`."""
+
+    command_class = _Command
 
 
 def _overrides(items: tuple[str, ...]) -> dict[str, str]:
@@ -102,7 +122,7 @@ param_option = click.option("-p", "--param", "params", multiple=True, metavar="N
 specs_argument = click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=True))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="archc")
 def main() -> None:
     """archc: compile declarative CNN architecture specs to PyTorch and Keras code."""
@@ -112,8 +132,6 @@ def main() -> None:
 @specs_argument
 @param_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_no_traceback
-@_friendly
 def params(specs, params, as_json):
     """Shapes, parameter counts and multiply-adds per module, and the feature taps (the
     last feature map at each reduction, where a detection or segmentation head reads)."""
@@ -133,8 +151,6 @@ def params(specs, params, as_json):
 
 @main.command()
 @specs_argument
-@_no_traceback
-@_friendly
 def check(specs):
     """Compare each spec's computed counts with its expect: section (exit 1 on a mismatch)."""
     from archc.api import expectation_mismatches, load, spec_files
@@ -172,8 +188,6 @@ def schema():
 @click.option("-b", "--backend", "backends", multiple=True, help="Backend to render (repeatable; default: all installed).")
 @click.option("-o", "--out", "out_dir", default="generated", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the parameter table.")
-@_no_traceback
-@_friendly
 def build(specs, params, backends, out_dir, quiet):
     """Render each spec with the chosen backends into OUT (all files or none)."""
     from archc.api import build as build_one
@@ -213,8 +227,6 @@ def build(specs, params, backends, out_dir, quiet):
 @click.option(
     "--plot", "plot_file", type=click.Path(dir_okay=False), help="Draw parameters and multiply-adds against the swept value into this PNG."
 )
-@_no_traceback
-@_friendly
 def variants(spec, sweeps, params, out_dir, plot_file):
     """Write one resolved spec per combination of swept values, and a table of their counts."""
     from rich.console import Console
@@ -288,8 +300,9 @@ def variants(spec, sweeps, params, out_dir, plot_file):
 @click.option("--no-augment", is_flag=True, help="No random crops or flips of the training images (the recipe's augment:).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial weights, the data order, the crops and the flips.")
 @_choice("--device", ["auto", "cpu", "cuda"], "torch device (auto: cuda when available).")
-@_choice("--bad-images", ["refuse", "skip"], "Files of an image folder that cannot be read: refuse the run, listing them, or train without them.")
-@_friendly
+@_choice(
+    "--bad-images", ["refuse", "skip"], "Files of an image folder that cannot be read: refuse the run, listing them, or train without them."
+)
 def train(spec, out_dir, params, image_size, compile_, no_augment, **options):
     """Train SPEC with its training: recipe; runs unchanged under torchrun or with TF_CONFIG (docs/training.md)."""
     from pathlib import Path
@@ -331,8 +344,6 @@ def train(spec, out_dir, params, image_size, compile_, no_augment, **options):
 @click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True, help="submitit: a task's time limit.")
 @click.option("--dry-run", is_flag=True, help="Write the manifest of trials and stop.")
 @click.pass_context
-@_no_traceback
-@_friendly
 def sweep(ctx, spec, sweeps, seeds, params, out_dir, engine, dry_run, cpus_per_trial, gpus_per_trial, **options):
     """Train every variant of SPEC (the product of --sweep values) with K seeds on an engine,
     then compare them; other options (--data, --val-data, --epochs, ...) go to archc train.
@@ -385,8 +396,6 @@ def _train_options(spec: str, out_dir: str, args: list[str]):
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random inputs per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random weights and input.")
 @click.option("--source", metavar="BACKEND", help="Backend the random weights go into first (default: torch).")
-@_no_traceback
-@_friendly
 def verify(spec, params, backends, tolerance, batch, seed, source):
     """Build SPEC with every backend; compare parameter counts per module, port one set of
     random weights across, compare outputs (exit 1 naming the first module that differs)."""
@@ -407,7 +416,6 @@ def verify(spec, params, backends, tolerance, batch, seed, source):
 @param_option
 @click.option("--from", "source", metavar="BACKEND", help="Backend of IN (default: from its suffix, .pt/.pth torch, .weights.h5 keras).")
 @click.option("--to", "target", metavar="BACKEND", help="Backend of OUT (default: from its suffix).")
-@_friendly
 def convert(spec, src, dst, params, source, target):
     """Port a checkpoint of SPEC between backends: a torch state_dict file <-> a Keras
     .weights.h5, through archc's neutral weight format (tensors copied bit for bit)."""
@@ -433,7 +441,6 @@ def convert(spec, src, dst, params, source, target):
 @click.option("--expand", is_flag=True, help="Draw every copy of a repeat (default: once, 'repeated N times').")
 @click.option("--depth", type=click.IntRange(min=1), metavar="K", help="Draw blocks K levels deep; collapse deeper ones into single boxes.")
 @click.option("--no-counts", is_flag=True, help="Leave out the parameter counts.")
-@_friendly
 def graph(spec, params, out_file, expand, depth, no_counts):
     """Draw SPEC as a diagram like the Xception paper's Figure 5: flows as columns, a box
     per layer, residual and branch edges, shapes on the edges, parameters per block."""
@@ -456,7 +463,6 @@ def graph(spec, params, out_file, expand, depth, no_counts):
 @click.option(
     "-o", "--out", "onnx_file", type=click.Path(dir_okay=False), help="Keep the exported ONNX model here (default: a temporary file)."
 )
-@_friendly
 def view(spec, params, port, host, no_browser, onnx_file):
     """Export SPEC's generated torch model to ONNX and open it in Netron (Ctrl-C stops)."""
     import tempfile
@@ -494,7 +500,6 @@ def view(spec, params, port, host, no_browser, onnx_file):
 @click.option("--no-fold", is_flag=True, help="Keep the batch norms (default: fold each into the layer before it).")
 @click.option("--image-size", metavar="H|HxW", help="Export for this input size instead of the spec's.")
 @_tolerance("Largest output difference allowed, relative to the largest |unfolded output|.")
-@_friendly
 def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
     """An inference model of SPEC with its batch norms folded and its average pools swapped
     with the 1x1 conv after them, as ONNX, TorchScript or a .keras file; written only
@@ -539,7 +544,6 @@ def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
     help="FILE holds the spec at its defaults (and --source-param): load every tensor whose place and shape fit the -p variant, report the rest.",
 )
 @click.option("--source-param", "source_params", multiple=True, metavar="NAME=VALUE", help="With --partial: a param of the architecture FILE holds.")
-@_friendly
 def import_(spec, params, source, src, out, target, image_size, partial, source_params):
     """Weights of a keras.applications model (FILE: .h5 as it ships them, or .weights.h5)
     into SPEC's generated model, matched by structure; one line naming the first layer

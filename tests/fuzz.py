@@ -11,8 +11,19 @@ in an accepted spec whose torch and Keras modules compile; for one accepted case
 ``--build-every``, the torch model is built at a small input size and its counts and
 output shape must equal the IR's. Anything else is a defect.
 
+Two edits aim at decisions archc takes from the IR at the spec's own params: *retype*
+puts a boolean, null, a number or an expression at any node (the node's key drawn
+first, so a rare key such as ``when`` is as likely as ``filters``), and *lift* turns a
+value into a new param (at one node, or everywhere the same key has the same value).
+A case with a lifted or declared param also draws params for ``create_model``: the
+module generated at the spec's params, built with ``create_model(**p)``, must have the
+counts and output shape of the spec built at ``p``, and ``for_inference`` must keep its
+outputs (one such case in ``--inference-every``).
+
     python tests/fuzz.py --cases 10000 --jobs 2      # make fuzz
     python tests/fuzz.py --cases 200 --keep out/     # write each defect's input to out/
+
+A defect's kind (the exception, or what a check found) is counted in the summary.
 
 Prints ``cases N, accepted A, located errors E, defects D`` and the time; exit 1 on a
 defect. tests/test_fuzz.py runs a fixed-seed sample in CI.
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import io
 import json
 import multiprocessing
@@ -157,6 +169,8 @@ class Summary:
     accepted: int = 0
     errors: int = 0
     built: int = 0
+    creates: int = 0  # cases that drew create_model params
+    checked: int = 0  # of those, accepted and checked (check_inference)
     defects: list[Defect] = field(default_factory=list)
     kinds: Counter = field(default_factory=Counter)
 
@@ -165,11 +179,17 @@ class Summary:
         self.accepted += other.accepted
         self.errors += other.errors
         self.built += other.built
+        self.creates += other.creates
+        self.checked += other.checked
         self.defects += other.defects
         self.kinds.update(other.kinds)
 
     def line(self) -> str:
         return f"cases {self.cases}, accepted {self.accepted}, located errors {self.errors}, defects {len(self.defects)}"
+
+    def defect_kinds(self) -> Counter:
+        """How many defects of each kind: a check's name, or the exception and where it was raised."""
+        return Counter(d.kind for d in self.defects)
 
 
 @dataclass
@@ -181,10 +201,16 @@ class Defect:
     text: str
     overrides: dict[str, str]
     problem: str
+    kind: str = ""
+    create: dict[str, Any] = field(default_factory=dict)
 
 
 class DefectFound(Exception):
-    """Raised by the checks below; the runner records it as a defect."""
+    """Raised by the checks below; the runner records it as a defect of ``kind``."""
+
+    def __init__(self, problem: str, kind: str = "check"):
+        super().__init__(problem)
+        self.kind = kind
 
 
 # -- the seed corpus --------------------------------------------------------------------
@@ -269,6 +295,72 @@ def at(tree: Any, path: tuple) -> Any:
     return tree
 
 
+def node_by_key(data: st.DataObject, tree: Any, numbers: bool = False) -> tuple:
+    """A position of ``tree`` (with ``numbers``, one that holds a number or a boolean outside
+    ``params``): half the time its key first (list items share the key ``[]``), then one of
+    the positions under that key, so that a rare field is as likely as a common one; else
+    any position, so that a common field is drawn as often as it occurs."""
+    groups: dict[str, list[tuple]] = {}
+    for where in paths(tree)[1:]:
+        if numbers and (where[0] == "params" or not isinstance(at(tree, where), (bool, int, float))):
+            continue
+        groups.setdefault(where[-1] if isinstance(where[-1], str) else "[]", []).append(where)
+    if not groups:
+        return ()
+    if data.draw(st.booleans(), label="by key?"):
+        key = data.draw(st.sampled_from(sorted(groups)), label="key")
+        return data.draw(st.sampled_from(groups[key]), label="node")
+    return data.draw(st.sampled_from([where for key in sorted(groups) for where in groups[key]]), label="node")
+
+
+def declared(tree: Any) -> list[str]:
+    params = tree.get("params") if isinstance(tree, dict) else None
+    return [str(k) for k in params] if isinstance(params, dict) else []
+
+
+def expressions(tree: Any) -> st.SearchStrategy:
+    """``$name`` and ``${...}`` of the spec's params, and constant ones (true or false)."""
+    names = declared(tree) or ["x"]
+    name = st.sampled_from(names)
+    return st.one_of(
+        name.map(lambda n: f"${n}"),
+        name.map(lambda n: f"${{{n}}}"),
+        name.map(lambda n: f"${{2 * {n}}}"),
+        name.map(lambda n: f"${{{n} > 1}}"),
+        st.sampled_from(["${1 > 2}", "${2 > 1}", "${1 + 1}", "${0.5}", "${1 if 1 > 2 else 3}"]),
+    )
+
+
+def retyped(tree: Any) -> st.SearchStrategy:
+    """A value of another type: a boolean, null, a number or an expression."""
+    return st.one_of(
+        st.booleans(),
+        st.none(),
+        st.integers(-2, 8),
+        st.sampled_from([0.0, 0.5, 1.0, 2.5, -1.0]),
+        expressions(tree),
+    )
+
+
+def lift(data: st.DataObject, tree: Any, where: tuple, lifted: dict[str, Any]) -> str:
+    """Make the value at ``where`` a new param of the same default, referenced there (or
+    everywhere the same key holds the same value); returns the param's name."""
+    value = at(tree, where)
+    name = f"fuzz{len(lifted) + 1}"
+    if tree.get("params") is None:
+        tree["params"] = {}
+    if not isinstance(tree["params"], dict):
+        return "no lift"
+    tree["params"][name] = value
+    everywhere = data.draw(st.booleans(), label="everywhere")
+    key = where[-1]
+    for place in paths(tree)[1:] if everywhere else [where]:
+        if place[-1] == key and place[0] != "params" and type(at(tree, place)) is type(value) and at(tree, place) == value:
+            at(tree, place[:-1])[key] = f"${name}"
+    lifted[name] = value
+    return f"{name} everywhere" if everywhere else name
+
+
 def layer_entries(tree: Any) -> list[tuple]:
     """Paths of the layer entries under ``flows`` and ``blocks`` (a bare op name or a one-key
     mapping in a list of such), at any depth: those a ``when:`` can switch off."""
@@ -299,24 +391,51 @@ def switch_off(tree: Any, where: tuple) -> Any:
     if isinstance(entry, str):
         parent[last] = {entry: {"when": False}}
     else:
-        (op, fields), = entry.items()
+        ((op, fields),) = entry.items()
         parent[last] = {op: {**(fields or {}), "when": False}}
     return tree
 
 
-def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str, str]:
-    """One to three tree edits, then YAML text (block or flow style)."""
+EDITS = [
+    "replace",
+    "replace",
+    "delete",
+    "duplicate",
+    "rename",
+    "graft",
+    "respell",
+    "nudge",
+    "switch off",
+    "retype",
+    "retype",
+    "lift",
+    "lift",
+]
+
+
+def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str, str, dict[str, Any]]:
+    """One to three tree edits, then YAML text (block or flow style), and the params
+    that *lift* added, with their values."""
     tree = copy.deepcopy(seed.tree)
     done = []
-    for _ in range(data.draw(st.integers(1, 3), label="edits")):
-        where = data.draw(st.sampled_from(paths(tree)[1:] or [()]), label="path")
+    lifted: dict[str, Any] = {}
+    # one case in four is a single lift, the edit a user makes to try a value: valid, mostly
+    only_lift = isinstance(tree, dict) and data.draw(st.integers(0, 3), label="only lift?") == 0
+    for _ in range(1 if only_lift else data.draw(st.integers(1, 3), label="edits")):
+        edit = "lift" if only_lift else data.draw(st.sampled_from(EDITS), label="edit")
+        if edit in ("retype", "lift"):
+            where = node_by_key(data, tree, numbers=edit == "lift")
+        else:
+            where = data.draw(st.sampled_from(paths(tree)[1:] or [()]), label="path")
         if not where:
             break
         parent, last = at(tree, where[:-1]), where[-1]
-        edit = data.draw(
-            st.sampled_from(["replace", "replace", "delete", "duplicate", "rename", "graft", "respell", "nudge", "switch off"]), label="edit"
-        )
-        if edit == "switch off":  # `when: false` on a layer, repeat, block call or combinator: a valid spec, mostly
+        if edit == "retype":
+            parent[last] = data.draw(retyped(tree), label="value")
+        elif edit == "lift" and isinstance(tree, dict):
+            name = lift(data, tree, where, lifted)
+            where = (f"{name} from", *where)
+        elif edit == "switch off":  # `when: false` on a layer, repeat, block call or combinator: a valid spec, mostly
             entries = layer_entries(tree)
             if entries:
                 where = data.draw(st.sampled_from(entries), label="layer")
@@ -354,7 +473,7 @@ def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str,
     text = yaml.dump(
         tree, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, allow_unicode=unicode, default_flow_style=flow
     )
-    return text, "tree: " + "; ".join(done)
+    return text, "tree: " + "; ".join(done), lifted
 
 
 def respell(value: Any, word: str, new: str) -> Any:
@@ -408,6 +527,31 @@ def overrides(data: st.DataObject, seed: Seed, words: list[str]) -> dict[str, st
     return {name: value}
 
 
+def nearby(value: Any) -> st.SearchStrategy:
+    """Another value of the same type, near ``value``."""
+    if isinstance(value, bool):
+        return st.just(not value)
+    if isinstance(value, int):
+        return st.sampled_from(sorted({value + 1, value + 2, 2 * value + 1, max(1, value // 2)} - {value}))
+    return st.sampled_from([value * 0.5, value * 2, value + 0.5])
+
+
+def create_params(data: st.DataObject, tree: Any, lifted: dict[str, Any]) -> dict[str, Any]:
+    """Params for ``create_model``: every lifted one, or one declared number or boolean, at a
+    nearby value (with no lifted param, in one case in four)."""
+    numbers = dict(lifted)
+    if not numbers and data.draw(st.integers(0, 3), label="create?") == 0:
+        params = tree.get("params") if isinstance(tree, dict) else None
+        for name, decl in (params or {}).items() if isinstance(params, dict) else ():
+            default = decl.get("default") if isinstance(decl, dict) else decl
+            if isinstance(default, (bool, int, float)) and isinstance(name, str):
+                numbers[name] = default
+        if numbers:
+            name = data.draw(st.sampled_from(sorted(numbers)), label="create param")
+            numbers = {name: numbers[name]}
+    return {name: data.draw(nearby(value), label=f"create {name}") for name, value in numbers.items()}
+
+
 # -- the oracle -------------------------------------------------------------------------
 
 
@@ -430,9 +574,18 @@ def unlocated(exc: Exception, path: Path) -> str | None:
     return None
 
 
-def run_case(path: Path, overrides: dict[str, str], out: Path, *, build_model: bool = False, sweep: bool = False) -> str:
-    """'accepted', 'built' (accepted, and its torch model checked) or 'error'; raises
-    DefectFound (or anything else: also a defect)."""
+def run_case(
+    path: Path,
+    overrides: dict[str, str],
+    out: Path,
+    *,
+    build_model: bool = False,
+    sweep: bool = False,
+    create: dict[str, Any] | None = None,
+) -> str:
+    """'accepted', 'built' (accepted, and its torch model checked), 'checked' (accepted,
+    and ``create_model(**create)`` checked) or 'error'; raises DefectFound (or anything
+    else: also a defect)."""
     try:
         analysis = api.load(path, overrides)  # what params, check, build, verify start with
         print_table(analysis, _null_console())  # archc params
@@ -455,6 +608,8 @@ def run_case(path: Path, overrides: dict[str, str], out: Path, *, build_model: b
             variants.table_rows(result)
         if build_model and check_torch_model(path, overrides, out):
             return "built"
+        if create and check_inference(path, overrides, create, out):
+            return "checked"
     except (SpecError, UserError) as exc:
         problem = unlocated(exc, path)
         if problem:
@@ -491,14 +646,82 @@ def check_torch_model(path: Path, overrides: dict[str, str], out: Path) -> bool:
         counts = backend.count(model)
         expected = (analysis.total.trainable, analysis.total.non_trainable)
         if counts != expected:
-            raise DefectFound(f"torch model at {size}x{size} counts {counts}, the IR {expected}")
+            raise DefectFound(f"torch model at {size}x{size} counts {counts}, the IR {expected}", "torch counts")
         h, w, c = analysis.net.input
         with torch.no_grad():
             y = model(torch.zeros(1, c, h, w))
         shape = tuple(y.shape[1:])
         ir = analysis.output if len(analysis.output) == 1 else (analysis.output[2], *analysis.output[:2])
         if shape != tuple(ir):
-            raise DefectFound(f"torch model at {size}x{size} gives {shape}, the IR {tuple(ir)}")
+            raise DefectFound(f"torch model at {size}x{size} gives {shape}, the IR {tuple(ir)}", "torch shape")
+        return True
+    return False
+
+
+def _as_override(value: Any) -> str:
+    return json.dumps(value)  # true, false, 3, 0.5: as -p NAME=VALUE reads them
+
+
+def calibrate(model, x) -> None:
+    """BN statistics of the batch ``x``, then eval mode: folds then matter, and a deep
+    model's outputs still depend on its input (with the initial statistics, signals
+    fade through the layers and the logits are the head's bias)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = 1.0  # the running statistics become this batch's
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+
+
+def check_inference(path: Path, overrides: dict[str, str], create: dict[str, Any], out: Path) -> bool:
+    """The torch module generated at the spec's params, built with ``create_model(**p)``:
+    its counts and output shape must be those of the spec built at ``p``, and
+    ``for_inference`` must keep its outputs (BN statistics random, so folds matter). False
+    when no small size fits, or the spec is not valid at ``p`` (no promise to keep then)."""
+    import torch
+
+    for size in SMALL_SIZES:
+        try:
+            base = api.load(path, overrides, input_size=(size, size))
+        except SpecError:
+            continue
+        given = {k: v for k, v in create.items() if k in base.net.param_decls}
+        try:
+            at_p = api.load(path, {**overrides, **{k: _as_override(v) for k, v in given.items()}}, input_size=(size, size))
+        except (SpecError, UserError):
+            return False
+        if not given or at_p.total.trainable + at_p.total.non_trainable > 100_000_000 or at_p.total.macs > 4_000_000_000:
+            return False  # too big to run in a fuzz case (a mutation multiplied the widths or the sizes)
+        backend = get("torch")
+        file = out / f"create_{size}_torch.py"
+        file.write_text(backend.render(base), encoding="utf-8")
+        module = backend.load(file)
+        params = {k: at_p.net.params[k] for k in given}
+        torch.manual_seed(0)
+        model = module.create_model(**params)
+        counts, expected = backend.count(model), (at_p.total.trainable, at_p.total.non_trainable)
+        if counts != expected:
+            raise DefectFound(f"create_model(**{params}) counts {counts}, the spec at those params {expected}", "create_model counts")
+        h, w, c = at_p.net.input
+        x = torch.rand(6, c, h, w) * 2 - 1
+        calibrate(model, x[2:])
+        x = x[:2]
+        with torch.no_grad():
+            y = model(x)
+            fast = module.for_inference(copy.deepcopy(model))(x)
+        ir = at_p.output if len(at_p.output) == 1 else (at_p.output[2], *at_p.output[:2])
+        if tuple(y.shape[1:]) != tuple(ir):
+            raise DefectFound(
+                f"create_model(**{params}) gives {tuple(y.shape[1:])}, the spec at those params {tuple(ir)}", "create_model shape"
+            )
+        rel = float((fast - y).abs().max() / y.abs().max().clamp_min(1e-12))
+        if not rel <= 1e-3:  # a fold rounds to ~2e-4 with random BN statistics
+            raise DefectFound(f"for_inference(create_model(**{params})) changes the outputs by {rel:.2g} (relative)", "for_inference")
         return True
     return False
 
@@ -512,6 +735,7 @@ def fuzz(
     *,
     build_every: int = 50,
     sweep_every: int = 20,
+    inference_every: int = 1,
     seeds: list[Seed] | None = None,
     progress: bool = False,
 ) -> Summary:
@@ -532,12 +756,19 @@ def fuzz(
     @given(st.data())
     def case(data: st.DataObject) -> None:
         spec = data.draw(st.sampled_from(seeds), label="spec")
+        lifted: dict[str, Any] = {}
         if data.draw(st.booleans(), label="tree?"):
-            text, mutation = mutate_tree(data, spec, words)
+            text, mutation, lifted = mutate_tree(data, spec, words)
             raw = text.encode("utf-8")
         else:
             raw, mutation = mutate_text(data, spec, words)
         extra = overrides(data, spec, words)
+        create = create_params(data, spec.tree, lifted)
+        if create:
+            summary.creates += 1
+            mutation += f"; create_model({', '.join(f'{k}={v!r}' for k, v in create.items())})"
+            if inference_every <= 0 or summary.creates % inference_every:
+                create = {}
         folder = work / "case"
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "out").mkdir(parents=True)
@@ -552,19 +783,23 @@ def fuzz(
                 folder / "out",
                 build_model=build_every > 0 and accepted % build_every == build_every - 1,
                 sweep=sweep_every > 0 and accepted % sweep_every == 0,
+                create=create,
             )
         except Exception as exc:  # noqa: BLE001 - every other ending is what we look for
             problem = str(exc) if isinstance(exc, DefectFound) else "".join(traceback.format_exception_only(exc)).strip()
             where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             if where and not isinstance(exc, DefectFound):
                 problem += f" (at {Path(where.filename).name}:{where.lineno})"
-            summary.defects.append(Defect(spec.path.name, mutation, raw.decode("utf-8", errors="replace"), extra, problem))
+            kind = exc.kind if isinstance(exc, DefectFound) else type(exc).__name__ + (f" at {Path(where.filename).name}" if where else "")
+            text = raw.decode("utf-8", errors="replace")
+            summary.defects.append(Defect(spec.path.name, mutation, text, extra, problem, kind, create))
             summary.kinds["defect"] += 1
             if progress:
                 print(f"defect in {spec.path.name} ({mutation}): {problem}", file=sys.stderr, flush=True)
             return
         summary.accepted += outcome != "error"
         summary.built += outcome == "built"
+        summary.checked += outcome == "checked"
         summary.errors += outcome == "error"
         summary.kinds[mutation.split(":")[0] + " " + outcome] += 1
         if progress and summary.cases % 500 == 0:
@@ -577,9 +812,10 @@ def fuzz(
     return summary
 
 
-def _worker(args: tuple[int, int, int]) -> Summary:
-    cases, seed, build_every = args
-    return fuzz(cases, seed, build_every=build_every, progress=True)
+def _worker(args: tuple[int, int, int, int, str]) -> Summary:
+    cases, seed, build_every, inference_every, only = args
+    seeds = [s for s in seed_specs() if fnmatch.fnmatch(s.path.name, only)]
+    return fuzz(cases, seed, build_every=build_every, inference_every=inference_every, seeds=seeds, progress=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -588,11 +824,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="processes, each with its own seed and share of the cases")
     parser.add_argument("--build-every", type=int, default=50, help="build the torch model for one accepted case in N (0: never)")
+    parser.add_argument(
+        "--inference-every",
+        type=int,
+        default=1,
+        help="check create_model and for_inference for one case in N that draws their params (0: never)",
+    )
+    parser.add_argument("--specs", default="*", metavar="GLOB", help="only the seed specs whose file name matches (default: all)")
     parser.add_argument("--keep", type=Path, help="write each defect's input (and what went wrong) into this folder")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     shares = [args.cases // args.jobs + (i < args.cases % args.jobs) for i in range(args.jobs)]
-    jobs = [(n, args.seed + i, args.build_every) for i, n in enumerate(shares)]
+    jobs = [(n, args.seed + i, args.build_every, args.inference_every, args.specs) for i, n in enumerate(shares)]
     if args.jobs == 1:
         results = [_worker(jobs[0])]
     else:
@@ -610,8 +853,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"# {defect.problem}\n# {defect.mutation}; overrides {defect.overrides}\n{defect.text}", encoding="utf-8"
             )
     print(", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())))
+    if summary.defects:
+        print("defects by kind: " + ", ".join(f"{k} {v}" for k, v in summary.defect_kinds().most_common()))
     print(
-        f"{summary.line()}; torch models built {summary.built}; {seconds:.0f} s ({seconds / max(summary.cases, 1) * 1000:.0f} ms a case, {args.jobs} processes)"
+        f"{summary.line()}; torch models built {summary.built}; create_model checked {summary.checked} of {summary.creates}; "
+        f"{seconds:.0f} s ({seconds / max(summary.cases, 1) * 1000:.0f} ms a case, {args.jobs} processes)"
     )
     return 1 if summary.defects else 0
 

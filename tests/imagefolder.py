@@ -23,3 +23,20 @@ def make_image_folder(root: Path, per_class: int = 12) -> Path:
             ImageDraw.Draw(img).rectangle([x, y, x + 15, y + 15], fill=tuple(c // 2 for c in colour))
             img.save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
     return root
+
+
+def damaged_png(path: Path) -> Path:
+    """A PNG whose header, size, mode and end marker are whole (it passes the check before
+    step 1) but whose pixel data is not: it fails to decode during the run."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"IDAT") + 8
+    for k in range(start, start + 40):
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return path

@@ -18,11 +18,11 @@ def test_the_bundled_specs_are_the_seeds():
 def test_a_fixed_seed_sample_has_no_defects():
     """Every mutated spec ends in a located one-line error or in code that compiles (and,
     for every 25th accepted one, a torch model with the IR's counts and output shape)."""
-    summary = fuzz(250, seed=2026, build_every=25)
+    summary = fuzz(250, seed=2026, build_every=25, inference_every=8)
     assert summary.defects == [], "\n".join(f"{d.seed_spec} {d.mutation}: {d.problem}" for d in summary.defects)
     assert summary.cases == 250
     assert summary.accepted >= 25 and summary.errors >= 100  # both endings are exercised
-    assert summary.built >= 1
+    assert summary.built >= 1 and summary.checked >= 1
 
 
 SMALL = [s for s in SEEDS if s.path.name == "vgg16.yaml"]
@@ -71,7 +71,7 @@ def test_it_reports_a_torch_model_that_differs_from_the_ir(monkeypatch, wrong):
         )
         render = TorchBackend.render
         monkeypatch.setattr(TorchBackend, "render", lambda self, a: render(self, a) + wrapped)
-    summary = fuzz(20, seed=3, seeds=SMALL, build_every=1)
+    summary = fuzz(20, seed=3, seeds=SMALL, build_every=1, inference_every=0)
     assert summary.defects, "a wrong torch model went unnoticed"
     assert all("torch model" in d.problem for d in summary.defects)
 
@@ -83,3 +83,43 @@ def test_a_spec_added_later_is_fuzzed_unchanged(tmp_path):
     assert [s.path.name for s in seeds] == ["new.yml"]
     summary = fuzz(20, seed=4, seeds=seeds, build_every=0)
     assert summary.cases == 20 and summary.defects == []
+
+
+SWAP = "name: swap\ninput: [8, 8, 4]\nparams: {k: 1}\nflows:\n  main:\n    - avgpool: {pool: 3, stride: 1, padding: same}\n    - conv: {filters: 2, kernel: $k, padding: same}\n"
+
+
+def test_it_reports_a_for_inference_that_changes_the_outputs_at_other_params(monkeypatch, tmp_path):
+    """Issue 24's first defect, planted again: the pool swap taken at k=1 applied at any k."""
+    from archc.backends.torch_backend import TorchBackend
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "swap.yaml").write_text(SWAP)
+    unchecked = "\n\ndef _swap_is_exact(pool, conv):\n    return True\n"  # the built-model check, undone
+    render = TorchBackend.render
+    monkeypatch.setattr(TorchBackend, "render", lambda self, a: render(self, a) + unchecked)
+    summary = fuzz(30, seed=1, seeds=seed_specs(tmp_path), build_every=0)
+    assert summary.checked >= 1
+    assert summary.defect_kinds()["for_inference"] >= 1, [d.problem for d in summary.defects]
+
+
+def test_lift_makes_a_value_a_param_at_one_node_or_everywhere():
+    from fuzz import lift
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    tree = {"params": {"k": 1}, "flows": {"main": [{"conv": {"kernel": 1}}, {"conv": {"kernel": 1}}, {"conv": {"kernel": 3}}]}}
+    seen = set()
+
+    @settings(max_examples=20, database=None, deadline=None)
+    @given(st.data())
+    def one(data):
+        copy = {"params": dict(tree["params"]), "flows": {"main": [{"conv": dict(e["conv"])} for e in tree["flows"]["main"]]}}
+        lifted = {}
+        name = lift(data, copy, ("flows", "main", 0, "conv", "kernel"), lifted)
+        kernels = [e["conv"]["kernel"] for e in copy["flows"]["main"]]
+        assert lifted == {"fuzz1": 1} and copy["params"] == {"k": 1, "fuzz1": 1}
+        assert kernels == (["$fuzz1", "$fuzz1", 3] if name.endswith("everywhere") else ["$fuzz1", 1, 3])
+        seen.add(name)
+
+    one()
+    assert seen == {"fuzz1", "fuzz1 everywhere"}

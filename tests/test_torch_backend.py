@@ -258,6 +258,32 @@ def test_create_model_overrides_give_archc_shapes():
     assert check_shapes(module.create_model(**overrides), analysis).shape == (1, analysis.output[0])
 
 
+@pytest.mark.parametrize("channels", ["$c", "${c + 1}"])
+def test_input_channels_from_a_param_follow_create_models_param(tmp_path, channels):
+    """The first layer's input channels come from the param, not from its default (found by
+    `make fuzz`'s lift edit: the module built 4-channel convs for create_model(c=6))."""
+    spec = small_spec(
+        tmp_path,
+        f"name: chan\ninput: [8, 8, '{channels}']\nparams: {{c: 4}}\nflows:\n  main: [conv: {{filters: 2, kernel: 3}}, global_avg_pool, dense: 3]\n",
+    )
+    module = generate(spec, tmp_path / "out")
+    analysis = load(spec, {"c": "6"})
+    assert check_shapes(module.create_model(c=6), analysis).shape == (1, 3)
+    assert BACKEND.count(module.create_model(c=6)) == (analysis.total.trainable, analysis.total.non_trainable)
+
+
+def test_a_flatten_after_channels_from_a_param_follows_create_models_param(tmp_path):
+    """The dense layer after a flatten takes height x width x the param's channels (found
+    by `make fuzz`'s lift edit on vgg16: nn.Linear(25088, ...) whatever the width)."""
+    spec = small_spec(
+        tmp_path, "name: flat\ninput: [8, 8, 3]\nparams: {w: 4}\nflows:\n  main: [conv: {filters: $w, kernel: 3}, flatten, dense: 3]\n"
+    )
+    module = generate(spec, tmp_path / "out")
+    analysis = load(spec, {"w": "6"})
+    assert check_shapes(module.create_model(w=6), analysis).shape == (1, 3)
+    assert BACKEND.count(module.create_model(w=6)) == (analysis.total.trainable, analysis.total.non_trainable)
+
+
 def test_small_spec_counts_and_shapes_for_every_switch(tmp_path):
     spec = small_spec(tmp_path)
     module = generate(spec, tmp_path)

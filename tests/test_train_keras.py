@@ -21,7 +21,8 @@ pytest.importorskip("keras")
 pytest.importorskip("PIL")
 
 from events import check_against_csv  # noqa: E402
-from imagefolder import make_image_folder  # noqa: E402
+from imagefolder import damaged_png, make_image_folder  # noqa: E402
+from interrupt import sigterm_once_started  # noqa: E402
 
 from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
 
@@ -126,7 +127,7 @@ def test_two_multiworker_mirrored_workers_stay_identical_and_learn(tmp_path):
     assert tuple(model(keras.ops.zeros((1, 64, 64, 3))).shape) == (1, 4)
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
+def test_a_killed_or_terminated_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
     common = ["--data", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "4"]
     common += ["--max-steps", "8", "--log-every", "1", "--checkpoint-every", "2", "--lr", "0.005"]
     straight = tmp_path / "straight"
@@ -156,7 +157,36 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_o
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
 
+    # SIGTERM (Slurm's notice before preemption): a checkpoint after the step under way, exit 0
+    termed = tmp_path / "termed"
+    again = archc_train(*common, "--checkpoint-every", "0", "-o", str(termed))
+    status, printed = sigterm_once_started(again, ENV)
+    ckpt = termed / "checkpoints" / "latest.keras-ckpt.npz"
+    with np.load(ckpt) as saved_file:
+        stopped = json.loads(str(saved_file["meta"]))["step"]
+    assert status == 0 and 0 < stopped < 8, printed
+    assert f"stopped by SIGTERM after step {stopped} of 8; checkpoint {ckpt}; the same command resumes" in printed
+    assert not (termed / "final.weights.h5").exists()
+    proc = subprocess.run(again, capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0 and f"resuming from {ckpt} at step {stopped}" in proc.stdout, proc.stdout + proc.stderr
+
     # optimizer (momentum, step counter: the schedule), EMA, dropout seeds, data position
     a = json.loads((straight / "ranks" / "worker-0.json").read_text())
     b = json.loads((out / "ranks" / "worker-0.json").read_text())
     assert a == b
+    assert json.loads((termed / "ranks" / "worker-0.json").read_text()) == a
+
+
+def test_a_file_that_fails_to_decode_mid_run_is_skipped_and_counted(tmp_path):
+    """It passes the check before step 1, then fails in tf.data: skipped, counted (one
+    line each time the count grows), never a traceback."""
+    data = make_image_folder(tmp_path / "data", per_class=3)
+    damaged_png(data / "red" / "damaged.png")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--val-data", str(data), "-o", str(out), "--image-size", "32", "--batch-size", "4", "--epochs", "1"]
+    proc = subprocess.run(archc_train(*args, "--log-every", "1"), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "13 images of 4 classes" in proc.stdout
+    count = json.loads((out / "ranks" / "worker-0.json").read_text())["unreadable"]
+    assert count >= 1 and f"{count} so far, all replicas" in proc.stderr  # the evaluation reads every file
+    assert f"{count} files that failed to decode were skipped" in proc.stdout

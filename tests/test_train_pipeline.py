@@ -65,7 +65,7 @@ def test_both_trainers_crop_flip_and_resize_the_same_pixels(tmp_path):
     torch_samples = torch_train.Samples(source, RECIPE)
     for fraction, keras_draws in ((None, draws), (0.875, None)):
         ds = keras_train._images(tf, source, RECIPE, index, flipped if fraction is None else np.zeros(4, bool), keras_draws, fraction)
-        for i, (image, label) in enumerate(ds):
+        for i, (image, label, _) in enumerate(ds):
             item = (i, bool(flipped[i]), tuple(draws[i].tolist())) if fraction is None else (i, False, fraction)
             mine, my_label = torch_samples[item]
             assert image.dtype == tf.uint8 and mine.dtype == torch.uint8 and int(label) == my_label
@@ -93,7 +93,7 @@ def test_reduced_size_jpeg_decode_keeps_the_boxes_in_both_trainers(tmp_path):
     for fraction, keras_draws in ((None, draws), (0.875, None), (1.0, None)):
         flips = flipped if fraction is None else np.zeros(4, bool)
         ds = keras_train._images(tf, source, RECIPE, index, flips, keras_draws, fraction)
-        for i, (image, _) in enumerate(ds):
+        for i, (image, _, _) in enumerate(ds):
             item = (i, bool(flips[i]), tuple(draws[i].tolist()) if fraction is None else fraction)
             mine = torch_samples[item][0].numpy().astype(int)
             draw = draws[i]
@@ -115,8 +115,8 @@ def test_both_trainers_make_the_same_synthetic_batches():
     expected = source.tables().batch(index)
     x, y = torch_train.SyntheticBatches(source, torch.device("cpu"))(index)
     assert torch.equal(x, torch.from_numpy(expected)) and y.tolist() == (index % 5).tolist()
-    (kx, ky), *_ = list(keras_train._batches(tf, source, RECIPE, index, None, None, 6, True))
-    assert np.array_equal(kx.numpy(), expected) and ky.numpy().tolist() == (index % 5).tolist()
+    (kx, ky, skipped), *_ = list(keras_train._batches(tf, source, RECIPE, index, None, None, 6, True))
+    assert np.array_equal(kx.numpy(), expected) and ky.numpy().tolist() == (index % 5).tolist() and not skipped.numpy().any()
 
 
 def expected_ema(history, decay):
@@ -192,10 +192,30 @@ def test_both_trainers_decode_every_image_mode_to_the_same_pixels(tmp_path):
     tolerance = {"cmyk.jpg": 3}  # JPEG's rounding
     ds = keras_train._images(tf, source, RECIPE, np.arange(len(files)), np.zeros(len(files), bool), None, 1.0)
     samples = torch_train.Samples(source, RECIPE)
-    for i, (image, _) in enumerate(ds):
+    for i, (image, _, _) in enumerate(ds):
         name = os.path.basename(files[i])
         mine = samples[(i, False, 1.0)][0].numpy().astype(int)
         mine = mine.transpose(1, 2, 0) if mine.shape[0] == 3 else mine
         theirs = image.numpy().astype(int)
         assert np.abs(theirs - mine).max() <= 1, name
         assert np.abs(mine - expected[name]).max() <= tolerance.get(name, 1), name
+
+
+def test_the_keras_pipeline_skips_and_counts_a_file_that_fails_to_decode(tmp_path):
+    """It passed the check before step 1; tf.data drops it, the next element says so,
+    and the batches stay whole (a spare stands in at the end)."""
+    from imagefolder import damaged_png, make_image_folder
+
+    from archc.training.kit import DataSource, scan_image_folder, unreadable_images
+
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    damaged_png(root / "red" / "1damaged.png")
+    names, files, labels = scan_image_folder(root)
+    assert unreadable_images(files) == []
+    source = DataSource("folder", len(files), 16, 16, 3, 4, files, labels, names)
+    order = np.arange(len(files))
+    batches = list(keras_train.train_pipeline(tf, source, RECIPE, order, np.zeros(len(files), bool), None, 2, 0, 4, 1, 0, 4))
+    assert [len(y) for _, y, _ in batches] == [4, 4]
+    assert sum(int(s.numpy().sum()) for _, _, s in batches) == 1
+    taken = [int(v) for _, y, _ in batches for v in y.numpy()]
+    assert len(taken) == 8 and files.index(str(root / "red" / "1damaged.png")) < 8

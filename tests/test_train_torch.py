@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("PIL")
 
 from events import check_against_csv  # noqa: E402
-from imagefolder import make_image_folder  # noqa: E402
+from imagefolder import damaged_png, make_image_folder  # noqa: E402
+from interrupt import children, sigterm_once_started  # noqa: E402
 
 from archc.ir.recipe import LearningRate, learning_rate_at  # noqa: E402
 
@@ -72,7 +73,42 @@ def test_two_process_torchrun_keeps_replicas_identical_and_learns(tmp_path):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
+def test_torchrun_restarts_a_group_that_lost_a_worker_and_it_ends_as_an_uninterrupted_run(tmp_path):
+    """Elastic restart: with --max-restarts 1, one of two workers killed mid-run makes
+    torchrun stop the other and start the group again; it resumes from the last
+    checkpoint and ends with the weights of a run that was never interrupted."""
+    common = ["--data", "synthetic", "--synthetic-samples", "32", "--image-size", "32", "--batch-size", "4"]
+    common += ["--max-steps", "12", "--log-every", "1", "--checkpoint-every", "2", "--lr", "0.005"]
+
+    def torchrun(out: Path, *extra: str) -> list[str]:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra]
+        return [*launch, "-m", "archc", "train", XCEPTION, *SMALL, *common, "-o", str(out)]
+
+    straight = tmp_path / "straight"
+    proc = subprocess.run(torchrun(straight), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    out = tmp_path / "restarted"
+    ckpt = out / "checkpoints" / "latest.pt"
+    agent = subprocess.Popen(torchrun(out, "--max-restarts=1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and agent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = children(agent.pid)
+    assert len(workers) == 2 and agent.poll() is None, "the run ended before a worker could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
+    printed, _ = agent.communicate(timeout=300)
+    assert agent.returncode == 0, printed
+    saved = [int(line.split()[-1]) for line in printed.splitlines() if line.startswith(f"resuming from {ckpt} at step ")]
+    assert len(saved) == 1 and 0 < saved[0] < 12, printed  # the second group resumed, once
+
+    a = json.loads((straight / "ranks" / "rank-0.json").read_text())
+    for rank in (0, 1):  # both replicas of the restarted group hold the uninterrupted run's bits
+        assert json.loads((out / "ranks" / f"rank-{rank}.json").read_text()) == a
+    assert [int(r["step"]) for r in metrics(out)] == list(range(1, 13))
+
+
+def test_a_killed_or_terminated_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
     common = ["--data", "synthetic", "--synthetic-samples", "16", "--image-size", "32", "--batch-size", "4"]
     common += ["--max-steps", "12", "--log-every", "1", "--checkpoint-every", "2", "--lr", "0.005"]
 
@@ -98,6 +134,19 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_o
     assert f"step {saved + 1}/12" in proc.stdout and f"step {saved}/12" not in proc.stdout
     assert not list(ckpt.parent.glob(".tmp-*"))  # what the kill left half-written is gone
 
+    # SIGTERM (Slurm's notice before preemption): a checkpoint after the step under way, exit 0
+    termed = tmp_path / "termed"
+    status, printed = sigterm_once_started(archc_train(*common, "--checkpoint-every", "0", "-o", str(termed)), ENV)
+    ckpt = termed / "checkpoints" / "latest.pt"
+    stopped = torch.load(ckpt, weights_only=True)["step"]
+    assert status == 0 and 0 < stopped < 12, printed
+    assert f"stopped by SIGTERM after step {stopped} of 12; checkpoint {ckpt}; the same command resumes" in printed
+    assert not (termed / "final.pt").exists()
+    proc = subprocess.run(
+        archc_train(*common, "--checkpoint-every", "0", "-o", str(termed)), capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert proc.returncode == 0 and f"resuming from {ckpt} at step {stopped}" in proc.stdout, proc.stdout + proc.stderr
+
     rows = metrics(out)  # rows logged after the checkpoint by the killed run were replaced
     assert [int(r["step"]) for r in rows] == list(range(1, 13))
     recipe = LearningRate(initial=0.005, decay=0.94, every_epochs=2)  # xception's schedule, --lr 0.005
@@ -109,6 +158,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_o
     a = json.loads((straight / "ranks" / "rank-0.json").read_text())
     b = json.loads((out / "ranks" / "rank-0.json").read_text())
     assert a == b
+    assert json.loads((termed / "ranks" / "rank-0.json").read_text()) == a
 
 
 def test_data_is_chosen_explicitly_and_checked(tmp_path):
@@ -143,7 +193,21 @@ def test_a_spec_without_training_trains_with_the_default_recipe_and_says_so(tmp_
     spec = tmp_path / "tiny.yaml"
     spec.write_text("name: tiny\ninput: [16, 16, 3]\nflows:\n  main: [conv: {filters: 4, kernel: 3}, global_avg_pool, dense: 3]\n")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "archc", "train", str(spec), "--data", "synthetic", "-o", str(out), "--max-steps", "2", "--batch-size", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "archc",
+        "train",
+        str(spec),
+        "--data",
+        "synthetic",
+        "-o",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     header = done.stdout + done.stderr
@@ -168,3 +232,19 @@ def test_the_torch_trainer_never_imports_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False False"
     assert any((out / "tensorboard").iterdir())  # the events were written, without TensorFlow
+
+
+def test_a_file_that_fails_to_decode_mid_run_is_skipped_and_counted(tmp_path):
+    """It passes the check before step 1 (header, size, mode, end marker), then fails in
+    the loader: one line on stderr each time, counted, never a traceback."""
+    data = make_image_folder(tmp_path / "data", per_class=3)
+    bad = damaged_png(data / "red" / "damaged.png")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--val-data", str(data), "-o", str(out), "--image-size", "32", "--batch-size", "4", "--epochs", "1"]
+    proc = subprocess.run(archc_train(*args), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "13 images of 4 classes" in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(f"archc train: skipped {bad}: it failed to decode (")]
+    count = json.loads((out / "ranks" / "rank-0.json").read_text())["unreadable"]
+    assert count == len(lines) >= 1  # the evaluation reads every file: at least once
+    assert f"{count} files that failed to decode were skipped" in proc.stdout

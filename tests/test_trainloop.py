@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +25,12 @@ XCEPTION = str(ROOT / "specs/xception.yaml")
 class Recorder:
     """An engine (archc.training.loop.Engine) with no model: it logs its calls."""
 
-    kind, replicas, is_main, rank_name, checkpoint_suffix = "fake/one", 1, True, "rank-0", ".fake.json"
+    kind, replicas, is_main, rank_name, checkpoint_suffix, unreadable = "fake/one", 1, True, "rank-0", ".fake.json", 0
 
-    def __init__(self):
+    def __init__(self, term_at: int | None = None):
         self.calls: list = []
+        self.term_at = term_at  # SIGTERM to this process during this batch
+        self.agreed = 0
 
     def describe(self):
         return "a recording engine"
@@ -43,6 +47,8 @@ class Recorder:
 
     def step(self, batch):
         self.calls.append(("step", batch))
+        if batch == self.term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def mean_loss(self):
         self.calls.append(("loss",))
@@ -66,12 +72,16 @@ class Recorder:
     def barrier(self):
         self.calls.append(("barrier",))
 
+    def agree(self, stop):
+        self.agreed += 1
+        return stop
 
-def run(tmp_path, **options):
+
+def run(tmp_path, term_at=None, **options):
     small = {"params": {"middle_repeats": "1", "classes": "4"}, "image_size": (32, 32), "synthetic_samples": 16, "batch_size": 4}
     config = RunConfig(XCEPTION, "synthetic", tmp_path / "run", val_data="synthetic", **{**small, **options})
     prepared = prepare(config)
-    engine = Recorder()
+    engine = Recorder(term_at)
     train(prepared, Schedule.for_run(prepared, engine.replicas), engine)
     return engine.calls
 
@@ -119,6 +129,24 @@ def test_the_loop_resumes_where_its_checkpoint_left_off(tmp_path, capsys):
     assert run(tmp_path, max_steps=7, resume=False)[0] == ("batches", 0, 7)
     with pytest.raises(UserError, match="cannot resume a different run"):
         run(tmp_path, max_steps=7, batch_size=2)
+
+
+def test_sigterm_checkpoints_after_the_step_under_way_and_the_same_command_resumes(tmp_path, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    calls = run(tmp_path, term_at=4, max_steps=7, log_every=3, checkpoint_every=0)  # 4 steps an epoch
+    assert [c for c in calls if c[0] != "step"] == [("batches", 0, 7), ("loss",), ("save", 4), ("eval",), ("save", 5), ("barrier",)]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the loop's only while it runs
+    out = tmp_path / "run"
+    printed = capsys.readouterr().out
+    assert (
+        f"stopped by SIGTERM after step 5 of 7; checkpoint {out / 'checkpoints' / 'latest.fake.json'}; the same command resumes" in printed
+    )
+    assert not (out / "final.fake").exists() and not (out / "ranks").exists()
+
+    calls = run(tmp_path, max_steps=7, log_every=3, checkpoint_every=0)
+    assert calls[:2] == [("restore", 5), ("batches", 5, 7)]
+    assert "done: 7 steps" in capsys.readouterr().out
+    assert json.loads((out / "ranks" / "rank-0.json").read_text())["step"] == 7
 
 
 def test_epoch_spans_cut_a_resumed_run_at_epoch_ends():

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from archc.ir.recipe import DEFAULT_TRAINING, Training, learning_rate_at
 from archc.syntax.errors import SpecError, UserError
@@ -225,8 +225,12 @@ def open_source(data: str, shape: tuple[int, int, int], classes: int, config: Ru
         )
     bad = unreadable_images(files)
     if bad and config.bad_images != "skip":
-        listed = "; ".join(f"{os.path.relpath(f, data)} ({why})" for f, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UserError(f"{option} {data}: expected images it can read, found {len(bad)} of {len(files)} files that are not: {listed}; pass --bad-images skip to train without them")
+        listed = "; ".join(f"{os.path.relpath(f, data)} ({why})" for f, why in bad[:5]) + (
+            f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        )
+        raise UserError(
+            f"{option} {data}: expected images it can read, found {len(bad)} of {len(files)} files that are not: {listed}; pass --bad-images skip to train without them"
+        )
     if bad:
         dropped = {f for f, _ in bad}
         kept = [(f, label) for f, label in zip(files, labels) if f not in dropped]
@@ -271,6 +275,34 @@ def unreadable_images(files: list[str]) -> list[tuple[str, str]]:
         elif ENDINGS[kind] not in tail:
             bad.append((path, "truncated"))
     return bad
+
+
+class Unreadable(NamedTuple):
+    """A file of the data set that passed :func:`unreadable_images` but failed to decode
+    during the run: skipped, and counted by the trainer."""
+
+    path: str
+    reason: str
+
+
+def report_unreadable(item: Unreadable, count: int, rank: int = 0) -> None:
+    """One line on stderr for a file skipped mid-run (from any process)."""
+    print(
+        f"archc train: skipped {item.path}: it failed to decode ({item.reason}); {count} skipped so far on rank {rank}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """What decoding a damaged file raises: Pillow (OSError, SyntaxError for a broken PNG
+    chunk, DecompressionBombError), libjpeg-turbo through simplejpeg (ValueError), zlib."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 def scan_image_folder(root: str | Path, option: str = "--data") -> tuple[list[str], list[str], list[int]]:

@@ -1,6 +1,6 @@
 """The training loop both trainers run, with no deep-learning framework: the run's header
 and ``OUT/run.json``, resuming from ``OUT/checkpoints/latest``, the cadence of logs,
-checkpoints and evaluations, each process's digests in ``OUT/ranks/`` and the final
+checkpoints and evaluations, stopping with a checkpoint on SIGTERM, each process's digests in ``OUT/ranks/`` and the final
 weights. A trainer supplies an :class:`Engine`: its model, optimizer, distributed step
 and file formats. Keeping the loop here makes a step, a log line, a checkpoint and a
 resume mean the same thing in both backends.
@@ -12,6 +12,8 @@ logs and writes the shared files.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +41,7 @@ class Engine(Protocol):
     is_main: bool  # this process logs and writes checkpoints and final weights
     rank_name: str  # this process's digests go to OUT/ranks/<rank_name>.json
     checkpoint_suffix: str  # OUT/checkpoints/latest<suffix>
+    unreadable: int  # this process's files that failed to decode during the run, skipped
 
     def describe(self) -> str:
         """The run header's words after the model file: framework, devices, precision."""
@@ -83,6 +86,34 @@ class Engine(Protocol):
         """Wait for every process (collective): none leaves while the main one writes."""
         ...
 
+    def agree(self, stop: bool) -> bool:
+        """Whether any process asks to stop (collective, every step): every replica then
+        stops after the same step."""
+        ...
+
+
+class StopRequest:
+    """SIGTERM, what Slurm (and torchrun, and Kubernetes) send before they end a job, asks
+    the run to stop: the loop checkpoints after the step under way and returns, and the
+    same command resumes. Installed only in the main thread, where Python runs handlers;
+    the previous handler is back afterwards."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
 
 def train(prepared: Prepared, schedule: Schedule, engine: Engine) -> None:
     """Run ``prepared``'s recipe with ``engine``: resume, step, log, checkpoint, evaluate,
@@ -91,9 +122,16 @@ def train(prepared: Prepared, schedule: Schedule, engine: Engine) -> None:
     total = schedule.total_steps(config.max_steps)
     signature = run_signature(prepared, engine.replicas)
     ckpt = checkpoint_path(config.out, engine.checkpoint_suffix)
-    step = engine.restore(ckpt, signature) if config.resume and ckpt.exists() else 0
-    log = open_log(prepared, schedule, engine, ckpt, step, total) if engine.is_main else None
-    step = run_steps(prepared, schedule, engine, log, signature, ckpt, step, total)
+    with StopRequest() as stop:
+        step = engine.restore(ckpt, signature) if config.resume and ckpt.exists() else 0
+        log = open_log(prepared, schedule, engine, ckpt, step, total) if engine.is_main else None
+        step = run_steps(prepared, schedule, engine, log, signature, ckpt, step, total, stop)
+    if step < total:  # stopped by SIGTERM, checkpointed
+        if log is not None:
+            log.echo(f"stopped by SIGTERM after step {step} of {total}; checkpoint {ckpt}; the same command resumes")
+            log.close()
+        engine.barrier()
+        return
     finish(config.out, engine, log, step)
 
 
@@ -113,11 +151,20 @@ def open_log(prepared: Prepared, schedule: Schedule, engine: Engine, ckpt: Path,
 
 
 def run_steps(
-    prepared: Prepared, schedule: Schedule, engine: Engine, log: MetricLog | None, signature, ckpt: Path, step: int, total: int
+    prepared: Prepared,
+    schedule: Schedule,
+    engine: Engine,
+    log: MetricLog | None,
+    signature,
+    ckpt: Path,
+    step: int,
+    total: int,
+    stop: StopRequest | None = None,
 ) -> int:
     """Steps ``step..total-1``: a log line every ``--log-every`` steps, a checkpoint every
     ``--checkpoint-every`` steps and at the end of each epoch, an evaluation at the end of
-    each epoch; the last step does all three. Returns the steps done."""
+    each epoch; the last step does all three. A stop request (any process's) ends the run
+    after the step under way, with a checkpoint. Returns the steps done."""
     config = prepared.config
     per_epoch = schedule.steps_per_epoch
     meter = Throughput()
@@ -133,8 +180,11 @@ def run_steps(
                 log.train(
                     step, step / per_epoch, step * schedule.global_batch, loss, schedule.learning_rate(step - 1), rate, elapsed, total
                 )
-        if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total:
+        stopping = step < total and engine.agree(stop is not None and stop.received)
+        if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == total or stopping:
             engine.save(ckpt, signature, step)
+        if stopping:
+            return step
         if prepared.val is not None and (end_of_epoch or step == total):
             result = engine.evaluate()
             if log is not None and result is not None:
@@ -145,10 +195,13 @@ def run_steps(
 def finish(out: str | Path, engine: Engine, log: MetricLog | None, step: int) -> None:
     """Every process's digests, then the main process's final weights."""
     out = Path(out)
-    write_json(out / "ranks" / f"{engine.rank_name}.json", {"step": step, **engine.digests()})
+    digests = engine.digests()
+    skipped = {"unreadable": engine.unreadable} if engine.unreadable else {}
+    write_json(out / "ranks" / f"{engine.rank_name}.json", {"step": step, **skipped, **digests})
     if log is not None:
         weights = engine.save_final(out)
-        log.echo(f"done: {step} steps; weights in {weights}")
+        unread = f"; {engine.unreadable} files that failed to decode were skipped (OUT/ranks/ has the counts)" if engine.unreadable else ""
+        log.echo(f"done: {step} steps; weights in {weights}{unread}")
         log.close()
     engine.barrier()
 

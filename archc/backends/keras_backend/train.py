@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from archc.syntax.errors import UserError
@@ -251,8 +252,21 @@ def _images(tf, source, training, index, flipped, draws, fraction):
             image = tf.raw_ops.Merge(inputs=[keep, tf.reverse(turn, [1])]).output
         return image, label
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.gather(files, index), tf.gather(labels, index), flipped, draws))
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.from_tensor_slices((tf.gather(files, index), tf.gather(labels, index), flipped, draws)).enumerate()
+    ds = ds.map(lambda k, item: (*load(*item), k), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _skip_unreadable(tf, ds)
+
+
+def _skip_unreadable(tf, ds):
+    """(image, label, k) elements -> (image, label, files skipped just before it): an image
+    that fails to decode during the run (it passed the check before step 1) is dropped
+    (tf.data's ``ignore_errors``), and the gap in the positions ``k`` counts it."""
+
+    def gap(previous, element):
+        image, label, k = element
+        return k, (image, label, k - previous - 1)
+
+    return ds.ignore_errors().scan(tf.constant(-1, tf.int64), gap)
 
 
 _FAST_JPEG = dict(fancy_upscaling=False, dct_method="INTEGER_FAST")
@@ -297,9 +311,10 @@ def _resize(tf, image, h, w):
     return tf.cast(tf.round(image), tf.uint8)  # in [0, 255] already: weights >= 0, summing to 1
 
 
-def _batches(tf, source, training, index, flipped, draws, batch, drop_remainder, fraction=None):
-    """Batches of (uint8 images, labels): a folder's images, or synthetic ones made a whole
-    batch at a time from two small tables (one gather and one add)."""
+def _batches(tf, source, training, index, flipped, draws, batch, drop_remainder, fraction=None, needed=None):
+    """Batches of (uint8 images, labels, files skipped before each): a folder's images (the
+    first ``needed``: the rest stand in for files that fail to decode), or synthetic ones
+    made a whole batch at a time from two small tables (one gather and one add)."""
     if source.kind == kit.SYNTHETIC:
         tables = source.tables()
         rows, noise = tf.constant(tables.rows), tf.constant(tables.noise)
@@ -308,11 +323,13 @@ def _batches(tf, source, training, index, flipped, draws, batch, drop_remainder,
         def make(i):
             pick, label = kit.synthetic_lookup(i, classes)
             images = tf.reshape(tf.gather(noise, pick), (-1, shape[0], shape[1] * shape[2])) + tf.gather(rows, label)[:, None, :]
-            return tf.reshape(images, (-1, *shape)), tf.cast(label, tf.int32)
+            return tf.reshape(images, (-1, *shape)), tf.cast(label, tf.int32), tf.zeros_like(i, tf.int64)
 
         ds = tf.data.Dataset.from_tensor_slices(index).batch(batch, drop_remainder=drop_remainder)
         return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     ds = _images(tf, source, training, index, flipped, draws, fraction)
+    if needed is not None:
+        ds = ds.take(needed)
     return ds.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
@@ -333,7 +350,9 @@ def train_pipeline(tf, source, training, order, flip, draws, steps, skip, batch,
         for local in range(replicas_here)
     ]
     index = np.concatenate(picks).astype(np.int64) if picks else np.zeros((0,), np.int64)
-    return _batches(tf, source, training, index, flip[index], None if draws is None else draws[index], batch, True)
+    needed = len(index)  # and spares after them, taken only where files fail to decode
+    index = np.concatenate([index, index[: batch * replicas_here + needed // 100]])
+    return _batches(tf, source, training, index, flip[index], None if draws is None else draws[index], batch, True, needed=needed)
 
 
 def val_pipeline(tf, source, training, batch):
@@ -381,9 +400,11 @@ class KerasEngine:
             start_ema(self.model, self.optimizer)
         self.stats = [v for v in self.model.non_trainable_weights if "float" in str(v.dtype)]  # BN moving mean and variance
         self.train_step = self.make_train_step()
-        self.replica_means, self.replica_barrier = self.make_collectives()
+        self.replica_means, self.replica_barrier, self.replica_any = self.make_collectives()
+        self.multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.plain = PlainCopy(tf, self.module)
-        self.window: list = []
+        self.window: list = []  # (loss, files skipped) of each step since the last log
+        self.unreadable = 0  # files skipped because they failed to decode during the run (all replicas)
         self.final_weights = self.final_ema = None
 
     def make_train_step(self):
@@ -411,15 +432,18 @@ class KerasEngine:
         if self.prepared.config.compile:
             forward_backward = tf.function(forward_backward, jit_compile=True)
 
-        def replica_step(x, y):
+        def replica_step(x, y, skipped):
             loss, grads = forward_backward(x, y)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
+            return loss, tf.reduce_sum(skipped)
 
         @tf.function
         def train_step(iterator):
-            x, y = next(iterator)
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(x, y)), axis=None)
+            """(the loss, the files skipped for this step's batches: they failed to decode)."""
+            loss, skipped = strategy.run(replica_step, args=next(iterator))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None), strategy.reduce(
+                tf.distribute.ReduceOp.SUM, skipped, axis=None
+            )
 
         return train_step
 
@@ -438,7 +462,14 @@ class KerasEngine:
         def replica_barrier():
             return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.ones(())))
 
-        return replica_means, replica_barrier
+        @tf.function
+        def replica_any(flag):
+            def fn(flag):
+                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
+
+            return strategy.run(fn, args=(flag,))
+
+        return replica_means, replica_barrier, replica_any
 
     def sync(self) -> None:
         """Average the BN moving statistics over the replicas (a collective: every worker
@@ -485,15 +516,32 @@ class KerasEngine:
         self.window.append(self.train_step(batch))
 
     def mean_loss(self) -> float:
+        """The window's mean loss; the files skipped in it are counted here, where the
+        loop reads the device anyway."""
         import numpy as np
 
-        loss = float(np.mean([float(v) for v in self.window]))
+        loss = float(np.mean([float(v) for v, _ in self.window]))
+        self.count_unreadable(sum(int(n) for _, n in self.window))
         self.window.clear()
         return loss
 
+    def count_unreadable(self, skipped: int) -> None:
+        if skipped:
+            self.unreadable += skipped
+            print(
+                f"archc train: skipped {skipped} more files that failed to decode (tf.data does not say which); "
+                f"{self.unreadable} so far, all replicas",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def evaluate(self):
         """On the chief alone (its copy outside the strategy); ``None`` on the others."""
-        return _evaluate(self.tf, self.keras, self.plain, self.model, self.optimizer, self.prepared) if self.is_main else None
+        if not self.is_main:
+            return None
+        result, skipped = _evaluate(self.tf, self.keras, self.plain, self.model, self.optimizer, self.prepared)
+        self.count_unreadable(skipped)
+        return result
 
     def digests(self) -> dict:
         self.sync()
@@ -515,6 +563,13 @@ class KerasEngine:
     def barrier(self) -> None:
         if self.replicas > 1:  # the others wait for the chief's files: no worker leaves while the chief still needs the cluster
             self.replica_barrier()
+
+    def agree(self, stop: bool) -> bool:
+        """Any worker's stop request (replicas in one process share theirs)."""
+        if not self.multi_worker:
+            return stop
+        flags = self.replica_any(self.tf.constant(float(stop)))
+        return bool(self.strategy.experimental_local_results(flags)[0] > 0)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -584,14 +639,15 @@ class PlainCopy:
 
 
 def _evaluate(tf, keras, plain: PlainCopy, model, optimizer, prepared):
-    """(weights, loss, top-1, samples) on --val-data with the EMA weights (or the live
-    ones), on the chief alone."""
+    """((weights, loss, top-1, samples), files skipped) on --val-data with the EMA weights
+    (or the live ones), on the chief alone."""
     ema = _ema_weights(model, optimizer)
     plain.load(ema if ema is not None else [v.numpy() for v in model.weights])
-    total_loss, correct, count = 0.0, 0, 0
-    for x, y in val_pipeline(tf, prepared.val, prepared.training, prepared.training.batch_size):
+    total_loss, correct, count, unreadable = 0.0, 0, 0, 0
+    for x, y, skipped in val_pipeline(tf, prepared.val, prepared.training, prepared.training.batch_size):
+        unreadable += int(tf.reduce_sum(skipped))
         logits = plain.scores(to_input(tf, x))
         total_loss += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
         correct += int(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.int32)))
         count += int(tf.shape(y)[0])
-    return "ema" if ema is not None else "live", total_loss / count, correct / count, count
+    return ("ema" if ema is not None else "live", total_loss / count, correct / count, count), unreadable

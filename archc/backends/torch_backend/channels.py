@@ -12,7 +12,7 @@ from archc.passes.analysis import Analysis
 from archc.syntax import expr
 
 from . import values as v
-from .ops import OPS, Unsupported, term
+from .ops import OPS, Unsupported, term, times
 from .values import Channels, Lit, Sym, Value
 
 
@@ -115,11 +115,13 @@ class ChannelAlgebra:
             return after, Sym(f"{term(ch)} if i == 0 else {term(after)}"), after_rank
         raise Unsupported(node, "a repeated body that neither adds a fixed number of channels nor sets them")
 
-    def flat_size(self, node: ir.Flatten) -> Lit:
-        """A flatten's output size, as archc infers it for the spec's params."""
+    def flat_size(self, node: ir.Flatten, ch: Channels) -> Channels:
+        """A flatten's output size: height x width as archc infers them for the spec's
+        params, times the channels (an expression where a param sets them)."""
         if node.path not in self.analysis.shapes:
             raise Unsupported(node, "a flatten that is switched off by default (its output size is not known)")
-        return Lit(self.analysis.shapes[node.path][1][0])
+        (height, width, _), (size,) = self.analysis.shapes[node.path]
+        return Lit(size) if isinstance(ch, Lit) else times(ch, Lit(height * width))
 
 
 def minus(grown: Channels, base: Sym) -> Channels | None:

@@ -596,7 +596,7 @@ def _call(r, node, env, ch, rank):
 
 
 def _flatten(r, node, env, ch, rank):
-    return (r.flat_size(node), 1) if rank == 3 else (ch, 1)
+    return (r.flat_size(node, ch), 1) if rank == 3 else (ch, 1)
 
 
 def _global_pool(r, node, env, ch, rank):

@@ -288,6 +288,8 @@ class Renderer(ChannelAlgebra):
         net = self.net
         env: dict[str, Value] = {name: Sym(ident) for name, ident in self.plan.params.items()}
         ch: Channels = Lit(net.input[2])
+        if 2 in net.input_refs:  # channels from a param: create_model's, not the default's
+            ch = Sym(v.atom(self.plan.input_size()[2]))
         rank = 3
         scope = self.new_scope({}, Namespace(TAKEN | {self.plan.ident[f] for f in net.flows}, attribute=True))
         body: list[Statement] = []

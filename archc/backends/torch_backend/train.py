@@ -38,7 +38,7 @@ import os
 from pathlib import Path
 
 from archc.ir.recipe import ema_decay_at
-from archc.syntax.errors import UserError
+from archc.syntax.errors import UserError, one_line
 from archc.training import kit, loop
 
 CHECKPOINT_SUFFIX = ".pt"
@@ -64,9 +64,11 @@ class Distributed:
             self.device = torch.device("cuda", self.local_rank)
         else:
             self.device = torch.device("cpu")
+        self.control = None  # the default group, or a gloo one beside NCCL: small CPU all-reduces
         if self.enabled:
             backend = "nccl" if cuda else "gloo"
             dist.init_process_group(backend=backend, device_id=self.device if cuda else None)
+            self.control = dist.new_group(backend="gloo") if cuda else None
         self.dist = dist
 
     @property
@@ -81,6 +83,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled and self.world > 1:
             self.dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank: a one-number all-reduce on the CPU (on GPU
+        over a gloo group, so that the step does not wait for the device)."""
+        if not (self.enabled and self.world > 1):
+            return flag
+        import torch
+
+        value = torch.tensor([int(flag)])
+        self.dist.all_reduce(value, group=self.control)
+        return bool(value.item())
 
     def close(self) -> None:
         if self.enabled:
@@ -104,6 +117,7 @@ class Samples:
     def __init__(self, source, training):
         self.source = source
         self.augment = training.augment
+        self.errors = kit.decode_errors()
 
     def __getitem__(self, item):
         import torch
@@ -117,10 +131,25 @@ class Samples:
         else:
             region = None
         source = self.source
-        image = load_jpeg(source.files[index], source.height, source.width, source.channels, region, flip)
-        if image is None:  # not a JPEG, or no simplejpeg here: Pillow
-            image = torch.from_numpy(source.load(index, region, flip))
+        try:
+            image = load_jpeg(source.files[index], source.height, source.width, source.channels, region, flip)
+            if image is None:  # not a JPEG, or no simplejpeg here: Pillow
+                image = torch.from_numpy(source.load(index, region, flip))
+        except self.errors as exc:  # passed the check before step 1, fails now: skipped, counted
+            return kit.Unreadable(source.files[index], one_line(f"{type(exc).__name__}: {exc}"))
         return image, source.label(index)
+
+
+def collate(items):
+    """(uint8 images, labels, the batch's :class:`archc.training.kit.Unreadable` files) of
+    the items that decoded; a batch whose files all fail ends the run in one line."""
+    import torch
+
+    good = [item for item in items if not isinstance(item, kit.Unreadable)]
+    failed = [item for item in items if isinstance(item, kit.Unreadable)]
+    if not good:
+        raise UserError(f"{failed[0].path}: expected an image it can decode, found a whole batch that fails ({failed[0].reason})")
+    return torch.stack([image for image, _ in good]), torch.tensor([label for _, label in good], dtype=torch.int64), failed
 
 
 def _decoder():
@@ -244,6 +273,7 @@ def loader(source, training, batches, workers: int, pin: bool):
         batch_sampler=batches,
         num_workers=workers,
         pin_memory=pin,
+        collate_fn=collate,
         prefetch_factor=4 if workers else None,
         generator=torch.Generator().manual_seed(0),
     )
@@ -408,6 +438,7 @@ class TorchEngine:
         val = prepared.val
         self.val_synthetic = SyntheticBatches(val, job.device) if val is not None and val.kind == kit.SYNTHETIC else None
         self.averaged = None
+        self.unreadable = 0  # files skipped because they failed to decode during the run
         net.train()
 
     def describe(self) -> str:
@@ -466,8 +497,12 @@ class TorchEngine:
         return iter(loader(prepared.train, self.training, plan, self.workers, self.cuda))
 
     def inputs(self, batch):
-        """(float input, labels) of a batch, on the device."""
-        x, y = batch
+        """(float input, labels) of a batch, on the device; its files that failed to decode
+        are reported and counted."""
+        x, y, *failed = batch
+        for item in failed[0] if failed else ():
+            self.unreadable += 1
+            kit.report_unreadable(item, self.unreadable, self.job.rank)
         return to_input(x.to(self.job.device, non_blocking=True), self.memory_format), y.to(self.job.device, non_blocking=True)
 
     def step(self, batch) -> None:
@@ -541,3 +576,6 @@ class TorchEngine:
 
     def barrier(self) -> None:
         self.job.barrier()
+
+    def agree(self, stop: bool) -> bool:
+        return self.job.any(stop)
