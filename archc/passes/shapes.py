@@ -122,7 +122,8 @@ class _Walk:
 
     def sequence(self, layers: list[Node], current: Tensor, names: dict[str, Tensor], base: tuple[str, str]) -> Tensor:
         for node in layers:
-            if not node.when:  # switched off: what passes through goes by its names
+            if not node.when:  # switched off: its input (the first tensor it reads) passes on, under its names
+                current = self.lookup(node, node.reads[0], names) if node.reads else current
                 for name in node.saves:
                     self.define(node, name, current, names)
                 continue

@@ -284,10 +284,13 @@ class Renderer:
 
     def sequence(self, nodes: list[Node], src: str, dst: str, prefix: str, scope: Scope) -> list[Stmt]:
         """Statements computing ``dst`` from ``src`` through ``nodes``."""
-        nodes = [n for n in nodes if n.in_code()]
         out: list[Stmt] = []
         cur = src
         for node in nodes:
+            if not node.in_code():  # switched off by a literal: its input passes on, under its names
+                cur = scope.tensors[node.reads[0]] if node.reads else cur
+                out += self.name_output(node, cur, scope)
+                continue
             if node.reads:  # named tensors instead of the previous output
                 cur = self.reads(node, scope)
             direct = not node.children() or node.op == "call"
@@ -298,11 +301,18 @@ class Renderer:
             stmts = self.node(node, cur, dst, prefix, scope)
             out.extend(block(f"if {self.plan.symbol(node, 'when', True, self.index)}:", stmts) if "when" in node.refs else stmts)
             cur = dst
-            for name in (n for n in node.saves if n in self.read_names):  # a later layer reads it (switched off: what passed through)
-                scope.tensors[name] = scope.names.create(name, "tensor")
-                out.append(line(f"{scope.tensors[name]} = {dst}"))
+            out += self.name_output(node, dst, scope)
         if cur != dst:
             out.append(line(f"{dst} = {cur}"))
+        return out
+
+    def name_output(self, node: Node, value: str, scope: Scope) -> list[Stmt]:
+        """``skip = x`` for each name of the node's output that a later layer reads (under a
+        param's ``when``: what passed through when it is off)."""
+        out = []
+        for name in (n for n in node.saves if n in self.read_names):
+            scope.tensors[name] = scope.names.create(name, "tensor")
+            out.append(line(f"{scope.tensors[name]} = {value}"))
         return out
 
     def reads(self, node: Node, scope: Scope) -> str:
