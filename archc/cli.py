@@ -350,10 +350,12 @@ def sweep(ctx, spec, sweeps, seeds, params, out_dir, engine, dry_run, cpus_per_t
     Run it again to resume: finished trials are skipped (docs/experiments.md)."""
     from pathlib import Path
 
+    from archc.passes.pipeline import load
     from archc.tools import sweep_engines, sweep_report
     from archc.tools.sweep import Resources, plan, write_manifest
     from archc.tools.variants import parse_sweeps
 
+    load(spec, _overrides(params))  # the spec's own errors first, as every command gives them
     train_args = list(ctx.args)
     image_size = _train_options(spec, out_dir, train_args)
     engine_options = sweep_engines.Options(out=Path(out_dir).resolve(), **options)
@@ -380,8 +382,10 @@ def _train_options(spec: str, out_dir: str, args: list[str]):
     from archc.codegen.backend import get, require
     from archc.training.kit import parse_image_size
 
-    try:
-        ctx = train.make_context("train", [spec, "-o", out_dir, *args])
+    try:  # click's own parsing (not train's contract, which would speak for archc train)
+        ctx = click.Command.make_context(train, "train", [spec, "-o", out_dir, *args])
+    except click.NoSuchOption as exc:  # neither the sweep's nor train's: the sweep's usage error
+        raise click.NoSuchOption(exc.option_name, ctx=click.get_current_context()) from None
     except click.ClickException as exc:
         raise UserError(f"expected archc train's options after the sweep's, found: {exc.format_message()}") from None
     require(get(ctx.params["backend"]), "trains", ("train",))
