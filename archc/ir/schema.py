@@ -122,10 +122,9 @@ def _blocks() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
-            "inputs": {"type": "array", "items": TENSOR, "minItems": 1, "description": "named tensor inputs"},
+            "inputs": TENSORS,
             "body": LAYERS,
             "doc": {"type": "string"},
-            "inputs": TENSORS,
         },
     }
     return {"type": "object", "additionalProperties": block}
