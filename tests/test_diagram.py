@@ -229,7 +229,7 @@ def test_a_gate_is_its_body_beside_the_identity_joined_by_a_product():
 
 
 def test_docs_diagrams_are_up_to_date():
-    for spec in buildable(SPECS):  # the graph examples' skips are not drawn yet
+    for spec in buildable(SPECS):
         committed = ROOT / "docs/diagrams" / f"{spec.stem}.svg"
         assert committed.exists() and committed.read_text() == to_svg(layout(load(spec))), (
             f"{committed.relative_to(ROOT)} is stale: run make docs"

@@ -207,8 +207,8 @@ def test_torch_and_keras_agree_on_a_graph_output_by_output(tmp_path):
 
 def test_torch_forward_reads_like_hand_written_code(tmp_path):
     source = get("torch").render(load(spec(tmp_path, UNET)))
-    assert "def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:" not in source  # x is read by name
-    assert "x = torch.cat([u, skip], dim=1)" in source
+    assert "def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:" in source  # the block's inputs
+    assert "out = torch.cat([u, skip], dim=1)" in source  # the running tensor is not x, which a layer may read by name
     assert "x = self.decoder.up1(c3, c2)" in source
     assert 'return {"mask": mask, "label": label}' in source
     assert "self.conv1 = nn.Conv2d(in_channels + skip_channels, filters, 3, padding=1)" in source
@@ -262,3 +262,40 @@ def test_an_output_switched_on_needs_its_layers(tmp_path):
     text = AUX.replace("when: $aux_logits}\n    - global_avg_pool: {when: $aux_logits}", "}\n    - global_avg_pool")
     with pytest.raises(SpecError, match="expected every layer to lead to an output"):
         load(spec(tmp_path, text))
+
+
+DECONV = """
+name: deconv
+input: [7, 9, 3]
+flows:
+  main:
+    - conv_transpose: {filters: 4, kernel: 3, stride: 2, padding: same}   # an odd crop: the extra pixel at the end
+    - act: relu
+    - conv_transpose: {filters: 5, kernel: 4, stride: 2, padding: same, bias: false}
+    - conv_transpose: {filters: 2, kernel: 3, stride: 2}
+    - conv_transpose: {filters: 2, kernel: 2, stride: 2, padding: same}
+"""
+
+
+def test_conv_transpose_shapes_counts_macs_and_both_backends(tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from archc.tools.verify import verify
+
+    a = load(spec(tmp_path, DECONV))
+    assert [a.shapes[f"main/conv_transpose{i}"][1] for i in (1, 2, 3, 4)] == [(14, 18, 4), (28, 36, 5), (57, 73, 2), (114, 146, 2)]
+    assert a.counts["main/conv_transpose2"].trainable == 4 * 4 * 4 * 5  # no bias
+    path = tmp_path / "deconv_torch.py"
+    path.write_text(get("torch").render(a))
+    model = get("torch").load(path).create_model().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        y = model(torch.randn(1, 3, 7, 9))
+    assert tuple(y.shape) == (1, 2, 114, 146) and counter.get_total_flops() == 2 * a.total.macs
+    result = verify(a, ["torch", "keras"])  # TF's crop of a 'same' transposed conv, the odd pixel at the end
+    assert result.ok, result.failure()
+
+
+def test_conv_transpose_refuses_a_kernel_smaller_than_its_stride(tmp_path):
+    with pytest.raises(SpecError, match="expected a kernel no smaller than the stride, found kernel 1x1 with stride 2x2"):
+        load(spec(tmp_path, "name: d\ninput: [4, 4, 3]\nflows:\n  main:\n    - conv_transpose: {filters: 2, kernel: 1, stride: 2}\n"))

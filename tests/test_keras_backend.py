@@ -210,7 +210,7 @@ def test_module_shape(spec):
     p = plan(analysis)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     for block, bp in p.blocks.items():
-        assert [a.arg for a in functions[bp.func].args.args] == ["x", *p.signature(block), "name"]
+        assert [a.arg for a in functions[bp.func].args.args] == [*(bp.tensors or ["x"]), *p.signature(block), "name"]
     model = functions["create_model"].args
     assert [a.arg for a in model.kwonlyargs] == list(p.params.values())
     assert [ast.literal_eval(d) for d in model.kw_defaults] == list(analysis.net.params.values())

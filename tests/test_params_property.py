@@ -55,6 +55,18 @@ def values(decl) -> st.SearchStrategy:
     return st.just(decl.default)
 
 
+def nhwc(out):
+    """A torch output (a map in NCHW, a vector, or a dict of them) as numpy in Keras's layout."""
+    if isinstance(out, dict):
+        return {name: nhwc(value) for name, value in out.items()}
+    return out.permute(0, 2, 3, 1).numpy() if out.ndim == 4 else out.numpy()
+
+
+def numpy(out):
+    """A Keras output (or a dict of them) as numpy."""
+    return {name: np.asarray(value) for name, value in out.items()} if isinstance(out, dict) else np.asarray(out)
+
+
 def spelled(value) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
@@ -101,17 +113,17 @@ def test_create_model_at_any_params_keeps_counts_outputs_and_inference(spec, bac
         torch_backend.load_weights(model, analysis, weights)
         nchw = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         with torch.no_grad():
-            out = model(nchw).numpy()
-            fast = modules["torch"].for_inference(copy.deepcopy(model))(nchw).numpy()
+            out = nhwc(model(nchw))
+            fast = nhwc(modules["torch"].for_inference(copy.deepcopy(model))(nchw))
         assert output_difference(out, fast).rel < INFERENCE_TOLERANCE, f"torch for_inference at {params}"
 
         keras_backend = backends["keras"]
         keras_model = modules["keras"].create_model(**params)
         assert tuple(keras_backend.count(keras_model)) == expected, f"keras counts at {params}"
         keras_backend.load_weights(keras_model, analysis, weights)
-        keras_out = np.asarray(keras_model(x, training=False))
+        keras_out = numpy(keras_model(x, training=False))
         assert output_difference(keras_out, out).rel < TOLERANCE, f"torch vs keras at {params}"
-        keras_fast = np.asarray(modules["keras"].for_inference(keras_model)(x, training=False))
+        keras_fast = numpy(modules["keras"].for_inference(keras_model)(x, training=False))
         assert output_difference(keras_out, keras_fast).rel < INFERENCE_TOLERANCE, f"keras for_inference at {params}"
 
     holds()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -118,7 +119,9 @@ def check_shapes(model, analysis, batch: int = 1):
     assert {path for path in analysis.shapes if path not in found} == {path for path in analysis.shapes if ops[path] in STATEMENTS}
     seen: dict[str, list[tuple[int, ...]]] = {}
     hooks = []
-    shapes = {path: shape for path, shape in analysis.shapes.items() if path in found}
+    # a repeat whose runs are run by a loop in forward is an nn.ModuleList, never called itself
+    called = {path for path, modules in found.items() if not any(isinstance(m, torch.nn.ModuleList) for m in modules)}
+    shapes = {path: shape for path, shape in analysis.shapes.items() if path in called}
     for path in shapes:
         assert found[path], f"no module for {path}"
         for module in found[path]:
@@ -614,3 +617,98 @@ def test_xception_max_pools_need_no_pad_copy():
     x = torch.randn(1, 2, 74, 74)
     padded = torch.nn.functional.pad(x, (0, 1, 0, 1), value=float("-inf"))
     assert torch.equal(module.MaxPool2dSame(3, stride=2)(x), torch.nn.functional.max_pool2d(padded, 3, 2))
+
+
+# -- the generated code reads as hand-written: forward shows the data flow, keys stay shallow ----
+
+
+def _nesting(path: str, ops: dict[str, str]) -> int:
+    """How deep the spec nests a node: its flow, the nodes on its path (not the labels of
+    child sequences, 'body', 'shortcut', a branch path), and one more per repeat above it
+    (its runs: each run is the body once more)."""
+    parts = path.split("/")
+    above = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    nodes = [p for p in above if p in ops]
+    return 1 + len(nodes) + sum(ops[p] == "repeat" for p in nodes if p != path)
+
+
+@pytest.mark.parametrize("spec", [*SPECS, *sorted((ROOT / "examples").glob("*.yaml"))], ids=lambda p: p.stem)
+def test_state_dict_keys_are_no_deeper_than_the_spec(spec):
+    """Every module's name has at most as many parts as the spec has levels down to it,
+    so a key is that plus the module's own tensor names (``pointwise.weight``)."""
+    analysis = load(spec)
+    ops = {node.path: node.op for node in walk([n for flow in analysis.net.flows.values() for n in flow])}
+    names = qualified_names(torch_plan(analysis))
+    assert names
+    for path, name in names.items():
+        assert len(name.split(".")) <= _nesting(path, ops), (path, name)
+
+
+def test_the_xception_keys_are_the_spec_s_nesting():
+    model = BACKEND.load(ROOT / "generated/xception_torch.py").create_model()
+    keys = set(model.state_dict())
+    assert "middle.3.sep_bn1.sepconv1.pointwise.weight" in keys
+    assert "entry.down1.shortcut_conv1.weight" in keys and "exit.down1.sep_bn2.bn1.running_var" in keys
+    assert max(len(k.split(".")) for k in keys) == 6  # was 10: middle.repeat.3.middle1.residual1.body.sep_bn1...
+
+
+def _forward(path: Path, cls: str) -> str:
+    tree = ast.parse(path.read_text())
+    (node,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+    (forward,) = [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "forward"]
+    return ast.unparse(forward)
+
+
+def test_a_block_s_forward_shows_the_add_the_concat_and_the_gate(tmp_path):
+    down = _forward(ROOT / "generated/xception_torch.py", "Down")
+    assert "shortcut = x" in down and "if self.has_shortcut:" in down
+    assert "shortcut = self.shortcut_bn1(shortcut)" in down and "x += shortcut" in down
+    assert "torch.cat([b1x1, b5x5, b3x3dbl, pool], dim=1)" in _forward(ROOT / "generated/inception_v3_torch.py", "ModuleA")
+    (file,) = build(ROOT / "examples/efficientnet.yaml", ["torch"], tmp_path)
+    mbconv = _forward(file, "Mbconv")
+    assert "x = x * se" in mbconv and "x = x + shortcut" in mbconv
+    (file,) = build(ROOT / "examples/densenet.yaml", ["torch"], tmp_path)
+    assert "torch.cat([keep, new], dim=1)" in _forward(file, "DenseLayer")
+    for text in (p.read_text() for p in [*ROOT.glob("generated/*_torch.py"), file]):
+        assert not re.search(r"\b(Residual|Branches|Gate|Repeat|IndexedRepeat)\(", text)  # no helper classes for structure
+
+
+SCOPES = """\
+name: scopes
+input: [8, 8, 4]
+params:
+  skip: {default: true}
+flows:
+  body:
+    - conv: {filters: 4, kernel: 3, padding: same}
+    - residual:
+        use_shortcut: $skip
+        body:
+          - conv: {filters: 4, kernel: 3, padding: same}
+    - repeat:
+        times: 2
+        body:
+          - conv: {filters: 4, kernel: 1}
+          - residual:
+              body: [act: relu, conv: {filters: 4, kernel: 1}]
+  head:
+    - global_avg_pool
+    - dense: 3
+"""
+
+
+def test_a_flow_or_run_that_is_no_chain_is_a_module_dict_run_by_statements(tmp_path):
+    """A residual straight in a flow, and in a repeat of several layers: the flow is an
+    nn.ModuleDict whose layers the model's forward calls, the repeat an nn.ModuleList of
+    them run in a loop; counts and shapes are the IR's, with the shortcut and without."""
+    spec = tmp_path / "scopes.yaml"
+    spec.write_text(SCOPES)
+    for skip in (True, False):
+        analysis = load(spec, {"skip": skip})
+        module = generate(spec, tmp_path / str(skip), skip=skip)
+        model = module.create_model()
+        assert isinstance(model.body, torch.nn.ModuleDict) and isinstance(model.body.repeat1, torch.nn.ModuleList)
+        assert BACKEND.count(model) == (analysis.total.trainable, analysis.total.non_trainable)
+        check_shapes(model, analysis)
+    forward = _forward(tmp_path / "True" / "scopes_torch.py", "Scopes")
+    assert "for run in self.body.repeat1:" in forward and "x = self.body.conv1(x)" in forward

@@ -129,7 +129,8 @@ def _tensor_names(tensors: Iterable[str], taken: set[str]) -> list[str]:
     space = Namespace(taken | {"self", "in_channels"})
     out = []
     for name in tensors:
-        ident = space.create(name, "tensor")
+        ident = name if name == "x" and "x" not in space.taken else space.create(name, "tensor")  # x: the usual input's name
+        space.taken.add(ident)
         space.create(f"{ident}_channels")
         out.append(ident)
     return out

@@ -709,6 +709,53 @@ class Upsample(Node):
         return f"Upsample x{self.factor}" + (f", {self.mode}" if self.mode != "nearest" else "")
 
 
+class ConvTranspose(Node):
+    """A transposed convolution (Keras's Conv2DTranspose, torch's ConvTranspose2d): each
+    input pixel spreads ``kernel`` x ``kernel`` weights over the output, ``stride``
+    pixels apart; 'valid' gives (n - 1) * stride + kernel, 'same' n * stride (TF crops
+    the (kernel - stride) extra pixels, the odd one at the end)."""
+
+    op: Literal["conv_transpose"] = "conv_transpose"
+    filters: PositiveInt
+    kernel: Pair
+    stride: Pair = (1, 1)
+    padding: Padding = "valid"
+    bias: StrictBool = True
+
+    fill: ClassVar[str] = CONV_FILL
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        feature_map(self, shape)
+        if any(k < s for k, s in zip(self.kernel, self.stride)):
+            raise self.fail(f"expected a kernel no smaller than the stride, found kernel {fmt(self.kernel)} with stride {fmt(self.stride)}")
+        if self.padding == "same":
+            return (shape[0] * self.stride[0], shape[1] * self.stride[1], self.filters)
+        return ((shape[0] - 1) * self.stride[0] + self.kernel[0], (shape[1] - 1) * self.stride[1] + self.kernel[1], self.filters)
+
+    def crop(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)) that 'same' cuts off the full transposed conv."""
+        if self.padding == "valid":
+            return ((0, 0), (0, 0))
+        total = [k - s for k, s in zip(self.kernel, self.stride)]
+        return tuple((t // 2, t - t // 2) for t in total)
+
+    def roles(self, inp: Shape) -> dict[str, Shape]:
+        return {"kernel": (*self.kernel, self.filters, inp[2])} | _bias(self, self.filters)
+
+    def macs(self, inp: Shape, out: Shape) -> int:
+        """Every input pixel times every weight (torch's flop counter counts the full
+        transposed conv, before the 'same' crop)."""
+        return inp[0] * inp[1] * self.kernel[0] * self.kernel[1] * inp[2] * self.filters
+
+    def diagram_label(self) -> str:
+        return f"ConvTranspose {self.filters}, {fmt(self.kernel)}{_stride(self.stride)}"
+
+    def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
+        """Scaled by the weights that reach one output pixel (kernel / stride per axis)."""
+        reach = max(1, (self.kernel[0] // self.stride[0]) * (self.kernel[1] // self.stride[1]))
+        return _kernel(self, inp, m2, draw, lambda shape: reach * shape[3])
+
+
 class GlobalMaxPool(Node):
     """The maximum over height and width: a vector, or with ``keepdims`` a 1x1 map."""
 
@@ -1098,10 +1145,10 @@ class Call(Combinator):
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
     MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath, Upsample,
-    GlobalMaxPool, Resize, Crop, Add, Multiply, Concat,
+    GlobalMaxPool, Resize, Crop, Add, Multiply, Concat, ConvTranspose,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | GlobalMaxPool | Resize | Crop | Add | Multiply | Concat | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | GlobalMaxPool | Resize | Crop | Add | Multiply | Concat | ConvTranspose | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}

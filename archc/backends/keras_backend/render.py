@@ -371,75 +371,21 @@ class Renderer:
             return [f"{keyword}={self.sym(node, field_name)}"]
         return []
 
-    def sepconv(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
-        s, opt = self.sym, self.opt
-        shared = [
-            *opt(node, "stride", "strides", (1, 1)),
-            *opt(node, "padding", "padding", "valid"),
-            *opt(node, "dilation", "dilation_rate", (1, 1)),
-        ]
-        multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
-        if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
-            self.helpers.add(HELPER)
-            args = [
-                cur,
-                s(node, "filters"),
-                s(node, "kernel"),
-                f"strides={s(node, 'stride')}",
-                f"padding={s(node, 'padding')}",
-                f"depth_multiplier={s(node, 'depth_multiplier')}",
-                f"segments={s(node, 'segments')}",
-                f"between={s(node, 'between')}",
-                f"use_bias={s(node, 'bias')}",
-                f"name={name_expr(name)}",
-            ]
-            return [call(f"{dst} = {HELPER}(", args, ")")]
-        bias = opt(node, "bias", "use_bias", True)
-        if node.segments == "depthwise" and node.between == "none":  # keras.applications' layer
-            args = [s(node, "filters"), s(node, "kernel"), *shared, *multiplier, *bias, f"name={name_expr(name)}"]
-            return [call(f"{dst} = layers.SeparableConv2D(", args, f")({cur})")]
-        if node.segments == "depthwise":
-            spatial = call(
-                f"{dst} = layers.DepthwiseConv2D(",
-                [s(node, "kernel"), *shared, *multiplier, "use_bias=False", f"name={name_expr(name + '_spatial')}"],
-                f")({cur})",
-            )
-        else:
-            channels = f"{cur}.shape[-1]" + (f" * {s(node, 'depth_multiplier')}" if multiplier else "")
-            spatial = call(
-                f"{dst} = layers.Conv2D(",
-                [
-                    channels,
-                    s(node, "kernel"),
-                    *shared,
-                    f"groups={s(node, 'segments')}",
-                    "use_bias=False",
-                    f"name={name_expr(name + '_spatial')}",
-                ],
-                f")({cur})",
-            )
-        out = [spatial]
-        if node.between != "none":
-            out.append(call(f"{dst} = layers.Activation(", [s(node, "between"), f"name={name_expr(name + '_act')}"], f")({dst})"))
-        out.append(
-            call(f"{dst} = layers.Conv2D(", [s(node, "filters"), "(1, 1)", *bias, f"name={name_expr(name + '_pointwise')}"], f")({dst})")
-        )
-        return out
-
     # -- the module --
 
     def block_function(self, block: str) -> dict[str, Any]:
         bp = self.plan.blocks[block]
         prefix = self.prefix[block]
-        scope = self.scope([*self.plan.signature(block), prefix])
-        inputs = [scope.names.create(name, "tensor") for name in bp.instance.tensors] or ["x"]
+        inputs = bp.tensors or ["x"]  # the block's tensor inputs, by their names
+        data = "out" if "x" in bp.tensors else "x"  # the running local, never an input a later layer may read
+        scope = self.scope([*self.plan.signature(block), prefix, *inputs, data])
         scope.tensors = dict(zip(bp.instance.tensors, inputs))
-        body = self.sequence(bp.instance.body, inputs[0], "x", f"{{{prefix}}}", scope)
+        body = self.sequence(bp.instance.body, inputs[0], data, f"{{{prefix}}}", scope)
         doc = prose(self.net.blocks[block].doc) or f"The block '{prose(block)}' of the spec."
         return {
             "signature": call(f"def {bp.func}(", [*inputs, *self.plan.signature(block), prefix], "):"),
             "doc": docstring([wrap(doc)], INDENT),
-            "body": layout(merge_conditions(body) + [line("return x")], 1),
+            "body": layout(merge_conditions(body) + [line(f"return {data}")], 1),
         }
 
     def create_model(self) -> dict[str, Any]:
@@ -574,6 +520,16 @@ def _conv(r: Renderer, node: Node) -> list[str]:
     ]
 
 
+def _conv_transpose(r: Renderer, node: Node) -> list[str]:
+    return [
+        r.sym(node, "filters"),
+        r.sym(node, "kernel"),
+        *r.opt(node, "stride", "strides", (1, 1)),
+        *r.opt(node, "padding", "padding", "valid"),
+        *r.opt(node, "bias", "use_bias", True),
+    ]
+
+
 def _depthwise(r: Renderer, node: Node) -> list[str]:
     return [
         r.sym(node, "kernel"),
@@ -609,8 +565,73 @@ def _layer_scale(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: 
     return [call(f"{dst} = LayerScale(", [r.sym(node, "init"), f"name={name_expr(name)}"], f")({cur})")]
 
 
+def _sepconv(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    """One SeparableConv2D where keras.applications has one; its spatial conv, an
+    activation between and its pointwise conv where segments or between ask for them; the
+    helper that decides when the model is built where a param or argument chooses."""
+    s, opt = r.sym, r.opt
+    shared = [
+        *opt(node, "stride", "strides", (1, 1)),
+        *opt(node, "padding", "padding", "valid"),
+        *opt(node, "dilation", "dilation_rate", (1, 1)),
+    ]
+    multiplier = opt(node, "depth_multiplier", "depth_multiplier", 1)
+    if "segments" in node.refs or "between" in node.refs:  # decided when the model is built
+        if node.dilation != (1, 1) or "dilation" in node.refs:
+            w = node.where
+            raise SpecError(
+                Location(w.file, w.line, w.col, w.spec_path),
+                "expected a sepconv whose segments and between are fixed where it is dilated, found a param or argument choosing them",
+            )
+        r.helpers.add(HELPER)
+        args = [
+            cur,
+            s(node, "filters"),
+            s(node, "kernel"),
+            f"strides={s(node, 'stride')}",
+            f"padding={s(node, 'padding')}",
+            f"depth_multiplier={s(node, 'depth_multiplier')}",
+            f"segments={s(node, 'segments')}",
+            f"between={s(node, 'between')}",
+            f"use_bias={s(node, 'bias')}",
+            f"name={name_expr(name)}",
+        ]
+        return [call(f"{dst} = {HELPER}(", args, ")")]
+    bias = opt(node, "bias", "use_bias", True)
+    if node.segments == "depthwise" and node.between == "none":  # keras.applications' layer
+        args = [s(node, "filters"), s(node, "kernel"), *shared, *multiplier, *bias, f"name={name_expr(name)}"]
+        return [call(f"{dst} = layers.SeparableConv2D(", args, f")({cur})")]
+    if node.segments == "depthwise":
+        spatial = call(
+            f"{dst} = layers.DepthwiseConv2D(",
+            [s(node, "kernel"), *shared, *multiplier, "use_bias=False", f"name={name_expr(name + '_spatial')}"],
+            f")({cur})",
+        )
+    else:
+        channels = f"{cur}.shape[-1]" + (f" * {s(node, 'depth_multiplier')}" if multiplier else "")
+        spatial = call(
+            f"{dst} = layers.Conv2D(",
+            [
+                channels,
+                s(node, "kernel"),
+                *shared,
+                f"groups={s(node, 'segments')}",
+                "use_bias=False",
+                f"name={name_expr(name + '_spatial')}",
+            ],
+            f")({cur})",
+        )
+    out = [spatial]
+    if node.between != "none":
+        out.append(call(f"{dst} = layers.Activation(", [s(node, "between"), f"name={name_expr(name + '_act')}"], f")({dst})"))
+    out.append(
+        call(f"{dst} = layers.Conv2D(", [s(node, "filters"), "(1, 1)", *bias, f"name={name_expr(name + '_pointwise')}"], f")({dst})")
+    )
+    return out
+
+
 def _sepconv_parts(name: str, layers: dict[str, Any]) -> list[tuple[Any, dict[str, str]]]:
-    """One SeparableConv2D, or its spatial and pointwise layers (see Renderer.sepconv)."""
+    """One SeparableConv2D, or its spatial and pointwise layers (see _sepconv)."""
     if name in layers:
         return [(layers[name], {"depthwise_kernel": "spatial", "pointwise_kernel": "pointwise", "bias": "bias"})]
     parts = [
@@ -666,7 +687,7 @@ OPS: dict[str, KerasOp] = {
     "conv": KerasOp(_one("Conv2D", _conv), KERNEL, fold_into=""),
     "depthwise": KerasOp(_one("DepthwiseConv2D", _depthwise), KERNEL, fold_into=""),
     "sepconv": KerasOp(
-        Renderer.sepconv,
+        _sepconv,
         _sepconv_parts,
         lambda name, layers, node: name if name in layers else f"{name}_pointwise",
         fold_into="",  # templates/fold.py.j2 finds the pointwise layer of a split one
@@ -690,6 +711,7 @@ OPS: dict[str, KerasOp] = {
     "dropout": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate")])),
     # stochastic depth as keras.applications' EfficientNet has it: one mask value per sample
     "drop_path": KerasOp(_one("Dropout", lambda r, node: [r.sym(node, "rate"), "noise_shape=(None, 1, 1, 1)"])),
+    "conv_transpose": KerasOp(_one("Conv2DTranspose", _conv_transpose), KERNEL),
     "upsample": KerasOp(_one("UpSampling2D", lambda r, node: [r.sym(node, "factor"), *r.opt(node, "mode", "interpolation", "nearest")])),
     "global_max_pool": KerasOp(_one("GlobalMaxPooling2D", lambda r, node: r.opt(node, "keepdims", "keepdims", False))),
     "resize": KerasOp(_resize),

@@ -2,9 +2,11 @@
 ``create_model(**overrides) -> nn.Module``.
 
 Rendering (:func:`.render.render`, jinja2 templates in ``templates/``) imports no
-framework; torch is imported only when a generated module is loaded. The torch module
-tree mirrors the IR tree: :func:`qualified_names` maps IR paths to module names and
-:func:`modules_at` finds those modules in a model. :mod:`.weights` (imported when
+framework; torch is imported only when a generated module is loaded. Each layer is an
+attribute of its block's class or of the module that holds its flow or repeat run
+(:mod:`.scope`'s rule; residuals, branches and gates are statements of ``forward``):
+:func:`qualified_names` maps IR paths to module names and :func:`modules_at` finds
+those modules in a model. :mod:`.weights` (imported when
 used) ports weights to and from archc's neutral format through that mapping, for
 ``archc verify`` and ``archc convert`` (the ``WeightPorting`` methods below); :mod:`.export`
 writes ONNX and TorchScript files and :mod:`.train` trains, each imported on first use.

@@ -46,7 +46,8 @@ def export(module: Any, model: Any, fmt: str, path: Path, x: Any, *, fold: bool)
     folded = module.for_inference(copy.deepcopy(model)) if fold else model
     example = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        unfolded, y = model(example).numpy(), folded(example).numpy()
+        unfolded, y = _numpy(model(example)), _numpy(folded(example))
+        names = list(y) if isinstance(y, dict) else ["output"]  # several outputs: one ONNX output each, by name
         with _quiet():
             if fmt == "onnx":
                 torch.onnx.export(
@@ -54,23 +55,29 @@ def export(module: Any, model: Any, fmt: str, path: Path, x: Any, *, fold: bool)
                     (example,),
                     str(path),
                     input_names=["input"],
-                    output_names=["output"],
+                    output_names=names,
                     dynamic_shapes=({0: torch.export.Dim("batch")},),
                     dynamo=True,
                     external_data=False,
                     verbose=False,
                 )
             else:
-                torch.jit.trace(folded, example).save(str(path))
+                torch.jit.trace(folded, example, strict=not isinstance(y, dict)).save(str(path))
     checks = [("folded vs unfolded torch model", unfolded, y)] if fold else []
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        read = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
+        read = dict(zip(names, session.run(names, {session.get_inputs()[0].name: example.numpy()}), strict=True))
+        read = read if isinstance(y, dict) else read["output"]
         checks += [("ONNX in onnxruntime vs torch", y, read), ("ONNX in onnxruntime vs unfolded torch model", unfolded, read)]
     else:
         with torch.no_grad():
-            read = torch.jit.load(str(path))(example).numpy()
+            read = _numpy(torch.jit.load(str(path))(example))
         checks += [("TorchScript file vs unfolded torch model", unfolded, read)]
     return checks
+
+
+def _numpy(out: Any) -> Any:
+    """A model's output as numpy; several outputs as a dict by name."""
+    return {name: _numpy(value) for name, value in out.items()} if isinstance(out, dict) else out.numpy()

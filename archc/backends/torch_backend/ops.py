@@ -71,6 +71,7 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "Normalization": (),
     "DropPath": (),
     "center_crop": (),
+    "ConvTranspose2dSame": (),
 }
 
 # Names the generated code gives its own meaning; no spec name may become one of them.
@@ -146,6 +147,14 @@ def sepconv_spatial(to_neutral: bool) -> Callable:
         return conv_to_neutral(a, inst) if to_neutral else conv_from_neutral(a, inst)
 
     return layout
+
+
+def transposed_to_neutral(a, inst):
+    return a.transpose(2, 3, 1, 0)  # (in, out, kh, kw) -> (kh, kw, out, in)
+
+
+def transposed_from_neutral(a, inst):
+    return a.transpose(3, 2, 0, 1)
 
 
 def transpose(a, inst):
@@ -255,8 +264,10 @@ def dilated(r, node: Node, env, kernel: Value) -> tuple[Value, list[tuple[str, s
     dilation = r.value(node, "dilation", env)
     if dilation == Lit((1, 1)):
         return kernel, []
+    if r.value(node, "padding", env) == Lit("valid"):  # no padding to derive from the span
+        return kernel, [("dilation", v.size(dilation))]
     if not (isinstance(dilation, Lit) and isinstance(kernel, Lit)):
-        raise Unsupported(node, "a dilated layer whose dilation or kernel a param or argument sets")
+        raise Unsupported(node, "a dilated layer with 'same' padding whose dilation or kernel a param or argument sets (pad with zero_pad)")
     return Lit(tuple((k - 1) * d + 1 for k, d in zip(kernel.value, dilation.value))), [("dilation", v.size(dilation))]
 
 
@@ -395,6 +406,21 @@ def emit_rescale(r, node, env, ch, rank) -> Expr:
 def emit_normalize(r, node, env, ch, rank) -> Expr:
     given = [(name, literal(tuple(getattr(node, name)))) for name in ("mean", "variance") if getattr(node, name) is not None]
     return Call(r.use("Normalization"), (v.code(ch), *given))
+
+
+def emit_convtranspose(r, node: ir.ConvTranspose, env, ch, rank) -> Expr:
+    """nn.ConvTranspose2d: 'same' crops (kernel - stride) pixels, the odd one at the end;
+    torch's ``padding`` crops both ends alike, so an odd total takes ConvTranspose2dSame."""
+    for name in ("kernel", "stride", "padding"):
+        if name in node.refs:
+            raise Unsupported(node, f"a conv_transpose whose {name} a param or argument sets")
+    args = (v.code(ch), v.code(r.value(node, "filters", env)), v.size(Lit(node.kernel)))
+    rest = [*r.option(node, env, "stride", fmt=v.size), *r.option(node, env, "bias")]
+    (top, bottom), (left, right) = node.crop()
+    if top == bottom and left == right:
+        pad = [("padding", v.size(Lit((top, left))))] if top or left else []
+        return Call("nn.ConvTranspose2d", (*args, *rest, *pad))
+    return Call(r.use("ConvTranspose2dSame"), (*args, *rest))
 
 
 def emit_upsample(r, node, env, ch, rank) -> Expr:
@@ -675,6 +701,13 @@ OPS: dict[str, TorchOp] = {
     "dropout": TorchOp(emit_dropout),  # the identity in eval: not fresh
     "drop_path": TorchOp(emit_droppath, helpers=("DropPath",)),
     "upsample": TorchOp(emit_upsample, fresh_output=True),
+    "conv_transpose": TorchOp(
+        emit_convtranspose,
+        to("filters"),
+        weights=TorchWeights(module_weights, {"kernel": transposed_to_neutral}, {"kernel": transposed_from_neutral}),
+        fresh_output=True,
+        helpers=("ConvTranspose2dSame",),
+    ),
     "global_max_pool": TorchOp(emit_globalmaxpool, _global_pool, fresh_output=True),
     "resize": TorchOp(None, keep, forward_resize, _no_children, fresh_output=True),
     "crop": TorchOp(None, keep, forward_crop, _no_children, helpers=("center_crop",)),  # a view: not fresh

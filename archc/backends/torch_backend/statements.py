@@ -18,11 +18,11 @@ from .layout import INDENT, Expr, lines
 
 @dataclass(frozen=True)
 class Assign:
-    """``target = value`` (``operator`` '+=' adds into a fresh tensor, as timm's ``x += shortcut``)."""
+    """``target = value`` (``sign`` '+=' adds into a fresh tensor, as timm's ``x += shortcut``)."""
 
     target: str
     value: Expr
-    operator: str = "="
+    sign: str = "="
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def returning(statements: list[Statement], data: str) -> list[Statement]:
     it becomes the return (``return self.bn1(x)``), as one writes it by hand."""
     if statements and isinstance(statements[-1], Return):
         return statements
-    if statements and isinstance(statements[-1], Assign) and statements[-1].target == data and statements[-1].operator == "=":
+    if statements and isinstance(statements[-1], Assign) and statements[-1].target == data and statements[-1].sign == "=":
         return [*statements[:-1], Return(statements[-1].value)]
     return [*statements, Return(data)]
 
@@ -71,7 +71,7 @@ def format_statements(statements: list[Statement] | tuple[Statement, ...], depth
     indent = INDENT * depth
     for s in statements:
         if isinstance(s, Assign):
-            out += lines(s.value, depth, f"{s.target} {s.operator} ")
+            out += lines(s.value, depth, f"{s.target} {s.sign} ")
         elif isinstance(s, Return):
             out += lines(s.value, depth, "return ")
         elif isinstance(s, If):

@@ -2,7 +2,7 @@
 export and load a model's weights, per-instance counts, intermediate outputs, and
 ``state_dict`` checkpoints. Imported only when used (it imports torch).
 
-Each op's mapping is the ``weights`` of its record (``render.OPS``, layouts in :mod:`.ops`).
+Each op's mapping is the ``weights`` of its record (``OPS`` and the layouts in :mod:`.ops`).
 The layouts, torch -> neutral (= Keras):
 
 - conv: weight (out, in/groups, kh, kw) -> kernel (kh, kw, in/groups, out);
@@ -47,7 +47,7 @@ def _module(model: Any, names: dict[str, str], inst: Instance) -> torch.nn.Modul
 
 
 def _record(inst: Instance) -> TorchWeights:
-    """The weight mapping of the instance's op (its record in render.OPS)."""
+    """The weight mapping of the instance's op (its record in ops.OPS)."""
     return OPS[inst.node.op].weights
 
 
