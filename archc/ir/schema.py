@@ -122,7 +122,7 @@ def _blocks() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
-            "inputs": TENSORS,
+            "inputs": {"type": "array", "items": TENSOR, "minItems": 1, "description": "named tensor inputs"},
             "body": LAYERS,
             "doc": {"type": "string"},
         },
