@@ -188,6 +188,7 @@ def named_outputs(oracle: str, model: torch.nn.Module, x: torch.Tensor) -> dict[
         hook.remove()
     return {"logits": logits, "aux": model.AuxLogits(seen[0])}
 
+
 if __name__ == "__main__":
     sizes = dict(arg.split("=") for arg in sys.argv[1:])  # e.g. deeplabv3=512
     print(
