@@ -29,6 +29,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -78,14 +79,28 @@ class Side:
             self.unwrap(self.module(self.xi))
 
     def timed_train(self) -> float:
-        return stopwatch(self.train_step)
+        return self.clock(self.train_step)
 
     def timed_infer(self) -> float:
-        return stopwatch(self.infer_step)
+        return self.clock(self.infer_step)
+
+    @staticmethod
+    def clock(step) -> float:
+        return stopwatch(step)
 
 
-def build_pair(model: str, out_dir: str) -> tuple[dict[str, Side], dict]:
-    """The generated model (archc build of the example) and the reference, same weights."""
+def cpu_seconds(step) -> float:
+    """The CPU time this process spends in ``step`` (all its threads): on a machine that
+    other processes load, less of their noise than the wall clock, which also counts the
+    time this process waits for a CPU."""
+    start = time.process_time()
+    step()
+    return time.process_time() - start
+
+
+def build_pair(model: str, out_dir: str, given: str | None = None) -> tuple[dict[str, Side], dict]:
+    """The generated model (archc build of the example, or ``given``: an edited copy of
+    its code) and the reference, same weights."""
     import graph_oracles
 
     from archc.api import build, load
@@ -93,7 +108,7 @@ def build_pair(model: str, out_dir: str) -> tuple[dict[str, Side], dict]:
 
     spec = ROOT / MODELS[model]
     analysis = load(spec)
-    (path,) = build(spec, ["torch"], out_dir)
+    (path,) = [given] if given else build(spec, ["torch"], out_dir)
     torch.manual_seed(0)
     reference = graph_oracles.MODELS[model]()
     generated = import_file(path).create_model()
@@ -136,11 +151,15 @@ def profile(sides: dict[str, Side], model: str, rows: int) -> None:
 
 
 def run_model(model: str, args: argparse.Namespace, out_dir: str) -> dict:
-    modules, info = build_pair(model, out_dir)
+    modules, info = build_pair(model, out_dir, args.generated.get(model))
     classes = 21 if model == "deeplabv3" else 2
     unwrap = {"generated": lambda y: y, "reference": (lambda y: y["out"]) if model == "deeplabv3" else (lambda y: y)}
     sides = {name: Side(m, unwrap[name], classes, args) for name, m in modules.items()}
-    print(f"\n## {model}\n\ngenerated: {info['path']} (archc build {MODELS[model]} --backend torch)")
+    if args.clock == "cpu":
+        for side in sides.values():
+            side.clock = cpu_seconds
+    how = "given with --generated" if model in args.generated else f"archc build {MODELS[model]} --backend torch"
+    print(f"\n## {model}\n\ngenerated: {info['path']} ({how})")
     print(f"reference: {REFERENCE[model]}\ntrainable parameters: {info['trainable']:,} each; the reference's weights in both")
     result: dict = {"model": model, "uptime_before": uptime()}
     with LoadMonitor() as load:
@@ -165,7 +184,10 @@ def run_model(model: str, args: argparse.Namespace, out_dir: str) -> dict:
             )
         )
         result[f"{phase}_ratio"] = g / r
-    print(f"\n{model}: medians of {args.reps} training / {args.infer_reps} inference alternating rounds, {args.size}x{args.size}")
+    print(
+        f"\n{model}: medians of {args.reps} training / {args.infer_reps} inference alternating rounds, {args.size}x{args.size}, "
+        f"{args.clock} clock seconds"
+    )
     print(f"before: {result['uptime_before']}; after: {result['uptime_after']}; {load.describe()}\n")
     print(table(["", "generated", "IQR", "reference", "IQR", "gen/ref", "target"], rows))
     if args.profile:
@@ -183,11 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=15, help="timed alternating training rounds (default 15)")
     parser.add_argument("--infer-reps", type=int, default=15, help="timed alternating inference rounds (default 15)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall-clock seconds, or this process's CPU seconds")
     parser.add_argument("--profile", action="store_true", help="profile one training step of each side")
     parser.add_argument("--profile-rows", type=int, default=12)
+    parser.add_argument(
+        "--generated",
+        nargs="*",
+        default=[],
+        metavar="MODEL=FILE",
+        help="time an edited copy of the generated code instead (to try a renderer change before making it)",
+    )
     parser.add_argument("--json", help="write the timings here")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every timed run")
     args = parser.parse_args(argv)
+    args.generated = dict(item.split("=", 1) for item in args.generated)
     torch.set_num_threads(args.threads)
     print(f"# bench_graphs, {today()}\n\n{machine()}; torch {torch.__version__}, {args.threads} threads, fp32, NCHW")
     results = {}
