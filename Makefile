@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test generated docs fuzz bench digits digits-sweeps clean
+.PHONY: install run test generated docs fuzz bench oracles digits digits-sweeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ fuzz: install  ## fuzz the compiler with FUZZ_CASES mutated specs; prints the de
 # comparison runs in its own .venv-bench; see benchmarks/RESULTS.md.
 .venv-bench/.installed:
 	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 timm segmentation-models-pytorch
+	.venv-bench/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 timm segmentation-models-pytorch pytest
 	.venv-bench/bin/python -m pip install --quiet -e .
 	touch $@
 
@@ -54,6 +54,13 @@ bench: install .venv-bench/.installed  ## generated models vs timm/torchvision/k
 	.venv-bench/bin/python benchmarks/bench_torch.py --wait-idle 300
 	$(BIN)/python benchmarks/bench_keras.py --wait-idle 300
 	$(BIN)/python benchmarks/bench_compile.py
+
+# The graph examples against torchvision and smp themselves (they skip in .venv, which has
+# neither): counts, shapes and multiply-adds of the references built now, and the generated
+# torch models' outputs after a weight copy by structure (tests/test_oracle_copy.py).
+oracles: .venv-bench/.installed  ## the graph examples against their torchvision / smp references, in .venv-bench
+	.venv-bench/bin/python -c "import pytest" 2>/dev/null || .venv-bench/bin/python -m pip install --quiet pytest  # a venv made before pytest was listed
+	PYTHONPATH=$(CURDIR) .venv-bench/bin/python -m pytest -q -p no:cacheprovider tests/test_oracle_copy.py tests/test_graph_examples.py
 
 # A real data set learned (long: tens of minutes per backend on a few CPU cores; not CI):
 # scikit-learn's digits as PNG folders, Xception trained on them with both trainers.

@@ -1,8 +1,9 @@
 """Keras 3 model for the archc spec 'inception_v3_slim' (inception_v3_slim.yaml).
 
-Inception V3, the TF-slim / keras.applications layout.
+Inception V3, the TF-slim / keras.applications layout, or torchvision's (torch_layout),
+optionally with the auxiliary head.
 
-Params: classes=1000, dropout=0.0.
+Params: classes=1000, dropout=0.0, aux_logits=False, torch_layout=False.
 
 Expected counts with these params: 23,817,352 trainable and 34,432 non-trainable
 parameters (23,851,784 in all); input 299x299x3, output 1000. Plain Keras 3, functional
@@ -15,94 +16,184 @@ import keras
 from keras import layers
 
 
-def unit(x, filters, kernel, stride, padding, name):
+def unit(x, filters, kernel, stride, padding, torch_layout, name):
     """conv2d_bn of keras.applications, conv (no bias) -> batch norm (no scale) -> relu."""
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=f"{name}_conv1")(x)
-    x = layers.BatchNormalization(scale=False, name=f"{name}_bn1")(x)
+    x = layers.BatchNormalization(scale=torch_layout, name=f"{name}_bn1")(x)
     x = layers.Activation("relu", name=f"{name}_act1")(x)
     return x
 
 
-def module_a(x, pool_filters, name):
+def module_a(x, pool_filters, torch_layout, name):
     """A 35x35 Inception module (Figure 5 of Szegedy et al. 2016)."""
-    b1x1 = unit(x, filters=64, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b1x1_unit1")
-    b5x5 = unit(x, filters=48, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b5x5_unit1")
-    b5x5 = unit(b5x5, filters=64, kernel=5, stride=1, padding="same", name=f"{name}_branches1_b5x5_unit2")
-    b3x3dbl = unit(x, filters=64, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_unit1")
-    b3x3dbl = unit(b3x3dbl, filters=96, kernel=3, stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_unit2")
-    b3x3dbl = unit(b3x3dbl, filters=96, kernel=3, stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_unit3")
-    pool = layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same", name=f"{name}_branches1_pool_avgpool1")(x)
-    pool = unit(pool, filters=pool_filters, kernel=1, stride=1, padding="same", name=f"{name}_branches1_pool_unit1")
+    b1x1 = unit(x, filters=64, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b1x1_unit1")
+    b5x5 = unit(x, filters=48, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b5x5_unit1")
+    b5x5 = unit(b5x5, filters=64, kernel=5, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b5x5_unit2")
+    b3x3dbl = unit(x, filters=64, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit1")
+    b3x3dbl = unit(
+        b3x3dbl, filters=96, kernel=3, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit2"
+    )
+    b3x3dbl = unit(
+        b3x3dbl, filters=96, kernel=3, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit3"
+    )
+    pool = x
+    if torch_layout:
+        pool = layers.ZeroPadding2D(((1, 1), (1, 1)), name=f"{name}_branches1_pool_zero_pad1")(pool)
+        pool = layers.AveragePooling2D((3, 3), strides=(1, 1), name=f"{name}_branches1_pool_count_pad_pool")(pool)
+    if not torch_layout:
+        pool = layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same", name=f"{name}_branches1_pool_avgpool2")(pool)
+    pool = unit(
+        pool, filters=pool_filters, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_pool_unit1"
+    )
     x = layers.concatenate([b1x1, b5x5, b3x3dbl, pool], name=f"{name}_branches1")
     return x
 
 
-def reduce_a(x, name):
+def reduce_a(x, torch_layout, name):
     """Grid reduction 35x35 -> 17x17."""
-    b3x3 = unit(x, filters=384, kernel=3, stride=2, padding="valid", name=f"{name}_branches1_b3x3_unit1")
-    b3x3dbl = unit(x, filters=64, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_unit1")
-    b3x3dbl = unit(b3x3dbl, filters=96, kernel=3, stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_unit2")
-    b3x3dbl = unit(b3x3dbl, filters=96, kernel=3, stride=2, padding="valid", name=f"{name}_branches1_b3x3dbl_unit3")
+    b3x3 = unit(x, filters=384, kernel=3, stride=2, padding="valid", torch_layout=torch_layout, name=f"{name}_branches1_b3x3_unit1")
+    b3x3dbl = unit(x, filters=64, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit1")
+    b3x3dbl = unit(
+        b3x3dbl, filters=96, kernel=3, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit2"
+    )
+    b3x3dbl = unit(
+        b3x3dbl, filters=96, kernel=3, stride=2, padding="valid", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit3"
+    )
     pool = layers.MaxPooling2D((3, 3), strides=(2, 2), name=f"{name}_branches1_pool_maxpool1")(x)
     x = layers.concatenate([b3x3, b3x3dbl, pool], name=f"{name}_branches1")
     return x
 
 
-def module_c(x, mid, dbl_first, name):
+def module_c(x, mid, dbl_first, torch_layout, name):
     """A 17x17 module with factorised 7x7 convolutions."""
-    b1x1 = unit(x, filters=192, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b1x1_unit1")
-    b7x7 = unit(x, filters=mid, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b7x7_unit1")
-    b7x7 = unit(b7x7, filters=mid, kernel=(1, 7), stride=1, padding="same", name=f"{name}_branches1_b7x7_unit2")
-    b7x7 = unit(b7x7, filters=192, kernel=(7, 1), stride=1, padding="same", name=f"{name}_branches1_b7x7_unit3")
-    b7x7dbl = unit(x, filters=dbl_first, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b7x7dbl_unit1")
-    b7x7dbl = unit(b7x7dbl, filters=mid, kernel=(7, 1), stride=1, padding="same", name=f"{name}_branches1_b7x7dbl_unit2")
-    b7x7dbl = unit(b7x7dbl, filters=mid, kernel=(1, 7), stride=1, padding="same", name=f"{name}_branches1_b7x7dbl_unit3")
-    b7x7dbl = unit(b7x7dbl, filters=mid, kernel=(7, 1), stride=1, padding="same", name=f"{name}_branches1_b7x7dbl_unit4")
-    b7x7dbl = unit(b7x7dbl, filters=192, kernel=(1, 7), stride=1, padding="same", name=f"{name}_branches1_b7x7dbl_unit5")
-    pool = layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same", name=f"{name}_branches1_pool_avgpool1")(x)
-    pool = unit(pool, filters=192, kernel=1, stride=1, padding="same", name=f"{name}_branches1_pool_unit1")
+    b1x1 = unit(x, filters=192, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b1x1_unit1")
+    b7x7 = unit(x, filters=mid, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7_unit1")
+    b7x7 = unit(b7x7, filters=mid, kernel=(1, 7), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7_unit2")
+    b7x7 = unit(b7x7, filters=192, kernel=(7, 1), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7_unit3")
+    b7x7dbl = unit(
+        x, filters=dbl_first, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7dbl_unit1"
+    )
+    b7x7dbl = unit(
+        b7x7dbl, filters=mid, kernel=(7, 1), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7dbl_unit2"
+    )
+    b7x7dbl = unit(
+        b7x7dbl, filters=mid, kernel=(1, 7), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7dbl_unit3"
+    )
+    b7x7dbl = unit(
+        b7x7dbl, filters=mid, kernel=(7, 1), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7dbl_unit4"
+    )
+    b7x7dbl = unit(
+        b7x7dbl, filters=192, kernel=(1, 7), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7dbl_unit5"
+    )
+    pool = x
+    if torch_layout:
+        pool = layers.ZeroPadding2D(((1, 1), (1, 1)), name=f"{name}_branches1_pool_zero_pad1")(pool)
+        pool = layers.AveragePooling2D((3, 3), strides=(1, 1), name=f"{name}_branches1_pool_count_pad_pool")(pool)
+    if not torch_layout:
+        pool = layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same", name=f"{name}_branches1_pool_avgpool2")(pool)
+    pool = unit(pool, filters=192, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_pool_unit1")
     x = layers.concatenate([b1x1, b7x7, b7x7dbl, pool], name=f"{name}_branches1")
     return x
 
 
-def reduce_b(x, name):
+def aux_head(x, classes, torch_layout, name):
+    """The auxiliary classifier on mixed7, torchvision's InceptionAux (5x5 average pool, stride
+    3 -> 1x1 conv 128 -> 5x5 conv 768 -> global pool -> dense).
+    """
+    x = layers.AveragePooling2D((5, 5), strides=(3, 3), name=f"{name}_avgpool1")(x)
+    x = unit(x, filters=128, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_unit1")
+    x = unit(x, filters=768, kernel=5, stride=1, padding="valid", torch_layout=torch_layout, name=f"{name}_unit2")
+    x = layers.GlobalAveragePooling2D(name=f"{name}_global_avg_pool1")(x)
+    x = layers.Dense(classes, name=f"{name}_classifier")(x)
+    return x
+
+
+def reduce_b(x, torch_layout, name):
     """Grid reduction 17x17 -> 8x8."""
-    b3x3 = unit(x, filters=192, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b3x3_unit1")
-    b3x3 = unit(b3x3, filters=320, kernel=3, stride=2, padding="valid", name=f"{name}_branches1_b3x3_unit2")
-    b7x7x3 = unit(x, filters=192, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b7x7x3_unit1")
-    b7x7x3 = unit(b7x7x3, filters=192, kernel=(1, 7), stride=1, padding="same", name=f"{name}_branches1_b7x7x3_unit2")
-    b7x7x3 = unit(b7x7x3, filters=192, kernel=(7, 1), stride=1, padding="same", name=f"{name}_branches1_b7x7x3_unit3")
-    b7x7x3 = unit(b7x7x3, filters=192, kernel=3, stride=2, padding="valid", name=f"{name}_branches1_b7x7x3_unit4")
+    b3x3 = unit(x, filters=192, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3_unit1")
+    b3x3 = unit(b3x3, filters=320, kernel=3, stride=2, padding="valid", torch_layout=torch_layout, name=f"{name}_branches1_b3x3_unit2")
+    b7x7x3 = unit(x, filters=192, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7x3_unit1")
+    b7x7x3 = unit(
+        b7x7x3, filters=192, kernel=(1, 7), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7x3_unit2"
+    )
+    b7x7x3 = unit(
+        b7x7x3, filters=192, kernel=(7, 1), stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b7x7x3_unit3"
+    )
+    b7x7x3 = unit(
+        b7x7x3, filters=192, kernel=3, stride=2, padding="valid", torch_layout=torch_layout, name=f"{name}_branches1_b7x7x3_unit4"
+    )
     pool = layers.MaxPooling2D((3, 3), strides=(2, 2), name=f"{name}_branches1_pool_maxpool1")(x)
     x = layers.concatenate([b3x3, b7x7x3, pool], name=f"{name}_branches1")
     return x
 
 
-def module_e(x, name):
+def module_e(x, torch_layout, name):
     """An 8x8 module with expanded filter banks."""
-    b1x1 = unit(x, filters=320, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b1x1_unit1")
-    b3x3 = unit(x, filters=384, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b3x3_unit1")
-    b1x3 = unit(b3x3, filters=384, kernel=(1, 3), stride=1, padding="same", name=f"{name}_branches1_b3x3_branches1_b1x3_unit1")
-    b3x1 = unit(b3x3, filters=384, kernel=(3, 1), stride=1, padding="same", name=f"{name}_branches1_b3x3_branches1_b3x1_unit1")
+    b1x1 = unit(x, filters=320, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b1x1_unit1")
+    b3x3 = unit(x, filters=384, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3_unit1")
+    b1x3 = unit(
+        b3x3,
+        filters=384,
+        kernel=(1, 3),
+        stride=1,
+        padding="same",
+        torch_layout=torch_layout,
+        name=f"{name}_branches1_b3x3_branches1_b1x3_unit1",
+    )
+    b3x1 = unit(
+        b3x3,
+        filters=384,
+        kernel=(3, 1),
+        stride=1,
+        padding="same",
+        torch_layout=torch_layout,
+        name=f"{name}_branches1_b3x3_branches1_b3x1_unit1",
+    )
     b3x3 = layers.concatenate([b1x3, b3x1], name=f"{name}_branches1_b3x3_branches1")
-    b3x3dbl = unit(x, filters=448, kernel=1, stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_unit1")
-    b3x3dbl = unit(b3x3dbl, filters=384, kernel=3, stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_unit2")
-    b1x3_2 = unit(b3x3dbl, filters=384, kernel=(1, 3), stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_branches1_b1x3_unit1")
-    b3x1_2 = unit(b3x3dbl, filters=384, kernel=(3, 1), stride=1, padding="same", name=f"{name}_branches1_b3x3dbl_branches1_b3x1_unit1")
+    b3x3dbl = unit(x, filters=448, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit1")
+    b3x3dbl = unit(
+        b3x3dbl, filters=384, kernel=3, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_b3x3dbl_unit2"
+    )
+    b1x3_2 = unit(
+        b3x3dbl,
+        filters=384,
+        kernel=(1, 3),
+        stride=1,
+        padding="same",
+        torch_layout=torch_layout,
+        name=f"{name}_branches1_b3x3dbl_branches1_b1x3_unit1",
+    )
+    b3x1_2 = unit(
+        b3x3dbl,
+        filters=384,
+        kernel=(3, 1),
+        stride=1,
+        padding="same",
+        torch_layout=torch_layout,
+        name=f"{name}_branches1_b3x3dbl_branches1_b3x1_unit1",
+    )
     b3x3dbl = layers.concatenate([b1x3_2, b3x1_2], name=f"{name}_branches1_b3x3dbl_branches1")
-    pool = layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same", name=f"{name}_branches1_pool_avgpool1")(x)
-    pool = unit(pool, filters=192, kernel=1, stride=1, padding="same", name=f"{name}_branches1_pool_unit1")
+    pool = x
+    if torch_layout:
+        pool = layers.ZeroPadding2D(((1, 1), (1, 1)), name=f"{name}_branches1_pool_zero_pad1")(pool)
+        pool = layers.AveragePooling2D((3, 3), strides=(1, 1), name=f"{name}_branches1_pool_count_pad_pool")(pool)
+    if not torch_layout:
+        pool = layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same", name=f"{name}_branches1_pool_avgpool2")(pool)
+    pool = unit(pool, filters=192, kernel=1, stride=1, padding="same", torch_layout=torch_layout, name=f"{name}_branches1_pool_unit1")
     x = layers.concatenate([b1x1, b3x3, b3x3dbl, pool], name=f"{name}_branches1")
     return x
 
 
-def create_model(*, classes=1000, dropout=0.0):
+def create_model(*, classes=1000, dropout=0.0, aux_logits=False, torch_layout=False):
     """The 'inception_v3_slim' network as a keras.Model: input 299x299x3 (channels_last),
     output 1000.
 
     Args:
         classes: Classes of the logistic-regression head.
         dropout: Dropout before the classifier.
+        aux_logits: The auxiliary classifier on mixed7, a second output 'aux'.
+        torch_layout: torchvision's layout, BN with scale and pool branches that average the
+            zero padding too.
     """
     if classes < 1:
         raise ValueError(f"classes: expected at least 1, found {classes!r}")
@@ -116,37 +207,47 @@ def create_model(*, classes=1000, dropout=0.0):
     inputs = keras.Input(shape=(299, 299, 3), name="input")
 
     # stem
-    x = unit(inputs, filters=32, kernel=3, stride=2, padding="valid", name="stem_unit1")
-    x = unit(x, filters=32, kernel=3, stride=1, padding="valid", name="stem_unit2")
-    x = unit(x, filters=64, kernel=3, stride=1, padding="same", name="stem_unit3")
+    x = unit(inputs, filters=32, kernel=3, stride=2, padding="valid", torch_layout=torch_layout, name="stem_unit1")
+    x = unit(x, filters=32, kernel=3, stride=1, padding="valid", torch_layout=torch_layout, name="stem_unit2")
+    x = unit(x, filters=64, kernel=3, stride=1, padding="same", torch_layout=torch_layout, name="stem_unit3")
     x = layers.MaxPooling2D((3, 3), strides=(2, 2), name="stem_maxpool1")(x)
-    x = unit(x, filters=80, kernel=1, stride=1, padding="valid", name="stem_unit4")
-    x = unit(x, filters=192, kernel=3, stride=1, padding="valid", name="stem_unit5")
+    x = unit(x, filters=80, kernel=1, stride=1, padding="valid", torch_layout=torch_layout, name="stem_unit4")
+    x = unit(x, filters=192, kernel=3, stride=1, padding="valid", torch_layout=torch_layout, name="stem_unit5")
     x = layers.MaxPooling2D((3, 3), strides=(2, 2), name="stem_maxpool2")(x)
 
     # grid35
-    x = module_a(x, pool_filters=32, name="grid35_mixed0")
-    x = module_a(x, pool_filters=64, name="grid35_mixed1")
-    x = module_a(x, pool_filters=64, name="grid35_mixed2")
-    x = reduce_a(x, name="grid35_mixed3")
+    x = module_a(x, pool_filters=32, torch_layout=torch_layout, name="grid35_mixed0")
+    x = module_a(x, pool_filters=64, torch_layout=torch_layout, name="grid35_mixed1")
+    x = module_a(x, pool_filters=64, torch_layout=torch_layout, name="grid35_mixed2")
+    x = reduce_a(x, torch_layout=torch_layout, name="grid35_mixed3")
 
     # grid17
-    x = module_c(x, mid=128, dbl_first=128, name="grid17_mixed4")
-    x = module_c(x, mid=160, dbl_first=160, name="grid17_mixed5")
-    x = module_c(x, mid=160, dbl_first=160, name="grid17_mixed6")
-    x = module_c(x, mid=192, dbl_first=192, name="grid17_mixed7")
-    x = reduce_b(x, name="grid17_mixed8")
+    x = module_c(x, mid=128, dbl_first=128, torch_layout=torch_layout, name="grid17_mixed4")
+    x = module_c(x, mid=160, dbl_first=160, torch_layout=torch_layout, name="grid17_mixed5")
+    x = module_c(x, mid=160, dbl_first=160, torch_layout=torch_layout, name="grid17_mixed6")
+    x = module_c(x, mid=192, dbl_first=192, torch_layout=torch_layout, name="grid17_mixed7")
+    mixed7 = x
+    if aux_logits:
+        x = aux_head(x, classes=classes, torch_layout=torch_layout, name="grid17_aux")
+    aux = x
+    x = reduce_b(mixed7, torch_layout=torch_layout, name="grid17_mixed8")
 
     # grid8
-    x = module_e(x, name="grid8_mixed9")
-    x = module_e(x, name="grid8_mixed10")
+    x = module_e(x, torch_layout=torch_layout, name="grid8_mixed9")
+    x = module_e(x, torch_layout=torch_layout, name="grid8_mixed10")
 
     # head
     x = layers.GlobalAveragePooling2D(name="head_global_avg_pool1")(x)
     x = layers.Dropout(dropout, name="head_dropout1")(x)
     x = layers.Dense(classes, name="head_classifier")(x)
+    logits = x
 
-    return keras.Model(inputs, x, name="inception_v3_slim")
+    outputs = {"logits": logits}
+    if aux_logits:
+        outputs["aux"] = aux
+    if len(outputs) == 1:
+        outputs = logits
+    return keras.Model(inputs, outputs, name="inception_v3_slim")
 
 
 # Each batch norm that directly follows a conv, a separable conv (its pointwise conv) or
@@ -223,6 +324,8 @@ BN_FOLDS = (
     ("grid17_mixed7_branches1_b7x7dbl_unit4_conv1", "grid17_mixed7_branches1_b7x7dbl_unit4_bn1"),
     ("grid17_mixed7_branches1_b7x7dbl_unit5_conv1", "grid17_mixed7_branches1_b7x7dbl_unit5_bn1"),
     ("grid17_mixed7_branches1_pool_unit1_conv1", "grid17_mixed7_branches1_pool_unit1_bn1"),
+    ("grid17_aux_unit1_conv1", "grid17_aux_unit1_bn1"),
+    ("grid17_aux_unit2_conv1", "grid17_aux_unit2_bn1"),
     ("grid17_mixed8_branches1_b3x3_unit1_conv1", "grid17_mixed8_branches1_b3x3_unit1_bn1"),
     ("grid17_mixed8_branches1_b3x3_unit2_conv1", "grid17_mixed8_branches1_b3x3_unit2_bn1"),
     ("grid17_mixed8_branches1_b7x7x3_unit1_conv1", "grid17_mixed8_branches1_b7x7x3_unit1_bn1"),
@@ -254,15 +357,15 @@ BN_FOLDS = (
 # to one (padded cells are not counted), so the conv can run first and the pool average
 # its fewer channels: the same outputs in less time.
 POOL_SWAPS = (
-    ("grid35_mixed0_branches1_pool_avgpool1", "grid35_mixed0_branches1_pool_unit1_conv1"),
-    ("grid35_mixed1_branches1_pool_avgpool1", "grid35_mixed1_branches1_pool_unit1_conv1"),
-    ("grid35_mixed2_branches1_pool_avgpool1", "grid35_mixed2_branches1_pool_unit1_conv1"),
-    ("grid17_mixed4_branches1_pool_avgpool1", "grid17_mixed4_branches1_pool_unit1_conv1"),
-    ("grid17_mixed5_branches1_pool_avgpool1", "grid17_mixed5_branches1_pool_unit1_conv1"),
-    ("grid17_mixed6_branches1_pool_avgpool1", "grid17_mixed6_branches1_pool_unit1_conv1"),
-    ("grid17_mixed7_branches1_pool_avgpool1", "grid17_mixed7_branches1_pool_unit1_conv1"),
-    ("grid8_mixed9_branches1_pool_avgpool1", "grid8_mixed9_branches1_pool_unit1_conv1"),
-    ("grid8_mixed10_branches1_pool_avgpool1", "grid8_mixed10_branches1_pool_unit1_conv1"),
+    ("grid35_mixed0_branches1_pool_avgpool2", "grid35_mixed0_branches1_pool_unit1_conv1"),
+    ("grid35_mixed1_branches1_pool_avgpool2", "grid35_mixed1_branches1_pool_unit1_conv1"),
+    ("grid35_mixed2_branches1_pool_avgpool2", "grid35_mixed2_branches1_pool_unit1_conv1"),
+    ("grid17_mixed4_branches1_pool_avgpool2", "grid17_mixed4_branches1_pool_unit1_conv1"),
+    ("grid17_mixed5_branches1_pool_avgpool2", "grid17_mixed5_branches1_pool_unit1_conv1"),
+    ("grid17_mixed6_branches1_pool_avgpool2", "grid17_mixed6_branches1_pool_unit1_conv1"),
+    ("grid17_mixed7_branches1_pool_avgpool2", "grid17_mixed7_branches1_pool_unit1_conv1"),
+    ("grid8_mixed9_branches1_pool_avgpool2", "grid8_mixed9_branches1_pool_unit1_conv1"),
+    ("grid8_mixed10_branches1_pool_avgpool2", "grid8_mixed10_branches1_pool_unit1_conv1"),
 )
 
 

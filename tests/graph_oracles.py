@@ -11,7 +11,8 @@ device: shapes and formulas only, no arithmetic.
 
 ``python tests/graph_oracles.py`` (with torchvision and smp installed, e.g. in
 .venv-bench) prints the figures as JSON; tests/test_graph_examples.py holds the examples
-to them."""
+to them. MODELS and named_outputs build the references on the CPU and run them:
+tests/test_oracle_copy.py copies their weights into the generated torch models."""
 
 from __future__ import annotations
 
@@ -47,29 +48,37 @@ def _sum(macs: dict[str, int], *prefixes: str) -> int:
     return sum(v for k, v in macs.items() if k.count(".") == 1 and k.split(".", 1)[1].startswith(prefixes) and k.startswith(root))
 
 
-def deeplabv3(size: int) -> dict:
+def deeplabv3_model() -> torch.nn.Module:
     from torchvision.models.segmentation import deeplabv3_resnet50
 
+    return deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False)
+
+
+def deeplabv3(size: int) -> dict:
     with torch.device("meta"):
-        model = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False).eval()
+        model = deeplabv3_model().eval()
         x = torch.empty(1, 3, size, size)
     out = {}
     macs = _module_macs(model, lambda: out.update(model(x)))
     return _figures(model, {"output": (_hwc(out["out"]), macs["Global"])})
 
 
-def unet_resnet34(size: int) -> dict:
+def unet_resnet34_model() -> torch.nn.Module:
     import segmentation_models_pytorch as smp
 
+    return smp.Unet("resnet34", encoder_weights=None, classes=2)
+
+
+def unet_resnet34(size: int) -> dict:
     with torch.device("meta"):
-        model = smp.Unet("resnet34", encoder_weights=None, classes=2).eval()
+        model = unet_resnet34_model().eval()
         x = torch.empty(1, 3, size, size)
     out = []
     macs = _module_macs(model, lambda: out.append(model(x)))
     return _figures(model, {"output": (_hwc(out[0]), macs["Global"])})
 
 
-def resnet50_fpn(size: int) -> dict:
+def resnet50_fpn_model() -> torch.nn.Module:
     from torchvision.models import resnet50
     from torchvision.models._utils import IntermediateLayerGetter
     from torchvision.ops import FeaturePyramidNetwork
@@ -85,8 +94,15 @@ def resnet50_fpn(size: int) -> dict:
         def forward(self, x):
             return self.fpn(self.body(x))
 
+    return ResNetFPN()
+
+
+FPN_NAMES = {"0": "p2", "1": "p3", "2": "p4", "3": "p5", "pool": "p6"}  # torchvision's keys -> the example's outputs
+
+
+def resnet50_fpn(size: int) -> dict:
     with torch.device("meta"):
-        model = ResNetFPN().eval()
+        model = resnet50_fpn_model().eval()
         x = torch.empty(1, 3, size, size)
     out = {}
     with FlopCounterMode(display=False) as counter:
@@ -98,19 +114,22 @@ def resnet50_fpn(size: int) -> dict:
         inner = sum(per_module.get(f"ResNetFPN.fpn.inner_blocks.{j}", 0) for j in range(i, 4))
         return body + inner + per_module.get(f"ResNetFPN.fpn.layer_blocks.{i}", 0)
 
-    names = {"0": "p2", "1": "p3", "2": "p4", "3": "p5", "pool": "p6"}
-    outputs = {names[k]: (_hwc(v), level(min(int(k) if k != "pool" else 3, 3))) for k, v in out.items()}
+    outputs = {FPN_NAMES[k]: (_hwc(v), level(min(int(k) if k != "pool" else 3, 3))) for k, v in out.items()}
     assert (
         sum(per_module[f"ResNetFPN.fpn.{kind}_blocks.{i}"] for kind in ("inner", "layer") for i in range(4)) + body == per_module["Global"]
     )
     return _figures(model, outputs, total=per_module["Global"])
 
 
-def inception_v3_aux(size: int) -> dict:
+def inception_v3_aux_model() -> torch.nn.Module:
     from torchvision.models import inception_v3
 
+    return inception_v3(weights=None, aux_logits=True, init_weights=False)
+
+
+def inception_v3_aux(size: int) -> dict:
     with torch.device("meta"):
-        model = inception_v3(weights=None, aux_logits=True, init_weights=False).train()  # train(): the aux head runs
+        model = inception_v3_aux_model().train()  # train(): the aux head runs
         x = torch.empty(2, 3, size, size)  # two samples: BN in training refuses one value per channel
     out = []
     macs = {name: n // 2 for name, n in _module_macs(model, lambda: out.append(model(x))).items()}
@@ -139,6 +158,36 @@ def _figures(model: torch.nn.Module, outputs: dict[str, tuple[list[int], int]], 
 
 
 ORACLES = {"deeplabv3": deeplabv3, "unet_resnet34": unet_resnet34, "resnet50_fpn": resnet50_fpn, "inception_v3_aux": inception_v3_aux}
+
+# -- the references run: built on the CPU with random weights, every output by the example's names
+
+MODELS = {
+    "deeplabv3": deeplabv3_model,
+    "unet_resnet34": unet_resnet34_model,
+    "resnet50_fpn": resnet50_fpn_model,
+    "inception_v3_aux": inception_v3_aux_model,
+}
+
+
+def named_outputs(oracle: str, model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference's outputs for ``x`` under the example's output names, in the
+    example's order. Inception in eval mode returns its logits alone and skips the
+    auxiliary head (torchvision runs it only in training), so the head is called here on
+    Mixed_6e's output (archc's mixed7), in eval mode like the rest."""
+    if oracle == "deeplabv3":
+        return {"output": model(x)["out"]}
+    if oracle == "unet_resnet34":
+        return {"output": model(x)}
+    if oracle == "resnet50_fpn":
+        return {FPN_NAMES[k]: v for k, v in model(x).items()}
+    seen = []
+    hook = model.Mixed_6e.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        logits = model(x)
+    finally:
+        hook.remove()
+    return {"logits": logits, "aux": model.AuxLogits(seen[0])}
+
 
 if __name__ == "__main__":
     sizes = dict(arg.split("=") for arg in sys.argv[1:])  # e.g. deeplabv3=512

@@ -556,3 +556,46 @@ def test_for_inference_holds_when_a_param_changes_a_swapped_layer(k, tmp_path):
     keras_model = keras_module.create_model(k=k)
     keras_fast = keras_module.for_inference(keras_model)
     assert output_difference(keras_model.predict(x, verbose=0), keras_fast.predict(x, verbose=0)).rel < 1e-5
+
+
+# One of two pools, picked by a param, before the same 1x1 conv (Inception's pool branches
+# with torch_layout): the pool under its own `when` swaps with the conv that is always
+# there; with the param off that pool is not in the model, and the pair is left alone.
+PARAM_PICKS_THE_POOL = """\
+name: picked
+input: [8, 8, 6]
+params: {same: true}
+flows:
+  main:
+    - zero_pad: {padding: 1, when: "${not same}"}
+    - avgpool: {pool: 3, stride: 1, name: valid_pool, when: "${not same}"}
+    - avgpool: {pool: 3, stride: 1, padding: same, when: $same}
+    - conv: {filters: 2, kernel: 1}
+"""
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_pool_switched_by_a_param_swaps_with_the_conv_after_it(same, tmp_path):
+    import torch
+
+    spec = tmp_path / "picked.yaml"
+    spec.write_text(PARAM_PICKS_THE_POOL)
+    analysis = load(spec, {"same": same})
+    assert [(s.pool, s.conv) for s in swaps(analysis)] == [("main/avgpool2", "main/conv1")]
+    assert swapped_instances(analysis) == int(same)
+    backends = porting_backends(["torch", "keras"])[0]
+    x = np.random.default_rng(4).standard_normal((2, 8, 8, 6)).astype(np.float32)
+
+    module = generated_module(backends["torch"], analysis, tmp_path)
+    torch.manual_seed(0)
+    model = module.create_model().eval()
+    fast = module.for_inference(copy.deepcopy(model))
+    with torch.no_grad():
+        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
+        assert output_difference(model(nchw).numpy(), fast(nchw).numpy()).rel < 1e-5
+    assert isinstance(fast.main.conv1, torch.nn.AvgPool2d) == same
+
+    keras_module = generated_module(backends["keras"], analysis, tmp_path)
+    keras_model = keras_module.create_model()
+    keras_fast = keras_module.for_inference(keras_model)
+    assert output_difference(keras_model.predict(x, verbose=0), keras_fast.predict(x, verbose=0)).rel < 1e-5

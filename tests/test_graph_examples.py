@@ -38,8 +38,13 @@ REFERENCES = {
             "p6": ((8, 8, 256), 21_638_414_336),
         },
     ),
+    "inception_v3_aux": (
+        "specs/inception_v3_slim.yaml", {"aux_logits": True, "torch_layout": True}, "inception_v3_aux", 27_161_264, 36_224,
+        {"logits": ((1000,), 5_713_216_096), "aux": ((1000,), 4_714_912_352)},
+    ),
 }  # fmt: skip
-TOTAL_MACS = {"resnet50_fpn": 36_201_037_824}  # shared layers once; one output: its own
+TOTAL_MACS = {"resnet50_fpn": 36_201_037_824, "inception_v3_aux": 5_718_899_296}  # shared layers once; one output: its own
+OTHER_SIZE = {"inception_v3_aux": 331}  # the aux head's 5x5 conv needs a 17x17 grid of at least 17 - 2
 
 
 @pytest.mark.parametrize("example", REFERENCES)
@@ -82,13 +87,14 @@ def _oracle(name: str):
     return graph_oracles.ORACLES[name]
 
 
-@pytest.mark.parametrize("size", [None, 256])
+@pytest.mark.parametrize("resized", [False, True], ids=["default_size", "other_size"])
 @pytest.mark.parametrize("example", REFERENCES)
-def test_the_reference_agrees(example, size):
+def test_the_reference_agrees(example, resized):
     """Counts, every output's shape and multiply-adds (torch.utils.flop_counter / 2) of
     the reference built now, at the spec's input size and at another one."""
     path, params, oracle, *_ = REFERENCES[example]
-    a = load(ROOT / path, params, None if size is None else (size, size))
+    size = OTHER_SIZE.get(example, 256)
+    a = load(ROOT / path, params, (size, size) if resized else None)
     ref = _oracle(oracle)(a.net.input[0])
     assert (a.total.trainable, a.total.non_trainable) == (ref["trainable"], ref["non_trainable"])
     assert list(a.outputs) == list(ref["outputs"])

@@ -96,6 +96,15 @@ def _first_layer(node: Node) -> Node:
     return node
 
 
+def _may_swap(pool: Node, after: Node) -> bool:
+    """Both under the same condition, or the pool under one of its own before a layer that
+    is always there: a pool a param switches off is no pool in the built model (torch's
+    nn.Identity, no Keras layer), which the generated swap_pools leaves alone (it checks
+    each pair on the built model). Inception's pool branches pick one of two pools by a
+    param, each before the same 1x1 conv."""
+    return _same_condition(pool, after) or (pool.in_code() and after.when is True and "when" not in after.refs)
+
+
 def swaps(analysis: Analysis) -> list[Swap]:
     """Every average pool of stride 1 that feeds a 1x1, stride-1 conv with fewer output
     than input channels (at the spec's params), in the order of the IR (the ops say
@@ -108,7 +117,7 @@ def swaps(analysis: Analysis) -> list[Swap]:
             if (
                 node.swaps_before_pointwise()
                 and after is not None
-                and _same_condition(node, after)
+                and _may_swap(node, after)
                 and _feeds(node, after)
                 and not conv.reads
                 and conv.pointwise()

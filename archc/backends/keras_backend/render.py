@@ -437,12 +437,16 @@ class Renderer:
         if len(net.outputs) > 1:  # a dict by output name, in the spec's order; a param may switch one off
             outputs = scope.names.create("outputs")
             fixed = [name for name in net.outputs if not net.output_when.get(name, (True, ""))[1]]
-            items = [f"{literal(name)}: {scope.tensors[net.outputs[name]]}" for name in fixed if net.output_when.get(name, (True, ""))[0]]
+            fixed = [name for name in fixed if net.output_when.get(name, (True, ""))[0]]  # on whatever the params
+            items = [f"{literal(name)}: {scope.tensors[net.outputs[name]]}" for name in fixed]
             body.append(line(f"{outputs} = {{{', '.join(items)}}}"))
             for name, (_, ref) in net.output_when.items():
                 if ref:
                     condition = expr.to_python(expr.parse(ref), self.plan.params.__getitem__)
                     body += block(f"if {condition}:", [line(f"{outputs}[{literal(name)}] = {scope.tensors[net.outputs[name]]}")])
+            if len(fixed) < 2:  # params may leave one output on: the model's tensor, as with one output
+                one = scope.tensors[net.outputs[fixed[0]]] if fixed else f"next(iter({outputs}.values()))"
+                body += block(f"if len({outputs}) == 1:", [line(f"{outputs} = {one}")])
         body.append(call("return keras.Model(", [inputs, outputs, f"name={literal(identifier(net.name, 'model'))}"], ")"))
         args = [f"{ident}={literal(net.params[p])}" for p, ident in params.items()]
         doc = [

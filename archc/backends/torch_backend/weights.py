@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from archc.passes.analysis import Analysis
-from archc.passes.instances import Instance, instances, weighted
+from archc.passes.instances import Instance, instances, roles, weighted
 
 from .ops import OPS, TorchWeights
 from .render import qualified_names, torch_plan
@@ -103,6 +103,23 @@ def load(model: Any, analysis: Analysis, weights: dict[str, dict[str, np.ndarray
                 t.copy_(torch.from_numpy(np.ascontiguousarray(value).reshape(value.shape)))  # 0-d stays 0-d
             if given:
                 raise WeightError(f"{inst.key}: the torch module has no '{sorted(given)[0]}'")
+
+
+def network_order(model: Any, analysis: Analysis) -> list[tuple[str, torch.Tensor]]:
+    """The model's weight tensors in network order, ``(instance key/role, tensor)``: each
+    weighted instance's roles in the IR's order (a conv's kernel, then its bias; BN gamma,
+    beta, mean, variance), in torch's layout. A spec written layer for layer in the order
+    of a torch model's modules has its ``state_dict`` in this order, so a copy by
+    structure zips the two (tests/test_oracle_copy.py)."""
+    names = qualified_names(torch_plan(analysis))
+    out = []
+    for inst in weighted(analysis):
+        module = _module(model, names, inst)
+        if module is None:
+            raise WeightError(f"{inst.key}: no torch module for this instance")
+        tensors = _tensors(inst, module)
+        out += [(f"{inst.key}/{role}", tensors[role]) for role in roles(inst) if tensors.get(role) is not None]
+    return out
 
 
 def counts(model: Any, analysis: Analysis) -> dict[str, tuple[int, int]]:
