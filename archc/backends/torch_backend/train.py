@@ -67,7 +67,9 @@ class Distributed:
         self.control = None  # the default group, or a gloo one beside NCCL: small CPU all-reduces
         if self.enabled:
             backend = "nccl" if cuda else "gloo"
-            dist.init_process_group(backend=backend, device_id=self.device if cuda else None)
+            store = _round_store(self.world)  # None: env:// as usual
+            rendezvous = {"store": store, "rank": self.rank, "world_size": self.world} if store is not None else {}
+            dist.init_process_group(backend=backend, device_id=self.device if cuda else None, **rendezvous)
             self.control = dist.new_group(backend="gloo") if cuda else None
         self.dist = dist
 
@@ -579,3 +581,18 @@ class TorchEngine:
 
     def agree(self, stop: bool) -> bool:
         return self.job.any(stop)
+
+
+def _round_store(world: int):
+    """The rendezvous store, its keys under this restart's number: after torchrun restarts
+    a group (``--max-restarts``), the new group's processes share the agent's store with
+    the old group's, whose addresses would otherwise be read back (a connect to a dead
+    process, refused). None without torchrun's agent (init_process_group's own env://)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"archc/round{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
