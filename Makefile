@@ -73,9 +73,10 @@ digits: install  ## Xception learns scikit-learn's digits (>= 95% validation top
 	$(BIN)/archc train $(DIGITS_TRAIN) --backend keras -o runs/digits/keras
 	tail -n 3 runs/digits/torch/eval.csv runs/digits/keras/eval.csv
 
-# The paper's three experiments as sweeps on the digits (docs/experiments.md; hours on a few
-# CPU cores, minutes on a GPU; not CI): Figure 9, Figure 10 and the segments spectrum, 3 seeds.
-SWEEP_DIGITS = specs/xception.yaml -p middle_repeats=1 -p classes=10 --image-size 71 --epochs 10 --no-augment --seeds 3 \
+# The paper's three experiments as sweeps on the digits (docs/experiments.md; not CI): Figure 9,
+# Figure 10 and the segments spectrum, 3 seeds each, with examples/xception_digits.yaml
+# (Xception at an eighth of its widths, 16 x 16 inputs): 30 trials of about 2 minutes on one core.
+SWEEP_DIGITS = examples/xception_digits.yaml --epochs 8 --seeds 3 --cpus-per-trial 1 \
 	--data runs/digits/data/train --val-data runs/digits/data/val $(SWEEP_ARGS)
 digits-sweeps: install  ## Figures 9 and 10 and the segments spectrum on digits with archc sweep (SWEEP_ARGS="--engine ray" ...)
 	$(BIN)/python -m pip install --quiet -e '.[digits]'
