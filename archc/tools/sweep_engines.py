@@ -86,7 +86,7 @@ def ray(trials: Trials, options: Options) -> Results:
         tuner = tune.Tuner(
             tune.with_resources(_tune_trial, {"cpu": cpus, "gpu": gpus}),
             param_space={"trial": tune.grid_search(trials)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=options.jobs or 0),
+            tune_config=tune.TuneConfig(max_concurrent_trials=options.jobs or 0, reuse_actors=True),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(options.out / "ray"), verbose=0, failure_config=tune.FailureConfig(max_failures=0)
             ),
