@@ -36,7 +36,9 @@ class BackboneView:
         lines = []
         for channels, reduction, module in self.feature_info:
             line = f'    ({channels}, {reduction}, "{module}"),'
-            lines += [line] if len(line) <= 88 else ["    (", f"        {channels},", f"        {reduction},", f'        "{module}",', "    ),"]
+            lines += (
+                [line] if len(line) <= 88 else ["    (", f"        {channels},", f"        {reduction},", f'        "{module}",', "    ),"]
+            )
         return lines
 
     def init_lines(self) -> list[str]:

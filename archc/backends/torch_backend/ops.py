@@ -658,6 +658,8 @@ def pointwise_classifier(node: ir.Conv) -> str | None:
     """A 1x1 conv classifier (MobileNet's, on the pooled 1x1 map)."""
     plain = node.kernel == (1, 1) and node.stride == (1, 1) and node.groups == 1 and not {"kernel", "stride", "groups"} & set(node.refs)
     return f"nn.Conv2d(width, num_classes, 1{_no_bias(node)})" if plain else None
+
+
 OPS: dict[str, TorchOp] = {
     "conv": TorchOp(
         emit_conv, to("filters"), weights=CONV_WEIGHTS, fold_into="", fresh_output=True, helpers=PADDED, classifier=pointwise_classifier
