@@ -29,7 +29,7 @@ brings the map back to a finer reduction (an upsample).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from archc.ir.ops import Node
 from archc.passes.analysis import Analysis
@@ -43,6 +43,7 @@ class Tap:
     reduction: int
     module: str  # instance key of the module whose output it is
     shape: Shape  # (height, width, channels)
+    node: Node | None = field(default=None, compare=False, repr=False)  # the module's IR node
 
     @property
     def channels(self) -> int:
@@ -78,7 +79,7 @@ class _Walk:
         self.shapes = analysis.instance_shapes
         self.counts = analysis.counts
         self.height = analysis.net.input[0]
-        self.candidates: list[tuple[str, Shape]] = []
+        self.candidates: list[tuple[str, Shape, Node]] = []
         self.steps: list[tuple[str, Node]] = []  # the modules the features run, in order
         self.head: list[tuple[str, Node]] | None = None  # from the global pool on
         self.chain = True  # every module the walk looked into runs its one trunk in order
@@ -144,7 +145,7 @@ class _Walk:
         self.learning = self.learning or self.counts[node.path].trainable > 0
         grows = len(inp) == 3 and (out[0] > inp[0] or out[1] > inp[1])  # a zero pad for the next window
         if self.learning and not self.ended and not grows:
-            self.candidates.append((key, out))
+            self.candidates.append((key, out, node))
 
     def trunk(self, node: Node, key: str, out: Shape, base: tuple[str, str]) -> list[tuple[tuple[str, str], list[Node]]]:
         """The node's child sequences (one per repeat index) whose last output has the node's size."""
@@ -173,10 +174,10 @@ def backbone(analysis: Analysis) -> Backbone:
     walk = _Walk(analysis)
     for layers in analysis.net.flows.values():
         walk.sequence(layers, ("", ""))
-    last: dict[int, tuple[str, Shape]] = {}
-    for key, shape in walk.candidates:
-        last[walk.level(shape)] = (key, shape)
-    found = [Tap(r, key, shape) for r, (key, shape) in sorted(last.items())]
+    last: dict[int, tuple[str, Shape, Node]] = {}
+    for key, shape, node in walk.candidates:
+        last[walk.level(shape)] = (key, shape, node)
+    found = [Tap(r, key, shape, node) for r, (key, shape, node) in sorted(last.items())]
     weighted = [key for key, node in walk.head or [] if node.path in analysis.counts and analysis.counts[node.path].trainable > 0]
     return Backbone(found, walk.steps if walk.chain else None, walk.head, weighted[-1] if weighted else None)
 
