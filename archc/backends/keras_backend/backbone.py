@@ -13,7 +13,7 @@ from archc.passes.analysis import Analysis
 from archc.passes.taps import backbone
 
 # Names the generated module gives the backbone API (templates/backbone.py.j2).
-BACKBONE_NAMES = ("FEATURE_INFO", "FEATURES_END", "backbone", "include_top", "pooling", "features_only", "out_indices")
+BACKBONE_NAMES = ("FEATURE_INFO", "FEATURES_END", "KEPT", "backbone", "include_top", "pooling", "features_only", "out_indices")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,11 @@ class KerasBackbone:
 
     feature_info: list[tuple[int, int, str]]  # (channels, reduction, layer) per tap
     end: str | None  # the features' last layer (None: no head to leave out)
+    kept: tuple[str, ...] = ()  # the head's layers that include_top=False keeps
+
+    @property
+    def kept_code(self) -> str:
+        return "(" + ", ".join(f'"{name}"' for name in self.kept) + ("," if len(self.kept) == 1 else "") + ")"
 
     @property
     def info_lines(self) -> list[str]:
@@ -44,7 +49,24 @@ def keras_backbone(analysis: Analysis, names: dict[str, str]) -> KerasBackbone |
     info = [(tap.channels, tap.reduction, output_layer(tap.node, names)) for tap in found.taps]
     on = [node for key, node in found.steps if key in analysis.instance_shapes]
     end = output_layer(on[-1], names) if found.head is not None and on else None
-    return KerasBackbone(info, end)
+    return KerasBackbone(info, end, tuple(output_layer(node, names) for node in pooled(analysis, found.head or [])))
+
+
+def pooled(analysis: Analysis, head: list[tuple[str, Node]]) -> list[Node]:
+    """The layers with weights in the run right after the head's global pool that keeps
+    its width (ConvNeXt's layer norm): keras.applications keeps them without the top,
+    after the pool if any; the run ends at the first layer that changes the width (a
+    classifier, a dense)."""
+    found = []
+    for key, node in head[1:]:
+        if key not in analysis.instance_shapes:
+            continue
+        inp, out = analysis.instance_shapes[key]
+        if out[-1] != inp[-1]:
+            break
+        if analysis.counts[node.path].trainable > 0:
+            found.append(node)
+    return found
 
 
 def output_layer(node: Node, names: dict[str, str], indices: tuple[int, ...] = ()) -> str:
