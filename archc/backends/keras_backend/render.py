@@ -465,17 +465,10 @@ class Renderer:
                 f"output {fmt(self.analysis.output)}."
             )
         ]
-        if params:
-            doc.append(
-                ["Args:"]
-                + [
-                    text
-                    for p, ident in params.items()
-                    for text in wrap(f"{ident}: {prose(net.param_decls[p].doc) or 'a spec param.'}", indent=INDENT * 2, first=INDENT)
-                ]
-            )
-        if self.backbone is not None:
-            doc.append(wrap(BACKBONE_DOC, indent=INDENT))
+        entries = [(ident, prose(net.param_decls[p].doc) or "a spec param.") for p, ident in params.items()]
+        entries += BACKBONE_ARGS if self.backbone is not None else []
+        if entries:
+            doc.append(["Args:"] + [text for ident, text in entries for text in wrap(f"{ident}: {text}", indent=INDENT * 2, first=INDENT)])
         return {
             "signature": call("def create_model(", ["*", *args] if args else [], "):"),
             "doc": docstring(doc, INDENT),
@@ -755,11 +748,12 @@ OPS: dict[str, KerasOp] = {
 RESERVED = frozenset(name for record in OPS.values() for name, _ in record.helpers)  # names the helpers define
 
 
-BACKBONE_DOC = (
-    "include_top=False leaves the head out (the global pool and the layers after it) and pooling "
-    '(None, "avg" or "max") pools the last map, as keras.applications; features_only gives a model '
-    "with one output per feature tap, at out_indices of FEATURE_INFO (all by default)."
-)
+BACKBONE_ARGS = [  # create_model's arguments of the backbone API (templates/backbone.py.j2)
+    ("include_top", "False leaves the head out: the global pool and the layers after it, as keras.applications."),
+    ("pooling", 'With include_top=False: None (the last map), "avg" or "max" (pooled).'),
+    ("features_only", "A model with one output per feature tap (FEATURE_INFO)."),
+    ("out_indices", "With features_only: the taps, by index into FEATURE_INFO (None: all)."),
+]
 
 
 def environment() -> Environment:
