@@ -99,13 +99,13 @@ def module_e(x, name):
 # The feature taps archc found in the spec with these params (archc params lists them):
 # the last map at each reduction of the input, as (channels, reduction, the layer whose
 # output it is).
-FEATURE_INFO = (
+FEATURE_INFO = [
     (64, 2, "stem_unit3_bn1"),
     (192, 4, "stem_unit5_bn1"),
     (256, 8, "grid35_mixed2_branches1"),
     (768, 16, "grid17_mixed7_branches1"),
     (2048, 32, "grid8_mixed10_branches1"),
-)
+]
 FEATURES_END = "grid8_mixed10_branches1"  # the last layer before the head (global pool on)
 # the head's layers that include_top=False keeps, after the pool if any (as
 # keras.applications' ConvNeXt keeps its layer norm); their weights are the model's

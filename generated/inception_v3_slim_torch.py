@@ -28,17 +28,17 @@ INPUT_SIZE = (3, 299, 299)  # one input: (channels, height, width)
 # The feature taps archc found in the spec with these params (archc params lists them):
 # the last map at each reduction of the input, as (channels, reduction, the module whose
 # output it is), timm's feature_info.
-FEATURE_INFO = (
+FEATURE_INFO = [
     (64, 2, "stem.unit3"),
     (192, 4, "stem.unit5"),
     (288, 8, "grid35.mixed2"),
     (768, 16, "grid17.mixed7"),
     (2048, 32, "grid8.mixed10"),
-)
+]
 
 # The modules forward_features and the features-only model run, one after the other: the
 # trunk up to its last map (then the head, from the global pool on: HEAD).
-FEATURES = (
+FEATURES = [
     "stem.unit1",
     "stem.unit2",
     "stem.unit3",
@@ -57,12 +57,12 @@ FEATURES = (
     "grid17.mixed8",
     "grid8.mixed9",
     "grid8.mixed10",
-)
-HEAD = (
+]
+HEAD = [
     "head.global_avg_pool1",
     "head.dropout1",
     "head.classifier",
-)
+]
 CLASSIFIER = "head.classifier"  # the head's last layer with weights
 
 

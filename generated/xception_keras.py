@@ -101,13 +101,13 @@ def middle(x, segments, between, residual, name):
 # The feature taps archc found in the spec with these params (archc params lists them):
 # the last map at each reduction of the input, as (channels, reduction, the layer whose
 # output it is).
-FEATURE_INFO = (
+FEATURE_INFO = [
     (64, 2, "entry_act2"),
     (128, 4, "entry_down1_residual1"),
     (256, 8, "entry_down2_residual1"),
     (728, 16, "middle_repeat_7_middle1_residual1"),
     (2048, 32, "exit_act2"),
-)
+]
 FEATURES_END = "exit_act2"  # the last layer before the head (global pool on)
 # the head's layers that include_top=False keeps, after the pool if any (as
 # keras.applications' ConvNeXt keeps its layer norm); their weights are the model's

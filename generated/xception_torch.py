@@ -30,17 +30,17 @@ INPUT_SIZE = (3, 299, 299)  # one input: (channels, height, width)
 # The feature taps archc found in the spec with these params (archc params lists them):
 # the last map at each reduction of the input, as (channels, reduction, the module whose
 # output it is), timm's feature_info.
-FEATURE_INFO = (
+FEATURE_INFO = [
     (64, 2, "entry.act2"),
     (128, 4, "entry.down1"),
     (256, 8, "entry.down2"),
     (728, 16, "middle"),
     (2048, 32, "exit.act2"),
-)
+]
 
 # The modules forward_features and the features-only model run, one after the other: the
 # trunk up to its last map (then the head, from the global pool on: HEAD).
-FEATURES = (
+FEATURES = [
     "entry.conv1",
     "entry.bn1",
     "entry.act1",
@@ -56,8 +56,8 @@ FEATURES = (
     "exit.act1",
     "exit.sep_bn2",
     "exit.act2",
-)
-HEAD = (
+]
+HEAD = [
     "exit.global_avg_pool1",
     "head.fc1",
     "head.fc1_relu",
@@ -65,7 +65,7 @@ HEAD = (
     "head.fc2_relu",
     "head.dropout1",
     "head.classifier",
-)
+]
 CLASSIFIER = "head.classifier"  # the head's last layer with weights
 
 
