@@ -200,7 +200,7 @@ FEATURES_END = "grid8_mixed10_branches1"  # the last layer before the head (glob
 KEPT = ()
 
 
-def backbone(model, include_top=True, pooling=None, features_only=False, out_indices=None):
+def _backbone(model, include_top=True, pooling=None, features_only=False, out_indices=None):
     """``model``, or the part of it (the same layers) that ``include_top=False`` with
     ``pooling`` asks for, as keras.applications has them, or with ``features_only`` a
     model with one output per feature tap at ``out_indices`` of FEATURE_INFO."""
@@ -307,7 +307,7 @@ def create_model(
     if len(outputs) == 1:
         outputs = logits
     model = keras.Model(inputs, outputs, name="inception_v3_slim")
-    return backbone(model, include_top, pooling, features_only, out_indices)
+    return _backbone(model, include_top, pooling, features_only, out_indices)
 
 
 # Each batch norm that directly follows a conv, a separable conv (its pointwise conv) or

@@ -114,7 +114,7 @@ FEATURES_END = "exit_act2"  # the last layer before the head (global pool on)
 KEPT = ()
 
 
-def backbone(model, include_top=True, pooling=None, features_only=False, out_indices=None):
+def _backbone(model, include_top=True, pooling=None, features_only=False, out_indices=None):
     """``model``, or the part of it (the same layers) that ``include_top=False`` with
     ``pooling`` asks for, as keras.applications has them, or with ``features_only`` a
     model with one output per feature tap at ``out_indices`` of FEATURE_INFO."""
@@ -223,7 +223,7 @@ def create_model(
     x = layers.Dense(classes, name="head_classifier")(x)
 
     model = keras.Model(inputs, x, name="xception")
-    return backbone(model, include_top, pooling, features_only, out_indices)
+    return _backbone(model, include_top, pooling, features_only, out_indices)
 
 
 # Each batch norm that directly follows a conv, a separable conv (its pointwise conv) or

@@ -13,7 +13,7 @@ from archc.passes.analysis import Analysis
 from archc.passes.taps import backbone
 
 # Names the generated module gives the backbone API (templates/backbone.py.j2).
-BACKBONE_NAMES = ("FEATURE_INFO", "FEATURES_END", "KEPT", "backbone", "include_top", "pooling", "features_only", "out_indices")
+BACKBONE_NAMES = ("FEATURE_INFO", "FEATURES_END", "KEPT", "_backbone", "include_top", "pooling", "features_only", "out_indices")
 
 
 @dataclass(frozen=True)

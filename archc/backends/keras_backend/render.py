@@ -457,7 +457,7 @@ class Renderer:
         else:
             model = scope.names.create("model")
             body.append(call(f"{model} = keras.Model(", [inputs, outputs, name], ")"))
-            body.append(line(f"return backbone({model}, include_top, pooling, features_only, out_indices)"))
+            body.append(line(f"return _backbone({model}, include_top, pooling, features_only, out_indices)"))
             args += ["include_top=True", "pooling=None", "features_only=False", "out_indices=None"]
         doc = [
             wrap(
