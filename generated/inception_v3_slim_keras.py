@@ -186,7 +186,7 @@ def module_e(x, torch_layout, name):
 
 # The feature taps archc found in the spec with these params (archc params lists them):
 # the last map at each reduction of the input, as (channels, reduction, the layer whose
-# output it is).
+# output it is; '{}': the last run of a repeat).
 FEATURE_INFO = [
     (64, 2, "stem_unit3_act1"),
     (192, 4, "stem_unit5_act1"),
@@ -200,6 +200,19 @@ FEATURES_END = "grid8_mixed10_branches1"  # the last layer before the head (glob
 KEPT = ()
 
 
+def _layer(model, name):
+    """The layer ``name``, where '{}' stands for the index of a repeat's last run."""
+    head, repeat, tail = name.partition("{}")
+    if not repeat:
+        return model.get_layer(name)
+    runs = {}
+    for layer in model.layers:
+        index = layer.name[len(head) : len(layer.name) - len(tail)]
+        if layer.name.startswith(head) and layer.name.endswith(tail) and index.isdigit():
+            runs[int(index)] = layer
+    return runs[max(runs)]
+
+
 def _backbone(model, include_top=True, pooling=None, features_only=False, out_indices=None):
     """``model``, or the part of it (the same layers) that ``include_top=False`` with
     ``pooling`` asks for, as keras.applications has them, or with ``features_only`` a
@@ -210,13 +223,13 @@ def _backbone(model, include_top=True, pooling=None, features_only=False, out_in
         if any(not -count <= i < count for i in indices):
             raise ValueError(f"out_indices: expected below {count}, found {indices}")
         taps = [FEATURE_INFO[i][2] for i in sorted({i % count for i in indices})]
-        outputs = [model.get_layer(name).output for name in taps]
+        outputs = [_layer(model, name).output for name in taps]
         return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
     if include_top:
         return model
     if FEATURES_END is None:
         raise ValueError("include_top: expected True, this model has no head to leave out")
-    x = model.get_layer(FEATURES_END).output
+    x = _layer(model, FEATURES_END).output
     if pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
@@ -224,7 +237,7 @@ def _backbone(model, include_top=True, pooling=None, features_only=False, out_in
     elif pooling is not None:
         raise ValueError(f"pooling: expected None, 'avg' or 'max', found {pooling!r}")
     for name in KEPT:
-        x = model.get_layer(name)(x)
+        x = _layer(model, name)(x)
     return keras.Model(model.inputs, x, name=model.name)
 
 

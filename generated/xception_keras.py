@@ -100,18 +100,31 @@ def middle(x, segments, between, residual, name):
 
 # The feature taps archc found in the spec with these params (archc params lists them):
 # the last map at each reduction of the input, as (channels, reduction, the layer whose
-# output it is).
+# output it is; '{}': the last run of a repeat).
 FEATURE_INFO = [
     (64, 2, "entry_act2"),
     (128, 4, "entry_down1_residual1"),
     (256, 8, "entry_down2_residual1"),
-    (728, 16, "middle_repeat_7_middle1_residual1"),
+    (728, 16, "middle_repeat_{}_middle1_residual1"),
     (2048, 32, "exit_act2"),
 ]
 FEATURES_END = "exit_act2"  # the last layer before the head (global pool on)
 # the head's layers that include_top=False keeps, after the pool if any (as
 # keras.applications' ConvNeXt keeps its layer norm); their weights are the model's
 KEPT = ()
+
+
+def _layer(model, name):
+    """The layer ``name``, where '{}' stands for the index of a repeat's last run."""
+    head, repeat, tail = name.partition("{}")
+    if not repeat:
+        return model.get_layer(name)
+    runs = {}
+    for layer in model.layers:
+        index = layer.name[len(head) : len(layer.name) - len(tail)]
+        if layer.name.startswith(head) and layer.name.endswith(tail) and index.isdigit():
+            runs[int(index)] = layer
+    return runs[max(runs)]
 
 
 def _backbone(model, include_top=True, pooling=None, features_only=False, out_indices=None):
@@ -124,13 +137,13 @@ def _backbone(model, include_top=True, pooling=None, features_only=False, out_in
         if any(not -count <= i < count for i in indices):
             raise ValueError(f"out_indices: expected below {count}, found {indices}")
         taps = [FEATURE_INFO[i][2] for i in sorted({i % count for i in indices})]
-        outputs = [model.get_layer(name).output for name in taps]
+        outputs = [_layer(model, name).output for name in taps]
         return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
     if include_top:
         return model
     if FEATURES_END is None:
         raise ValueError("include_top: expected True, this model has no head to leave out")
-    x = model.get_layer(FEATURES_END).output
+    x = _layer(model, FEATURES_END).output
     if pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
@@ -138,7 +151,7 @@ def _backbone(model, include_top=True, pooling=None, features_only=False, out_in
     elif pooling is not None:
         raise ValueError(f"pooling: expected None, 'avg' or 'max', found {pooling!r}")
     for name in KEPT:
-        x = model.get_layer(name)(x)
+        x = _layer(model, name)(x)
     return keras.Model(model.inputs, x, name=model.name)
 
 

@@ -186,3 +186,14 @@ def test_keras_without_the_top_counts_as_keras_applications(family, tmp_path):
     assert counts(module.create_model(include_top=False, **params)) == counts(reference)
     features = module.create_model(features_only=True, **params)
     assert [tuple(o.shape[1:]) for o in features.outputs] == [t.shape for t in taps(analysis)]
+
+
+def test_a_repeats_tap_is_its_last_run_whatever_the_count(tmp_path):
+    """Xception's middle flow tap is the last run's output, at the count create_model gets."""
+    pytest.importorskip("keras")
+    analysis = load(ROOT / "specs/xception.yaml")
+    module = generated_module(porting_backends(["keras"])[0]["keras"], analysis, tmp_path)
+    features = module.create_model(features_only=True, out_indices=(3,), middle_repeats=2)
+    assert features.outputs[0] is features.get_layer("middle_repeat_1_middle1_residual1").output
+    torch_features, _ = torch_module("specs/xception.yaml", {}, tmp_path)
+    assert len(torch_features.create_model(features_only=True, middle_repeats=2)(torch.randn(1, 3, 71, 71))) == 5

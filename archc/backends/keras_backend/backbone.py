@@ -13,7 +13,7 @@ from archc.passes.analysis import Analysis
 from archc.passes.taps import backbone
 
 # Names the generated module gives the backbone API (templates/backbone.py.j2).
-BACKBONE_NAMES = ("FEATURE_INFO", "FEATURES_END", "KEPT", "_backbone", "include_top", "pooling", "features_only", "out_indices")
+BACKBONE_NAMES = ("FEATURE_INFO", "FEATURES_END", "KEPT", "_backbone", "_layer", "include_top", "pooling", "features_only", "out_indices")
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,13 @@ def pooled(analysis: Analysis, head: list[tuple[str, Node]]) -> list[Node]:
     return found
 
 
-def output_layer(node: Node, names: dict[str, str], indices: tuple[int, ...] = ()) -> str:
+def output_layer(node: Node, names: dict[str, str], indices: tuple[int | str, ...] = ()) -> str:
     """The Keras layer whose output is the node's with these params: its own (an op, a
     residual's add, a concat), else that of the last layer on in its body (a block call,
     a repeat's last run, a residual whose shortcut is off and so has no add)."""
     if node.path in names and len(node.running()) == len(node.children()):
         return names[node.path].format(*indices)
     _, body = node.children()[0]
-    if node.indexed:
-        indices = (*indices, node.repeats() - 1)
+    if node.indexed:  # '{}': the last run, whatever the params make the count (_layer)
+        indices = (*indices, "{}" if "{}" not in indices else node.repeats() - 1)
     return output_layer([n for n in body if n.when][-1], names, indices)
