@@ -49,7 +49,10 @@ def keras_backbone(analysis: Analysis, names: dict[str, str]) -> KerasBackbone |
     info = [(tap.channels, tap.reduction, output_layer(tap.node, names)) for tap in found.taps]
     on = [node for key, node in found.steps if key in analysis.instance_shapes]
     end = output_layer(on[-1], names) if found.head is not None and on else None
-    return KerasBackbone(info, end, tuple(output_layer(node, names) for node in pooled(analysis, found.head or [])))
+    kept = tuple(output_layer(node, names) for node in pooled(analysis, found.head or []))
+    if None in [layer for _, _, layer in info] or None in kept or (found.head is not None and end is None):
+        return None  # a module whose output is no layer's (a body switched off whole)
+    return KerasBackbone(info, end, kept)
 
 
 def pooled(analysis: Analysis, head: list[tuple[str, Node]]) -> list[Node]:
@@ -69,13 +72,15 @@ def pooled(analysis: Analysis, head: list[tuple[str, Node]]) -> list[Node]:
     return found
 
 
-def output_layer(node: Node, names: dict[str, str], indices: tuple[int | str, ...] = ()) -> str:
+def output_layer(node: Node, names: dict[str, str], indices: tuple[int | str, ...] = ()) -> str | None:
     """The Keras layer whose output is the node's with these params: its own (an op, a
     residual's add, a concat), else that of the last layer on in its body (a block call,
     a repeat's last run, a residual whose shortcut is off and so has no add)."""
     if node.path in names and len(node.running()) == len(node.children()):
         return names[node.path].format(*indices)
-    _, body = node.children()[0]
+    on = [n for n in node.children()[0][1] if n.when] if node.children() else []
+    if not on:
+        return None
     if node.indexed:  # '{}': the last run, whatever the params make the count (_layer)
         indices = (*indices, "{}" if "{}" not in indices else node.repeats() - 1)
-    return output_layer([n for n in body if n.when][-1], names, indices)
+    return output_layer(on[-1], names, indices)
