@@ -181,10 +181,11 @@ def test_keras_without_the_top_counts_as_keras_applications(family, tmp_path):
     analysis = load(ROOT / spec, params or None)  # the spec's size: Keras only builds the graph
     module = generated_module(porting_backends(["keras"])[0]["keras"], analysis, tmp_path)
     reference = getattr(keras.applications, family)(weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
-    ours = module.create_model(include_top=False, pooling="avg", **params)
+    model = module.create_model(**params)  # create_model(include_top=False, ...) is _backbone(model, ...)
+    ours = module._backbone(model, include_top=False, pooling="avg")
     assert counts(ours) == counts(reference) and ours.output.shape == reference.output.shape
-    assert counts(module.create_model(include_top=False, **params)) == counts(reference)
-    features = module.create_model(features_only=True, **params)
+    assert counts(module._backbone(model, include_top=False)) == counts(reference)
+    features = module._backbone(model, features_only=True)
     assert [tuple(o.shape[1:]) for o in features.outputs] == [t.shape for t in taps(analysis)]
 
 
@@ -195,5 +196,6 @@ def test_a_repeats_tap_is_its_last_run_whatever_the_count(tmp_path):
     module = generated_module(porting_backends(["keras"])[0]["keras"], analysis, tmp_path)
     features = module.create_model(features_only=True, out_indices=(3,), middle_repeats=2)
     assert features.outputs[0] is features.get_layer("middle_repeat_1_middle1_residual1").output
+    assert module.create_model(include_top=False, pooling="max", middle_repeats=2).output.shape == (None, 2048)
     torch_features, _ = torch_module("specs/xception.yaml", {}, tmp_path)
     assert len(torch_features.create_model(features_only=True, middle_repeats=2)(torch.randn(1, 3, 71, 71))) == 5
