@@ -58,9 +58,9 @@ bench: install .venv-bench/.installed  ## generated models vs timm/torchvision/k
 # The graph examples against torchvision and smp themselves (they skip in .venv, which has
 # neither): counts, shapes and multiply-adds of the references built now, and the generated
 # torch models' outputs after a weight copy by structure (tests/test_oracle_copy.py).
-oracles: .venv-bench/.installed  ## the graph examples against their torchvision / smp references, in .venv-bench
+oracles: .venv-bench/.installed  ## the graph examples against their torchvision / smp references, feature_info against timm, in .venv-bench
 	.venv-bench/bin/python -c "import pytest" 2>/dev/null || .venv-bench/bin/python -m pip install --quiet pytest  # a venv made before pytest was listed
-	PYTHONPATH=$(CURDIR) .venv-bench/bin/python -m pytest -q -p no:cacheprovider tests/test_oracle_copy.py tests/test_graph_examples.py
+	PYTHONPATH=$(CURDIR) .venv-bench/bin/python -m pytest -q -p no:cacheprovider tests/test_oracle_copy.py tests/test_graph_examples.py tests/test_backbone.py::test_timm_agrees
 
 # A real data set learned (long: tens of minutes per backend on a few CPU cores; not CI):
 # scikit-learn's digits as PNG folders, Xception trained on them with both trainers.

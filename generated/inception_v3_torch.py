@@ -22,6 +22,46 @@ from torch import nn
 
 INPUT_SIZE = (3, 299, 299)  # one input: (channels, height, width)
 
+# The feature taps archc found in the spec with these params (archc params lists them):
+# the last map at each reduction of the input, as (channels, reduction, the module whose
+# output it is), timm's feature_info.
+FEATURE_INFO = [
+    (64, 2, "stem.unit3"),
+    (192, 4, "stem.unit5"),
+    (256, 8, "grid35.mixed2"),
+    (768, 16, "grid17.mixed7"),
+    (2048, 32, "grid8.mixed10"),
+]
+
+# The modules forward_features and the features-only model run, one after the other: the
+# trunk up to its last map (then the head, from the global pool on: HEAD).
+FEATURES = [
+    "stem.unit1",
+    "stem.unit2",
+    "stem.unit3",
+    "stem.maxpool1",
+    "stem.unit4",
+    "stem.unit5",
+    "stem.maxpool2",
+    "grid35.mixed0",
+    "grid35.mixed1",
+    "grid35.mixed2",
+    "grid35.mixed3",
+    "grid17.mixed4",
+    "grid17.mixed5",
+    "grid17.mixed6",
+    "grid17.mixed7",
+    "grid17.mixed8",
+    "grid8.mixed9",
+    "grid8.mixed10",
+]
+HEAD = [
+    "head.global_avg_pool1",
+    "head.dropout1",
+    "head.classifier",
+]
+CLASSIFIER = "head.classifier"  # the head's last layer with weights
+
 
 def _pair(value):
     """A kernel or stride as (height, width): an int k means (k, k)."""
@@ -306,6 +346,8 @@ class InceptionV3(nn.Module):
                 classifier=nn.Linear(2048, classes),
             ),
         )
+        self.feature_info = FeatureInfo(FEATURE_INFO, range(len(FEATURE_INFO)))
+        self.head_hidden_size = self.get_submodule(CLASSIFIER).weight.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -314,10 +356,111 @@ class InceptionV3(nn.Module):
         x = self.grid8(x)
         return self.head(x)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, the head's input (timm's forward_features)."""
+        for name in FEATURES:
+            x = self.get_submodule(name)(x)
+        return x
 
-def create_model(**overrides) -> InceptionV3:
-    """The model with the spec's params, any of them overridden by keyword."""
-    return InceptionV3(**overrides)
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The head on forward_features' map; with ``pre_logits``, what the classifier
+        reads, flattened (timm's forward_head)."""
+        for name in HEAD:
+            if pre_logits and name == CLASSIFIER:
+                return torch.flatten(x, 1)
+            x = self.get_submodule(name)(x)
+        return x
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier for ``num_classes`` classes, freshly initialised; 0 takes it
+        out, and forward gives what it read (timm's reset_classifier)."""
+        width, classifier = self.head_hidden_size, nn.Identity()
+        if num_classes:
+            classifier = nn.Linear(width, num_classes)
+        parent, _, name = CLASSIFIER.rpartition(".")
+        self.get_submodule(parent).add_module(name, classifier)  # in its place
+
+
+class FeatureInfo:
+    """The feature taps as timm's FeatureInfo: ``info`` holds a dict per tap (num_chs,
+    reduction, module); channels(), reduction() and module_name() give the taps at
+    ``out_indices`` (or at ``idx``, an index or a list of them, into ``info``)."""
+
+    def __init__(self, taps, out_indices):
+        self.info = [{"num_chs": c, "reduction": r, "module": m} for c, r, m in taps]
+        self.out_indices = tuple(out_indices)
+
+    def get(self, key, idx=None):
+        if idx is None:
+            return [self.info[i][key] for i in self.out_indices]
+        if isinstance(idx, (tuple, list)):
+            return [self.info[i][key] for i in idx]
+        return self.info[idx][key]
+
+    def get_dicts(self, keys=None, idx=None):
+        dicts = [self.info[i] for i in (self.out_indices if idx is None else idx)]
+        return dicts if keys is None else [{k: d[k] for k in keys} for d in dicts]
+
+    def channels(self, idx=None):
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx=None):
+        return self.get("reduction", idx)
+
+    def module_name(self, idx=None):
+        return self.get("module", idx)
+
+    def __getitem__(self, item):
+        return self.info[item]
+
+    def __len__(self):
+        return len(self.info)
+
+
+class FeatureListNet(nn.Module):
+    """A model's feature maps at ``out_indices`` of FEATURE_INFO (all by default), as
+    a list in network order (timm's features_only model). It runs the model's modules
+    in FEATURES up to the last map it returns, none after it, and holds the model's
+    flows up to that one under their names: a state_dict of the whole model loads with
+    strict=False, and only the head's keys are left over."""
+
+    def __init__(self, model: nn.Module, out_indices=None):
+        super().__init__()
+        count = len(FEATURE_INFO)
+        indices = range(count) if out_indices is None else out_indices
+        if any(not -count <= i < count for i in indices):
+            raise ValueError(f"out_indices: expected below {count}, found {indices}")
+        indices = sorted({i % count for i in indices})
+        self.feature_info = FeatureInfo(FEATURE_INFO, indices)
+        ends = []  # the step after which each map is read: its module, the last inside
+        for module in self.feature_info.module_name():
+            for i, name in enumerate(FEATURES):
+                if f"{name}.".startswith(f"{module}."):
+                    end = i
+            ends.append(end)
+        self.steps = FEATURES[: ends[-1] + 1]
+        self.taken = {FEATURES[i] for i in ends}
+        for flow in dict.fromkeys(name.split(".")[0] for name in self.steps):
+            self.add_module(flow, model.get_submodule(flow))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for name in self.steps:
+            x = self.get_submodule(name)(x)
+            if name in self.taken:
+                features.append(x)
+        return features
+
+
+def create_model(
+    features_only: bool = False,
+    out_indices=None,
+    **overrides,
+) -> InceptionV3 | FeatureListNet:
+    """The model with the spec's params, any of them overridden by keyword; with
+    ``features_only``, its feature maps at ``out_indices`` of FEATURE_INFO as a list."""
+    model = InceptionV3(**overrides)
+    return FeatureListNet(model, out_indices) if features_only else model
 
 
 # Each batch norm that directly follows a conv, a separable conv's pointwise conv or a

@@ -98,7 +98,77 @@ def middle(x, segments, between, residual, name):
     return x
 
 
-def create_model(*, middle_repeats=8, segments="depthwise", between="none", residual=True, fc_layers=False, dropout=0.0, classes=1000):
+# The feature taps archc found in the spec with these params (archc params lists them):
+# the last map at each reduction of the input, as (channels, reduction, the layer whose
+# output it is; '{}': the last run of a repeat).
+FEATURE_INFO = [
+    (64, 2, "entry_act2"),
+    (128, 4, "entry_down1_residual1"),
+    (256, 8, "entry_down2_residual1"),
+    (728, 16, "middle_repeat_{}_middle1_residual1"),
+    (2048, 32, "exit_act2"),
+]
+FEATURES_END = "exit_act2"  # the last layer before the head (global pool on)
+# the head's layers that include_top=False keeps, after the pool if any (as
+# keras.applications' ConvNeXt keeps its layer norm); their weights are the model's
+KEPT = ()
+
+
+def _layer(model, name):
+    """The layer ``name``, where '{}' stands for the index of a repeat's last run."""
+    head, repeat, tail = name.partition("{}")
+    if not repeat:
+        return model.get_layer(name)
+    runs = {}
+    for layer in model.layers:
+        index = layer.name[len(head) : len(layer.name) - len(tail)]
+        if layer.name.startswith(head) and layer.name.endswith(tail) and index.isdigit():
+            runs[int(index)] = layer
+    return runs[max(runs)]
+
+
+def _backbone(model, include_top=True, pooling=None, features_only=False, out_indices=None):
+    """``model``, or the part of it (the same layers) that ``include_top=False`` with
+    ``pooling`` asks for, as keras.applications has them, or with ``features_only`` a
+    model with one output per feature tap at ``out_indices`` of FEATURE_INFO."""
+    if features_only:
+        count = len(FEATURE_INFO)
+        indices = range(count) if out_indices is None else out_indices
+        if any(not -count <= i < count for i in indices):
+            raise ValueError(f"out_indices: expected below {count}, found {indices}")
+        taps = [FEATURE_INFO[i][2] for i in sorted({i % count for i in indices})]
+        outputs = [_layer(model, name).output for name in taps]
+        return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    if include_top:
+        return model
+    if FEATURES_END is None:
+        raise ValueError("include_top: expected True, this model has no head to leave out")
+    x = _layer(model, FEATURES_END).output
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    elif pooling is not None:
+        raise ValueError(f"pooling: expected None, 'avg' or 'max', found {pooling!r}")
+    for name in KEPT:
+        x = _layer(model, name)(x)
+    return keras.Model(model.inputs, x, name=model.name)
+
+
+def create_model(
+    *,
+    middle_repeats=8,
+    segments="depthwise",
+    between="none",
+    residual=True,
+    fc_layers=False,
+    dropout=0.0,
+    classes=1000,
+    include_top=True,
+    pooling=None,
+    features_only=False,
+    out_indices=None,
+):
     """The 'xception' network as a keras.Model: input 299x299x3 (channels_last), output 1000.
 
     Args:
@@ -112,6 +182,11 @@ def create_model(*, middle_repeats=8, segments="depthwise", between="none", resi
         fc_layers: Two fully-connected layers of 4096 units before the classifier (Table 2).
         dropout: Dropout before the classifier (the paper trains ImageNet with 0.5).
         classes: Classes of the logistic-regression head.
+        include_top: False leaves the head out: the global pool and the layers after it, as
+            keras.applications.
+        pooling: With include_top=False: None (the last map), "avg" or "max" (pooled).
+        features_only: A model with one output per feature tap (FEATURE_INFO).
+        out_indices: With features_only: the taps, by index into FEATURE_INFO (None: all).
     """
     if middle_repeats < 1:
         raise ValueError(f"middle_repeats: expected at least 1, found {middle_repeats!r}")
@@ -160,7 +235,8 @@ def create_model(*, middle_repeats=8, segments="depthwise", between="none", resi
     x = layers.Dropout(dropout, name="head_dropout1")(x)
     x = layers.Dense(classes, name="head_classifier")(x)
 
-    return keras.Model(inputs, x, name="xception")
+    model = keras.Model(inputs, x, name="xception")
+    return _backbone(model, include_top, pooling, features_only, out_indices)
 
 
 # Each batch norm that directly follows a conv, a separable conv (its pointwise conv) or

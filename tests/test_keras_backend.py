@@ -212,8 +212,9 @@ def test_module_shape(spec):
     for block, bp in p.blocks.items():
         assert [a.arg for a in functions[bp.func].args.args] == [*(bp.tensors or ["x"]), *p.signature(block), "name"]
     model = functions["create_model"].args
-    assert [a.arg for a in model.kwonlyargs] == list(p.params.values())
-    assert [ast.literal_eval(d) for d in model.kw_defaults] == list(analysis.net.params.values())
+    backbone = {"include_top": True, "pooling": None, "features_only": False, "out_indices": None} if "FEATURE_INFO" in text else {}
+    assert [a.arg for a in model.kwonlyargs] == [*p.params.values(), *backbone]  # then the backbone API's (test_backbone.py)
+    assert [ast.literal_eval(d) for d in model.kw_defaults] == [*analysis.net.params.values(), *backbone.values()]
 
 
 def test_repeats_are_a_loop():

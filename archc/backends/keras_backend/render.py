@@ -31,6 +31,8 @@ from archc.passes.shapes import INPUT
 from archc.syntax import expr
 from archc.syntax.errors import Location, SpecError
 
+from .backbone import BACKBONE_NAMES, KerasBackbone, keras_backbone
+
 LINE_LENGTH = 140  # the project's ruff line length: generated code is already formatted
 INDENT = "    "
 HELPER = "_separable_conv"  # spec names never start with '_', so no block can take it
@@ -266,10 +268,11 @@ class Renderer:
     def __init__(self, analysis: Analysis):
         self.analysis = analysis
         self.net = analysis.net
-        self.plan = plan(analysis, fold.MODULE_NAMES)  # templates/fold.py.j2 defines them
+        self.plan = plan(analysis, (*fold.MODULE_NAMES, *BACKBONE_NAMES))  # templates/fold.py.j2, backbone.py.j2 define them
         self.helpers: set[str] = set()  # helpers the module defines: _separable_conv, LayerScale
         self.index: str | None = None  # the loop variable of the repeat being rendered
         self.read_names = tensor_reads(analysis.net)  # the names some layer or output reads
+        self.backbone: KerasBackbone | None = None  # the backbone API (render sets it)
         self.globals = {"keras", "layers", "create_model"} | RESERVED | {b.func for b in self.plan.blocks.values()}
         # each block function's name-prefix parameter: 'name' unless an argument has it
         self.prefix = {b: Namespace(set(self.plan.signature(b))).create("name") for b in self.plan.blocks}
@@ -447,23 +450,25 @@ class Renderer:
             if len(fixed) < 2:  # params may leave one output on: the model's tensor, as with one output
                 one = scope.tensors[net.outputs[fixed[0]]] if fixed else f"next(iter({outputs}.values()))"
                 body += block(f"if len({outputs}) == 1:", [line(f"{outputs} = {one}")])
-        body.append(call("return keras.Model(", [inputs, outputs, f"name={literal(identifier(net.name, 'model'))}"], ")"))
+        name = f"name={literal(identifier(net.name, 'model'))}"
         args = [f"{ident}={literal(net.params[p])}" for p, ident in params.items()]
+        if self.backbone is None:
+            body.append(call("return keras.Model(", [inputs, outputs, name], ")"))
+        else:
+            model = scope.names.create("model")
+            body.append(call(f"{model} = keras.Model(", [inputs, outputs, name], ")"))
+            body.append(line(f"return _backbone({model}, include_top, pooling, features_only, out_indices)"))
+            args += ["include_top=True", "pooling=None", "features_only=False", "out_indices=None"]
         doc = [
             wrap(
                 f"The '{prose(net.name)}' network as a keras.Model: input {fmt(net.input)} (channels_last), "
                 f"output {fmt(self.analysis.output)}."
             )
         ]
-        if params:
-            doc.append(
-                ["Args:"]
-                + [
-                    text
-                    for p, ident in params.items()
-                    for text in wrap(f"{ident}: {prose(net.param_decls[p].doc) or 'a spec param.'}", indent=INDENT * 2, first=INDENT)
-                ]
-            )
+        entries = [(ident, prose(net.param_decls[p].doc) or "a spec param.") for p, ident in params.items()]
+        entries += BACKBONE_ARGS if self.backbone is not None else []
+        if entries:
+            doc.append(["Args:"] + [text for ident, text in entries for text in wrap(f"{ident}: {text}", indent=INDENT * 2, first=INDENT)])
         return {
             "signature": call("def create_model(", ["*", *args] if args else [], "):"),
             "doc": docstring(doc, INDENT),
@@ -491,6 +496,7 @@ class Renderer:
 
     def render(self, env: Environment) -> str:
         names = layer_names(self.plan)  # fails on names that would collide in Keras
+        self.backbone = keras_backbone(self.analysis, names)
         blocks = [self.block_function(b) for b in self.plan.blocks]
         model = self.create_model()
         for b in blocks:
@@ -507,6 +513,7 @@ class Renderer:
             folds=folds,
             swaps=[(names[s.pool], names[s.conv]) for s in fold.swaps(self.analysis)],
             expand=helper_source("_expand"),
+            backbone=self.backbone,
         )
 
 
@@ -739,6 +746,14 @@ OPS: dict[str, KerasOp] = {
     "call": KerasOp(Renderer.call_block),
 }
 RESERVED = frozenset(name for record in OPS.values() for name, _ in record.helpers)  # names the helpers define
+
+
+BACKBONE_ARGS = [  # create_model's arguments of the backbone API (templates/backbone.py.j2)
+    ("include_top", "False leaves the head out: the global pool and the layers after it, as keras.applications."),
+    ("pooling", 'With include_top=False: None (the last map), "avg" or "max" (pooled).'),
+    ("features_only", "A model with one output per feature tap (FEATURE_INFO)."),
+    ("out_indices", "With features_only: the taps, by index into FEATURE_INFO (None: all)."),
+]
 
 
 def environment() -> Environment:

@@ -77,6 +77,10 @@ HELPERS: dict[str, tuple[str, ...]] = {
 # Names the generated code gives its own meaning; no spec name may become one of them.
 RESERVED = MODULE_ATTRIBUTES | set(HELPERS) | {"ACTIVATIONS", "OrderedDict", "in_channels", "INPUT_SIZE", "i"}
 RESERVED |= set(MODULE_NAMES)  # templates/fold.py.j2
+RESERVED |= {  # templates/backbone.py.j2, features.py.j2: the backbone API
+    *("FEATURE_INFO", "FEATURES", "HEAD", "CLASSIFIER", "FeatureInfo", "FeatureListNet", "features_only", "out_indices"),
+    *("feature_info", "forward_features", "forward_head", "reset_classifier", "head_hidden_size", "num_classes"),
+}
 
 ACTIVATIONS = {
     "relu": Call("nn.ReLU"),
@@ -225,7 +229,9 @@ class TorchOp:
     it scales ('' the module itself; None: not a fold producer); ``fresh_output`` whether
     its output is a new tensor that its own backward pass does not read (a callable
     (renderer, node, env) -> bool for a combinator); ``helpers`` the helper templates
-    (``templates/helpers``) it may use."""
+    (``templates/helpers``) it may use; ``classifier(node)`` a fresh layer like it for
+    ``reset_classifier``, ``width`` inputs and ``num_classes`` outputs (None: it cannot
+    be a model's classifier)."""
 
     emit: Callable | None
     channels: Callable | None = None
@@ -237,6 +243,7 @@ class TorchOp:
     fold_into: str | None = None
     fresh_output: bool | Callable = False
     helpers: tuple[str, ...] = ()
+    classifier: Callable | None = None
 
 
 # -- emitters: (renderer, node, env, channels, rank) -> the module expression ------------------
@@ -641,8 +648,22 @@ def _own(plan, node, label: str) -> str:
 
 
 PADDED = ("Conv2dSame", "conv2d")
+
+
+def _no_bias(node: Node) -> str:
+    return "" if node.bias else ", bias=False"
+
+
+def pointwise_classifier(node: ir.Conv) -> str | None:
+    """A 1x1 conv classifier (MobileNet's, on the pooled 1x1 map)."""
+    plain = node.kernel == (1, 1) and node.stride == (1, 1) and node.groups == 1 and not {"kernel", "stride", "groups"} & set(node.refs)
+    return f"nn.Conv2d(width, num_classes, 1{_no_bias(node)})" if plain else None
+
+
 OPS: dict[str, TorchOp] = {
-    "conv": TorchOp(emit_conv, to("filters"), weights=CONV_WEIGHTS, fold_into="", fresh_output=True, helpers=PADDED),
+    "conv": TorchOp(
+        emit_conv, to("filters"), weights=CONV_WEIGHTS, fold_into="", fresh_output=True, helpers=PADDED, classifier=pointwise_classifier
+    ),
     "depthwise": TorchOp(
         emit_depthwise,
         _depthwise,
@@ -690,6 +711,7 @@ OPS: dict[str, TorchOp] = {
         weights=TorchWeights(module_weights, {"kernel": transpose}, {"kernel": transpose}),
         fold_into="",
         fresh_output=True,
+        classifier=lambda node: f"nn.Linear(width, num_classes{_no_bias(node)})",
     ),
     "channel_dense": TorchOp(
         emit_channeldense,
@@ -697,6 +719,7 @@ OPS: dict[str, TorchOp] = {
         weights=TorchWeights(
             module_weights, {"kernel": lambda a, inst: a[:, :, 0, 0].T}, {"kernel": lambda a, inst: a.T[:, :, None, None]}
         ),
+        classifier=lambda node: f"nn.Conv2d(width, num_classes, 1{_no_bias(node)})",
     ),
     "dropout": TorchOp(emit_dropout),  # the identity in eval: not fresh
     "drop_path": TorchOp(emit_droppath, helpers=("DropPath",)),

@@ -31,6 +31,7 @@ from archc.passes.shapes import INPUT
 from archc.syntax import expr
 
 from . import values as v
+from .backbone import BackboneView, backbone_view
 from .channels import ChannelAlgebra, switched_heads
 from .layout import Call, Expr, IfElse, assign, signature
 from .ops import HELPERS, IDENTITY, IN_PLACE, MODULE_ATTRIBUTES, OPS, RESERVED, Looped, Unsupported, block_literal, fresh_after
@@ -61,6 +62,7 @@ class ClassView:
     forward: list[str]
     inputs: str = "x: torch.Tensor"  # forward's parameters
     returns: str = "torch.Tensor"
+    backbone: BackboneView | None = None  # the model's: forward_features, forward_head, reset_classifier
 
 
 @dataclass
@@ -406,6 +408,9 @@ def render(analysis: Analysis) -> str:
     blocks = {b: r.block_class(b) for b in r.plan.blocks}  # parents first: ranks are known
     helpers = r.helper_order()
     names = qualified_names(r.plan)
+    model.backbone = backbone_view(analysis, names)
+    if model.backbone is not None:
+        model.init += model.backbone.init_lines()
     bn_folds = [(names[f.producer] + OPS[f.op].fold_into, names[f.bn]) for f in folds(analysis)]
     return TEMPLATES.get_template("module.py.j2").render(
         header=header(analysis, r.plan),
@@ -418,6 +423,7 @@ def render(analysis: Analysis) -> str:
         helpers=[f"helpers/{h}.py.j2" for h in helpers],
         classes=[*(blocks[b] for b in r.block_order()), model],
         model=model.name,
+        backbone=model.backbone,
     )
 
 

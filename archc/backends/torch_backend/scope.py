@@ -54,8 +54,14 @@ def is_module(node: Node) -> bool:
     """Whether the node is one module that ``forward`` calls on its input, in a chain: an
     op, a block call, a repeat whose runs are modules (not a residual, branches, a gate or
     a merge, nor a layer that reads or names tensors: those are statements)."""
+    return alone(node) and not node.reads and not node.saves
+
+
+def alone(node: Node) -> bool:
+    """Whether the node is one module called on one tensor: :func:`is_module` but for the
+    names it reads or gives (the backbone's walk knows which tensor that is)."""
     record = OPS[node.op]
-    if record.prefix is not None or node.reads or node.saves:
+    if record.prefix is not None:
         return False
     return not record.runs or holder(node.children()[0][1]) != "scope"
 
