@@ -119,6 +119,7 @@ class Node(BaseModel):
     where: Where = Field(default_factory=Where)
     reads: tuple[TensorName, ...] = ()  # `from:` the named tensors it reads (none: the previous layer's output)
     saves: tuple[TensorName, ...] = ()  # `as:` the names later layers read its output(s) by
+    bound: dict[str, Any] = Field(default_factory=dict)  # a `when:` over tensor shapes: the other names it reads, resolved
 
     frozen_roles: ClassVar[frozenset[str]] = frozenset()  # weights that are not trained (BN statistics)
     indexed: ClassVar[bool] = False  # whether the children's instance keys carry an index (a repeat's)
@@ -156,6 +157,11 @@ class Node(BaseModel):
     def binds(self) -> tuple[str, ...]:
         """The names its sub-sequences start with, bound to the tensors it reads (a block's
         ``inputs``), where it is ``closed``."""
+        return ()
+
+    def results(self) -> tuple[str, ...]:
+        """The names, inside its sub-sequence, of the tensors it returns (a block's
+        ``outputs:``; none: its output is the sub-sequence's last)."""
         return ()
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
@@ -221,7 +227,7 @@ class Node(BaseModel):
         return SpecError(Location(w.file, w.line, w.col, w.spec_path), message)
 
 
-SYSTEM_FIELDS = frozenset({"path", "refs", "where", "op", "reads", "saves"})
+SYSTEM_FIELDS = frozenset({"path", "refs", "where", "op", "reads", "saves", "bound"})
 
 
 def spatial(
@@ -1093,6 +1099,7 @@ class Call(Combinator):
     args: dict[str, Plain] = Field(default_factory=dict)
     body: list[Layer] = Field(min_length=1)
     tensors: tuple[TensorName, ...] = ()  # the block's tensor inputs, bound to what the call reads
+    returns: tuple[TensorName, ...] = ()  # the body's tensors it returns, named by the call's as: in order
 
     closed: ClassVar[bool] = True
 
@@ -1101,6 +1108,9 @@ class Call(Combinator):
 
     def binds(self) -> tuple[str, ...]:
         return self.tensors
+
+    def results(self) -> tuple[str, ...]:
+        return self.returns
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         return run(self.body, shape)
@@ -1140,8 +1150,17 @@ class Call(Combinator):
                 f"expected from: with a tensor for each input of block '{block}' ({', '.join(tensors)}), found {len(reads)}",
                 via=scope.via,
             )
+        returns = resolver.blocks[block][4]
+        saves = layer.common["saves"]
+        if len(returns) > 1 and len(saves) != len(returns):
+            raise resolver.error(
+                layer.at("as") if saves else layer.key,
+                f"expected as: with a name for each output of block '{block}' ({', '.join(returns)}), found {len(saves)}",
+                via=scope.via,
+            )
         body = resolver.expand(block, args, layer)
-        return resolver.build(cls, layer.node(block=block, args=args, body=body, tensors=tensors), layer, {"args": layer.key})
+        node = layer.node(block=block, args=args, body=body, tensors=tensors, returns=returns)
+        return resolver.build(cls, node, layer, {"args": layer.key})
 
 
 OP_CLASSES = (
@@ -1179,6 +1198,7 @@ class BlockDef(BaseModel):
     args: dict[str, Plain]  # name -> default (None: required)
     doc: str = ""
     inputs: tuple[TensorName, ...] = ()  # named tensor inputs (none: one, the caller's current tensor)
+    outputs: tuple[TensorName, ...] = ()  # the body's tensors it returns (none: its last layer's output)
 
 
 class Expect(BaseModel):
