@@ -59,7 +59,9 @@ class Layers(Substituter):
         super().__init__(source)
         self.params: dict[str, Any] = {}
         self.defaults: dict[str, dict[str, Any]] = {}
-        self.blocks: dict[str, tuple[dict[str, Any], list, str, tuple[str, ...], tuple[str, ...]]] = {}  # name -> (args, body, doc, inputs, outputs)
+        self.blocks: dict[
+            str, tuple[dict[str, Any], list, str, tuple[str, ...], tuple[str, ...]]
+        ] = {}  # name -> (args, body, doc, inputs, outputs)
 
     def sequence(self, raw: Any, key: Key, scope: Scope) -> list[Node]:
         if not isinstance(raw, list) or not raw:
@@ -132,7 +134,15 @@ class Layers(Substituter):
                 raise self.error(key + ("when",), f"expected true or false, found {show(when)}", via=scope.via)
         reads = self.tensor_names(fields.pop("from", None), key + ("from",), scope)
         saves = self.tensor_names(fields.pop("as", None), key + ("as",), scope)
-        common = {"name": name, "path": f"{scope.path}/{name}", "when": when, "where": where, "reads": reads, "saves": saves, "bound": bound}
+        common = {
+            "name": name,
+            "path": f"{scope.path}/{name}",
+            "when": when,
+            "where": where,
+            "reads": reads,
+            "saves": saves,
+            "bound": bound,
+        }
         layer = Written(kind, fields, key, scope, common, refs)
         if kind in OPS:
             return self.op(layer)

@@ -58,7 +58,8 @@ class Resolver(Layers):
             params=values,
             param_decls=decls,
             blocks={
-                name: BlockDef(args=args, doc=doc_, inputs=inputs, outputs=outs) for name, (args, _, doc_, inputs, outs) in self.blocks.items()
+                name: BlockDef(args=args, doc=doc_, inputs=inputs, outputs=outs)
+                for name, (args, _, doc_, inputs, outs) in self.blocks.items()
             },
             flows=flows,
             outputs=outputs,

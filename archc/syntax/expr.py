@@ -472,7 +472,10 @@ def _print(tree: Expr, name: Callable[[str], str], size: Callable[[str, str], st
         return (f"not {operand}" if tree.op == "not" else f"{tree.op}{operand}"), level
     if isinstance(tree, Cond):
         level = PRECEDENCE["if"]
-        return f"{_wrap(tree.then, name, level + 1, size)} if {_wrap(tree.test, name, level + 1, size)} else {_wrap(tree.other, name, level, size)}", level
+        return (
+            f"{_wrap(tree.then, name, level + 1, size)} if {_wrap(tree.test, name, level + 1, size)} else {_wrap(tree.other, name, level, size)}",
+            level,
+        )
     level = PRECEDENCE["cmp" if tree.op in COMPARISONS else tree.op]
     # left-associative: a right operand of the same level needs parentheses (a - (b - c));
     # comparisons do not chain here, so both sides of one need them ((a < b) == c)
