@@ -1242,10 +1242,11 @@ def children(node: Node) -> list[tuple[str, list[Node]]]:
 
 
 def tensor_reads(net: Network) -> set[str]:
-    """The tensor names that some layer reads (``from:``, a resize's ``like``) or an output names."""
-    return {n for layers in net.flows.values() for node in walk(layers) for n in (*node.reads, *node.sizes_from())} | set(
-        net.outputs.values()
-    )
+    """The tensor names that some layer reads (``from:``, a resize's ``like``, a ``when:``
+    over their sizes), a block returns or an output names."""
+    nodes = [node for layers in net.flows.values() for node in walk(layers)]
+    sized = {n for node in nodes if "when" in node.refs for n in expr.tensors(expr.parse(node.refs["when"]))}
+    return {n for node in nodes for n in (*node.reads, *node.sizes_from(), *node.results())} | sized | set(net.outputs.values())
 
 
 def walk(layers: list[Node]):

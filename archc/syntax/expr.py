@@ -452,7 +452,7 @@ def needs(tree: Expr) -> set[str]:
 
 def to_python(tree: Expr, name: Callable[[str], str], size: Callable[[str, str], str] | None = None) -> str:
     """Python source for ``tree``, each name replaced by ``name(it)``, and each
-    ``height(t)`` ... by ``size(function, name(t))`` (a backend's shape lookup);
+    ``height(t)`` ... by ``size(function, t)`` (a backend's shape lookup);
     parentheses only where Python's precedence needs them, as one would write it by hand."""
     return _print(tree, name, size)[0]
 
@@ -463,7 +463,7 @@ def _print(tree: Expr, name: Callable[[str], str], size: Callable[[str, str], st
     if isinstance(tree, Name):
         return name(tree.name), PRECEDENCE["atom"]
     if isinstance(tree, Func) and tree.name in SHAPE_FUNCTIONS and size is not None:
-        return size(tree.name, name(tree.args[0].name)), PRECEDENCE["atom"]
+        return size(tree.name, tree.args[0].name), PRECEDENCE["atom"]
     if isinstance(tree, Func):
         return f"{FUNCTIONS[tree.name].code}({', '.join(_print(a, name, size)[0] for a in tree.args)})", PRECEDENCE["atom"]
     if isinstance(tree, Unary):

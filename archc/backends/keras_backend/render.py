@@ -296,23 +296,34 @@ class Renderer:
             direct = not node.children() or node.op == "call"
             direct = direct and "when" not in node.refs
             if cur != dst and not direct:
-                out.append(line(f"{dst} = {cur}"))
-                cur = dst
+                several = len(node.reads) > 1 and not node.merges  # a block's tensor inputs: off, the first passes on
+                out.append(line(f"{dst} = {scope.tensors[node.reads[0]] if several else cur}"))
+                cur = cur if several else dst
             stmts = self.node(node, cur, dst, prefix, scope)
-            out.extend(block(f"if {self.plan.symbol(node, 'when', True, self.index)}:", stmts) if "when" in node.refs else stmts)
+            out.extend(block(f"if {self.condition(node, scope)}:", stmts) if "when" in node.refs else stmts)
             cur = dst
             out += self.name_output(node, dst, scope)
         if cur != dst:
             out.append(line(f"{dst} = {cur}"))
         return out
 
+    def condition(self, node: Node, scope: Scope) -> str:
+        """A ``when:`` as Python: a param's or argument's name, an expression, or sizes of
+        named tensors (Keras tensors know their static shape: ``p.shape[1]``)."""
+        axis = {"height": "1", "width": "2", "channels": "-1"}
+        return self.plan.symbol(node, "when", True, self.index, lambda fn, t: f"{scope.tensors[t]}.shape[{axis[fn]}]")
+
     def name_output(self, node: Node, value: str, scope: Scope) -> list[Stmt]:
         """``skip = x`` for each name of the node's output that a later layer reads (under a
-        param's ``when``: what passed through when it is off)."""
+        param's ``when``: what passed through when it is off). A block's several outputs
+        are named by its call itself; a name given again keeps its variable (``x``
+        carried through a loop)."""
         out = []
-        for name in (n for n in node.saves if n in self.read_names):
-            scope.tensors[name] = scope.names.create(name, "tensor")
-            out.append(line(f"{scope.tensors[name]} = {value}"))
+        for name in (n for n in node.saves[: 1 if len(node.results()) > 1 else None] if n in self.read_names):
+            if name not in scope.tensors:
+                scope.tensors[name] = scope.names.create(name, "tensor")
+            if scope.tensors[name] != value:
+                out.append(line(f"{scope.tensors[name]} = {value}"))
         return out
 
     def reads(self, node: Node, scope: Scope) -> str:
@@ -329,7 +340,12 @@ class Renderer:
         decl = self.net.blocks[node.block]
         args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg], self.index)}" for arg, ident in zip(decl.args, bp.args)]
         args += [f"{param}={param}" for param in bp.params]
-        return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
+        targets = dst
+        if len(node.results()) > 1:  # `x, p = cell(x, p, ...)`: each output into its name's variable
+            for tensor in node.saves[1:]:
+                scope.tensors.setdefault(tensor, scope.names.create(tensor, "tensor"))
+            targets = ", ".join([dst, *(scope.tensors[t] for t in node.saves[1:])])
+        return [call(f"{targets} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
 
     def repeat(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         var = scope.loop_var()
@@ -395,8 +411,13 @@ class Renderer:
         return {
             "signature": call(f"def {bp.func}(", [*inputs, *self.plan.signature(block), prefix], "):"),
             "doc": docstring([wrap(doc)], INDENT),
-            "body": layout(merge_conditions(body) + [line(f"return {data}")], 1),
+            "body": layout(merge_conditions(body) + [line(f"return {self.returns(bp.instance, data, scope)}")], 1),
         }
+
+    @staticmethod
+    def returns(instance: Node, data: str, scope: Scope) -> str:
+        """What a block function returns: its last output, or its named ``outputs:``."""
+        return ", ".join(scope.tensors[name] for name in instance.results()) or data
 
     def create_model(self) -> dict[str, Any]:
         net, params = self.net, self.plan.params
