@@ -1,0 +1,125 @@
+"""examples/nasnet.yaml against keras.applications.NASNetMobile (issue 21): the IR's counts
+and output shape are the reference's, and the generated Keras model is the reference
+itself: with the same weights, copied layer by layer in ``model.layers`` order, it gives
+the same logits. Also the language it needs, on small specs: a block that returns
+several tensors, names carried through a repeat, a ``when:`` over tensor sizes decided
+per instance (each iteration of a repeat may differ).
+
+The Keras test builds both models at 100x100 (a few seconds on one core): every
+reduction then halves an odd size (49, 25, 13, 7), where keras' correct_pad and the
+factorized path's crop differ most from the even sizes of 224."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from archc.api import build, load
+from archc.backends.keras_backend import KerasBackend, layer_names
+from archc.codegen.plan import plan
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before anything imports keras (rendering does not)
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "examples/nasnet.yaml"
+BACKEND = KerasBackend()
+MOBILE = (5_289_978, 36_738)  # keras.applications.NASNetMobile(weights=None): trainable, non-trainable
+
+
+def counts(analysis):
+    return analysis.total.trainable, analysis.total.non_trainable
+
+
+@pytest.mark.parametrize("size", [224, 100, 331])
+def test_the_ir_gives_nasnet_mobiles_counts(size):
+    """The adjust choices follow the shapes at any input size, and give the same layers."""
+    a = load(SPEC, {"size": size})
+    assert counts(a) == MOBILE
+    assert a.output == (1000,)
+
+
+def test_the_adjust_choice_follows_the_shapes():
+    """The first normal cell of a stack reads a p of twice its size (factorized
+    reduction), the others a p of other channels (projection); the first cell adjusts
+    nothing (previous: false)."""
+    a = load(SPEC)
+    on = set(a.instance_shapes)
+    first, second = "cells/repeat1[0]/normal1/adjust1", "cells/repeat1[1]/normal1/adjust1"
+    assert f"{first}/factorized1" in on and f"{first}/projection1" not in on
+    assert f"{second}/projection1" in on and f"{second}/factorized1" not in on
+    assert "cells/stem1/adjust1" not in on and "cells/stem2/adjust1/factorized1" in on
+
+
+def test_keras_model_is_keras_applications_nasnet_mobile(tmp_path):
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    params = {"size": 100}
+    analysis = load(SPEC, params)
+    (path,) = build(SPEC, ["keras"], tmp_path, params)
+    ours = BACKEND.load(path).create_model(**params)
+    ref = keras.applications.NASNetMobile(weights=None, input_shape=(100, 100, 3), classifier_activation=None)
+    assert BACKEND.count(ours) == BACKEND.count(ref) == counts(analysis)
+    theirs_weighted = [layer for layer in ref.layers if layer.weights]
+    ours_weighted = [layer for layer in ours.layers if layer.weights]
+    rng = np.random.default_rng(0)
+    for theirs, mine in zip(theirs_weighted, ours_weighted, strict=True):
+        assert type(theirs) is type(mine), (theirs.name, mine.name)
+        assert [w.shape for w in theirs.weights] == [w.shape for w in mine.weights], (theirs.name, mine.name)
+        values = []
+        for w in theirs.weights:
+            value = np.asarray(w)
+            if not w.name.endswith("kernel"):  # BN statistics, scales, offsets, biases: not 0 or 1
+                value = rng.uniform(0.5, 1.5, w.shape).astype("float32")
+            values.append(value)
+        theirs.set_weights(values)
+        mine.set_weights(values)
+    logits = layer_names(plan(analysis))["head/predictions"]
+    ours_logits = keras.Model(ours.input, ours.get_layer(logits).output)
+    x = rng.standard_normal((2, 100, 100, 3)).astype("float32")
+    expected = np.asarray(ref(x, training=False))
+    found = np.asarray(ours_logits(x, training=False))
+    assert found.shape == (2, *analysis.output)
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+CARRY = """\
+name: carry
+input: [16, 16, 4]
+blocks:
+  cell:
+    args: [filters]
+    inputs: [x, p]
+    outputs: [out, x]
+    body:
+      - conv: {filters: $filters, kernel: 1, from: p, when: "${channels(p) != filters}", as: p}
+      - conv: {filters: $filters, kernel: 1, from: x, as: y}
+      - add: {from: [y, p], as: out}
+flows:
+  stem:
+    - conv: {filters: 8, kernel: 1, as: stem}
+  cells:
+    - cell: {filters: 6, from: [stem, stem], as: [x, p]}
+    - repeat:
+        times: 3
+        body:
+          - cell: {filters: 6, from: [x, p], as: [x, p]}
+  head:
+    - global_avg_pool: {from: x}
+"""
+
+
+def test_names_carried_through_a_repeat(tmp_path):
+    """Iteration 0 reads the cell before the repeat (p: the stem, 8 channels: projected),
+    the others the previous iteration's input (6 channels: not projected)."""
+    spec = tmp_path / "carry.yaml"
+    spec.write_text(CARRY)
+    a = load(spec)
+    conv = lambda c_in, c_out: c_in * c_out + c_out  # noqa: E731
+    stem, first = conv(4, 8), conv(8, 6) + conv(8, 6)
+    assert a.total.trainable == stem + first + conv(8, 6) + conv(6, 6) + 2 * conv(6, 6)
+    assert "cells/repeat1[0]/cell1/conv1" in a.instance_shapes
+    assert "cells/repeat1[1]/cell1/conv1" not in a.instance_shapes
