@@ -190,7 +190,7 @@ class _Walk:
         """Names a tensor; a name is defined once where it is visible, unless the layer
         that names it again reads it (``from: [x, p], as: [x, p]``, as Python reassigns)."""
         if name in names and name not in node.reads:
-            raise node.fail(f"expected a tensor name not yet defined where it is visible, found '{name}' again")
+            raise node.fail(f"expected a tensor name not yet defined where it is visible, found '{name}' again (only a layer that reads it may name it again)")
         names[name] = tensor
 
     def lookup(self, node: Node, name: str, names: dict[str, Tensor]) -> Tensor:

@@ -415,7 +415,7 @@ def _size(tree: Func, symbols: Mapping[str, Any]) -> int:
     arg = tree.args[0]
     shape = symbols.get(arg.name) if isinstance(arg, Name) else None
     if not isinstance(shape, tuple):
-        raise ExprError(f"expected {tree.name}() of a tensor name in a layer's when: only, found {tree.name}({_origin(arg)})", tree.start)
+        raise ExprError(f"expected {tree.name}() of a tensor name in a layer's when: only, found {tree.name}({arg.name})", tree.start)
     if len(shape) != 3:
         raise ExprError(f"expected {tree.name}() of a feature map, found '{arg.name}' of shape {'x'.join(map(str, shape))}", tree.start)
     return shape[SHAPE_FUNCTIONS[tree.name]]
