@@ -29,6 +29,7 @@ from archc.syntax import expr
 
 Sizes = Callable[[str, str], str]  # (height/width/channels, tensor name) -> Python source
 
+
 @dataclass
 class BlockPlan:
     name: str  # as in the spec

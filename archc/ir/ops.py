@@ -131,6 +131,7 @@ class Node(BaseModel):
     merges: ClassVar[bool] = False  # reads two or more tensors (add, concat, multiply): its rule is ``merge``
     closed: ClassVar[bool] = False  # its sub-sequences see only the names ``binds`` gives them (a block's body)
     pools_globally: ClassVar[bool] = False  # the feature maps end here (archc.passes.taps)
+    splits: ClassVar[bool] = False  # makes several tensors (``pieces``), one per name of its as:
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -158,6 +159,11 @@ class Node(BaseModel):
         """The names its sub-sequences start with, bound to the tensors it reads (a block's
         ``inputs``), where it is ``closed``."""
         return ()
+
+    def pieces(self, shape: Shape) -> list[Shape]:
+        """The shapes of the several tensors it makes from an input ``shape``, which its
+        ``as:`` names in order (a split; none: one output, ``infer``'s)."""
+        return []
 
     def results(self) -> tuple[str, ...]:
         """The names, inside its sub-sequence, of the tensors it returns (a block's
@@ -830,6 +836,41 @@ class Crop(Node):
         return f"Crop to {self.like}"
 
 
+class Split(Node):
+    """The channels cut into consecutive parts, each a tensor that ``as:`` names in
+    order: ``parts`` equal ones, or parts of the given ``sizes`` (YOLO's C2f, a
+    channel shuffle's halves). No weights, no multiply-adds (torch.split is a view)."""
+
+    op: Literal["split"] = "split"
+    parts: Annotated[int, Field(strict=True, ge=2, le=100_000)] | None = None
+    sizes: Annotated[list[PositiveInt], Field(min_length=2)] | None = None
+
+    shorthand: ClassVar[str | None] = "parts"
+    splits: ClassVar[bool] = True
+
+    def widths(self, channels: int) -> list[int]:
+        """The channels of each part."""
+        if (self.parts is None) == (self.sizes is None):
+            raise self.fail(f"expected 'parts' or 'sizes', found {'both' if self.parts else 'neither'}")
+        if self.parts is not None:
+            if channels % self.parts:
+                raise self.fail(f"expected parts that divide the {channels} channels, found {self.parts}")
+            return [channels // self.parts] * self.parts
+        if sum(self.sizes) != channels:
+            raise self.fail(f"expected sizes that add up to the {channels} channels, found {self.sizes} ({sum(self.sizes)})")
+        return list(self.sizes)
+
+    def pieces(self, shape: Shape) -> list[Shape]:
+        h, w, c = feature_map(self, shape)
+        return [(h, w, part) for part in self.widths(c)]
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return self.pieces(shape)[0]
+
+    def diagram_label(self) -> str:
+        return f"Split {self.parts}" if self.parts else f"Split {', '.join(map(str, self.sizes or []))}"
+
+
 def _same_shapes(node: Node, shapes: list[Shape], what: str) -> Shape:
     first = shapes[0]
     for i, shape in enumerate(shapes[1:], start=1):
@@ -1166,10 +1207,10 @@ class Call(Combinator):
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
     MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath, Upsample,
-    GlobalMaxPool, Resize, Crop, Add, Multiply, Concat, ConvTranspose,
+    GlobalMaxPool, Resize, Crop, Add, Multiply, Concat, ConvTranspose, Split,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | GlobalMaxPool | Resize | Crop | Add | Multiply | Concat | ConvTranspose | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | GlobalMaxPool | Resize | Crop | Add | Multiply | Concat | ConvTranspose | Split | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}

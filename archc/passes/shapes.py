@@ -153,6 +153,13 @@ class _Walk:
             sized = tuple(names[name].source for name in node.sizes_from())
             self.graph.reads[key] = tuple(t.source for t in inputs) + sized + tuple(run.outs)
             current = Tensor(out, key)
+            pieces = node.pieces(inputs[0].shape)
+            if pieces:  # several tensors, one per name of its as:
+                if len(node.saves) != len(pieces):
+                    raise node.fail(f"expected as: with a name for each of the {len(pieces)} parts, found {len(node.saves)}")
+                for name, shape in zip(node.saves, pieces, strict=True):
+                    self.define(node, name, Tensor(shape, key), names)
+                continue
             if node.results():  # the tensors a block returns, named in order (one: under every name)
                 results = [self.returned(node, name, run.scope) for name in node.results()]
                 current = results[0]
@@ -190,7 +197,9 @@ class _Walk:
         """Names a tensor; a name is defined once where it is visible, unless the layer
         that names it again reads it (``from: [x, p], as: [x, p]``, as Python reassigns)."""
         if name in names and name not in node.reads:
-            raise node.fail(f"expected a tensor name not yet defined where it is visible, found '{name}' again (only a layer that reads it may name it again)")
+            raise node.fail(
+                f"expected a tensor name not yet defined where it is visible, found '{name}' again (only a layer that reads it may name it again)"
+            )
         names[name] = tensor
 
     def lookup(self, node: Node, name: str, names: dict[str, Tensor]) -> Tensor:

@@ -210,8 +210,10 @@ def layer_names(p: Plan) -> dict[str, str]:
             if not node.in_code():
                 continue
             name = node_name(p, prefix, node)
-            makes_layer = node.op not in ("repeat", "call", "residual") or (
-                node.op == "residual" and (node.use_shortcut or "use_shortcut" in node.refs)
+            makes_layer = (
+                not node.splits
+                and node.op not in ("repeat", "call", "residual")
+                or (node.op == "residual" and (node.use_shortcut or "use_shortcut" in node.refs))
             )
             if makes_layer:
                 if name in seen:
@@ -319,7 +321,7 @@ class Renderer:
         are named by its call itself; a name given again keeps its variable (``x``
         carried through a loop)."""
         out = []
-        for name in (n for n in node.saves[: 1 if len(node.results()) > 1 else None] if n in self.read_names):
+        for name in (n for n in node.saves[: 1 if self.several(node) else None] if n in self.read_names):
             if name not in scope.tensors:
                 scope.tensors[name] = scope.names.create(name, "tensor")
             if scope.tensors[name] != value:
@@ -340,12 +342,23 @@ class Renderer:
         decl = self.net.blocks[node.block]
         args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg], self.index)}" for arg, ident in zip(decl.args, bp.args)]
         args += [f"{param}={param}" for param in bp.params]
-        targets = dst
-        if len(node.results()) > 1:  # `x, p = cell(x, p, ...)`: each output into its name's variable
-            for tensor in node.saves[1:]:
-                scope.tensors.setdefault(tensor, scope.names.create(tensor, "tensor"))
-            targets = ", ".join([dst, *(scope.tensors[t] for t in node.saves[1:])])
+        targets = self.targets(node, dst, scope)
         return [call(f"{targets} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
+
+    @staticmethod
+    def several(node: Node) -> bool:
+        """Whether the node makes several tensors, one per name of its ``as:`` (a split,
+        a call of a block with several outputs), which its own statement assigns."""
+        return node.splits or len(node.results()) > 1
+
+    @staticmethod
+    def targets(node: Node, dst: str, scope: Scope) -> str:
+        """``dst, p``: the running variable gets the first tensor, each other name its own."""
+        if not Renderer.several(node):
+            return dst
+        for tensor in node.saves[1:]:
+            scope.tensors.setdefault(tensor, scope.names.create(tensor, "tensor"))
+        return ", ".join([dst, *(scope.tensors[t] for t in node.saves[1:])])
 
     def repeat(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         var = scope.loop_var()
@@ -690,6 +703,18 @@ def _crop(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) 
     return r.layer("Cropping2D", [f"crop_margins({cur}, {scope.tensors[node.like]})"], cur, dst, name)
 
 
+def _split(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    """``a, b = keras.ops.split(x, 2, axis=-1)`` (sizes: at the running sums), no layer of its own."""
+    if node.parts is not None:
+        at = r.sym(node, "parts")
+    elif "sizes" in node.refs:  # an argument: the running sums in code
+        sizes = r.sym(node, "sizes")
+        at = f"[sum({sizes}[: i + 1]) for i in range(len({sizes}) - 1)]"
+    else:
+        at = f"[{', '.join(str(sum(node.sizes[: i + 1])) for i in range(len(node.sizes) - 1))}]"
+    return [call(f"{r.targets(node, dst, scope)} = keras.ops.split(", [cur, at, "axis=-1"], ")")]
+
+
 def _same_name(name: str, layers: dict[str, Any], node: Node) -> str | None:
     return name
 
@@ -750,6 +775,7 @@ OPS: dict[str, KerasOp] = {
     "add": KerasOp(_merge("add")),
     "multiply": KerasOp(_merge("multiply")),
     "concat": KerasOp(_merge("concatenate")),
+    "split": KerasOp(_split, output=lambda name, layers, node: None),
     "residual": KerasOp(
         lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
         output=lambda name, layers, node: name if node.use_shortcut else None,  # switched off by a param: no addition

@@ -138,7 +138,7 @@ class Renderer(ChannelAlgebra):
     def name_output(self, node: Node, source: str) -> list[Statement]:
         """``skip = x`` for each name of the node's output that a later layer reads."""
         out = []
-        for name in node.saves:
+        for name in node.saves[: 1 if node.splits else None]:  # a split's other parts: its own statement's
             if name in self.read_names:
                 self.tensor_locals[name] = self.locals.create(name, "tensor")
                 out.append(Assign(self.tensor_locals[name], source))
