@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from archc.api import build, load
-from archc.backends.keras_backend import KerasBackend, layer_names
-from archc.codegen.plan import plan
+from archc.backends.keras_backend import KerasBackend
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before anything imports keras (rendering does not)
 
@@ -56,7 +55,7 @@ def test_keras_model_is_keras_applications_nasnet_mobile(tmp_path):
     keras = pytest.importorskip("keras")
     import numpy as np
 
-    params = {"size": 100}
+    params = {"size": 100, "softmax": False}
     analysis = load(SPEC, params)
     (path,) = build(SPEC, ["keras"], tmp_path, params)
     ours = BACKEND.load(path).create_model(**params)
@@ -76,11 +75,9 @@ def test_keras_model_is_keras_applications_nasnet_mobile(tmp_path):
             values.append(value)
         theirs.set_weights(values)
         mine.set_weights(values)
-    logits = layer_names(plan(analysis))["head/predictions"]
-    ours_logits = keras.Model(ours.input, ours.get_layer(logits).output)
     x = rng.standard_normal((2, 100, 100, 3)).astype("float32")
     expected = np.asarray(ref(x, training=False))
-    found = np.asarray(ours_logits(x, training=False))
+    found = np.asarray(ours(x, training=False))
     assert found.shape == (2, *analysis.output)
     assert np.abs(expected).max() > 1e-3
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
@@ -123,3 +120,33 @@ def test_names_carried_through_a_repeat(tmp_path):
     assert a.total.trainable == stem + first + conv(8, 6) + conv(6, 6) + 2 * conv(6, 6)
     assert "cells/repeat1[0]/cell1/conv1" in a.instance_shapes
     assert "cells/repeat1[1]/cell1/conv1" not in a.instance_shapes
+
+
+def test_import_keras_applications_weights(tmp_path):
+    """``archc import --from keras.applications``: NASNetMobile's weights as Keras ships
+    them (.h5) into the generated Keras model, which then gives the reference's logits."""
+    keras = pytest.importorskip("keras")
+    import h5py
+    import numpy as np
+    from click.testing import CliRunner
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from archc.cli import main
+    from archc.tools.verify import output_difference
+
+    rng = np.random.default_rng(1)
+    ref = keras.applications.NASNetMobile(weights=None, input_shape=(100, 100, 3), classifier_activation=None)
+    for layer in ref.layers:  # BN statistics, scales and offsets not 0 or 1: a wrong pairing shows
+        layer.set_weights(
+            [np.asarray(w) if w.name.endswith("kernel") else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.weights]
+        )
+    with h5py.File(tmp_path / "ref.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+    args = [SPEC, "-psize=100", "-psoftmax=false", "--from", "keras.applications", tmp_path / "ref.h5", "--to", "keras"]
+    result = CliRunner().invoke(main, ["import", *map(str, args), "-o", str(tmp_path / "k.weights.h5")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (path,) = build(SPEC, ["keras"], tmp_path, {"size": 100, "softmax": False})
+    ours = BACKEND.load(path).create_model(size=100, softmax=False)
+    ours.load_weights(tmp_path / "k.weights.h5")
+    x = rng.standard_normal((2, 100, 100, 3)).astype("float32")
+    assert output_difference(np.asarray(ref(x, training=False)), np.asarray(ours(x, training=False))).rel <= 1e-5
