@@ -164,10 +164,12 @@ class Layers(Substituter):
         fields.pop("when")
         others = expr.names(tree) - expr.tensors(tree)
         for name in sorted(others):
+            if name == INDEX and scope.in_repeat:  # the IR keeps iteration 0's values: sizes are what may differ
+                raise self.error(key, "expected a when: over tensor sizes that does not read the repeat index, found 'i'", via=scope.via)
             if name not in scope.symbols:
-                raise self.error(key, f"expected a param, block argument or repeat index, found '{name}'", via=scope.via)
-            if name == INDEX and scope.in_repeat:
-                self.index_reads += 1
+                raise self.error(
+                    key, f"expected a param or block argument, found '{name}'{did_you_mean(name, scope.symbols)}", via=scope.via
+                )
         refs["when"] = raw[2:-1]
         return {name: scope.symbols[name] for name in sorted(others)}
 
