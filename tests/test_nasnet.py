@@ -51,36 +51,72 @@ def test_the_adjust_choice_follows_the_shapes():
     assert "cells/stem1/adjust1" not in on and "cells/stem2/adjust1/factorized1" in on
 
 
-def test_keras_model_is_keras_applications_nasnet_mobile(tmp_path):
+SIZE = 100
+PARAMS = {"size": SIZE, "softmax": False}  # logits, as classifier_activation=None
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """keras.applications.NASNetMobile at 100x100, every weight but the kernels drawn from
+    U(0.5, 1.5) (BN statistics, scales and offsets not 0 or 1: a wrong pairing shows)."""
     keras = pytest.importorskip("keras")
     import numpy as np
 
-    params = {"size": 100, "softmax": False}
-    analysis = load(SPEC, params)
-    (path,) = build(SPEC, ["keras"], tmp_path, params)
-    ours = BACKEND.load(path).create_model(**params)
-    ref = keras.applications.NASNetMobile(weights=None, input_shape=(100, 100, 3), classifier_activation=None)
-    assert BACKEND.count(ours) == BACKEND.count(ref) == counts(analysis)
-    theirs_weighted = [layer for layer in ref.layers if layer.weights]
-    ours_weighted = [layer for layer in ours.layers if layer.weights]
     rng = np.random.default_rng(0)
-    for theirs, mine in zip(theirs_weighted, ours_weighted, strict=True):
+    ref = keras.applications.NASNetMobile(weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None)
+    for layer in ref.layers:
+        layer.set_weights(
+            [np.asarray(w) if w.name.endswith("kernel") else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.weights]
+        )
+    x = rng.standard_normal((2, SIZE, SIZE, 3)).astype("float32")
+    return ref, x, np.asarray(ref(x, training=False))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    (path,) = build(SPEC, ["keras"], tmp_path_factory.mktemp("nasnet"), PARAMS)
+    return BACKEND.load(path)
+
+
+def test_keras_model_is_keras_applications_nasnet_mobile(reference, generated):
+    """The weighted layers of both models paired in ``model.layers`` order, each pair of
+    one class and weight shapes, the reference's weights copied: the same logits."""
+    import numpy as np
+
+    ref, x, expected = reference
+    ours = generated.create_model(**PARAMS)
+    assert BACKEND.count(ours) == BACKEND.count(ref) == counts(load(SPEC, PARAMS))
+    pairs = zip([layer for layer in ref.layers if layer.weights], [layer for layer in ours.layers if layer.weights], strict=True)
+    for theirs, mine in pairs:
         assert type(theirs) is type(mine), (theirs.name, mine.name)
         assert [w.shape for w in theirs.weights] == [w.shape for w in mine.weights], (theirs.name, mine.name)
-        values = []
-        for w in theirs.weights:
-            value = np.asarray(w)
-            if not w.name.endswith("kernel"):  # BN statistics, scales, offsets, biases: not 0 or 1
-                value = rng.uniform(0.5, 1.5, w.shape).astype("float32")
-            values.append(value)
-        theirs.set_weights(values)
-        mine.set_weights(values)
-    x = rng.standard_normal((2, 100, 100, 3)).astype("float32")
-    expected = np.asarray(ref(x, training=False))
+        mine.set_weights(theirs.get_weights())
     found = np.asarray(ours(x, training=False))
-    assert found.shape == (2, *analysis.output)
+    assert found.shape == (2, 1000)
     assert np.abs(expected).max() > 1e-3
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_import_keras_applications_weights(reference, generated, tmp_path):
+    """``archc import --from keras.applications``: NASNetMobile's weights as Keras ships
+    them (.h5) into the generated Keras model, which then gives the reference's logits."""
+    import h5py
+    import numpy as np
+    from click.testing import CliRunner
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from archc.cli import main
+    from archc.tools.verify import output_difference
+
+    ref, x, expected = reference
+    with h5py.File(tmp_path / "ref.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
+    args = [SPEC, *(f"-p{k}={v}" for k, v in PARAMS.items()), "--from", "keras.applications", tmp_path / "ref.h5", "--to", "keras"]
+    result = CliRunner().invoke(main, ["import", *map(str, args), "-o", str(tmp_path / "k.weights.h5")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ours = generated.create_model(**PARAMS)
+    ours.load_weights(tmp_path / "k.weights.h5")
+    assert output_difference(expected, np.asarray(ours(x, training=False))).rel <= 1e-5
 
 
 CARRY = """\
@@ -120,33 +156,3 @@ def test_names_carried_through_a_repeat(tmp_path):
     assert a.total.trainable == stem + first + conv(8, 6) + conv(6, 6) + 2 * conv(6, 6)
     assert "cells/repeat1[0]/cell1/conv1" in a.instance_shapes
     assert "cells/repeat1[1]/cell1/conv1" not in a.instance_shapes
-
-
-def test_import_keras_applications_weights(tmp_path):
-    """``archc import --from keras.applications``: NASNetMobile's weights as Keras ships
-    them (.h5) into the generated Keras model, which then gives the reference's logits."""
-    keras = pytest.importorskip("keras")
-    import h5py
-    import numpy as np
-    from click.testing import CliRunner
-    from keras.src.legacy.saving import legacy_h5_format
-
-    from archc.cli import main
-    from archc.tools.verify import output_difference
-
-    rng = np.random.default_rng(1)
-    ref = keras.applications.NASNetMobile(weights=None, input_shape=(100, 100, 3), classifier_activation=None)
-    for layer in ref.layers:  # BN statistics, scales and offsets not 0 or 1: a wrong pairing shows
-        layer.set_weights(
-            [np.asarray(w) if w.name.endswith("kernel") else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.weights]
-        )
-    with h5py.File(tmp_path / "ref.h5", "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, ref)
-    args = [SPEC, "-psize=100", "-psoftmax=false", "--from", "keras.applications", tmp_path / "ref.h5", "--to", "keras"]
-    result = CliRunner().invoke(main, ["import", *map(str, args), "-o", str(tmp_path / "k.weights.h5")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    (path,) = build(SPEC, ["keras"], tmp_path, {"size": 100, "softmax": False})
-    ours = BACKEND.load(path).create_model(size=100, softmax=False)
-    ours.load_weights(tmp_path / "k.weights.h5")
-    x = rng.standard_normal((2, 100, 100, 3)).astype("float32")
-    assert output_difference(np.asarray(ref(x, training=False)), np.asarray(ours(x, training=False))).rel <= 1e-5
