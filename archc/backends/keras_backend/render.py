@@ -295,6 +295,10 @@ class Renderer:
                 continue
             if node.reads:  # named tensors instead of the previous output
                 cur = self.reads(node, scope)
+            if self.several(node):
+                out += self.several_outputs(node, cur, prefix, scope)
+                cur = scope.tensors[node.saves[0]]
+                continue
             direct = not node.children() or node.op == "call"
             direct = direct and "when" not in node.refs
             if cur != dst and not direct:
@@ -309,6 +313,20 @@ class Renderer:
             out.append(line(f"{dst} = {cur}"))
         return out
 
+    def several_outputs(self, node: Node, cur: str, prefix: str, scope: Scope) -> list[Stmt]:
+        """``x, p = cell(x, p, ...)``: a node that makes several tensors assigns each to its
+        name's variable (a name given again keeps it); under a ``when:`` each first gets
+        the input that passes on when it is off."""
+        targets = []
+        for name in node.saves:
+            scope.tensors.setdefault(name, scope.names.create(name, "tensor"))
+            targets.append(scope.tensors[name])
+        stmts = self.node(node, cur, ", ".join(targets), prefix, scope)
+        if "when" not in node.refs:
+            return stmts
+        first = scope.tensors[node.reads[0]] if node.reads else cur
+        return [line(f"{t} = {first}") for t in targets if t != first] + block(f"if {self.condition(node, scope)}:", stmts)
+
     def condition(self, node: Node, scope: Scope) -> str:
         """A ``when:`` as Python: a param's or argument's name, an expression, or sizes of
         named tensors (Keras tensors know their static shape: ``p.shape[1]``)."""
@@ -321,7 +339,7 @@ class Renderer:
         are named by its call itself; a name given again keeps its variable (``x``
         carried through a loop)."""
         out = []
-        for name in (n for n in node.saves[: 1 if self.several(node) else None] if n in self.read_names):
+        for name in (n for n in node.saves if n in self.read_names):
             if name not in scope.tensors:
                 scope.tensors[name] = scope.names.create(name, "tensor")
             if scope.tensors[name] != value:
@@ -342,23 +360,13 @@ class Renderer:
         decl = self.net.blocks[node.block]
         args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg], self.index)}" for arg, ident in zip(decl.args, bp.args)]
         args += [f"{param}={param}" for param in bp.params]
-        targets = self.targets(node, dst, scope)
-        return [call(f"{targets} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
+        return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
 
     @staticmethod
     def several(node: Node) -> bool:
         """Whether the node makes several tensors, one per name of its ``as:`` (a split,
         a call of a block with several outputs), which its own statement assigns."""
         return node.splits or len(node.results()) > 1
-
-    @staticmethod
-    def targets(node: Node, dst: str, scope: Scope) -> str:
-        """``dst, p``: the running variable gets the first tensor, each other name its own."""
-        if not Renderer.several(node):
-            return dst
-        for tensor in node.saves[1:]:
-            scope.tensors.setdefault(tensor, scope.names.create(tensor, "tensor"))
-        return ", ".join([dst, *(scope.tensors[t] for t in node.saves[1:])])
 
     def repeat(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         var = scope.loop_var()
@@ -712,7 +720,7 @@ def _split(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope)
         at = f"[sum({sizes}[: i + 1]) for i in range(len({sizes}) - 1)]"
     else:
         at = f"[{', '.join(str(sum(node.sizes[: i + 1])) for i in range(len(node.sizes) - 1))}]"
-    return [call(f"{r.targets(node, dst, scope)} = keras.ops.split(", [cur, at, "axis=-1"], ")")]
+    return [call(f"{dst} = keras.ops.split(", [cur, at, "axis=-1"], ")")]
 
 
 def _same_name(name: str, layers: dict[str, Any], node: Node) -> str | None:
