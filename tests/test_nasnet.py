@@ -122,6 +122,7 @@ def test_import_keras_applications_weights(reference, generated, tmp_path):
 CARRY = """\
 name: carry
 input: [16, 16, 4]
+params: {first: true}
 blocks:
   cell:
     args: [filters]
@@ -135,7 +136,7 @@ flows:
   stem:
     - conv: {filters: 8, kernel: 1, as: stem}
   cells:
-    - cell: {filters: 6, from: [stem, stem], as: [x, p]}
+    - cell: {filters: 6, from: [stem, stem], as: [x, p], when: $first}
     - repeat:
         times: 3
         body:
@@ -156,3 +157,21 @@ def test_names_carried_through_a_repeat(tmp_path):
     assert a.total.trainable == stem + first + conv(8, 6) + conv(6, 6) + 2 * conv(6, 6)
     assert "cells/repeat1[0]/cell1/conv1" in a.instance_shapes
     assert "cells/repeat1[1]/cell1/conv1" not in a.instance_shapes
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_the_keras_model_carries_the_names(first, tmp_path):
+    """The generated loop reassigns x and p; a param switching the first cell off passes
+    the stem on as both; a when: over sizes is the tensors' static shapes."""
+    pytest.importorskip("keras")
+    import numpy as np
+
+    spec = tmp_path / "carry.yaml"
+    spec.write_text(CARRY)
+    a = load(spec, {"first": first})
+    (path,) = build(spec, ["keras"], tmp_path)
+    text = path.read_text()
+    assert "x_, p = cell(x_, p, filters=6" in text and "if p.shape[-1] != filters:" in text
+    model = BACKEND.load(path).create_model(first=first)
+    assert BACKEND.count(model) == counts(a)
+    assert tuple(model(np.ones((1, 16, 16, 4), "float32")).shape) == (1, 6)
