@@ -142,11 +142,11 @@ def _per_output(graph: Graph) -> dict[str, Counts]:
             todo.extend(graph.reads[key])
         per[name] = sum((own_counts(graph.nodes[k], *graph.by_key[k]) for k in seen), Counts())
         needed |= seen
-    # a combinator whose tensors leave it by name (a block's outputs, a repeat's carried
-    # names), not as its output, is needed where a layer inside it is
-    needed |= {key[:i] for key in needed for i, ch in enumerate(key) if ch in "/["}
+    # a block with several outputs and a repeat pass tensors on by name (its outputs, the
+    # names an iteration gives again), not only as their output: needed where a layer inside is
+    inside = {key[:i] for key in needed for i, ch in enumerate(key) if ch in "/["}
     for key, node in graph.nodes.items():
-        if key not in needed:
+        if key not in needed and not (key in inside and (node.results() or node.indexed)):
             raise node.fail(
                 "expected every layer to lead to an output, found this one's output read by no later layer "
                 "(name it with as: and read it with from:, or list it in outputs:)"
