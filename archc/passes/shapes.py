@@ -8,8 +8,11 @@ Named tensors: a layer's ``as:`` names its output, a later layer's ``from:`` rea
 names instead of the previous output. A flow sees the network's inputs and the names
 of the flows before it; a nested sequence (a residual's body, a branch, a repeat's
 iteration) sees the names around it, and its own names stay inside it; a block's body
-sees only its tensor inputs and its own names. A name is defined once, so the graph
-has no cycle by construction.
+sees only its tensor inputs and its own names. A name is defined once (or again by a
+layer that reads it: ``from: [x, p], as: [x, p]``, which a repeat's next iteration then
+reads), so the graph has no cycle by construction. A block may return several named
+tensors, a split makes several, and a ``when:`` over tensor sizes is decided here, per
+instance.
 
 Shapes are recorded per instance (a node inside a repeat runs once per index, and a
 body that grows the channels sees a different input each time), keyed as
