@@ -87,7 +87,7 @@ class _Run:
             names = dict(self.names)
         start = Tensor(shape, self.last if index is not None else self.inputs[0].source)
         base = self.base if index is None else (node.path, f"{self.key}[{index}]")
-        outer = dict(names)
+        outer = dict(names) if index is not None else {}
         out = self.walk.sequence(seq, start, names, base)
         if index is not None:
             self.last = out.source
@@ -184,7 +184,7 @@ class _Walk:
         """Whether the node runs here: its ``when:``, or where that reads tensor sizes,
         its value at this instance (each iteration of a repeat may differ)."""
         test = node.refs.get("when")
-        if not node.when or not test or not expr.tensors(tree := expr.parse(test)):
+        if not node.when or not test or "(" not in test or not expr.tensors(tree := expr.parse(test)):
             return node.when
         symbols = {**node.bound, **{name: self.lookup(node, name, names).shape for name in sorted(expr.tensors(tree))}}
         try:
