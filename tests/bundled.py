@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-GRAPH_EXAMPLES: frozenset[str] = frozenset()  # stems of examples/*.yaml
+# stems of examples/*.yaml; nasnet: the torch backend renders neither its when: over tensor
+# sizes nor its cells' two outputs yet (tests/test_nasnet.py builds it in Keras)
+GRAPH_EXAMPLES: frozenset[str] = frozenset({"nasnet"})
 
 
 def buildable(paths: Iterable[Path]) -> list[Path]:

@@ -68,7 +68,11 @@ def test_make_divisible_is_keras_applications_rounding(alpha, filters):
         ("1 2", "expected an operator or the end of the expression, found '2'", 2),
         ("a ** 2", "expected a number, a name or '(', found '*'", 3),
         ("x; y", "expected a number, a name, an operator or a parenthesis, found ';'", 1),
-        ("sqrt(2)", "expected a function (min, max, abs, int, round, ceil, floor, make_divisible), found 'sqrt'", 0),
+        (
+            "sqrt(2)",
+            "expected a function (min, max, abs, int, round, ceil, floor, make_divisible, height, width, channels), found 'sqrt'",
+            0,
+        ),
         ("flor(2.5)", "(did you mean 'floor'?)", 0),
         ("ceil(1, 2)", "expected 1 arguments to ceil(), found 2", 0),
         ("1 < 2 < 3", "expected one comparison (join two with 'and'), found a second '<'", 6),

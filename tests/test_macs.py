@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from bundled import buildable
 
 from archc.api import load
 from archc.codegen.backend import get
@@ -18,7 +19,7 @@ from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")])
+BUNDLED = buildable(sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.yaml")]))  # the torch model counts
 
 
 def torch_model(analysis, tmp_path: Path):

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from archc.api import load
 from archc.cli import main
 from archc.passes.instances import instances
+from archc.syntax.errors import SpecError
 from archc.tools.verify import build_model
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -325,5 +326,73 @@ def test_upsample_builds_in_both_backends_and_verifies(upsample, tmp_path):
     assert tuple(y.shape) == (1, 2, 30, 42)
     assert counter.get_total_flops() == 2 * a.total.macs  # one multiply-add is two flops; upsampling counts none
     result = run("verify", upsample)  # bilinear: torch's align_corners=False gives Keras's numbers
+    assert result.exit_code == 0, result.output
+    assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output
+
+
+SPLIT = """\
+name: splitting
+input: [5, 7, 3]
+flows:
+  body:
+    - conv: {filters: 12, kernel: 1}
+    - split: {parts: 2, as: [a, b]}
+    - conv: {filters: 6, kernel: 3, padding: same, from: b, as: c}
+    - split: {sizes: [2, 4], as: [d, e]}
+    - act: {kind: relu, from: e, as: f}
+    - concat: [a, c, d, f]
+    - conv: {filters: 2, kernel: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("split") / "split.yaml"
+    path.write_text(SPLIT)
+    return path
+
+
+def test_split_shapes_and_counts(split):
+    a = load(split)
+    assert a.shapes["body/split1"] == ((5, 7, 12), (5, 7, 6))  # the first part runs on
+    assert a.shapes["body/split2"] == ((5, 7, 6), (5, 7, 2))
+    assert a.shapes["body/concat1"][1] == (5, 7, 6 + 6 + 2 + 4)
+    assert a.counts["body/split1"].total == a.counts["body/split1"].macs == 0
+    assert a.total.macs == 5 * 7 * (3 * 12 + 6 * 9 * 6 + 18 * 2)  # the three convs only
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ("{parts: 5, as: [a, b, c, d, e]}", "expected parts that divide the 12 channels, found 5"),
+        ("{sizes: [4, 4], as: [a, b]}", "expected sizes that add up to the 12 channels, found [4, 4] (8)"),
+        ("{parts: 2, sizes: [6, 6], as: [a, b]}", "expected 'parts' or 'sizes', found both"),
+        ("{parts: 3, as: [a, b]}", "expected as: with a name for each of the 3 parts, found 2"),
+    ],
+)
+def test_a_bad_split_is_one_located_line(fields, message, tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(f"name: bad\ninput: [4, 4, 3]\nflows:\n  main:\n    - conv: {{filters: 12, kernel: 1}}\n    - split: {fields}\n")
+    with pytest.raises(SpecError) as info:
+        load(spec)
+    assert str(info.value) == f"{spec}:6:7: flows.main[1].split: {message}"
+
+
+def test_split_builds_in_both_backends_and_verifies(split, tmp_path):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from archc.codegen.backend import get
+
+    a = load(split)
+    for name in ("torch", "keras"):
+        backend = get(name)
+        assert backend.count(build_model(backend, a, tmp_path)) == (a.total.trainable, a.total.non_trainable), name
+    model = build_model(get("torch"), a, tmp_path).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        y = model(torch.randn(1, 3, 5, 7))
+    assert tuple(y.shape) == (1, 2, 5, 7)
+    assert counter.get_total_flops() == 2 * a.total.macs  # a split counts none
+    result = run("verify", split)
     assert result.exit_code == 0, result.output
     assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output

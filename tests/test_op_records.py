@@ -47,6 +47,7 @@ SAMPLES: dict[str, dict] = {
     "drop_path": {"rate": 0.1},
     "resize": {"like": "skip"},
     "crop": {"like": "skip"},
+    "split": {"parts": 2},
     "conv_transpose": {"filters": 6, "kernel": 3},
     "residual": {"body": [{"op": "identity", "name": "i"}]},
     "gate": {"body": [{"op": "identity", "name": "i"}]},

@@ -18,7 +18,7 @@ import inspect
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,8 @@ from archc.codegen.naming import Namespace, class_name
 from archc.ir.ops import Call, Node, Repeat, children, walk
 from archc.passes.analysis import Analysis
 from archc.syntax import expr
+
+Sizes = Callable[[str, str], str]  # (height/width/channels, tensor name) -> Python source
 
 
 @dataclass
@@ -53,15 +55,17 @@ class Plan:
         plan = self.blocks[block]
         return plan.args + plan.params
 
-    def symbol(self, node: Node, field_name: str, value: Any, index: str | None = None) -> str:
+    def symbol(self, node: Node, field_name: str, value: Any, index: str | None = None, size: Sizes | None = None) -> str:
         """A field as Python source: its expression if written ``$name``/``${...}``,
-        else a literal. ``index``: the loop variable of the enclosing repeat."""
+        else a literal. ``index``: the loop variable of the enclosing repeat; ``size``:
+        the backend's ``height(t)`` ... for a ``when:`` over tensor sizes."""
         ref = node.refs.get(field_name)
-        return self.expression(node, ref, index) if ref else literal(value)
+        return self.expression(node, ref, index, size) if ref else literal(value)
 
-    def expression(self, node: Node, ref: str, index: str | None = None) -> str:
+    def expression(self, node: Node, ref: str, index: str | None = None, size: Sizes | None = None) -> str:
         """``ref`` (as the resolver recorded it on ``node``) as Python source: names are the
-        repeat index, else arguments of the enclosing block, else params."""
+        repeat index, else arguments of the enclosing block, else params; the tensors of
+        ``height(t)`` ... are ``size``'s (a backend without it cannot render them)."""
         block = self.owner.get(node.path)
         declared = list(self.analysis.net.blocks[block].args) if block else []
 
@@ -72,7 +76,10 @@ class Plan:
                 return index
             return self.blocks[block].args[declared.index(n)] if n in declared else self.params[n]
 
-        return expr.to_python(expr.parse(ref), name)
+        tree = expr.parse(ref)
+        if expr.tensors(tree) and size is None:
+            raise ValueError(f"{node.path}: a when: over tensor sizes, which this backend does not render")
+        return expr.to_python(tree, name, size)
 
     def input_size(self) -> list[str]:
         """The input's (height, width, channels) as Python source over the params."""

@@ -13,6 +13,7 @@ from typing import Any
 from archc.ir.ops import COMBINATORS, OPS, SHORTHAND, SHORTHAND_LISTS, SYSTEM_FIELDS, Call, Node, Where, walk
 from archc.ir.substitute import INDEX, Scope, Substituter
 from archc.ir.validate import validated
+from archc.syntax import expr
 from archc.syntax.errors import Location, SpecError, did_you_mean, show
 from archc.syntax.loader import Key, Source
 
@@ -58,7 +59,9 @@ class Layers(Substituter):
         super().__init__(source)
         self.params: dict[str, Any] = {}
         self.defaults: dict[str, dict[str, Any]] = {}
-        self.blocks: dict[str, tuple[dict[str, Any], list, str, tuple[str, ...]]] = {}  # name -> (args, body, doc, tensor inputs)
+        self.blocks: dict[
+            str, tuple[dict[str, Any], list, str, tuple[str, ...], tuple[str, ...]]
+        ] = {}  # name -> (args, body, doc, inputs, outputs)
 
     def sequence(self, raw: Any, key: Key, scope: Scope) -> list[Node]:
         if not isinstance(raw, list) or not raw:
@@ -122,6 +125,7 @@ class Layers(Substituter):
         where = self.where(key, scope)
         refs: dict[str, str] = {}
         when = True
+        bound = self.shape_test(fields, key + ("when",), scope, refs)
         if "when" in fields:
             when, ref = self.substitute(fields.pop("when"), key + ("when",), scope)
             if ref:
@@ -130,11 +134,44 @@ class Layers(Substituter):
                 raise self.error(key + ("when",), f"expected true or false, found {show(when)}", via=scope.via)
         reads = self.tensor_names(fields.pop("from", None), key + ("from",), scope)
         saves = self.tensor_names(fields.pop("as", None), key + ("as",), scope)
-        common = {"name": name, "path": f"{scope.path}/{name}", "when": when, "where": where, "reads": reads, "saves": saves}
+        common = {
+            "name": name,
+            "path": f"{scope.path}/{name}",
+            "when": when,
+            "where": where,
+            "reads": reads,
+            "saves": saves,
+            "bound": bound,
+        }
         layer = Written(kind, fields, key, scope, common, refs)
         if kind in OPS:
             return self.op(layer)
         return COMBINATORS.get(kind, Call).parse(layer, self)
+
+    def shape_test(self, fields: dict[str, Any], key: Key, scope: Scope, refs: dict[str, str]) -> dict[str, Any]:
+        """A ``when:`` over tensor sizes (``${height(p) != height(x)}``) is decided where
+        the shapes are known (archc.passes.shapes): here it is only parsed, kept in
+        ``refs``, and the params and arguments it reads are resolved (``bound``)."""
+        raw = fields.get("when")
+        if not (isinstance(raw, str) and raw.startswith("${") and raw.endswith("}")):
+            return {}
+        try:
+            tree = expr.parse(raw[2:-1])
+        except expr.ExprError:
+            return {}  # substitute() reports it, located
+        if not expr.tensors(tree):
+            return {}
+        fields.pop("when")
+        others = expr.names(tree) - expr.tensors(tree)
+        for name in sorted(others):
+            if name == INDEX and scope.in_repeat:  # the IR keeps iteration 0's values: sizes are what may differ
+                raise self.error(key, "expected a when: over tensor sizes that does not read the repeat index, found 'i'", via=scope.via)
+            if name not in scope.symbols:
+                raise self.error(
+                    key, f"expected a param or block argument, found '{name}'{did_you_mean(name, scope.symbols)}", via=scope.via
+                )
+        refs["when"] = raw[2:-1]
+        return {name: scope.symbols[name] for name in sorted(others)}
 
     def tensor_names(self, raw: Any, key: Key, scope: Scope) -> tuple[str, ...]:
         """``from:`` / ``as:``: a tensor name or a list of them (names, not $references)."""

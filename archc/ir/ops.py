@@ -119,6 +119,7 @@ class Node(BaseModel):
     where: Where = Field(default_factory=Where)
     reads: tuple[TensorName, ...] = ()  # `from:` the named tensors it reads (none: the previous layer's output)
     saves: tuple[TensorName, ...] = ()  # `as:` the names later layers read its output(s) by
+    bound: dict[str, Any] = Field(default_factory=dict)  # a `when:` over tensor shapes: the other names it reads, resolved
 
     frozen_roles: ClassVar[frozenset[str]] = frozenset()  # weights that are not trained (BN statistics)
     indexed: ClassVar[bool] = False  # whether the children's instance keys carry an index (a repeat's)
@@ -130,6 +131,7 @@ class Node(BaseModel):
     merges: ClassVar[bool] = False  # reads two or more tensors (add, concat, multiply): its rule is ``merge``
     closed: ClassVar[bool] = False  # its sub-sequences see only the names ``binds`` gives them (a block's body)
     pools_globally: ClassVar[bool] = False  # the feature maps end here (archc.passes.taps)
+    splits: ClassVar[bool] = False  # makes several tensors (``pieces``), one per name of its as:
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -156,6 +158,16 @@ class Node(BaseModel):
     def binds(self) -> tuple[str, ...]:
         """The names its sub-sequences start with, bound to the tensors it reads (a block's
         ``inputs``), where it is ``closed``."""
+        return ()
+
+    def pieces(self, shape: Shape) -> list[Shape]:
+        """The shapes of the several tensors it makes from an input ``shape``, which its
+        ``as:`` names in order (a split; none: one output, ``infer``'s)."""
+        return []
+
+    def results(self) -> tuple[str, ...]:
+        """The names, inside its sub-sequence, of the tensors it returns (a block's
+        ``outputs:``; none: its output is the sub-sequence's last)."""
         return ()
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
@@ -221,7 +233,7 @@ class Node(BaseModel):
         return SpecError(Location(w.file, w.line, w.col, w.spec_path), message)
 
 
-SYSTEM_FIELDS = frozenset({"path", "refs", "where", "op", "reads", "saves"})
+SYSTEM_FIELDS = frozenset({"path", "refs", "where", "op", "reads", "saves", "bound"})
 
 
 def spatial(
@@ -824,6 +836,41 @@ class Crop(Node):
         return f"Crop to {self.like}"
 
 
+class Split(Node):
+    """The channels cut into consecutive parts, each a tensor that ``as:`` names in
+    order: ``parts`` equal ones, or parts of the given ``sizes`` (YOLO's C2f, a
+    channel shuffle's halves). No weights, no multiply-adds (torch.split is a view)."""
+
+    op: Literal["split"] = "split"
+    parts: Annotated[int, Field(strict=True, ge=2, le=100_000)] | None = None
+    sizes: Annotated[list[PositiveInt], Field(min_length=2)] | None = None
+
+    shorthand: ClassVar[str | None] = "parts"
+    splits: ClassVar[bool] = True
+
+    def widths(self, channels: int) -> list[int]:
+        """The channels of each part."""
+        if (self.parts is None) == (self.sizes is None):
+            raise self.fail(f"expected 'parts' or 'sizes', found {'both' if self.parts else 'neither'}")
+        if self.parts is not None:
+            if channels % self.parts:
+                raise self.fail(f"expected parts that divide the {channels} channels, found {self.parts}")
+            return [channels // self.parts] * self.parts
+        if sum(self.sizes) != channels:
+            raise self.fail(f"expected sizes that add up to the {channels} channels, found {self.sizes} ({sum(self.sizes)})")
+        return list(self.sizes)
+
+    def pieces(self, shape: Shape) -> list[Shape]:
+        h, w, c = feature_map(self, shape)
+        return [(h, w, part) for part in self.widths(c)]
+
+    def infer(self, shape: Shape, run: Run) -> Shape:
+        return self.pieces(shape)[0]
+
+    def diagram_label(self) -> str:
+        return f"Split {self.parts}" if self.parts else f"Split {', '.join(map(str, self.sizes or []))}"
+
+
 def _same_shapes(node: Node, shapes: list[Shape], what: str) -> Shape:
     first = shapes[0]
     for i, shape in enumerate(shapes[1:], start=1):
@@ -1093,6 +1140,7 @@ class Call(Combinator):
     args: dict[str, Plain] = Field(default_factory=dict)
     body: list[Layer] = Field(min_length=1)
     tensors: tuple[TensorName, ...] = ()  # the block's tensor inputs, bound to what the call reads
+    returns: tuple[TensorName, ...] = ()  # the body's tensors it returns, named by the call's as: in order
 
     closed: ClassVar[bool] = True
 
@@ -1101,6 +1149,9 @@ class Call(Combinator):
 
     def binds(self) -> tuple[str, ...]:
         return self.tensors
+
+    def results(self) -> tuple[str, ...]:
+        return self.returns
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         return run(self.body, shape)
@@ -1140,17 +1191,26 @@ class Call(Combinator):
                 f"expected from: with a tensor for each input of block '{block}' ({', '.join(tensors)}), found {len(reads)}",
                 via=scope.via,
             )
+        returns = resolver.blocks[block][4]
+        saves = layer.common["saves"]
+        if len(returns) > 1 and len(saves) != len(returns):
+            raise resolver.error(
+                layer.at("as") if saves else layer.key,
+                f"expected as: with a name for each output of block '{block}' ({', '.join(returns)}), found {len(saves)}",
+                via=scope.via,
+            )
         body = resolver.expand(block, args, layer)
-        return resolver.build(cls, layer.node(block=block, args=args, body=body, tensors=tensors), layer, {"args": layer.key})
+        node = layer.node(block=block, args=args, body=body, tensors=tensors, returns=returns)
+        return resolver.build(cls, node, layer, {"args": layer.key})
 
 
 OP_CLASSES = (
     Conv, Depthwise, SepConv, BN, LayerNorm, LayerScale, Act, Identity, ZeroPad, Rescale, Normalize,
     MaxPool, AvgPool, GlobalAvgPool, Flatten, Dense, ChannelDense, Dropout, DropPath, Upsample,
-    GlobalMaxPool, Resize, Crop, Add, Multiply, Concat, ConvTranspose,
+    GlobalMaxPool, Resize, Crop, Add, Multiply, Concat, ConvTranspose, Split,
 )  # fmt: skip
 COMBINATOR_CLASSES = (Residual, Gate, Branches, Repeat)
-Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | GlobalMaxPool | Resize | Crop | Add | Multiply | Concat | ConvTranspose | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
+Layer = Annotated[Conv | Depthwise | SepConv | BN | LayerNorm | LayerScale | Act | Identity | ZeroPad | Rescale | Normalize | MaxPool | AvgPool | GlobalAvgPool | Flatten | Dense | ChannelDense | Dropout | DropPath | Upsample | GlobalMaxPool | Resize | Crop | Add | Multiply | Concat | ConvTranspose | Split | Residual | Gate | Branches | Repeat | Call, Field(discriminator="op")]  # fmt: skip
 
 OPS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in OP_CLASSES}
 COMBINATORS: dict[str, type[Node]] = {cls.model_fields["op"].default: cls for cls in COMBINATOR_CLASSES}
@@ -1179,6 +1239,7 @@ class BlockDef(BaseModel):
     args: dict[str, Plain]  # name -> default (None: required)
     doc: str = ""
     inputs: tuple[TensorName, ...] = ()  # named tensor inputs (none: one, the caller's current tensor)
+    outputs: tuple[TensorName, ...] = ()  # the body's tensors it returns (none: its last layer's output)
 
 
 class Expect(BaseModel):
@@ -1222,10 +1283,11 @@ def children(node: Node) -> list[tuple[str, list[Node]]]:
 
 
 def tensor_reads(net: Network) -> set[str]:
-    """The tensor names that some layer reads (``from:``, a resize's ``like``) or an output names."""
-    return {n for layers in net.flows.values() for node in walk(layers) for n in (*node.reads, *node.sizes_from())} | set(
-        net.outputs.values()
-    )
+    """The tensor names that some layer reads (``from:``, a resize's ``like``, a ``when:``
+    over their sizes), a block returns or an output names."""
+    nodes = [node for layers in net.flows.values() for node in walk(layers)]
+    sized = {n for node in nodes if "when" in node.refs for n in expr.tensors(expr.parse(node.refs["when"]))}
+    return {n for node in nodes for n in (*node.reads, *node.sizes_from(), *node.results())} | sized | set(net.outputs.values())
 
 
 def walk(layers: list[Node]):

@@ -57,7 +57,10 @@ class Resolver(Layers):
             input_refs=input_refs,
             params=values,
             param_decls=decls,
-            blocks={name: BlockDef(args=args, doc=doc_, inputs=inputs) for name, (args, _, doc_, inputs) in self.blocks.items()},
+            blocks={
+                name: BlockDef(args=args, doc=doc_, inputs=inputs, outputs=outs)
+                for name, (args, _, doc_, inputs, outs) in self.blocks.items()
+            },
             flows=flows,
             outputs=outputs,
             output_where={name: self.where(key, Scope(values, "outputs")) for name, key in output_keys.items()},
@@ -154,20 +157,20 @@ class Resolver(Layers):
             raise self.error(("outputs",), "expected at least one output switched on, found every one switched off by its when:")
         return outputs, keys, switches
 
-    def read_blocks(self, raw: Any) -> dict[str, tuple[dict[str, Any], list, str, tuple[str, ...]]]:
+    def read_blocks(self, raw: Any) -> dict[str, tuple[dict[str, Any], list, str, tuple[str, ...], tuple[str, ...]]]:
         return {
             name: self.read_block(name, body) for name, body in self.source.mapping(raw, ("blocks",), "block names to definitions").items()
         }
 
-    def read_block(self, name: str, body: Any) -> tuple[dict[str, Any], list, str, tuple[str, ...]]:
+    def read_block(self, name: str, body: Any) -> tuple[dict[str, Any], list, str, tuple[str, ...], tuple[str, ...]]:
         """(args with their defaults, None where required; the body as written; the doc;
-        the names of its tensor inputs)."""
+        the names of its tensor inputs; the names of the tensors it returns, where several)."""
         key = ("blocks", name)
         if name in RESERVED or not name.isidentifier():
             raise self.error(key, f"expected a block name that is an identifier and not an op, found '{name}'", at_key=True)
         if not isinstance(body, dict):
             raise self.error(key, f"expected a mapping with 'body' (and 'args', 'doc'), found {show(body)}")
-        self.check_keys(body, key, ("args", "inputs", "body", "doc"), "block key")
+        self.check_keys(body, key, ("args", "inputs", "outputs", "body", "doc"), "block key")
         if "body" not in body:
             raise self.error(key, "expected a 'body' list of layers, found none")
         args = self.read_args(key + ("args",), body.get("args") or {})
@@ -177,7 +180,10 @@ class Resolver(Layers):
                 raise self.error(
                     key + ("inputs",), f"expected tensor input names that differ from each other and from the args, found '{tensor}' twice"
                 )
-        return args, body["body"], str(body.get("doc") or ""), inputs
+        outputs = self.tensor_names(body.get("outputs"), key + ("outputs",), Scope(self.params, name))
+        if len(set(outputs)) < len(outputs):
+            raise self.error(key + ("outputs",), f"expected output names that differ from each other, found {', '.join(outputs)}")
+        return args, body["body"], str(body.get("doc") or ""), inputs, outputs
 
     def read_args(self, key: tuple, args: Any) -> dict[str, Any]:
         if isinstance(args, list):

@@ -123,6 +123,7 @@ def _blocks() -> dict[str, Any]:
         "properties": {
             "args": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
             "inputs": {"type": "array", "items": TENSOR, "minItems": 1, "description": "named tensor inputs"},
+            "outputs": {"anyOf": [TENSOR, {"type": "array", "items": TENSOR, "minItems": 1}], "description": "the tensors it returns"},
             "body": LAYERS,
             "doc": {"type": "string"},
         },

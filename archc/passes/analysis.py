@@ -105,7 +105,7 @@ def analyse(net: Network) -> Analysis:
     total = Counts()
     for flow, layers in net.flows.items():
         for node in layers:
-            if not node.when:
+            if not node.when or node.path not in at:
                 continue
             c = _count(node, node.path, ("", ""), at, counts)
             total += c
@@ -142,8 +142,11 @@ def _per_output(graph: Graph) -> dict[str, Counts]:
             todo.extend(graph.reads[key])
         per[name] = sum((own_counts(graph.nodes[k], *graph.by_key[k]) for k in seen), Counts())
         needed |= seen
+    # a block with several outputs and a repeat pass tensors on by name (its outputs, the
+    # names an iteration gives again), not only as their output: needed where a layer inside is
+    inside = {key[:i] for key in needed for i, ch in enumerate(key) if ch in "/["}
     for key, node in graph.nodes.items():
-        if key not in needed:
+        if key not in needed and not (key in inside and (node.results() or node.indexed)):
             raise node.fail(
                 "expected every layer to lead to an output, found this one's output read by no later layer "
                 "(name it with as: and read it with from:, or list it in outputs:)"
@@ -159,8 +162,9 @@ def _count(node: Node, key: str, base: tuple[str, str], at: Shapes, counts: dict
         inner = (node.path, f"{key}[{index}]") if node.indexed else base
         for _, seq in node.running():
             for child in seq:
-                if child.when:
-                    c += _count(child, inner[1] + child.path[len(inner[0]) :], inner, at, counts)
+                child_key = inner[1] + child.path[len(inner[0]) :]
+                if child.when and child_key in at:  # not there: switched off here by a when: over tensor sizes
+                    c += _count(child, child_key, inner, at, counts)
     counts.setdefault(node.path, c)
     return c
 

@@ -8,8 +8,11 @@ Named tensors: a layer's ``as:`` names its output, a later layer's ``from:`` rea
 names instead of the previous output. A flow sees the network's inputs and the names
 of the flows before it; a nested sequence (a residual's body, a branch, a repeat's
 iteration) sees the names around it, and its own names stay inside it; a block's body
-sees only its tensor inputs and its own names. A name is defined once, so the graph
-has no cycle by construction.
+sees only its tensor inputs and its own names. A name is defined once (or again by a
+layer that reads it: ``from: [x, p], as: [x, p]``, which a repeat's next iteration then
+reads), so the graph has no cycle by construction. A block may return several named
+tensors, a split makes several, and a ``when:`` over tensor sizes is decided here, per
+instance.
 
 Shapes are recorded per instance (a node inside a repeat runs once per index, and a
 body that grows the channels sees a different input each time), keyed as
@@ -22,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from archc.ir.ops import Network, Node, Shape, Where, fmt, walk
+from archc.syntax import expr
 from archc.syntax.errors import Location, SpecError, did_you_mean
 
 Shapes = dict[str, tuple[Shape, Shape]]
@@ -72,6 +76,7 @@ class _Run:
         self.walk, self.node, self.key, self.base = walk, node, key, base
         self.inputs, self.names = inputs, names
         self.outs: list[str] = []  # the sources of the sub-sequences' outputs
+        self.scope: dict[str, Tensor] = {}  # the names the last sub-sequence saw and made
         self.last = inputs[0].source
 
     def __call__(self, seq: list[Node], shape: Shape, index: int | None = None) -> Shape:
@@ -82,10 +87,15 @@ class _Run:
             names = dict(self.names)
         start = Tensor(shape, self.last if index is not None else self.inputs[0].source)
         base = self.base if index is None else (node.path, f"{self.key}[{index}]")
+        outer = dict(names) if index is not None else {}
         out = self.walk.sequence(seq, start, names, base)
         if index is not None:
             self.last = out.source
+            for name, tensor in outer.items():  # names the iteration named again: the next one reads them
+                if names[name] is not tensor:
+                    self.names[name] = names[name]
         self.outs.append(out.source)
+        self.scope = names
         return out.shape
 
     def tensor(self, name: str) -> Shape:
@@ -122,7 +132,7 @@ class _Walk:
 
     def sequence(self, layers: list[Node], current: Tensor, names: dict[str, Tensor], base: tuple[str, str]) -> Tensor:
         for node in layers:
-            if not node.when:  # switched off: its input (the first tensor it reads) passes on, under its names
+            if not self.enabled(node, names):  # switched off: its input (the first tensor it reads) passes on, under its names
                 current = self.lookup(node, node.reads[0], names) if node.reads else current
                 for name in node.saves:
                     self.define(node, name, current, names)
@@ -146,14 +156,53 @@ class _Walk:
             sized = tuple(names[name].source for name in node.sizes_from())
             self.graph.reads[key] = tuple(t.source for t in inputs) + sized + tuple(run.outs)
             current = Tensor(out, key)
+            pieces = node.pieces(inputs[0].shape)
+            if pieces:  # several tensors, one per name of its as:
+                if len(node.saves) != len(pieces):
+                    raise node.fail(f"expected as: with a name for each of the {len(pieces)} parts, found {len(node.saves)}")
+                for name, shape in zip(node.saves, pieces, strict=True):
+                    self.define(node, name, Tensor(shape, key), names)
+                continue
+            if node.results():  # the tensors a block returns, named in order (one: under every name)
+                results = [self.returned(node, name, run.scope) for name in node.results()]
+                current = results[0]
+                for name, tensor in zip(node.saves, results * len(node.saves) if len(results) == 1 else results, strict=False):
+                    self.define(node, name, tensor, names)
+                continue
             for name in node.saves:
                 self.define(node, name, current, names)
         return current
 
     @staticmethod
+    def returned(node: Node, name: str, scope: dict[str, Tensor]) -> Tensor:
+        if name not in scope:
+            known = ", ".join(sorted(scope)) or "none"
+            raise node.fail(f"expected the outputs of block '{node.label()}' to name tensors of its body ({known}), found '{name}'")
+        return scope[name]
+
+    def enabled(self, node: Node, names: dict[str, Tensor]) -> bool:
+        """Whether the node runs here: its ``when:``, or where that reads tensor sizes,
+        its value at this instance (each iteration of a repeat may differ)."""
+        test = node.refs.get("when")
+        if not node.when or not test or "(" not in test or not expr.tensors(tree := expr.parse(test)):
+            return node.when
+        symbols = {**node.bound, **{name: self.lookup(node, name, names).shape for name in sorted(expr.tensors(tree))}}
+        try:
+            value = expr.evaluate(tree, symbols)
+        except expr.ExprError as exc:
+            raise node.fail(f"{exc.message} (in when: ${{{test}}})") from None
+        if not isinstance(value, bool):
+            raise node.fail(f"expected when: to be true or false, found {value!r} (from ${{{test}}})")
+        return value
+
+    @staticmethod
     def define(node: Node, name: str, tensor: Tensor, names: dict[str, Tensor]) -> None:
-        if name in names:
-            raise node.fail(f"expected a tensor name not yet defined where it is visible, found '{name}' again")
+        """Names a tensor; a name is defined once where it is visible, unless the layer
+        that names it again reads it (``from: [x, p], as: [x, p]``, as Python reassigns)."""
+        if name in names and name not in node.reads:
+            raise node.fail(
+                f"expected a tensor name not yet defined where it is visible, found '{name}' again (only a layer that reads it may name it again)"
+            )
         names[name] = tensor
 
     def lookup(self, node: Node, name: str, names: dict[str, Tensor]) -> Tensor:

@@ -123,6 +123,10 @@ FUNCTIONS: dict[str, Function] = {
     "make_divisible": Function(make_divisible, (2, 3), "make_divisible", "make_divisible"),
 }
 INT_ARGS = {"make_divisible": (1, 2)}  # argument positions that must be integers
+# a tensor's size, in a layer's `when:` only (archc.passes.shapes evaluates it, where shapes are known)
+SHAPE_FUNCTIONS = {"height": 0, "width": 1, "channels": 2}
+for _name in SHAPE_FUNCTIONS:
+    FUNCTIONS[_name] = Function(lambda shape: shape, (1, 1), _name)
 
 # Python's precedence, lowest first; the printer parenthesises by it.
 PRECEDENCE = {"if": 1, "or": 2, "and": 3, "not": 4, "cmp": 5, "+": 6, "-": 6, "*": 7, "/": 7, "//": 7, "%": 7, "unary": 8, "atom": 9}
@@ -289,6 +293,8 @@ class Parser:
         if len(args) < low or (high is not None and len(args) > high):
             wanted = f"{low}" if low == high else f"{low} or more" if high is None else f"{low} to {high}"
             raise ExprError(f"expected {wanted} arguments to {name.text}(), found {len(args)}", name.start)
+        if name.text in SHAPE_FUNCTIONS and not isinstance(args[0], Name):
+            raise ExprError(f"expected a tensor name as the argument of {name.text}(), found an expression", name.start)
         return Func(name.text, tuple(args), name.start)
 
 
@@ -337,6 +343,8 @@ def evaluate(tree: Expr, symbols: Mapping[str, Any]) -> Any:
         left = _number(evaluate(tree.left, symbols), tree.left)
         right = _number(evaluate(tree.right, symbols), tree.right)
         return _finite(_arithmetic(tree, left, right), tree)
+    if tree.name in SHAPE_FUNCTIONS:
+        return _size(tree, symbols)
     args = [_number(evaluate(arg, symbols), arg) for arg in tree.args]
     for i in INT_ARGS.get(tree.name, ()):
         if i < len(args) and (not isinstance(args[i], int) or args[i] < 1):
@@ -401,6 +409,24 @@ def _start(tree: Expr) -> int:
 # -- inspection and printing --------------------------------------------------------------
 
 
+def _size(tree: Func, symbols: Mapping[str, Any]) -> int:
+    """``height(t)``, ``width(t)``, ``channels(t)``: ``symbols`` holds each tensor's shape
+    (a tuple) where the shapes are known; anywhere else a tensor is not a value."""
+    arg = tree.args[0]
+    shape = symbols.get(arg.name) if isinstance(arg, Name) else None
+    if not isinstance(shape, tuple):
+        raise ExprError(f"expected {tree.name}() of a tensor name in a layer's when: only, found {tree.name}({arg.name})", tree.start)
+    if len(shape) != 3:
+        raise ExprError(f"expected {tree.name}() of a feature map, found '{arg.name}' of shape {'x'.join(map(str, shape))}", tree.start)
+    return shape[SHAPE_FUNCTIONS[tree.name]]
+
+
+def tensors(tree: Expr) -> set[str]:
+    """The tensor names whose sizes an expression reads (the arguments of height() ...)."""
+    own = {tree.args[0].name} if isinstance(tree, Func) and tree.name in SHAPE_FUNCTIONS else set()
+    return own.union(*(tensors(p) for p in parts(tree)))
+
+
 def parts(tree: Expr) -> tuple[Expr, ...]:
     """The subexpressions of ``tree``."""
     if isinstance(tree, Unary):
@@ -424,35 +450,41 @@ def needs(tree: Expr) -> set[str]:
     return own.union(*(needs(p) for p in parts(tree)))
 
 
-def to_python(tree: Expr, name: Callable[[str], str]) -> str:
-    """Python source for ``tree``, each name replaced by ``name(it)``; parentheses only
-    where Python's precedence needs them, as one would write it by hand."""
-    return _print(tree, name)[0]
+def to_python(tree: Expr, name: Callable[[str], str], size: Callable[[str, str], str] | None = None) -> str:
+    """Python source for ``tree``, each name replaced by ``name(it)``, and each
+    ``height(t)`` ... by ``size(function, t)`` (a backend's shape lookup);
+    parentheses only where Python's precedence needs them, as one would write it by hand."""
+    return _print(tree, name, size)[0]
 
 
-def _print(tree: Expr, name: Callable[[str], str]) -> tuple[str, int]:
+def _print(tree: Expr, name: Callable[[str], str], size: Callable[[str, str], str] | None = None) -> tuple[str, int]:
     if isinstance(tree, Num):
         return repr(tree.value), PRECEDENCE["atom"]
     if isinstance(tree, Name):
         return name(tree.name), PRECEDENCE["atom"]
+    if isinstance(tree, Func) and tree.name in SHAPE_FUNCTIONS and size is not None:
+        return size(tree.name, tree.args[0].name), PRECEDENCE["atom"]
     if isinstance(tree, Func):
-        return f"{FUNCTIONS[tree.name].code}({', '.join(_print(a, name)[0] for a in tree.args)})", PRECEDENCE["atom"]
+        return f"{FUNCTIONS[tree.name].code}({', '.join(_print(a, name, size)[0] for a in tree.args)})", PRECEDENCE["atom"]
     if isinstance(tree, Unary):
         level = PRECEDENCE["not" if tree.op == "not" else "unary"]
-        operand = _wrap(tree.operand, name, level)
+        operand = _wrap(tree.operand, name, level, size)
         return (f"not {operand}" if tree.op == "not" else f"{tree.op}{operand}"), level
     if isinstance(tree, Cond):
         level = PRECEDENCE["if"]
-        return f"{_wrap(tree.then, name, level + 1)} if {_wrap(tree.test, name, level + 1)} else {_wrap(tree.other, name, level)}", level
+        return (
+            f"{_wrap(tree.then, name, level + 1, size)} if {_wrap(tree.test, name, level + 1, size)} else {_wrap(tree.other, name, level, size)}",
+            level,
+        )
     level = PRECEDENCE["cmp" if tree.op in COMPARISONS else tree.op]
     # left-associative: a right operand of the same level needs parentheses (a - (b - c));
     # comparisons do not chain here, so both sides of one need them ((a < b) == c)
     left = level + 1 if tree.op in COMPARISONS else level
-    return f"{_wrap(tree.left, name, left)} {tree.op} {_wrap(tree.right, name, level + 1)}", level
+    return f"{_wrap(tree.left, name, left, size)} {tree.op} {_wrap(tree.right, name, level + 1, size)}", level
 
 
-def _wrap(tree: Expr, name: Callable[[str], str], level: int) -> str:
-    text, own = _print(tree, name)
+def _wrap(tree: Expr, name: Callable[[str], str], level: int, size: Callable[[str, str], str] | None = None) -> str:
+    text, own = _print(tree, name, size)
     return f"({text})" if own < level else text
 
 

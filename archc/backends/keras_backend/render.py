@@ -212,8 +212,10 @@ def layer_names(p: Plan) -> dict[str, str]:
             if not node.in_code():
                 continue
             name = node_name(p, prefix, node)
-            makes_layer = node.op not in ("repeat", "call", "residual") or (
-                node.op == "residual" and (node.use_shortcut or "use_shortcut" in node.refs)
+            makes_layer = (
+                not node.splits
+                and node.op not in ("repeat", "call", "residual")
+                or (node.op == "residual" and (node.use_shortcut or "use_shortcut" in node.refs))
             )
             if makes_layer:
                 if name in seen:
@@ -296,26 +298,55 @@ class Renderer:
                 continue
             if node.reads:  # named tensors instead of the previous output
                 cur = self.reads(node, scope)
+            if self.several(node):
+                out += self.several_outputs(node, cur, prefix, scope)
+                cur = scope.tensors[node.saves[0]]
+                continue
             direct = not node.children() or node.op == "call"
             direct = direct and "when" not in node.refs
             if cur != dst and not direct:
-                out.append(line(f"{dst} = {cur}"))
-                cur = dst
+                several = len(node.reads) > 1 and not node.merges  # a block's tensor inputs: off, the first passes on
+                out.append(line(f"{dst} = {scope.tensors[node.reads[0]] if several else cur}"))
+                cur = cur if several else dst
             stmts = self.node(node, cur, dst, prefix, scope)
-            out.extend(block(f"if {self.plan.symbol(node, 'when', True, self.index)}:", stmts) if "when" in node.refs else stmts)
+            out.extend(block(f"if {self.condition(node, scope)}:", stmts) if "when" in node.refs else stmts)
             cur = dst
             out += self.name_output(node, dst, scope)
         if cur != dst:
             out.append(line(f"{dst} = {cur}"))
         return out
 
+    def several_outputs(self, node: Node, cur: str, prefix: str, scope: Scope) -> list[Stmt]:
+        """``x, p = cell(x, p, ...)``: a node that makes several tensors assigns each to its
+        name's variable (a name given again keeps it); under a ``when:`` each first gets
+        the input that passes on when it is off."""
+        targets = []
+        for name in node.saves:
+            scope.tensors.setdefault(name, scope.names.create(name, "tensor"))
+            targets.append(scope.tensors[name])
+        stmts = self.node(node, cur, ", ".join(targets), prefix, scope)
+        if "when" not in node.refs:
+            return stmts
+        first = scope.tensors[node.reads[0]] if node.reads else cur
+        return [line(f"{t} = {first}") for t in targets if t != first] + block(f"if {self.condition(node, scope)}:", stmts)
+
+    def condition(self, node: Node, scope: Scope) -> str:
+        """A ``when:`` as Python: a param's or argument's name, an expression, or sizes of
+        named tensors (Keras tensors know their static shape: ``p.shape[1]``)."""
+        axis = {"height": "1", "width": "2", "channels": "-1"}
+        return self.plan.symbol(node, "when", True, self.index, lambda fn, t: f"{scope.tensors[t]}.shape[{axis[fn]}]")
+
     def name_output(self, node: Node, value: str, scope: Scope) -> list[Stmt]:
         """``skip = x`` for each name of the node's output that a later layer reads (under a
-        param's ``when``: what passed through when it is off)."""
+        param's ``when``: what passed through when it is off). A block's several outputs
+        are named by its call itself; a name given again keeps its variable (``x``
+        carried through a loop)."""
         out = []
         for name in (n for n in node.saves if n in self.read_names):
-            scope.tensors[name] = scope.names.create(name, "tensor")
-            out.append(line(f"{scope.tensors[name]} = {value}"))
+            if name not in scope.tensors:
+                scope.tensors[name] = scope.names.create(name, "tensor")
+            if scope.tensors[name] != value:
+                out.append(line(f"{scope.tensors[name]} = {value}"))
         return out
 
     def reads(self, node: Node, scope: Scope) -> str:
@@ -333,6 +364,12 @@ class Renderer:
         args = [f"{ident}={self.plan.symbol(node, arg, node.args[arg], self.index)}" for arg, ident in zip(decl.args, bp.args)]
         args += [f"{param}={param}" for param in bp.params]
         return [call(f"{dst} = {bp.func}(", [cur, *args, f"{self.prefix[node.block]}={name_expr(name)}"], ")")]
+
+    @staticmethod
+    def several(node: Node) -> bool:
+        """Whether the node makes several tensors, one per name of its ``as:`` (a split,
+        a call of a block with several outputs), which its own statement assigns."""
+        return node.splits or len(node.results()) > 1
 
     def repeat(self, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
         var = scope.loop_var()
@@ -398,8 +435,13 @@ class Renderer:
         return {
             "signature": call(f"def {bp.func}(", [*inputs, *self.plan.signature(block), prefix], "):"),
             "doc": docstring([wrap(doc)], INDENT),
-            "body": layout(merge_conditions(body) + [line(f"return {data}")], 1),
+            "body": layout(merge_conditions(body) + [line(f"return {self.returns(bp.instance, data, scope)}")], 1),
         }
+
+    @staticmethod
+    def returns(instance: Node, data: str, scope: Scope) -> str:
+        """What a block function returns: its last output, or its named ``outputs:``."""
+        return ", ".join(scope.tensors[name] for name in instance.results()) or data
 
     def create_model(self) -> dict[str, Any]:
         net, params = self.net, self.plan.params
@@ -676,6 +718,18 @@ def _crop(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) 
     return r.layer("Cropping2D", [f"crop_margins({cur}, {scope.tensors[node.like]})"], cur, dst, name)
 
 
+def _split(r: Renderer, node: Node, cur: str, dst: str, name: str, scope: Scope) -> list[Stmt]:
+    """``a, b = keras.ops.split(x, 2, axis=-1)`` (sizes: at the running sums), no layer of its own."""
+    if node.parts is not None:
+        at = r.sym(node, "parts")
+    elif "sizes" in node.refs:  # an argument: the running sums in code
+        sizes = r.sym(node, "sizes")
+        at = f"[sum({sizes}[: i + 1]) for i in range(len({sizes}) - 1)]"
+    else:
+        at = f"[{', '.join(str(sum(node.sizes[: i + 1])) for i in range(len(node.sizes) - 1))}]"
+    return [call(f"{dst} = keras.ops.split(", [cur, at, "axis=-1"], ")")]
+
+
 def _same_name(name: str, layers: dict[str, Any], node: Node) -> str | None:
     return name
 
@@ -736,6 +790,7 @@ OPS: dict[str, KerasOp] = {
     "add": KerasOp(_merge("add")),
     "multiply": KerasOp(_merge("multiply")),
     "concat": KerasOp(_merge("concatenate")),
+    "split": KerasOp(_split, output=lambda name, layers, node: None),
     "residual": KerasOp(
         lambda r, node, cur, dst, name, scope: r.residual(node, dst, name, scope),
         output=lambda name, layers, node: name if node.use_shortcut else None,  # switched off by a param: no addition

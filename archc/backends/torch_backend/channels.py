@@ -12,7 +12,7 @@ from archc.passes.analysis import Analysis
 from archc.syntax import expr
 
 from . import values as v
-from .ops import OPS, Unsupported, term, times
+from .ops import OPS, Unsupported, split_widths, term, times
 from .values import Channels, Lit, Sym, Value
 
 
@@ -83,8 +83,9 @@ class ChannelAlgebra:
             if isinstance(cond, Sym) and new_rank != rank and node.path not in self.switched_heads:
                 raise Unsupported(node, f"`when: ${node.refs['when']}` on a layer that turns feature maps into vectors")
             new = v.switch(cond, new, ch)
-        for name in node.saves:
-            self.tensor_channels[name] = (new, new_rank)
+        widths = split_widths(self, node, env, ch) if node.splits else [new] * len(node.saves)  # a split: each part's
+        for name, width in zip(node.saves, widths, strict=False):
+            self.tensor_channels[name] = (width, new_rank)
         return cond, new, new_rank
 
     def effects(self, nodes: list[Node], env: dict[str, Value], ch: Channels, rank: int) -> tuple[Channels, int]:

@@ -567,6 +567,34 @@ def _no_children(plan, node, label: str) -> str:
     return ""
 
 
+def split_widths(r, node: ir.Split, env, ch: Channels) -> list[Channels]:
+    """The channels of each part of a split, as the generated code sees them."""
+    if node.parts is None:
+        sizes = r.value(node, "sizes", env)
+        return [Lit(s) for s in sizes.value] if isinstance(sizes, Lit) else [Sym(f"{sizes.code}[{i}]") for i in range(len(node.sizes))]
+    parts = r.value(node, "parts", env)
+    if isinstance(ch, Lit) and isinstance(parts, Lit):
+        return [Lit(ch.value // parts.value)] * parts.value
+    return [Sym(f"{term(ch)} // {term(parts)}")] * node.parts
+
+
+def _split(r, node, env, ch, rank):
+    return split_widths(r, node, env, ch)[0], rank
+
+
+def forward_split(r, node: ir.Split, env, ch, rank, source: str, target: str):
+    """``x, b = torch.chunk(x, 2, dim=1)`` / ``torch.split(x, [16, 48], dim=1)``: the first
+    part runs on, each other into its name's local (views of the input: not fresh)."""
+    for name in node.saves[1:]:
+        r.tensor_locals[name] = r.locals.create(name, "tensor")
+    targets = ", ".join([target, *(r.tensor_locals[name] for name in node.saves[1:])])
+    if node.parts is not None:
+        return [Assign(targets, Call("torch.chunk", (source, v.code(r.value(node, "parts", env)), ("dim", "1"))))], target
+    sizes = r.value(node, "sizes", env)
+    listed = f"[{', '.join(map(str, sizes.value))}]" if isinstance(sizes, Lit) else sizes.code
+    return [Assign(targets, Call("torch.split", (source, listed, ("dim", "1"))))], target
+
+
 # -- channel rules of the combinators ---------------------------------------------------------
 
 
@@ -737,6 +765,7 @@ OPS: dict[str, TorchOp] = {
     "add": TorchOp(None, _first, forward_add, _no_children, fresh_output=True),
     "multiply": TorchOp(None, _first, forward_multiply, _no_children, fresh_output=True),
     "concat": TorchOp(None, _concat, forward_concat, _no_children, fresh_output=True),
+    "split": TorchOp(None, _split, forward_split, _no_children),  # views: not fresh
     "residual": TorchOp(None, _body, forward_residual, _own, fresh_output=_residual_fresh),
     "gate": TorchOp(None, keep, forward_gate, lambda plan, node, label: f"{plan.ident[node.path]}_"),  # a product: not fresh
     "branches": TorchOp(None, _branches, forward_branches, _label, fresh_output=True),

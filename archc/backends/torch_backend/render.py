@@ -24,7 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from archc.codegen.naming import Namespace, class_name
 from archc.codegen.plan import Plan, helper_source
 from archc.codegen.plan import plan as make_plan
-from archc.ir.ops import Node, children, tensor_reads
+from archc.ir.ops import Node, children, tensor_reads, walk
 from archc.passes.analysis import Analysis
 from archc.passes.fold import folds, swaps
 from archc.passes.shapes import INPUT
@@ -140,7 +140,7 @@ class Renderer(ChannelAlgebra):
     def name_output(self, node: Node, source: str) -> list[Statement]:
         """``skip = x`` for each name of the node's output that a later layer reads."""
         out = []
-        for name in node.saves:
+        for name in node.saves[: 1 if node.splits else None]:  # a split's other parts: its own statement's
             if name in self.read_names:
                 self.tensor_locals[name] = self.locals.create(name, "tensor")
                 out.append(Assign(self.tensor_locals[name], source))
@@ -401,8 +401,23 @@ def docstring(text: str, depth: int, width: int = 84) -> list[str]:
     return [f'{indent}"""{body[0]}', *[f"{indent}{line}" if line else "" for line in body[1:]], f'{indent}"""']
 
 
+def refuse_what_init_cannot_know(analysis: Analysis) -> None:
+    """A torch module makes its layers in ``__init__``, before any tensor exists: a
+    ``when:`` over tensor sizes, and a block's several outputs (which the cells that use
+    them carry with it), are the Keras backend's for now; one located line here."""
+    for node in walk([n for layers in analysis.net.flows.values() for n in layers]):
+        test = node.refs.get("when")
+        if test and expr.tensors(expr.parse(test)):
+            raise Unsupported(node, f"a when: over tensor sizes ({expr.spelled(test)}), which the Keras backend renders")
+        if len(node.results()) > 1:
+            raise Unsupported(
+                node, f"a call of a block with several outputs ({', '.join(node.results())}), which the Keras backend renders"
+            )
+
+
 def render(analysis: Analysis) -> str:
     """The generated module's text."""
+    refuse_what_init_cannot_know(analysis)
     r = Renderer(analysis)
     model = r.model_class()
     blocks = {b: r.block_class(b) for b in r.plan.blocks}  # parents first: ranks are known
