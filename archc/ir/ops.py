@@ -130,6 +130,7 @@ class Node(BaseModel):
     merges: ClassVar[bool] = False  # reads two or more tensors (add, concat, multiply): its rule is ``merge``
     closed: ClassVar[bool] = False  # its sub-sequences see only the names ``binds`` gives them (a block's body)
     pools_globally: ClassVar[bool] = False  # the feature maps end here (archc.passes.taps)
+    pads: ClassVar[bool] = False  # a zero padding: a layer right after it that ``takes_padding`` may pad its own input instead
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -190,6 +191,17 @@ class Node(BaseModel):
 
     def pointwise(self) -> bool:
         """Whether it is a 1x1, stride-1 conv (that a pool before it may swap with)."""
+        return False
+
+    def takes_padding(self) -> bool:
+        """Whether a zero padding right before it, equal on both sides of each axis, may be
+        its own padding instead (a 'valid' conv: torch's ``padding=`` pads both sides
+        alike, inside the convolution, without a padded copy; archc.passes.fold)."""
+        return False
+
+    def symmetric(self) -> bool:
+        """A zero padding's: whether it pads both sides of each axis alike, for every value
+        of the generated code (a padding a param or argument sets is checked as it is built)."""
         return False
 
     def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
@@ -297,6 +309,9 @@ class Conv(Node):
             raise self.fail(f"expected groups that divide the {c} input channels and {self.filters} filters, found groups {self.groups}")
         return (*spatial(self, shape, self.kernel, self.stride, self.padding, self.dilation), self.filters)
 
+    def takes_padding(self) -> bool:
+        return self.padding == "valid" and "padding" not in self.refs
+
     def roles(self, inp: Shape) -> dict[str, Shape]:
         return {"kernel": (*self.kernel, inp[2] // self.groups, self.filters)} | _bias(self, self.filters)
 
@@ -331,6 +346,9 @@ class Depthwise(Node):
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         return (*spatial(self, shape, self.kernel, self.stride, self.padding, self.dilation), shape[2] * self.depth_multiplier)
+
+    def takes_padding(self) -> bool:
+        return self.padding == "valid" and "padding" not in self.refs
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
         return {"kernel": (*self.kernel, inp[2], self.depth_multiplier)} | _bias(self, inp[2] * self.depth_multiplier)
@@ -499,6 +517,12 @@ class ZeroPad(Node):
     def diagram_label(self) -> str:
         (top, bottom), (left, right) = self.padding
         return f"ZeroPad {top if top == bottom == left == right else f'{top},{bottom} x {left},{right}'}"
+
+    pads: ClassVar[bool] = True
+
+    def symmetric(self) -> bool:
+        (top, bottom), (left, right) = self.padding
+        return "padding" in self.refs or (top == bottom and left == right)
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         (top, bottom), (left, right) = self.padding
