@@ -117,14 +117,7 @@ def takes_pad(pad: Node, after: Node | None) -> bool:
     padding (the ops say: ``pads``, ``symmetric``) and a layer that ``takes_padding``,
     under the same condition or the padding under one of its own before a layer always
     there (the layer's padding is then conditional), nothing else reading the padded map."""
-    return (
-        pad.pads
-        and after is not None
-        and after.takes_padding()
-        and pad.symmetric()
-        and _may_swap(pad, after)
-        and _feeds(pad, after)
-    )
+    return pad.pads and after is not None and after.takes_padding() and pad.symmetric() and _may_swap(pad, after) and _feeds(pad, after)
 
 
 def swaps(analysis: Analysis) -> list[Swap]:
