@@ -547,9 +547,7 @@ def export(spec, params, fmt, weights, out, no_fold, image_size, tolerance):
     is_flag=True,
     help="FILE holds the spec at its defaults (and --source-param): load every tensor whose place and shape fit the -p variant, report the rest.",
 )
-@click.option(
-    "--source-param", "source_params", multiple=True, metavar="NAME=VALUE", help="With --partial: a param of the architecture FILE holds."
-)
+@click.option("--source-param", "source_params", multiple=True, metavar="NAME=VALUE", help="With --partial: a param of the architecture FILE holds.")
 def import_(spec, params, source, src, out, target, image_size, partial, source_params):
     """Weights of a keras.applications model (FILE: .h5 as it ships them, or .weights.h5)
     into SPEC's generated model, matched by structure; one line naming the first layer

@@ -720,9 +720,7 @@ def check_inference(path: Path, overrides: dict[str, str], create: dict[str, Any
             ir = out if len(out) == 1 else (out[2], *out[:2])
             if name not in ys or tuple(ys[name].shape[1:]) != tuple(ir):
                 found = tuple(ys[name].shape[1:]) if name in ys else "nothing"
-                raise DefectFound(
-                    f"create_model(**{params}) gives {found} for {name}, the spec at those params {tuple(ir)}", "create_model shape"
-                )
+                raise DefectFound(f"create_model(**{params}) gives {found} for {name}, the spec at those params {tuple(ir)}", "create_model shape")
         rel = max(float((fasts[n] - ys[n]).abs().max() / ys[n].abs().max().clamp_min(1e-12)) for n in ys)
         if not rel <= 1e-3:  # a fold rounds to ~2e-4 with random BN statistics
             raise DefectFound(f"for_inference(create_model(**{params})) changes the outputs by {rel:.2g} (relative)", "for_inference")

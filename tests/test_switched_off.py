@@ -30,6 +30,4 @@ def test_the_efficientnet_stage_repeat_off_builds_with_the_irs_counts(tmp_path):
     assert "repeat" in efficientnet.tree["blocks"]["stage"]["body"][1]
     path = tmp_path / "efficientnet.yaml"
     path.write_text(yaml.safe_dump(switch_off(efficientnet.tree, ("blocks", "stage", "body", 1)), sort_keys=False), encoding="utf-8")
-    assert (
-        run_case(path, {}, tmp_path / "out", build_model=True) == "built"
-    )  # rendered by both backends; the torch model has the IR's counts
+    assert run_case(path, {}, tmp_path / "out", build_model=True) == "built"  # rendered by both backends; the torch model has the IR's counts
