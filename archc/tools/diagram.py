@@ -87,8 +87,12 @@ class Frame:
 
 @dataclass(frozen=True)
 class Edge:
+    """A line through ``points``; ``skip``: the named tensor it carries from the layer that
+    names it to one that reads it, across the flows (drawn dashed), or "" in a flow."""
+
     points: tuple[tuple[float, float], ...]
     arrow: bool = True
+    skip: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class Text:
     text: str
     size: float = SMALL
     anchor: str = "start"  # 'start', 'middle', 'end'
-    kind: str = "shape"  # 'shape', 'path', 'title', 'subtitle', 'flow', 'note'
+    kind: str = "shape"  # 'shape', 'path', 'title', 'subtitle', 'flow', 'note', 'skip'
     bold: bool = False
 
 
@@ -119,7 +123,7 @@ Primitive = Box | Frame | Edge | Join | Text
 
 def moved(item: Primitive, dx: float, dy: float) -> Primitive:
     if isinstance(item, Edge):
-        return Edge(tuple((x + dx, y + dy) for x, y in item.points), item.arrow)
+        return Edge(tuple((x + dx, y + dy) for x, y in item.points), item.arrow, item.skip)
     return replace(item, x=item.x + dx, y=item.y + dy)
 
 
@@ -532,6 +536,39 @@ def _columns(columns: list[Piece], shapes: list[str], title: str, note: str) -> 
     return Piece(w, max(bottom + GAP + 6, y + GAP + 4 + SMALL + 2), a, items)
 
 
+def skip_edges(analysis: Analysis, items: list[Primitive]) -> list[Primitive]:
+    """An edge for each named tensor that a layer of a flow reads from a layer other than
+    the one right before it (a U-Net's skips, an FPN's laterals): out of the side of the
+    box or frame that names it facing the reader, across to a lane beside the reader, and
+    into the reader's side at its header, with the tensor's name at its start."""
+    drawn = {item.path: item for item in items if isinstance(item, Box | Frame)}
+    saved: dict[str, Node] = {}
+    out: list[Primitive] = []
+    for nodes in analysis.net.flows.values():
+        before = None
+        for node in (n for n in nodes if n.path in analysis.shapes):
+            for name in node.reads:
+                source = saved.get(name)
+                if source is not None and source is not before and source.path in drawn and node.path in drawn:
+                    out += _skip(drawn[source.path], drawn[node.path], name, len(out) // 2)
+            saved.update(dict.fromkeys(node.saves, node))
+            before = node
+    return out
+
+
+def _skip(src: Box | Frame, dst: Box | Frame, name: str, k: int) -> list[Primitive]:
+    """A skip edge from ``src`` (leaving near its end, where its output is) to ``dst``, in
+    lane ``k`` (lanes keep several skips into one column apart)."""
+    rightward = dst.x >= src.x + src.w / 2
+    x0 = src.x + src.w if rightward else src.x
+    x1 = dst.x if rightward else dst.x + dst.w
+    y0 = src.y + src.h - (BOX_H / 2 if isinstance(src, Box) else PAD + 4)
+    y1 = dst.y + (BOX_H / 2 if isinstance(dst, Box) else HEADER / 2)
+    lane = x1 - (1 if rightward else -1) * (6 + 4 * (k % 3))
+    edge = Edge(((x0, y0), (lane, y0), (lane, y1), (x1, y1)), True, name)
+    return [edge, Text(x0 + (3 if rightward else -3), y0 - 3, name, anchor="start" if rightward else "end", kind="skip")]
+
+
 def layout(analysis: Analysis, options: Options | None = None) -> Diagram:
     """The picture of an analysed spec: flows as columns left to right, a long flow
     wrapped into several columns (at the lowest height in COLUMNS that keeps the picture
@@ -565,5 +602,6 @@ def _layout(analysis: Analysis, options: Options, column: float) -> Diagram:
         items.extend(col.at(x, top))
         x += col.w + FLOW_GAP
         height = max(height, col.h)
+    items += skip_edges(analysis, items)
     width = max(x - FLOW_GAP, MARGIN + text_width(title, 16), MARGIN + text_width(subtitle, 10)) + MARGIN
     return Diagram(width, top + height + MARGIN, tuple(items), title)
