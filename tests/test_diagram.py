@@ -255,6 +255,28 @@ def test_a_unets_skips_are_drawn_across_from_the_encoder_to_the_decoder():
     assert not [e for e in layout(load(XCEPTION)).items if isinstance(e, Edge) and e.skip]  # a chain has none
 
 
+def test_a_unet_at_depth_1_is_a_u_with_each_skip_level():
+    """With its blocks collapsed, the U-Net's encoder goes down, its decoder (which reads
+    the encoder's tensors in the reverse order of their naming) comes back up beside
+    it, each decoder block level with the encoder stage whose tensor it reads (the
+    lower where it reads two), so that each skip is drawn straight across."""
+    from archc.tools.diagram import Box, Edge
+
+    analysis = load(ROOT / "examples/unet_resnet34.yaml")
+    diagram = layout(analysis, Options(depth=1))
+    centre = {i.path: i.y + i.h / 2 for i in diagram.items if isinstance(i, Box)}
+    encoder, decoder = ([centre[n.path] for n in analysis.net.flows[f]] for f in ("encoder", "decoder"))
+    assert encoder == sorted(encoder) and decoder == sorted(decoder, reverse=True)  # down, then up
+    skips = [i for i in diagram.items if isinstance(i, Edge) and i.skip]
+    assert len(skips) == 5
+    level = [e.skip for e in skips if abs(e.points[0][1] - e.points[-1][1]) < 1e-6]
+    assert sorted(level) == ["stride16", "stride2", "stride8"]
+    # block1 reads two (stride32 joins it from below); block3 sits as low as block2 and
+    # the shape written between them allow, a shape's gap above the stage it reads
+    assert all(abs(e.points[0][1] - e.points[-1][1]) <= 2 * 33 for e in skips)
+    assert max(encoder) > max(decoder) and min(decoder) < min(encoder)  # the decoder's bottom is the U's, its top above
+
+
 def test_docs_diagrams_are_up_to_date():
     for spec in buildable(SPECS):
         committed = ROOT / "docs/diagrams" / f"{spec.stem}.svg"
