@@ -283,6 +283,8 @@ def test_docs_diagrams_are_up_to_date():
         assert committed.exists() and committed.read_text() == to_svg(layout(load(spec))), (
             f"{committed.relative_to(ROOT)} is stale: run make docs"
         )
+    u = ROOT / "docs/diagrams/unet_resnet34_depth1.svg"  # docs/pictures.md's U
+    assert u.read_text() == to_svg(layout(load(ROOT / "examples/unet_resnet34.yaml"), Options(depth=1))), "run make docs"
 
 
 # -- errors ---------------------------------------------------------------------------------
