@@ -407,8 +407,8 @@ REWIRES = ("read undefined", "read later", "read input", "define twice", "drop a
 
 
 def graph_refs(tree: Any) -> tuple[list[tuple], list[tuple]]:
-    """(the positions that read named tensors: ``from:`` values and merges' short-form
-    lists; the positions of ``as:`` values), both in the order of the text."""
+    """(the positions that read named tensors: ``from:`` and ``like:`` values and merges'
+    short-form lists; the positions of ``as:`` values), both in the order of the text."""
     reads, saves = [], []
     for where in paths(tree):
         if not where or where[0] not in ("flows", "blocks"):
@@ -416,7 +416,7 @@ def graph_refs(tree: Any) -> tuple[list[tuple], list[tuple]]:
         value = at(tree, where)
         if where[-1] == "as":
             saves.append(where)
-        elif where[-1] == "from" or (where[-1] in MERGES and isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        elif where[-1] in ("from", "like") or (where[-1] in MERGES and isinstance(value, list) and all(isinstance(v, str) for v in value)):
             reads.append(where)
     return reads, saves
 
@@ -454,9 +454,12 @@ def rewire(data: st.DataObject, tree: Any) -> str | None:
         where = data.draw(st.sampled_from(saves), label="as")
         if edit == "drop as":
             del at(tree, where[:-1])["as"]
-        else:
-            other = data.draw(st.sampled_from(saves), label="other")
-            at(tree, where[:-1])["as"] = copy.deepcopy(at(tree, other))
+        elif entries := layer_entries(tree):  # its name given to another layer too
+            name = copy.deepcopy(at(tree, where))
+            where = data.draw(st.sampled_from(entries), label="layer")
+            parent, entry = at(tree, where[:-1]), at(tree, where)
+            op, fields = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+            parent[where[-1]] = {op: {**(fields or {}), "as": name}}
         return f"rewire {edit} {'.'.join(map(str, where))}"
     elif edit == "swap inputs" and (lists := [w for w in reads if isinstance(at(tree, w), list) and len(at(tree, w)) > 1]):
         where = data.draw(st.sampled_from(lists), label="merge")
