@@ -286,6 +286,18 @@ def test_a_bad_switched_output_is_one_located_line(tmp_path, outputs, message):
     assert str(err.value).startswith(f"{path}:{message}")
 
 
+def test_a_switched_off_output_must_name_a_tensor_too(tmp_path):
+    """The generated code names an output's tensor whichever way its param goes (found by
+    the fuzzer's rewire edit: a KeyError in both renderers)."""
+    path = tmp_path / "aux.yaml"
+    path.write_text(AUX.replace("aux: {from: aux,", "aux: {from: nowhere,"))
+    with pytest.raises(SpecError) as err:
+        load(path)  # aux_logits false: the output is off
+    assert str(err.value) == (
+        f"{path}:16:9: outputs.aux.from: expected a tensor that a flow names with as: (aux, input, logits, mid), found 'nowhere'"
+    )
+
+
 def test_an_output_switched_on_needs_its_layers(tmp_path):
     text = AUX.replace("when: $aux_logits}\n    - global_avg_pool: {when: $aux_logits}", "}\n    - global_avg_pool")
     with pytest.raises(SpecError, match="expected every layer to lead to an output"):
