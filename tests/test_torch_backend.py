@@ -763,12 +763,18 @@ flows:
     - unit: {f: 4}
     - zero_pad: [1, 2]
     - depthwise: {kernel: [3, 5]}
+    - act: relu
+    - zero_pad: 1
+    - maxpool: {pool: 3, stride: 1}
+    - zero_pad: 1
+    - maxpool: {pool: 3, stride: 1}
 """
 
 
 def test_a_symmetric_zero_pad_is_the_next_convs_own_padding(tmp_path, monkeypatch):
     """A zero_pad equal on both sides right before a 'valid' conv or depthwise is the
-    conv's ``padding=`` (no padded copy: passes.fold.takes_pad); a pad a block argument
+    conv's ``padding=`` (no padded copy: passes.fold.takes_pad), before a max pool only
+    where a relu feeds it (torch pads a pool with -inf); a pad a block argument
     switches gives a conditional padding, an asymmetric one stays a layer. The outputs and
     state_dict keys are those of the model rendered with every pad a layer."""
     import importlib
@@ -779,16 +785,17 @@ def test_a_symmetric_zero_pad_is_the_next_convs_own_padding(tmp_path, monkeypatc
     spec = small_spec(tmp_path, PADS)
     (file,) = build(spec, ["torch"], tmp_path / "folded")
     source = file.read_text()
-    assert source.count("nn.ZeroPad2d(") == 1 and "nn.ZeroPad2d((0, 1, 0, 1))" in source  # the asymmetric one
+    assert source.count("nn.ZeroPad2d(") == 2 and "nn.ZeroPad2d((0, 1, 0, 1))" in source  # the asymmetric one
+    assert source.count("nn.MaxPool2d(3, stride=1, padding=1)") == 1  # after the relu; the pad after a pool stays
     assert "nn.Conv2d(3, 6, 3, stride=2, padding=1)" in source
     assert "padding=conv_padding(pad) if pad > 0 else 0" in source
     assert "padding=(1, 2)" in source  # the depthwise's
     folded = BACKEND.load(file).create_model()
 
-    monkeypatch.setattr(render, "takes_pad", lambda pad, after: False)
-    monkeypatch.setattr(scope, "takes_pad", lambda pad, after: False)
+    monkeypatch.setattr(render, "takes_pad", lambda pad, after, before=None: False)
+    monkeypatch.setattr(scope, "takes_pad", lambda pad, after, before=None: False)
     (plain_file,) = build(spec, ["torch"], tmp_path / "plain")
-    assert plain_file.read_text().count("nn.ZeroPad2d(") == 4  # the stem's two, the block's, the depthwise's
+    assert plain_file.read_text().count("nn.ZeroPad2d(") == 6  # the stem's two, the block's, the depthwise's, the pools' two
     plain = BACKEND.load(plain_file).create_model()
     assert folded.state_dict().keys() == plain.state_dict().keys()
     torch.manual_seed(0)

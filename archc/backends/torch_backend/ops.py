@@ -326,7 +326,7 @@ def _pool(r, node: ir.MaxPool | ir.AvgPool, env, names: tuple[str, str, str]) ->
 
 def emit_maxpool(r, node: ir.MaxPool, env, ch, rank) -> Expr:
     func, args, padding = _pool(r, node, env, ("nn.MaxPool2d", "MaxPool2dSame", "max_pool2d"))
-    return Call(func, (*args, *padding))
+    return Call(func, (*args, *taken_pad(r, node, env), *padding))
 
 
 def emit_avgpool(r, node: ir.AvgPool, env, ch, rank) -> Expr:

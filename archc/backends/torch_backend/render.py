@@ -116,11 +116,11 @@ class Renderer(ChannelAlgebra):
         timm's models: it saves a feature map of memory per activation."""
         out: list[Statement] = []
         fresh = False
-        for node, after in zip(nodes, [*nodes[1:], None]):
+        for before, node, after in zip([None, *nodes], nodes, [*nodes[1:], None]):
             if node.reads:  # named tensors instead of the previous output (never overwritten in place)
                 source, fresh = self.tensor(node.reads[0]), False
                 ch, rank = self.tensor_channels[node.reads[0]]
-            if takes_pad(node, after):  # the conv after it pads its own input (passes.fold)
+            if takes_pad(node, after, before):  # the conv after it pads its own input (passes.fold)
                 self.pads[after.path] = (node, self.value(node, "when", env))
                 continue
             cond, after, after_rank = self.step(node, env, ch, rank)

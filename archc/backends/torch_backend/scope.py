@@ -39,7 +39,7 @@ TAKEN = RESERVED | {"forward", "training"}
 def live(nodes: list[Node]) -> list[Node]:
     """The nodes that the generated code has as layers: not removed by a literal ``when:
     false``, nor a zero padding that the conv after it takes as its own ``padding=``."""
-    return [node for node, after in zip(nodes, [*nodes[1:], None]) if node.in_code() and not takes_pad(node, after)]
+    return [n for before, n, after in zip([None, *nodes], nodes, [*nodes[1:], None]) if n.in_code() and not takes_pad(n, after, before)]
 
 
 def live_children(node: Node) -> list[tuple[str, list[Node]]]:
