@@ -34,6 +34,7 @@ docs: install  ## redraw docs/diagrams/ from specs/ and examples/ (a test compar
 	@for spec in specs/*.yaml examples/*.yaml; do \
 		$(BIN)/archc graph $$spec -o docs/diagrams/$$(basename $$spec .yaml).svg || exit 1; \
 	done
+	$(BIN)/archc graph examples/unet_resnet34.yaml --depth 1 -o docs/diagrams/unet_resnet34_depth1.svg
 
 # Mutated copies of every spec in specs/ and examples/: each must end in a located error
 # or in valid generated code (tests/fuzz.py; the tests run a fixed-seed sample of 250).

@@ -26,15 +26,28 @@ time differs most.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import LoadMonitor, alternate, import_file, machine, median, spread, stopwatch, table, today, verdict, write_json
+from common import (
+    LoadMonitor,
+    alternate,
+    cpu_seconds,
+    import_file,
+    log,
+    machine,
+    median,
+    op_differences,
+    stopwatch,
+    table,
+    time_row,
+    today,
+    uptime,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # graph_oracles: the references, as the tests build them
@@ -44,15 +57,6 @@ REFERENCE = {
     "deeplabv3": "torchvision deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False)",
     "unet_resnet34": 'segmentation_models_pytorch Unet("resnet34", encoder_weights=None, classes=2)',
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def uptime() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
 class Side:
@@ -87,15 +91,6 @@ class Side:
     @staticmethod
     def clock(step) -> float:
         return stopwatch(step)
-
-
-def cpu_seconds(step) -> float:
-    """The CPU time this process spends in ``step`` (all its threads): on a machine that
-    other processes load, less of their noise than the wall clock, which also counts the
-    time this process waits for a CPU."""
-    start = time.process_time()
-    step()
-    return time.process_time() - start
 
 
 def build_pair(model: str, out_dir: str, given: str | None = None) -> tuple[dict[str, Side], dict]:
@@ -135,19 +130,8 @@ def profile(sides: dict[str, Side], model: str, rows: int) -> None:
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             side.train_step()
         totals[name] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()}
-    keys = set(totals["generated"]) | set(totals["reference"])
-    diffs = []
-    for key in keys:
-        (g, gn), (r, rn) = totals["generated"].get(key, (0.0, 0)), totals["reference"].get(key, (0.0, 0))
-        diffs.append((g - r, key, g, gn, r, rn))
-    diffs.sort(key=lambda d: -abs(d[0]))
     print(f"\n{model}: ops whose self CPU time differs most in one training step (generated - reference)\n")
-    print(
-        table(
-            ["op", "generated ms", "calls", "reference ms", "calls", "difference ms"],
-            [(k, f"{g:.1f}", gn, f"{r:.1f}", rn, f"{d:+.1f}") for d, k, g, gn, r, rn in diffs[:rows]],
-        )
-    )
+    print(op_differences(totals, rows))
 
 
 def run_model(model: str, args: argparse.Namespace, out_dir: str) -> dict:
@@ -170,20 +154,9 @@ def run_model(model: str, args: argparse.Namespace, out_dir: str) -> dict:
     result["uptime_after"], result["background_load"] = uptime(), load.fraction
     rows = []
     for phase, batch in (("train", args.batch), ("infer", args.infer_batch)):
-        g, r = median(result[phase]["generated"]), median(result[phase]["reference"])
         what = "training step" if phase == "train" else "inference batch"
-        rows.append(
-            (
-                f"{what}, batch {batch} (s)",
-                f"{g:.3f}",
-                spread(result[phase]["generated"]),
-                f"{r:.3f}",
-                spread(result[phase]["reference"]),
-                f"{g / r:.3f}",
-                verdict(g / r, 1.00, result[phase]["generated"], result[phase]["reference"]) + " (<= 1.00)",
-            )
-        )
-        result[f"{phase}_ratio"] = g / r
+        rows.append(time_row(f"{what}, batch {batch} (s)", result[phase]["generated"], result[phase]["reference"]))
+        result[f"{phase}_ratio"] = median(result[phase]["generated"]) / median(result[phase]["reference"])
     print(
         f"\n{model}: medians of {args.reps} training / {args.infer_reps} inference alternating rounds, {args.size}x{args.size}, "
         f"{args.clock} clock seconds"

@@ -38,7 +38,21 @@ import sys
 from pathlib import Path
 
 import torch
-from common import LoadMonitor, alternate, import_file, machine, median, spread, stopwatch, table, today, verdict, wait_idle, write_json
+from common import (
+    LoadMonitor,
+    alternate,
+    import_file,
+    log,
+    machine,
+    median,
+    spread,
+    stopwatch,
+    table,
+    today,
+    verdict,
+    wait_idle,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("xception", "inception_v3_slim")
@@ -47,10 +61,6 @@ REFERENCE = {
     "xception": 'timm.create_model("legacy_xception", pretrained=False)',
     "inception_v3_slim": "torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)",
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def reference_model(model: str) -> torch.nn.Module:

@@ -41,17 +41,17 @@ from common import (  # noqa: E402
     build_generated,
     child_result,
     import_file,
+    log,
     machine,
     measure_step_memory,
     median,
     memory_pairs,
     memory_rows,
     run_child,
-    spread,
     stopwatch,
     table,
+    time_row,
     today,
-    verdict,
     wait_idle,
     write_json,
 )
@@ -69,10 +69,6 @@ NOTES = {
         "the same layers as keras.applications.InceptionV3 (conv without bias, BN without scale, relu); layer names differ",
     ],
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def setup_tf(threads: int):
@@ -258,17 +254,7 @@ def report(result: dict, args: argparse.Namespace, load: LoadMonitor) -> None:
             continue
         g, r = median(result[phase]["generated"]), median(result[phase]["reference"])
         label = "training step" if phase == "train" else "inference batch"
-        rows.append(
-            (
-                f"{label}, batch {batch} (s)",
-                f"{g:.3f}",
-                spread(result[phase]["generated"]),
-                f"{r:.3f}",
-                spread(result[phase]["reference"]),
-                f"{g / r:.3f}",
-                verdict(g / r, 1.00, result[phase]["generated"], result[phase]["reference"]) + " (<= 1.00)",
-            )
-        )
+        rows.append(time_row(f"{label}, batch {batch} (s)", result[phase]["generated"], result[phase]["reference"]))
         rows.append(
             (
                 f"  images/s ({phase})",

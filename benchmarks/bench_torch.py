@@ -49,17 +49,18 @@ from common import (
     build_generated,
     child_result,
     import_file,
+    log,
     machine,
     measure_step_memory,
     median,
     memory_pairs,
     memory_rows,
+    op_differences,
     run_child,
-    spread,
     stopwatch,
     table,
+    time_row,
     today,
-    verdict,
     wait_idle,
     write_json,
 )
@@ -106,10 +107,6 @@ INVENTORY_OPS = (
     "native_dropout",
     "mean",
 )
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- models --------------------------------------------------------------------------------
@@ -295,20 +292,8 @@ def profile(benches: dict[str, Bench], model: str, args: argparse.Namespace) -> 
         totals[impl] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in averages}
         print(f"\n{model} {impl}: one training step, top ops by self CPU time")
         print(averages.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
-    keys = set(totals["generated"]) | set(totals["reference"])
-    rows = []
-    for key in keys:
-        g_ms, g_n = totals["generated"].get(key, (0.0, 0))
-        r_ms, r_n = totals["reference"].get(key, (0.0, 0))
-        rows.append((g_ms - r_ms, key, g_ms, g_n, r_ms, r_n))
-    rows.sort(key=lambda r: -abs(r[0]))
     print(f"\n{model}: ops whose self CPU time differs most (generated - reference), one training step")
-    print(
-        table(
-            ["op", "generated ms", "calls", "reference ms", "calls", "difference ms"],
-            [(k, f"{g:.1f}", gn, f"{r:.1f}", rn, f"{d:+.1f}") for d, k, g, gn, r, rn in rows[: args.profile_rows]],
-        )
-    )
+    print(op_differences(totals, args.profile_rows))
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -378,17 +363,7 @@ def report(result: dict, args: argparse.Namespace, load: LoadMonitor) -> None:
         label = "training step" if phase == "train" else "inference batch"
         tflops = flops_per_image * batch / g / 1e12
         peak = f", {100 * tflops / args.peak_tflops:.1f}% of {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else ""
-        rows.append(
-            (
-                f"{label}, batch {batch} (s)",
-                f"{g:.3f}",
-                spread(result[phase]["generated"]),
-                f"{r:.3f}",
-                spread(result[phase]["reference"]),
-                f"{g / r:.3f}",
-                verdict(g / r, 1.00, result[phase]["generated"], result[phase]["reference"]) + " (<= 1.00)",
-            )
-        )
+        rows.append(time_row(f"{label}, batch {batch} (s)", result[phase]["generated"], result[phase]["reference"]))
         rows.append(
             (
                 f"  images/s ({phase})",

@@ -1,4 +1,5 @@
-"""Helpers shared by the archc benchmark scripts (bench_torch, bench_keras, bench_compile).
+"""Helpers shared by the archc benchmark scripts (bench_torch, bench_keras, bench_graphs,
+bench_compile, bench_inference).
 
 Nothing here imports a deep-learning framework. The benchmarks live outside ``tests/``
 (pytest's ``testpaths``), so the test suite never collects or runs them.
@@ -25,6 +26,11 @@ SPECS = {
     "inception_v3_slim": ROOT / "specs" / "inception_v3_slim.yaml",
 }
 CHILD_MARK = "ARCHC_BENCH_RESULT "  # the line a measuring child process prints its JSON on
+
+
+def log(message: str) -> None:
+    """Progress, on stderr (stdout is the report)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 # -- timing --------------------------------------------------------------------------------
@@ -62,6 +68,15 @@ def stopwatch(fn: Callable[[], object], sync: Callable[[], None] | None = None) 
     return time.perf_counter() - start
 
 
+def cpu_seconds(step: Callable[[], object]) -> float:
+    """The CPU time this process spends in ``step`` (all its threads): on a machine that
+    other processes load, less of their noise than the wall clock, which also counts the
+    time this process waits for a CPU."""
+    start = time.process_time()
+    step()
+    return time.process_time() - start
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
@@ -84,6 +99,36 @@ def verdict(ratio: float, target: float, generated: Sequence[float] = (), refere
     return "MISSED"
 
 
+def time_row(label: str, generated: Sequence[float], reference: Sequence[float], target: float = 1.00) -> tuple[str, ...]:
+    """A report's row for one timed phase: medians, spreads, generated / reference and
+    the verdict against ``target``."""
+    g, r = median(generated), median(reference)
+    return (
+        label,
+        f"{g:.3f}",
+        spread(generated),
+        f"{r:.3f}",
+        spread(reference),
+        f"{g / r:.3f}",
+        f"{verdict(g / r, target, generated, reference)} (<= {target:.2f})",
+    )
+
+
+def op_differences(totals: dict[str, dict[str, tuple[float, int]]], rows: int) -> str:
+    """The ops whose self time differs most between the two sides of a profile
+    (``totals``: side -> op -> (ms, calls)), as a table."""
+    keys = set(totals["generated"]) | set(totals["reference"])
+    diffs = []
+    for key in keys:
+        (g, gn), (r, rn) = totals["generated"].get(key, (0.0, 0)), totals["reference"].get(key, (0.0, 0))
+        diffs.append((g - r, key, g, gn, r, rn))
+    diffs.sort(key=lambda d: -abs(d[0]))
+    return table(
+        ["op", "generated ms", "calls", "reference ms", "calls", "difference ms"],
+        [(k, f"{g:.1f}", gn, f"{r:.1f}", rn, f"{d:+.1f}") for d, k, g, gn, r, rn in diffs[:rows]],
+    )
+
+
 def _quartiles(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 4:
         return min(values), max(values)
@@ -92,6 +137,12 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float]:
 
 
 # -- background load ----------------------------------------------------------------------
+
+
+def uptime() -> str:
+    """The load average, as ``uptime`` prints it, and the CPU count."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
 def _busy_seconds() -> float | None:

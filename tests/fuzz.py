@@ -20,8 +20,14 @@ module generated at the spec's params, built with ``create_model(**p)``, must ha
 counts and output shape of the spec built at ``p``, and ``for_inference`` must keep its
 outputs (one such case in ``--inference-every``).
 
+*rewire* edits the graph syntax as a user's slip would: a ``from:`` (or a merge's list)
+that names an undefined tensor, one defined later, or the input; an ``as:`` dropped or
+copied onto another layer (a name defined twice); a merge's inputs swapped; an output
+dropped or naming nothing. The summary counts each kind with its outcome.
+
     python tests/fuzz.py --cases 10000 --jobs 2      # make fuzz
     python tests/fuzz.py --cases 200 --keep out/     # write each defect's input to out/
+    python tests/fuzz.py --cases 500 --edits rewire  # only the graph edits (from:, as:, outputs:)
 
 A defect's kind (the exception, or what a check found) is counted in the summary.
 
@@ -396,7 +402,85 @@ def switch_off(tree: Any, where: tuple) -> Any:
     return tree
 
 
+MERGES = ("add", "concat", "multiply")  # ops whose one value may be the list of tensors they read
+REWIRES = ("read undefined", "read later", "read input", "define twice", "drop as", "swap inputs", "drop output", "output undefined")
+
+
+def graph_refs(tree: Any) -> tuple[list[tuple], list[tuple]]:
+    """(the positions that read named tensors: ``from:`` and ``like:`` values and merges'
+    short-form lists; the positions of ``as:`` values), both in the order of the text."""
+    reads, saves = [], []
+    for where in paths(tree):
+        if not where or where[0] not in ("flows", "blocks"):
+            continue
+        value = at(tree, where)
+        if where[-1] == "as":
+            saves.append(where)
+        elif where[-1] in ("from", "like") or (where[-1] in MERGES and isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            reads.append(where)
+    return reads, saves
+
+
+def _names(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _set_read(tree: Any, where: tuple, name: str, data: st.DataObject) -> None:
+    """One tensor that the read at ``where`` names becomes ``name``."""
+    parent, value = at(tree, where[:-1]), at(tree, where)
+    if isinstance(value, list) and value:
+        value[data.draw(st.integers(0, len(value) - 1), label="which input")] = name
+    else:
+        parent[where[-1]] = name
+
+
+def rewire(data: st.DataObject, tree: Any) -> str | None:
+    """An edit of the graph syntax (``from:``, ``as:``, ``outputs:``), as a user's slip
+    would make it: a read of an undefined name, of a name defined later, of the input; a
+    name defined twice or not at all; a merge's inputs swapped; an output dropped or
+    naming nothing. Each must give a located error or a valid build. None: nothing to edit."""
+    reads, saves = graph_refs(tree)
+    outputs = tree.get("outputs") if isinstance(tree, dict) else None
+    edit = data.draw(st.sampled_from(REWIRES), label="rewire")
+    order = {where: i for i, where in enumerate(paths(tree))}
+    if edit.startswith("read") and reads:
+        where = data.draw(st.sampled_from(reads), label="read")
+        later = [n for s in saves if order[s] > order[where] for n in _names(at(tree, s))]
+        name = {"read undefined": "nowhere", "read input": "input"}.get(edit) or (later and data.draw(st.sampled_from(later), label="name"))
+        if name:
+            _set_read(tree, where, name, data)
+            return f"rewire {edit} {'.'.join(map(str, where))}"
+    elif edit in ("define twice", "drop as") and saves:
+        where = data.draw(st.sampled_from(saves), label="as")
+        if edit == "drop as":
+            del at(tree, where[:-1])["as"]
+        elif entries := layer_entries(tree):  # its name given to another layer too
+            name = copy.deepcopy(at(tree, where))
+            where = data.draw(st.sampled_from(entries), label="layer")
+            parent, entry = at(tree, where[:-1]), at(tree, where)
+            op, fields = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+            parent[where[-1]] = {op: {**(fields or {}), "as": name}}
+        return f"rewire {edit} {'.'.join(map(str, where))}"
+    elif edit == "swap inputs" and (lists := [w for w in reads if isinstance(at(tree, w), list) and len(at(tree, w)) > 1]):
+        where = data.draw(st.sampled_from(lists), label="merge")
+        at(tree, where).reverse()
+        return f"rewire {edit} {'.'.join(map(str, where))}"
+    elif edit.startswith("output") or edit == "drop output":
+        if isinstance(outputs, dict) and outputs:
+            name = data.draw(st.sampled_from(list(outputs)), label="output")
+            if edit == "drop output":
+                del outputs[name]
+            elif isinstance(outputs[name], dict):
+                outputs[name]["from"] = "nowhere"
+            else:
+                outputs[name] = "nowhere"
+            return f"rewire {edit} outputs.{name}"
+    return None
+
+
 EDITS = [
+    "rewire",
+    "rewire",
     "replace",
     "replace",
     "delete",
@@ -413,16 +497,19 @@ EDITS = [
 ]
 
 
-def mutate_tree(data: st.DataObject, seed: Seed, words: list[str]) -> tuple[str, str, dict[str, Any]]:
+def mutate_tree(data: st.DataObject, seed: Seed, words: list[str], edits: list[str] = EDITS) -> tuple[str, str, dict[str, Any]]:
     """One to three tree edits, then YAML text (block or flow style), and the params
     that *lift* added, with their values."""
     tree = copy.deepcopy(seed.tree)
     done = []
     lifted: dict[str, Any] = {}
     # one case in four is a single lift, the edit a user makes to try a value: valid, mostly
-    only_lift = isinstance(tree, dict) and data.draw(st.integers(0, 3), label="only lift?") == 0
+    only_lift = isinstance(tree, dict) and "lift" in edits and data.draw(st.integers(0, 3), label="only lift?") == 0
     for _ in range(1 if only_lift else data.draw(st.integers(1, 3), label="edits")):
-        edit = "lift" if only_lift else data.draw(st.sampled_from(EDITS), label="edit")
+        edit = "lift" if only_lift else data.draw(st.sampled_from(edits), label="edit")
+        if edit == "rewire":
+            done.append(rewire(data, tree) or "rewire: nothing to rewire")
+            continue
         if edit in ("retype", "lift"):
             where = node_by_key(data, tree, numbers=edit == "lift")
         else:
@@ -740,6 +827,7 @@ def fuzz(
     inference_every: int = 1,
     seeds: list[Seed] | None = None,
     progress: bool = False,
+    edits: list[str] = EDITS,
 ) -> Summary:
     """Run ``cases`` hypothesis-generated cases (fixed ``seed``: the same cases each run)."""
     seeds = seeds if seeds is not None else seed_specs()
@@ -759,8 +847,8 @@ def fuzz(
     def case(data: st.DataObject) -> None:
         spec = data.draw(st.sampled_from(seeds), label="spec")
         lifted: dict[str, Any] = {}
-        if data.draw(st.booleans(), label="tree?"):
-            text, mutation, lifted = mutate_tree(data, spec, words)
+        if edits != EDITS or data.draw(st.booleans(), label="tree?"):
+            text, mutation, lifted = mutate_tree(data, spec, words, edits)
             raw = text.encode("utf-8")
         else:
             raw, mutation = mutate_text(data, spec, words)
@@ -804,6 +892,8 @@ def fuzz(
         summary.checked += outcome == "checked"
         summary.errors += outcome == "error"
         summary.kinds[mutation.split(":")[0] + " " + outcome] += 1
+        for edit in re.findall(r"rewire \w+ \w+", mutation):  # the graph edits, each by kind
+            summary.kinds[f"{edit} {outcome}"] += 1
         if progress and summary.cases % 500 == 0:
             print(f"seed {seed}: {summary.line()}", file=sys.stderr, flush=True)
 
@@ -814,10 +904,10 @@ def fuzz(
     return summary
 
 
-def _worker(args: tuple[int, int, int, int, str]) -> Summary:
-    cases, seed, build_every, inference_every, only = args
+def _worker(args: tuple[int, int, int, int, str, list[str]]) -> Summary:
+    cases, seed, build_every, inference_every, only, edits = args
     seeds = [s for s in seed_specs() if fnmatch.fnmatch(s.path.name, only)]
-    return fuzz(cases, seed, build_every=build_every, inference_every=inference_every, seeds=seeds, progress=True)
+    return fuzz(cases, seed, build_every=build_every, inference_every=inference_every, seeds=seeds, progress=True, edits=edits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -833,11 +923,14 @@ def main(argv: list[str] | None = None) -> int:
         help="check create_model and for_inference for one case in N that draws their params (0: never)",
     )
     parser.add_argument("--specs", default="*", metavar="GLOB", help="only the seed specs whose file name matches (default: all)")
+    parser.add_argument(
+        "--edits", nargs="+", choices=sorted(set(EDITS)), default=EDITS, help="only these tree edits (and no text edits): e.g. rewire"
+    )
     parser.add_argument("--keep", type=Path, help="write each defect's input (and what went wrong) into this folder")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     shares = [args.cases // args.jobs + (i < args.cases % args.jobs) for i in range(args.jobs)]
-    jobs = [(n, args.seed + i, args.build_every, args.inference_every, args.specs) for i, n in enumerate(shares)]
+    jobs = [(n, args.seed + i, args.build_every, args.inference_every, args.specs, args.edits) for i, n in enumerate(shares)]
     if args.jobs == 1:
         results = [_worker(jobs[0])]
     else:

@@ -228,12 +228,63 @@ def test_a_gate_is_its_body_beside_the_identity_joined_by_a_product():
     assert {"DepthwiseConv 3x3, stride 2", "HardSwish", "HardSigmoid"} <= labels
 
 
+def test_a_unets_skips_are_drawn_across_from_the_encoder_to_the_decoder():
+    """Each tensor the U-Net's decoder reads from the encoder is one dashed edge that
+    leaves the side of the stage that names it, facing the decoder, and enters the side
+    of the decoder block that reads it; a read of the layer right before (up16 into
+    block2) is the flow's own edge, not a skip."""
+    from archc.tools.diagram import Box, Edge, Frame
+
+    analysis = load(ROOT / "examples/unet_resnet34.yaml")
+    diagram = layout(analysis)
+    drawn = {item.path: item for item in diagram.items if isinstance(item, Box | Frame)}
+    skips = {item.skip: item for item in diagram.items if isinstance(item, Edge) and item.skip}
+    assert sorted(skips) == ["stride16", "stride2", "stride32", "stride4", "stride8"]
+    net = analysis.net
+    names = {name: node.path for nodes in net.flows.values() for node in nodes for name in node.saves}
+    readers = {name: node.path for node in net.flows["decoder"] for name in node.reads}
+    for name, edge in skips.items():
+        src, dst = drawn[names[name]], drawn[readers[name]]
+        (x0, y0), *_, (x1, y1) = edge.points
+        assert x0 == src.x + src.w and src.y <= y0 <= src.y + src.h, name  # out of the encoder stage's right side
+        assert x1 == dst.x and dst.y <= y1 <= dst.y + dst.h, name  # into the decoder block's left side
+        (lane, _), (lane2, _) = edge.points[1:3]
+        assert lane == lane2 and x0 < lane < x1, name  # across, down or up a lane beside the decoder block, and in
+    root = ET.fromstring(to_svg(diagram))
+    assert sorted(e.get("data-tensor") for e in root.iter(f"{SVG}polyline") if e.get("data-tensor")) == sorted(skips)
+    assert not [e for e in layout(load(XCEPTION)).items if isinstance(e, Edge) and e.skip]  # a chain has none
+
+
+def test_a_unet_at_depth_1_is_a_u_with_each_skip_level():
+    """With its blocks collapsed, the U-Net's encoder goes down, its decoder (which reads
+    the encoder's tensors in the reverse order of their naming) comes back up beside
+    it, each decoder block level with the encoder stage whose tensor it reads (the
+    lower where it reads two), so that each skip is drawn straight across."""
+    from archc.tools.diagram import Box, Edge
+
+    analysis = load(ROOT / "examples/unet_resnet34.yaml")
+    diagram = layout(analysis, Options(depth=1))
+    centre = {i.path: i.y + i.h / 2 for i in diagram.items if isinstance(i, Box)}
+    encoder, decoder = ([centre[n.path] for n in analysis.net.flows[f]] for f in ("encoder", "decoder"))
+    assert encoder == sorted(encoder) and decoder == sorted(decoder, reverse=True)  # down, then up
+    skips = [i for i in diagram.items if isinstance(i, Edge) and i.skip]
+    assert len(skips) == 5
+    level = [e.skip for e in skips if abs(e.points[0][1] - e.points[-1][1]) < 1e-6]
+    assert sorted(level) == ["stride16", "stride2", "stride8"]
+    # block1 reads two (stride32 joins it from below); block3 sits as low as block2 and
+    # the shape written between them allow, a shape's gap above the stage it reads
+    assert all(abs(e.points[0][1] - e.points[-1][1]) <= 2 * 33 for e in skips)
+    assert max(encoder) > max(decoder) and min(decoder) < min(encoder)  # the decoder's bottom is the U's, its top above
+
+
 def test_docs_diagrams_are_up_to_date():
     for spec in buildable(SPECS):
         committed = ROOT / "docs/diagrams" / f"{spec.stem}.svg"
         assert committed.exists() and committed.read_text() == to_svg(layout(load(spec))), (
             f"{committed.relative_to(ROOT)} is stale: run make docs"
         )
+    u = ROOT / "docs/diagrams/unet_resnet34_depth1.svg"  # docs/pictures.md's U
+    assert u.read_text() == to_svg(layout(load(ROOT / "examples/unet_resnet34.yaml"), Options(depth=1))), "run make docs"
 
 
 # -- errors ---------------------------------------------------------------------------------

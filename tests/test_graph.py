@@ -239,6 +239,7 @@ def test_a_param_switches_an_output_off(tmp_path):
     path = spec(tmp_path, AUX)
     off, on = load(path), load(path, {"aux_logits": True})
     assert off.outputs == {"logits": (5,)} and on.outputs == {"logits": (5,), "aux": (5,)}
+    assert on.net.output_when == {"aux": (True, "aux_logits")}
     assert on.total.trainable - off.total.trainable == conv(1, 4, 2) + 2 * 5 + 5
     x = np.zeros((1, 16, 16, 3), "float32")
     assert tuple(keras_model(off, tmp_path)(x).shape) == (1, 5)  # one output on: the model's tensor, as with one output
@@ -256,6 +257,45 @@ def test_a_torch_model_with_one_output_on_returns_its_tensor(tmp_path):
     x = torch.zeros(1, 3, 16, 16)
     assert module.create_model()(x).shape == (1, 5)
     assert {name: tuple(t.shape) for name, t in module.create_model(aux_logits=True)(x).items()} == {"logits": (1, 5), "aux": (1, 5)}
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (
+            "  logits: {from: logits, when: $aux_logits}\n  aux: {from: aux, when: $aux_logits}\n",
+            "15:3: outputs: expected at least one output switched on, found every one switched off",
+        ),
+        (
+            "  logits: logits\n  aux: {from: aux, whn: $aux_logits}\n",
+            "16:20: outputs.aux.whn: expected a key of a switched output (from, when), found 'whn'",
+        ),
+        ("  logits: logits\n  aux: {when: $aux_logits}\n", "16:8: outputs.aux: expected 'from' (the tensor) and 'when', found no 'from'"),
+        ("  logits: logits\n  aux: {from: aux, when: 3}\n", "16:26: outputs.aux.when: expected true or false, found 3"),
+        (
+            "  logits: logits\n  aux: {from: ax, when: true}\n",
+            "16:9: outputs.aux.from: expected a tensor that a flow names with as: (aux, input, logits, mid), found 'ax'",
+        ),
+    ],
+)
+def test_a_bad_switched_output_is_one_located_line(tmp_path, outputs, message):
+    path = tmp_path / "aux.yaml"
+    path.write_text(AUX.split("outputs:")[0] + "outputs:\n" + outputs)
+    with pytest.raises(SpecError) as err:
+        load(path, {"aux_logits": "every one" not in message})
+    assert str(err.value).startswith(f"{path}:{message}")
+
+
+def test_a_switched_off_output_must_name_a_tensor_too(tmp_path):
+    """The generated code names an output's tensor whichever way its param goes (found by
+    the fuzzer's rewire edit: a KeyError in both renderers)."""
+    path = tmp_path / "aux.yaml"
+    path.write_text(AUX.replace("aux: {from: aux,", "aux: {from: nowhere,"))
+    with pytest.raises(SpecError) as err:
+        load(path)  # aux_logits false: the output is off
+    assert str(err.value) == (
+        f"{path}:16:9: outputs.aux.from: expected a tensor that a flow names with as: (aux, input, logits, mid), found 'nowhere'"
+    )
 
 
 def test_an_output_switched_on_needs_its_layers(tmp_path):

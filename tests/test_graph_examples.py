@@ -14,7 +14,6 @@ import pytest
 
 from archc.api import load
 from archc.passes.instances import roles, weighted
-from archc.syntax.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,59 +121,3 @@ def test_the_weights_line_up_with_the_references_state_dict(example):
     path, params, oracle, *_ = REFERENCES[example]
     a = load(ROOT / path, params)
     assert _torch_weight_shapes(a) == _oracle(oracle)(a.net.input[0])["weights"]
-
-
-# -- outputs a param switches (an auxiliary head) ----------------------------------------------
-
-SWITCHED = """\
-name: switched
-input: [16, 16, 3]
-params: {aux: false}
-flows:
-  main:
-    - conv: {filters: 4, kernel: 3, as: features}
-    - global_avg_pool
-    - dense: {units: 10, as: logits}
-  side:
-    - global_max_pool: {from: features, when: $aux}
-    - dense: {units: 2, when: $aux, as: extra}
-outputs:
-  logits: logits
-  extra: {from: extra, when: $aux}
-"""
-
-
-def test_an_output_can_be_switched_by_a_param(tmp_path):
-    spec = tmp_path / "switched.yaml"
-    spec.write_text(SWITCHED)
-    off, on = load(spec), load(spec, {"aux": True})
-    assert off.outputs == {"logits": (10,)} and off.total.trainable == 112 + 50
-    assert on.outputs == {"logits": (10,), "extra": (2,)} and on.total.trainable == 112 + 50 + 10
-    assert on.net.output_when == {"extra": (True, "aux")}
-
-
-@pytest.mark.parametrize(
-    "outputs, message",
-    [
-        (
-            "  logits: {from: logits, when: $aux}\n  extra: {from: extra, when: $aux}\n",
-            "13:3: outputs: expected at least one output switched on, found every one switched off",
-        ),
-        (
-            "  logits: logits\n  extra: {from: extra, whn: $aux}\n",
-            "14:24: outputs.extra.whn: expected a key of a switched output (from, when), found 'whn'",
-        ),
-        ("  logits: logits\n  extra: {when: $aux}\n", "14:10: outputs.extra: expected 'from' (the tensor) and 'when', found no 'from'"),
-        ("  logits: logits\n  extra: {from: extra, when: 3}\n", "14:30: outputs.extra.when: expected true or false, found 3"),
-        (
-            "  logits: logits\n  extra: {from: extr, when: true}\n",
-            "14:11: outputs.extra.from: expected a tensor that a flow names with as: (extra, features, input, logits), found 'extr'",
-        ),
-    ],
-)
-def test_a_bad_switched_output_is_one_located_line(tmp_path, outputs, message):
-    spec = tmp_path / "switched.yaml"
-    spec.write_text(SWITCHED.split("outputs:")[0] + "outputs:\n" + outputs)
-    with pytest.raises(SpecError) as err:
-        load(spec, {"aux": "every one" not in message})
-    assert str(err.value).startswith(f"{spec}:{message}")

@@ -738,3 +738,69 @@ def test_a_flow_or_run_that_is_no_chain_is_a_module_dict_run_by_statements(tmp_p
         check_shapes(model, analysis)
     forward = _forward(tmp_path / "True" / "scopes_torch.py", "Scopes")
     assert "for run in self.body.repeat1:" in forward and "x = self.body.conv1(x)" in forward
+
+
+PADS = """\
+name: pads
+input: [21, 19, 3]
+blocks:
+  unit:
+    args: {f: 4, pad: 0, d: 1}
+    body:
+      - zero_pad: {padding: $pad, when: "${pad > 0}"}
+      - conv: {filters: $f, kernel: 3, dilation: $d, bias: false}
+      - bn
+      - act: relu
+flows:
+  stem:
+    - zero_pad: 1
+    - conv: {filters: 6, kernel: 3, stride: 2}
+    - act: relu
+    - zero_pad: [[0, 1], [0, 1]]
+    - conv: {filters: 6, kernel: 3, stride: 2}
+    - unit: {f: 5, pad: 2, d: 2}
+    - unit: {f: 4, pad: 1}
+    - unit: {f: 4}
+    - zero_pad: [1, 2]
+    - depthwise: {kernel: [3, 5]}
+    - act: relu
+    - zero_pad: 1
+    - maxpool: {pool: 3, stride: 1}
+    - zero_pad: 1
+    - maxpool: {pool: 3, stride: 1}
+"""
+
+
+def test_a_symmetric_zero_pad_is_the_next_convs_own_padding(tmp_path, monkeypatch):
+    """A zero_pad equal on both sides right before a 'valid' conv or depthwise is the
+    conv's ``padding=`` (no padded copy: passes.fold.takes_pad), before a max pool only
+    where a relu feeds it (torch pads a pool with -inf); a pad a block argument
+    switches gives a conditional padding, an asymmetric one stays a layer. The outputs and
+    state_dict keys are those of the model rendered with every pad a layer."""
+    import importlib
+
+    import torch
+
+    render, scope = (importlib.import_module(f"archc.backends.torch_backend.{m}") for m in ("render", "scope"))
+    spec = small_spec(tmp_path, PADS)
+    (file,) = build(spec, ["torch"], tmp_path / "folded")
+    source = file.read_text()
+    assert source.count("nn.ZeroPad2d(") == 2 and "nn.ZeroPad2d((0, 1, 0, 1))" in source  # the asymmetric one
+    assert source.count("nn.MaxPool2d(3, stride=1, padding=1)") == 1  # after the relu; the pad after a pool stays
+    assert "nn.Conv2d(3, 6, 3, stride=2, padding=1)" in source
+    assert "padding=conv_padding(pad) if pad > 0 else 0" in source
+    assert "padding=(1, 2)" in source  # the depthwise's
+    folded = BACKEND.load(file).create_model()
+
+    monkeypatch.setattr(render, "takes_pad", lambda pad, after, before=None: False)
+    monkeypatch.setattr(scope, "takes_pad", lambda pad, after, before=None: False)
+    (plain_file,) = build(spec, ["torch"], tmp_path / "plain")
+    assert plain_file.read_text().count("nn.ZeroPad2d(") == 6  # the stem's two, the block's, the depthwise's, the pools' two
+    plain = BACKEND.load(plain_file).create_model()
+    assert folded.state_dict().keys() == plain.state_dict().keys()
+    torch.manual_seed(0)
+    plain.load_state_dict({k: torch.rand_like(t) + 0.5 if t.is_floating_point() else t for k, t in folded.state_dict().items()})
+    folded.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 21, 19)
+    folded.eval(), plain.eval()
+    torch.testing.assert_close(folded(x), plain(x), rtol=1e-5, atol=1e-5)

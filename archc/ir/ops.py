@@ -132,6 +132,7 @@ class Node(BaseModel):
     closed: ClassVar[bool] = False  # its sub-sequences see only the names ``binds`` gives them (a block's body)
     pools_globally: ClassVar[bool] = False  # the feature maps end here (archc.passes.taps)
     splits: ClassVar[bool] = False  # makes several tensors (``pieces``), one per name of its as:
+    pads: ClassVar[bool] = False  # a zero padding: a layer right after it that ``takes_padding`` may pad its own input instead
 
     def children(self) -> list[tuple[str, list[Node]]]:
         """A combinator's labelled sub-sequences (an op has none)."""
@@ -202,6 +203,23 @@ class Node(BaseModel):
 
     def pointwise(self) -> bool:
         """Whether it is a 1x1, stride-1 conv (that a pool before it may swap with)."""
+        return False
+
+    def takes_padding(self, pad: Node, before: Node | None) -> bool:
+        """Whether the zero padding ``pad`` right before it (equal on both sides of each
+        axis; ``before``: the layer before the pad, which feeds it) may be its own padding
+        instead (a 'valid' conv: torch's ``padding=`` pads both sides alike, inside the
+        convolution, without a padded copy; archc.passes.fold)."""
+        return False
+
+    def nonnegative(self) -> bool:
+        """Whether its output is never negative, whatever its input (a relu): a max pool's
+        zero padding after it is torch's -inf padding."""
+        return False
+
+    def symmetric(self) -> bool:
+        """A zero padding's: whether it pads both sides of each axis alike, for every value
+        of the generated code (a padding a param or argument sets is checked as it is built)."""
         return False
 
     def random_weights(self, inp: Shape, m2: float, draw: Any) -> tuple[dict[str, Any], float]:
@@ -309,6 +327,9 @@ class Conv(Node):
             raise self.fail(f"expected groups that divide the {c} input channels and {self.filters} filters, found groups {self.groups}")
         return (*spatial(self, shape, self.kernel, self.stride, self.padding, self.dilation), self.filters)
 
+    def takes_padding(self, pad: Node, before: Node | None) -> bool:
+        return self.padding == "valid" and "padding" not in self.refs
+
     def roles(self, inp: Shape) -> dict[str, Shape]:
         return {"kernel": (*self.kernel, inp[2] // self.groups, self.filters)} | _bias(self, self.filters)
 
@@ -343,6 +364,9 @@ class Depthwise(Node):
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         return (*spatial(self, shape, self.kernel, self.stride, self.padding, self.dilation), shape[2] * self.depth_multiplier)
+
+    def takes_padding(self, pad: Node, before: Node | None) -> bool:
+        return self.padding == "valid" and "padding" not in self.refs
 
     def roles(self, inp: Shape) -> dict[str, Shape]:
         return {"kernel": (*self.kernel, inp[2], self.depth_multiplier)} | _bias(self, inp[2] * self.depth_multiplier)
@@ -488,6 +512,9 @@ class Act(Node):
     def mean_square(self, m2: float, parts: list[tuple[float, int]], draw: Any) -> float:
         return m2 * draw.squash(self.kind)
 
+    def nonnegative(self) -> bool:
+        return "kind" not in self.refs and self.kind in ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax")
+
 
 class Identity(Node):
     """The input unchanged: a path of branches that passes its input on (DenseNet)."""
@@ -511,6 +538,12 @@ class ZeroPad(Node):
     def diagram_label(self) -> str:
         (top, bottom), (left, right) = self.padding
         return f"ZeroPad {top if top == bottom == left == right else f'{top},{bottom} x {left},{right}'}"
+
+    pads: ClassVar[bool] = True
+
+    def symmetric(self) -> bool:
+        (top, bottom), (left, right) = self.padding
+        return "padding" in self.refs or (top == bottom and left == right)
 
     def infer(self, shape: Shape, run: Run) -> Shape:
         (top, bottom), (left, right) = self.padding
@@ -576,6 +609,16 @@ class MaxPool(Node):
 
     def diagram_label(self) -> str:
         return f"{type(self).__name__} {fmt(self.pool)}{_stride(self.stride or self.pool)}"
+
+    def takes_padding(self, pad: Node, before: Node | None) -> bool:
+        """Zeros padded after a relu (always there, feeding the pad) never win a window
+        that has an input pixel, as torch's -inf padding never does; torch pads at most
+        half the window."""
+        if self.padding != "valid" or {"padding", "pool"} & set(self.refs) or "padding" in pad.refs or before is None:
+            return False
+        (top, _), (left, _) = pad.padding
+        always = before.when is True and "when" not in before.refs and not pad.reads
+        return always and before.nonnegative() and 2 * top <= self.pool[0] and 2 * left <= self.pool[1]
 
 
 class AvgPool(Node):

@@ -26,6 +26,12 @@ weights over a window sum to one (padded cells are not counted), so
 ``conv(pool(x)) == pool(conv(x))``, bias included; with stride 1 the conv does the same
 work either way, and the pool then averages the conv's fewer output channels (Inception's
 pool branches: 192 -> 32 ... 2048 -> 192 channels).
+
+A third rule is no inference rewrite but how a backend may render a pair, :func:`takes_pad`:
+a zero padding equal on both sides of each axis, right before a 'valid' conv that reads
+only it (or a max pool, where a relu feeds the padding), is the conv's own padding (torch's ``padding=``: the same numbers without a
+padded copy of the map, which costs a fill and a copy, and their backward, and makes
+oneDNN's dilated convs slower). Keras keeps its ZeroPadding2D.
 """
 
 from __future__ import annotations
@@ -103,6 +109,18 @@ def _may_swap(pool: Node, after: Node) -> bool:
     each pair on the built model). Inception's pool branches pick one of two pools by a
     param, each before the same 1x1 conv."""
     return _same_condition(pool, after) or (pool.in_code() and after.when is True and "when" not in after.refs)
+
+
+def takes_pad(pad: Node, after: Node | None, before: Node | None = None) -> bool:
+    """Whether ``after``, the node right after ``pad`` in its sequence, pads its own input
+    by ``pad``'s margins instead of ``pad`` (which then is no layer): a symmetric zero
+    padding (the ops say: ``pads``, ``symmetric``) and a layer that ``takes_padding`` (a
+    max pool only after a relu: ``before``, the node before the pad), under the same
+    condition or the padding under one of its own before a layer always there (the
+    layer's padding is then conditional), nothing else reading the padded map."""
+    if not (pad.pads and after is not None and pad.symmetric() and _may_swap(pad, after) and _feeds(pad, after)):
+        return False
+    return after.takes_padding(pad, before)
 
 
 def swaps(analysis: Analysis) -> list[Swap]:

@@ -119,7 +119,8 @@ class _Walk:
         elif not net.active_outputs():
             w = next(iter(net.output_where.values()))
             raise SpecError(Location(w.file, w.line, w.col, w.spec_path), "expected at least one output switched on, found none")
-        for output, tensor in net.active_outputs().items():
+        active = net.active_outputs()
+        for output, tensor in net.outputs.items():  # a switched-off output too: the generated code names its tensor
             if tensor not in names:
                 w = net.output_where.get(output) or Where(file=net.file, spec_path="outputs")
                 known = sorted(names)
@@ -127,7 +128,8 @@ class _Walk:
                 if tensor in self.defined:
                     message += " (switched off by its when:, or defined inside a nested sequence)"
                 raise SpecError(Location(w.file, w.line, w.col, w.spec_path), message + did_you_mean(tensor, known))
-            graph.outputs[output] = names[tensor]
+            if output in active:
+                graph.outputs[output] = names[tensor]
         return graph
 
     def sequence(self, layers: list[Node], current: Tensor, names: dict[str, Tensor], base: tuple[str, str]) -> Tensor:

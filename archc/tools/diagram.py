@@ -87,8 +87,12 @@ class Frame:
 
 @dataclass(frozen=True)
 class Edge:
+    """A line through ``points``; ``skip``: the named tensor it carries from the layer that
+    names it to one that reads it, across the flows (drawn dashed), or "" in a flow."""
+
     points: tuple[tuple[float, float], ...]
     arrow: bool = True
+    skip: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class Text:
     text: str
     size: float = SMALL
     anchor: str = "start"  # 'start', 'middle', 'end'
-    kind: str = "shape"  # 'shape', 'path', 'title', 'subtitle', 'flow', 'note'
+    kind: str = "shape"  # 'shape', 'path', 'title', 'subtitle', 'flow', 'note', 'skip'
     bold: bool = False
 
 
@@ -119,7 +123,7 @@ Primitive = Box | Frame | Edge | Join | Text
 
 def moved(item: Primitive, dx: float, dy: float) -> Primitive:
     if isinstance(item, Edge):
-        return Edge(tuple((x + dx, y + dy) for x, y in item.points), item.arrow)
+        return Edge(tuple((x + dx, y + dy) for x, y in item.points), item.arrow, item.skip)
     return replace(item, x=item.x + dx, y=item.y + dy)
 
 
@@ -329,6 +333,57 @@ class _Layout:
         self.analysis = analysis
         self.options = options
         self.shapes = analysis.shapes
+        self.named: dict[str, tuple[int, str]] = {}  # tensor name -> (its order, the top-level layer that names it)
+        self.centres: dict[str, float] = {}  # a top-level layer -> the height of its box's centre in its flow's column
+        self.raised = 0.0  # how far a rising flow's column reaches above the others' (they move down by it)
+
+    def remember(self, nodes: list[Node], columns: list[Piece]) -> None:
+        """The names a flow's layers give, in order, and where the flow is one column, the
+        height of each layer's box in it (what a rising flow's readers are levelled with)."""
+        boxes = {i.path: i for i in columns[0].items if isinstance(i, Box)} if len(columns) == 1 else {}
+        for node in nodes:
+            if node.path in boxes:
+                self.centres[node.path] = boxes[node.path].y + boxes[node.path].h / 2
+            for name in node.saves:
+                self.named[name] = (len(self.named), node.path)
+
+    def rises(self, nodes: list[Node]) -> bool:
+        """Whether a flow is drawn bottom-up: it reads tensors that earlier flows name in
+        the reverse order of their naming (a U-Net's decoder climbing back up its
+        encoder), and each of its layers is one box (a plain layer, or a block collapsed
+        by ``--depth 1``), so that the picture is a U with its skips drawn across."""
+        order = [self.named[name][0] for node in nodes for name in node.reads if name in self.named]
+        boxes = all(not children(n) for n in nodes) or (self.options.depth is not None and self.options.depth <= 1)
+        return boxes and len(order) > 1 and order == sorted(set(order), reverse=True)
+
+    def changes(self, node: Node) -> bool:
+        """Whether a layer changes the shape (a rising flow writes the new one after it)."""
+        return self.shapes[node.path][1] != self.shapes[node.path][0]
+
+    def rising(self, nodes: list[Node]) -> Piece:
+        """A flow's boxes bottom-up (entered at the bottom, left at the top), each one that
+        reads an earlier flow's tensor level with the box that names it where the boxes
+        below leave room, else as low as they do."""
+        pieces = [self.node(n, _Ctx()) for n in nodes]
+        even_widths(pieces)
+        axis, right = max(p.axis for p in pieces), max(p.w - p.axis for p in pieces)
+        centres: list[float] = []
+        for i, (node, piece) in enumerate(zip(nodes, pieces)):
+            level = [self.centres[self.named[n][1]] for n in node.reads if n in self.named and self.named[n][1] in self.centres]
+            gap = GAP if i and self.changes(nodes[i - 1]) else TIGHT  # room for a shape, as in a sequence
+            room = [centres[-1] - pieces[i - 1].h / 2 - gap - piece.h / 2] if i else []
+            centres.append(min(room + level) if room + level else 0.0)
+        self.raised = max(0.0, *(p.h / 2 - c for p, c in zip(pieces, centres)))  # the flows before it move down by it
+        tops = [c + self.raised - p.h / 2 for p, c in zip(pieces, centres)]
+        items: list[Primitive] = []
+        for i, (node, piece, top) in enumerate(zip(nodes, pieces, tops)):
+            items.extend(piece.at(axis - piece.axis, top))
+            if i + 1 < len(pieces):
+                above = tops[i + 1] + pieces[i + 1].h
+                items.append(Edge(((axis, top), (axis, above))))
+                if self.changes(node):
+                    items.append(Text(axis + 5, (top + above) / 2 + SMALL / 3, fmt(self.shapes[node.path][1])))
+        return Piece(axis + right + 60, max(t + p.h for t, p in zip(tops, pieces)), axis, items)
 
     def enabled(self, nodes: list[Node]) -> list[Node]:
         return [n for n in nodes if n.path in self.shapes]
@@ -488,17 +543,21 @@ def _flow(lay: _Layout, name: str, nodes: list[Node], column: float) -> Piece:
         # the block named in the flow's title
         title = f"{title}: {_call_title(nodes[0])}"
         nodes = lay.enabled(nodes[0].body)
-    chunks = _wrapped(lay, nodes, column)
-    columns = [lay.sequence(chunk, _Ctx()) for chunk in chunks]
+    rising = lay.rises(nodes)
+    chunks = [nodes] if rising else _wrapped(lay, nodes, column)
+    columns = [lay.rising(nodes)] if rising else [lay.sequence(chunk, _Ctx()) for chunk in chunks]
+    lay.remember(nodes, columns)
     shapes = [fmt(lay.shapes[nodes[0].path][0])] + [fmt(lay.shapes[chunk[-1].path][1]) for chunk in chunks]
     note = _params(sum((lay.analysis.counts[n.path] for n in nodes), Counts())) if lay.options.counts else ""
-    return _columns(columns, shapes, title, note)
+    return _columns(columns, shapes, title, note, rising)
 
 
-def _columns(columns: list[Piece], shapes: list[str], title: str, note: str) -> Piece:
+def _columns(columns: list[Piece], shapes: list[str], title: str, note: str, rising: bool = False) -> Piece:
     """Columns side by side, each running into the next; ``shapes``: the input shape,
-    then the shape each column ends in."""
-    inp, out = shapes[0], shapes[-1]
+    then the shape each column ends in. ``rising``: one column entered at the bottom and
+    left at the top (the output shape above it, the input below)."""
+    inp, out = (shapes[-1], shapes[0]) if rising else (shapes[0], shapes[-1])
+    way = -1 if rising else 1
     label_w = max(text_width(inp, SMALL), text_width(out, SMALL)) / 2 + 4
     top = 18 + (12 if note else 0) + 4 + SMALL + 4 + GAP  # title, note, input shape, first edge
     items: list[Primitive] = []
@@ -524,12 +583,45 @@ def _columns(columns: list[Piece], shapes: list[str], title: str, note: str) -> 
         items.append(Text(centre, 26, note, SMALL, "middle", "note"))
     y = top - GAP - 4
     items.append(Text(a, y, inp, SMALL, "middle"))
-    items.append(Edge(((a, y + 4), (a, top))))
+    items.append(Edge(((a, y + 4), (a, top))[::way]))
     last = axes[-1]
     y = top + columns[-1].h
-    items.append(Edge(((last, y), (last, y + GAP))))
+    items.append(Edge(((last, y), (last, y + GAP))[::way]))
     items.append(Text(last, y + GAP + 4 + SMALL, out, SMALL, "middle"))
     return Piece(w, max(bottom + GAP + 6, y + GAP + 4 + SMALL + 2), a, items)
+
+
+def skip_edges(analysis: Analysis, items: list[Primitive]) -> list[Primitive]:
+    """An edge for each named tensor that a layer of a flow reads from a layer other than
+    the one right before it (a U-Net's skips, an FPN's laterals): out of the side of the
+    box or frame that names it facing the reader, across to a lane beside the reader, and
+    into the reader's side at its header, with the tensor's name at its start."""
+    drawn = {item.path: item for item in items if isinstance(item, Box | Frame)}
+    saved: dict[str, Node] = {}
+    out: list[Primitive] = []
+    for nodes in analysis.net.flows.values():
+        before = None
+        for node in (n for n in nodes if n.path in analysis.shapes):
+            for name in node.reads:
+                source = saved.get(name)
+                if source is not None and source is not before and source.path in drawn and node.path in drawn:
+                    out += _skip(drawn[source.path], drawn[node.path], name, len(out) // 2)
+            saved.update(dict.fromkeys(node.saves, node))
+            before = node
+    return out
+
+
+def _skip(src: Box | Frame, dst: Box | Frame, name: str, k: int) -> list[Primitive]:
+    """A skip edge from ``src`` (leaving near its end, where its output is) to ``dst``, in
+    lane ``k`` (lanes keep several skips into one column apart)."""
+    rightward = dst.x >= src.x + src.w / 2
+    x0 = src.x + src.w if rightward else src.x
+    x1 = dst.x if rightward else dst.x + dst.w
+    y0 = src.y + (src.h / 2 if isinstance(src, Box) else src.h - PAD - 4)
+    y1 = dst.y + (dst.h / 2 if isinstance(dst, Box) else HEADER / 2)
+    lane = x1 - (1 if rightward else -1) * (6 + 4 * (k % 3))
+    edge = Edge(((x0, y0), (lane, y0), (lane, y1), (x1, y1)), True, name)
+    return [edge, Text(x0 + (3 if rightward else -3), y0 - 3, name, anchor="start" if rightward else "end", kind="skip")]
 
 
 def layout(analysis: Analysis, options: Options | None = None) -> Diagram:
@@ -546,7 +638,11 @@ def layout(analysis: Analysis, options: Options | None = None) -> Diagram:
 def _layout(analysis: Analysis, options: Options, column: float) -> Diagram:
     net = analysis.net
     lay = _Layout(analysis, options)
-    columns = [_flow(lay, name, nodes, column) for name, nodes in net.flows.items() if lay.enabled(nodes)]
+    columns, raised = [], []
+    for name, nodes in net.flows.items():
+        if lay.enabled(nodes):
+            columns.append(_flow(lay, name, nodes, column))
+            raised.append(lay.raised)
     changed = {k: v for k, v in net.params.items() if k in net.param_decls and v != net.param_decls[k].default}
     title = net.name + (" (" + ", ".join(f"{k}={_value(v)}" for k, v in changed.items()) + ")" if changed else "")
     t = analysis.total
@@ -561,9 +657,10 @@ def _layout(analysis: Analysis, options: Options, column: float) -> Diagram:
     ]
     x, top = MARGIN, MARGIN + 48
     height = 0.0
-    for col in columns:
-        items.extend(col.at(x, top))
+    for col, before in zip(columns, raised):  # a flow before a rising one moves down by what that one rose
+        items.extend(col.at(x, top + lay.raised - before))
         x += col.w + FLOW_GAP
-        height = max(height, col.h)
+        height = max(height, col.h + lay.raised - before)
+    items += skip_edges(analysis, items)
     width = max(x - FLOW_GAP, MARGIN + text_width(title, 16), MARGIN + text_width(subtitle, 10)) + MARGIN
     return Diagram(width, top + height + MARGIN, tuple(items), title)

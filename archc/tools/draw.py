@@ -12,6 +12,7 @@ from archc.passes.analysis import Analysis
 from archc.tools.diagram import FONT, LINE_H, PAD, SMALL, Box, Diagram, Edge, Frame, Join, Options, layout
 
 STROKE = "#333333"
+SKIP = "#2a6fb0"  # skip edges and their tensor names
 ARROW = 5.0
 
 
@@ -63,6 +64,9 @@ text { font-family: Helvetica, Arial, "DejaVu Sans", sans-serif; fill: #222222; 
 .repeat .frame-title { fill: #5a3f90; }
 .edge { fill: none; stroke: #333333; stroke-width: 1; }
 .head { fill: #333333; stroke: none; }
+.edge.skip { stroke: #2a6fb0; stroke-dasharray: 4 3; }
+.head.skip { fill: #2a6fb0; }
+.skip { font-size: 9px; font-style: italic; fill: #2a6fb0; }
 .join circle, .join rect { fill: #ffffff; stroke: #333333; stroke-width: 1; }
 .join text { font-size: 9px; }
 .shape { font-size: 9px; fill: #666666; }
@@ -110,9 +114,10 @@ def to_svg(diagram: Diagram) -> str:
             out.append("</g>")
         elif isinstance(item, Edge):
             line = _shortened(item.points) if item.arrow else item.points
-            out.append(f'<polyline class="edge" points="{pts(line)}"/>')
+            skip = f" data-tensor={quoteattr(item.skip)}" if item.skip else ""
+            out.append(f'<polyline class="edge{" skip" if item.skip else ""}"{skip} points="{pts(line)}"/>')
             if item.arrow:
-                out.append(f'<polygon class="head" points="{pts(arrowhead(item.points))}"/>')
+                out.append(f'<polygon class="head{" skip" if item.skip else ""}" points="{pts(arrowhead(item.points))}"/>')
         elif isinstance(item, Join):
             out.append(f'<g class="join" data-path={quoteattr(item.path)} data-symbol={quoteattr(item.symbol)}>')
             if item.symbol in CIRCLED:
@@ -156,6 +161,7 @@ def draw_matplotlib(diagram: Diagram, path: Path) -> None:
         "note": dict(size=SMALL, color="#555555"),
         "title": dict(size=16, weight="bold"),
         "subtitle": dict(size=10, color="#444444"),
+        "skip": dict(size=SMALL, color=SKIP, style="italic"),
     }
     ha = {"start": "left", "middle": "center", "end": "right"}
 
@@ -187,9 +193,10 @@ def draw_matplotlib(diagram: Diagram, path: Path) -> None:
                 text(item.x + item.w - PAD, item.y + 11, item.note, size=SMALL, ha="right", color="#555555")
         elif isinstance(item, Edge):
             line = _shortened(item.points) if item.arrow else item.points
-            ax.plot([p[0] for p in line], [p[1] for p in line], color=STROKE, lw=0.8, solid_capstyle="butt")
+            color, style = (SKIP, (0, (4, 3))) if item.skip else (STROKE, "-")
+            ax.plot([p[0] for p in line], [p[1] for p in line], color=color, lw=0.8, ls=style, solid_capstyle="butt")
             if item.arrow:
-                ax.add_patch(Polygon(arrowhead(item.points), closed=True, fc=STROKE, ec="none"))
+                ax.add_patch(Polygon(arrowhead(item.points), closed=True, fc=color, ec="none"))
         elif isinstance(item, Join):
             if item.symbol in CIRCLED:
                 ax.add_patch(Circle((item.x, item.y), item.w / 2, fc="white", ec=STROKE, lw=0.8))

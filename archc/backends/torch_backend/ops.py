@@ -28,7 +28,7 @@ from archc.syntax import expr
 from archc.syntax.errors import Location, SpecError
 
 from . import values as v
-from .layout import Call, Each, Expr
+from .layout import Call, Each, Expr, IfElse
 from .statements import Assign, Statement
 from .values import Channels, Lit, Sym, Value
 
@@ -61,6 +61,7 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "avg_pool2d": ("symmetric_padding", "AvgPool2dSame"),
     "activation": (),
     "zero_padding": (),
+    "conv_padding": (),
     "SeparableConv2d": ("conv2d", "activation"),
     "KerasBatchNorm2d": (),
     "KerasBatchNorm1d": (),
@@ -285,7 +286,25 @@ def padded_conv(r, node: Node, env, kernel: Value, stride: Value):
     func, padding = padded(r, node, env, span, stride, "nn.Conv2d", "Conv2dSame", "conv2d")
     if dilation and func != "nn.Conv2d":
         raise Unsupported(node, "a dilated conv whose 'same' padding is not symmetric (an even kernel span)")
-    return func, padding + dilation
+    return func, taken_pad(r, node, env) + padding + dilation
+
+
+def taken_pad(r, node: Node, env) -> list[tuple[str, Expr]]:
+    """``padding=`` for the zero_pad right before a 'valid' conv that the conv takes as its
+    own (passes.fold.takes_pad): its margins as (height, width), through a helper where a
+    param or argument sets them, and 0 where the pad's own condition is off."""
+    if node.path not in r.pads:
+        return []
+    pad, cond = r.pads[node.path]
+    if cond == Lit(False):
+        return []
+    margins = r.value(pad, "padding", env)
+    if isinstance(margins, Lit):
+        (top, _), (left, _) = margins.value
+        code = v.size(Lit((top, left)))
+    else:
+        code = Call(r.use("conv_padding"), (margins.code,))
+    return [("padding", code if cond == Lit(True) else IfElse(code, cond.code, "0"))]
 
 
 def emit_conv(r, node: ir.Conv, env, ch, rank) -> Expr:
@@ -314,7 +333,7 @@ def _pool(r, node: ir.MaxPool | ir.AvgPool, env, names: tuple[str, str, str]) ->
 
 def emit_maxpool(r, node: ir.MaxPool, env, ch, rank) -> Expr:
     func, args, padding = _pool(r, node, env, ("nn.MaxPool2d", "MaxPool2dSame", "max_pool2d"))
-    return Call(func, (*args, *padding))
+    return Call(func, (*args, *taken_pad(r, node, env), *padding))
 
 
 def emit_avgpool(r, node: ir.AvgPool, env, ch, rank) -> Expr:
@@ -675,7 +694,7 @@ def _own(plan, node, label: str) -> str:
     return "" if label == "body" else _label(plan, node, label)
 
 
-PADDED = ("Conv2dSame", "conv2d")
+PADDED = ("Conv2dSame", "conv2d", "conv_padding")
 
 
 def _no_bias(node: Node) -> str:

@@ -26,7 +26,7 @@ from archc.codegen.plan import Plan, helper_source
 from archc.codegen.plan import plan as make_plan
 from archc.ir.ops import Node, children, tensor_reads, walk
 from archc.passes.analysis import Analysis
-from archc.passes.fold import folds, swaps
+from archc.passes.fold import folds, swaps, takes_pad
 from archc.passes.shapes import INPUT
 from archc.syntax import expr
 
@@ -98,6 +98,7 @@ class Renderer(ChannelAlgebra):
     tensor_channels: dict = field(default_factory=dict)  # named tensor -> (channels, rank) (channels.py)
     tensor_locals: dict[str, str] = field(default_factory=dict)  # named tensor -> its local in the forward laid out
     functional: bool = False  # whether the code calls torch.nn.functional (F.interpolate)
+    pads: dict = field(default_factory=dict)  # conv path -> (the zero_pad it takes as its padding, that one's condition)
 
     def __post_init__(self):
         self.net = self.analysis.net
@@ -117,10 +118,13 @@ class Renderer(ChannelAlgebra):
         timm's models: it saves a feature map of memory per activation."""
         out: list[Statement] = []
         fresh = False
-        for node in nodes:
+        for before, node, after in zip([None, *nodes], nodes, [*nodes[1:], None]):
             if node.reads:  # named tensors instead of the previous output (never overwritten in place)
                 source, fresh = self.tensor(node.reads[0]), False
                 ch, rank = self.tensor_channels[node.reads[0]]
+            if takes_pad(node, after, before):  # the conv after it pads its own input (passes.fold)
+                self.pads[after.path] = (node, self.value(node, "when", env))
+                continue
             cond, after, after_rank = self.step(node, env, ch, rank)
             if cond == Lit(False):  # passes its input on, under its names
                 out += self.name_output(node, source)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from archc.codegen.naming import Namespace
 from archc.codegen.plan import Plan
 from archc.ir.ops import Node
+from archc.passes.fold import takes_pad
 
 from .ops import OPS, RESERVED
 
@@ -36,8 +37,9 @@ TAKEN = RESERVED | {"forward", "training"}
 
 
 def live(nodes: list[Node]) -> list[Node]:
-    """The nodes that the generated code has (not removed by a literal ``when: false``)."""
-    return [node for node in nodes if node.in_code()]
+    """The nodes that the generated code has as layers: not removed by a literal ``when:
+    false``, nor a zero padding that the conv after it takes as its own ``padding=``."""
+    return [n for before, n, after in zip([None, *nodes], nodes, [*nodes[1:], None]) if n.in_code() and not takes_pad(n, after, before)]
 
 
 def live_children(node: Node) -> list[tuple[str, list[Node]]]:
