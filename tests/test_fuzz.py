@@ -4,7 +4,7 @@ proof that it catches what it is for."""
 from __future__ import annotations
 
 import pytest
-from fuzz import fuzz, seed_specs, vocabulary
+from fuzz import DefectFound, check_inference, fuzz, seed_specs, vocabulary
 
 SEEDS = seed_specs()
 
@@ -97,9 +97,14 @@ def test_it_reports_a_for_inference_that_changes_the_outputs_at_other_params(mon
     unchecked = "\n\ndef _swap_is_exact(pool, conv):\n    return True\n"  # the built-model check, undone
     render = TorchBackend.render
     monkeypatch.setattr(TorchBackend, "render", lambda self, a: render(self, a) + unchecked)
-    summary = fuzz(30, seed=1, seeds=seed_specs(tmp_path), build_every=0)
-    assert summary.checked >= 1
-    assert summary.defect_kinds()["for_inference"] >= 1, [d.problem for d in summary.defects]
+    spec = tmp_path / "specs" / "swap.yaml"
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DefectFound) as found:  # the check itself, at the param that breaks the swap
+        check_inference(spec, {}, {"k": 3}, tmp_path / "out")
+    assert found.value.kind == "for_inference", str(found.value)
+    assert check_inference(spec, {}, {"k": 1}, tmp_path / "out")  # and not at the param it was taken at
+    summary = fuzz(30, seed=1, seeds=seed_specs(tmp_path), build_every=0)  # the sampler reaches the check
+    assert summary.creates >= 1 and summary.checked >= 1
 
 
 def test_lift_makes_a_value_a_param_at_one_node_or_everywhere():
