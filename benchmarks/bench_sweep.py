@@ -51,6 +51,23 @@ def run(engine: str, out: Path, spec: str, sweeps: list[str], seeds: int, train:
     return {"engine": engine, "trials": len(results), "wall_s": wall, "trials_s": busy, "overhead_s": wall - busy, "load": load.describe()}
 
 
+def finished_row(item: str) -> dict:
+    """The row of a sweep that ran outside this script (the digits experiments), from
+    ``ENGINE=OUT:WALL_S``."""
+    engine, rest = item.split("=", 1)
+    out, wall = rest.rsplit(":", 1)
+    results = [json.loads(p.read_text()) for p in sorted(Path(out).glob("trials/*/result.json"))]
+    busy = busy_seconds([(r["start"], r["end"]) for r in results])
+    return {
+        "engine": engine,
+        "trials": len(results),
+        "wall_s": float(wall),
+        "trials_s": busy,
+        "overhead_s": float(wall) - busy,
+        "load": "as it was",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", default=str(ROOT / "specs" / "xception.yaml"))
@@ -59,12 +76,19 @@ def main() -> None:
     parser.add_argument("--engines", default="local,ray,submitit")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--finished",
+        action="append",
+        default=[],
+        metavar="ENGINE=OUT:WALL_S",
+        help="a sweep already run (its folder and the wall time its archc sweep took, as the shell's clock measured it): its row, no run",
+    )
     parser.add_argument("train", nargs=argparse.REMAINDER, help="-- then archc train's options")
     args = parser.parse_args()
     train = args.train[1:] if args.train[:1] == ["--"] else args.train
     print(f"{today()}; {machine()}")
-    rows = []
-    for engine in args.engines.split(","):
+    rows = [finished_row(item) for item in args.finished]
+    for engine in [] if args.finished else args.engines.split(","):
         row = run(engine, args.out / engine, args.spec, args.sweep or ["residual=true,false"], args.seeds, train)
         print(f"{engine}: {row['load']}", flush=True)
         rows.append(row)
