@@ -744,10 +744,14 @@ def check_inference(path: Path, overrides: dict[str, str], create: dict[str, Any
             ir = out if len(out) == 1 else (out[2], *out[:2])
             if name not in ys or tuple(ys[name].shape[1:]) != tuple(ir):
                 found = tuple(ys[name].shape[1:]) if name in ys else "nothing"
-                raise DefectFound(f"create_model(**{params}) gives {found} for {name}, the spec at those params {tuple(ir)}", "create_model shape")
+                raise DefectFound(
+                    f"create_model(**{params}) gives {found} for {name}, the spec at those params {tuple(ir)}", "create_model shape"
+                )
         rel = inference_difference(module, model, x)
         if not rel <= INFERENCE_TOLERANCE:
-            raise DefectFound(f"for_inference(create_model(**{params})) changes the outputs by {rel:.2g} (relative, in float64)", "for_inference")
+            raise DefectFound(
+                f"for_inference(create_model(**{params})) changes the outputs by {rel:.2g} (relative, in float64)", "for_inference"
+            )
         return True
     return False
 
