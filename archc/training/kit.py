@@ -590,6 +590,23 @@ def checkpoint_path(out: str | Path, suffix: str) -> Path:
     return Path(out) / "checkpoints" / f"latest{suffix}"
 
 
+def read_checkpoint(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``; a file it cannot read (empty, truncated, another tool's) is refused in
+    one line that says what to do, as the user's, not as a bug in archc: atomic_write never
+    leaves such a file, but a copy, a full disk or a hand can."""
+    import pickle
+    import zipfile
+
+    try:
+        return read(path)
+    except (OSError, EOFError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        why = (str(exc).strip().splitlines() or [""])[0]
+        why = f"{type(exc).__name__}: {why[:100]}{'...' if len(why) > 100 else ''}" if why else type(exc).__name__
+        raise UserError(
+            f"{path}: expected a checkpoint of archc train, found a file it cannot read ({why}); use another --out or --no-resume"
+        ) from None
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files a killed writer left in ``folder`` (never the files they
     were to replace). Call it from the one process that writes there, before it writes."""
