@@ -270,3 +270,17 @@ def test_a_checkpoint_that_cannot_be_read_is_one_line_and_exit_2(tmp_path, conte
     assert result.output.startswith(f"error: {latest}: expected a checkpoint of archc train, found a file it cannot read (")
     assert result.output.endswith("); use another --out or --no-resume\n")
     assert latest.read_bytes() == content  # left for the user
+
+
+def test_an_out_folder_under_a_file_is_one_line_and_exit_2(tmp_path):
+    """``-o FILE/run`` cannot be made (it was 'a bug in archc', NotADirectoryError, exit 3)."""
+    from click.testing import CliRunner
+
+    from archc.cli import main
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: [8, 8, 3]\nflows:\n  main: [conv: {filters: 2, kernel: 3}, global_avg_pool, dense: 2]\n")
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"
+    result = CliRunner().invoke(main, ["train", str(spec), "--data", "synthetic", "-o", str(out)])
+    assert (result.exit_code, result.output) == (2, f"error: -o {out}: expected a folder archc train can write, found Not a directory\n")

@@ -167,8 +167,21 @@ def prepare(config: RunConfig) -> Prepared:
     val = open_source(config.val_data, shape, classes, config, "--val-data") if config.val_data else None
     if val is not None and train.class_names and val.class_names and val.class_names != train.class_names:
         raise UserError(f"--val-data: expected the classes of --data ({', '.join(train.class_names)}), found {', '.join(val.class_names)}")
+    make_out(config.out)
     model_file = render_model(analysis, config.backend, config.out)
     return Prepared(config, analysis, training, model_file, train, val)
+
+
+def make_out(out: str | Path) -> None:
+    """OUT made, with its parents, before anything is written there: a path under a file,
+    or where this user may not write, is the user's to change (exit 2), not a bug."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        writable = os.access(out, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise UserError(f"-o {out}: expected a folder archc train can write, found {exc.strerror or exc}") from None
+    if not writable:
+        raise UserError(f"-o {out}: expected a folder archc train can write, found one it may not write to")
 
 
 # -- data --------------------------------------------------------------------------------------
