@@ -215,6 +215,15 @@ def test_a_result_that_is_no_json_object_leaves_its_trial_unfinished(tmp_path, t
     assert finished(trial) == trial_row(trial)["finished"] == (text == '{"returncode": 0}')
 
 
+def test_an_out_folder_under_a_file_is_one_line_and_exit_2(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "sweep"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--sweep", "width=4", "-o", str(out), "--dry-run", *TRAIN])
+    assert (result.exit_code, result.output) == (2, f"error: -o {out}: expected a folder archc sweep can write, found Not a directory\n")
+
+
 def test_a_trial_with_several_gpus_runs_under_torchrun(tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)

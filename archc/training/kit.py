@@ -172,16 +172,16 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, analysis, training, model_file, train, val)
 
 
-def make_out(out: str | Path) -> None:
+def make_out(out: str | Path, command: str = "archc train") -> None:
     """OUT made, with its parents, before anything is written there: a path under a file,
     or where this user may not write, is the user's to change (exit 2), not a bug."""
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
         writable = os.access(out, os.W_OK | os.X_OK)
     except OSError as exc:
-        raise UserError(f"-o {out}: expected a folder archc train can write, found {exc.strerror or exc}") from None
+        raise UserError(f"-o {out}: expected a folder {command} can write, found {exc.strerror or exc}") from None
     if not writable:
-        raise UserError(f"-o {out}: expected a folder archc train can write, found one it may not write to")
+        raise UserError(f"-o {out}: expected a folder {command} can write, found one it may not write to")
 
 
 # -- data --------------------------------------------------------------------------------------
