@@ -650,12 +650,21 @@ def check_torch_model(path: Path, overrides: dict[str, str], out: Path) -> bool:
         h, w, c = analysis.net.input
         with torch.no_grad():
             y = model(torch.zeros(1, c, h, w))
-        shape = tuple(y.shape[1:])
-        ir = analysis.output if len(analysis.output) == 1 else (analysis.output[2], *analysis.output[:2])
-        if shape != tuple(ir):
-            raise DefectFound(f"torch model at {size}x{size} gives {shape}, the IR {tuple(ir)}", "torch shape")
+        check_shapes(y, analysis, f"torch model at {size}x{size}", "the IR", "torch shape")
         return True
     return False
+
+
+def check_shapes(y, analysis, what: str, expected: str, kind: str) -> None:
+    """Each output of a torch model (a tensor, or a dict of them for a model with several)
+    has the IR's shape (NCHW for a map)."""
+    ys = y if isinstance(y, dict) else {"output": y}
+    shapes = analysis.outputs if isinstance(y, dict) else {"output": analysis.output}
+    for name, out in shapes.items():
+        ir = tuple(out) if len(out) == 1 else (out[2], *out[:2])
+        found = tuple(ys[name].shape[1:]) if name in ys else "nothing"
+        if found != ir:
+            raise DefectFound(f"{what} gives {found}{'' if name == 'output' else f' for {name}'}, {expected} {ir}", kind)
 
 
 def _as_override(value: Any) -> str:
@@ -738,15 +747,7 @@ def check_inference(path: Path, overrides: dict[str, str], create: dict[str, Any
         x = x[:2]
         with torch.no_grad():
             y = model(x)
-        ys = y if isinstance(y, dict) else {"output": y}  # several outputs: a dict
-        shapes = at_p.outputs if isinstance(y, dict) else {"output": at_p.output}
-        for name, out in shapes.items():
-            ir = out if len(out) == 1 else (out[2], *out[:2])
-            if name not in ys or tuple(ys[name].shape[1:]) != tuple(ir):
-                found = tuple(ys[name].shape[1:]) if name in ys else "nothing"
-                raise DefectFound(
-                    f"create_model(**{params}) gives {found} for {name}, the spec at those params {tuple(ir)}", "create_model shape"
-                )
+        check_shapes(y, at_p, f"create_model(**{params})", "the spec at those params", "create_model shape")
         rel = inference_difference(module, model, x)
         if not rel <= INFERENCE_TOLERANCE:
             raise DefectFound(

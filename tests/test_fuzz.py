@@ -132,3 +132,11 @@ def test_for_inference_is_held_to_exact_rewrites_not_to_float32_rounding(tmp_pat
     from fuzz import ROOT, check_inference
 
     assert check_inference(ROOT / "examples" / "efficientnet.yaml", {}, {"depth": 2.0}, tmp_path)
+
+
+def test_the_torch_model_check_takes_a_model_with_several_outputs(tmp_path):
+    """resnet50_fpn returns a dict of its pyramid's maps: the build check compared the dict's
+    .shape (an AttributeError, two defects in the fixed-seed sample above) and now each map."""
+    from fuzz import ROOT, check_torch_model
+
+    assert check_torch_model(ROOT / "examples" / "resnet50_fpn.yaml", {}, tmp_path)
