@@ -128,3 +128,20 @@ def test_lift_makes_a_value_a_param_at_one_node_or_everywhere():
 
     one()
     assert seen == {"fuzz1", "fuzz1 everywhere"}
+
+
+def test_for_inference_is_held_to_exact_rewrites_not_to_float32_rounding(tmp_path):
+    """`make fuzz` reported EfficientNet's for_inference at depth=2.0 (32x32) as changing
+    the outputs by 0.017: the model, calibrated on 4 samples, amplifies float32 rounding,
+    and channels_last alone moved its outputs that far. In float64 the rewrites agree."""
+    from fuzz import ROOT, check_inference
+
+    assert check_inference(ROOT / "examples" / "efficientnet.yaml", {}, {"depth": 2.0}, tmp_path)
+
+
+def test_the_torch_model_check_takes_a_model_with_several_outputs(tmp_path):
+    """resnet50_fpn returns a dict of its pyramid's maps: the build check compared the dict's
+    .shape (an AttributeError, two defects in the fixed-seed sample above) and now each map."""
+    from fuzz import ROOT, check_torch_model
+
+    assert check_torch_model(ROOT / "examples" / "resnet50_fpn.yaml", {}, tmp_path)

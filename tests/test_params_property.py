@@ -5,12 +5,16 @@ changes neither backend's outputs. The compile-time decisions (folds, pool swaps
 padding) were made at the defaults; this holds them at every other param.
 
 Hypothesis draws p from each param's declaration (choices, bool, min/max; small sizes
-and counts, so that models stay quick to build); ``ARCHC_PROPERTY_EXAMPLES`` sets how
-many per spec (2 in CI, derandomized so CI is repeatable)."""
+and counts, so that models stay quick to build), on both sides of the default: a float
+without a max up to twice its default (EfficientNet's depth=2.0 is B5's 2.2 rounded
+down, and a rewrite decided at 1.0 must hold there too), an int up to two above it.
+Each spec is checked first with every param at the far end of its range from the
+default (``far``), then at ``ARCHC_PROPERTY_EXAMPLES`` drawn params (2 in CI,
+derandomized so CI is repeatable). for_inference is compared in float64 in torch
+(fuzz.inference_difference: its rewrites are exact, so only a wrong one shows)."""
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from pathlib import Path
@@ -18,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundled import buildable
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from fuzz import INFERENCE_TOLERANCE as EXACT
+from fuzz import inference_difference
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from archc.api import load
@@ -31,9 +37,25 @@ BUNDLED = buildable(sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("examples/*.y
 SMALL = (75, 75)  # fits every bundled spec (Xception needs 71, Inception V3 75)
 EXAMPLES = int(os.environ.get("ARCHC_PROPERTY_EXAMPLES", "2"))
 TOLERANCE = 1e-4  # torch vs Keras, as archc verify
-# A fold rounds each weight to float32 once: with random BN statistics (small variances,
-# large scales) and one class, that is up to ~2e-4 of the output; a wrong rewrite is ~0.5.
+# Keras's for_inference, compared in float32: a fold rounds each weight to float32 once;
+# with random BN statistics (small variances, large scales) and one class, that is up to
+# ~2e-4 of the output; a wrong rewrite is ~0.5.
 INFERENCE_TOLERANCE = 1e-3
+
+
+def _int_range(decl) -> tuple[int, int]:
+    """Small sizes and counts: from the min (at least 1) to two above the default, at
+    most 8 above the min (a resolution of 224 is drawn from 32 to 40)."""
+    low = max(int(math.ceil(decl.min if decl.min is not None else 1)), 1)
+    high = min(max(decl.default + 2, low), low + 8)
+    return low, int(high if decl.max is None else max(min(high, decl.max), low))
+
+
+def _float_range(decl) -> tuple[float, float]:
+    """From the min (or 0) to the max, or to twice the default where there is none."""
+    low = decl.min if decl.min is not None else 0.0
+    high = decl.max if decl.max is not None else 2 * decl.default
+    return low, max(high, low)
 
 
 def values(decl) -> st.SearchStrategy:
@@ -45,14 +67,25 @@ def values(decl) -> st.SearchStrategy:
     if decl.type == "segments":
         return st.sampled_from(["depthwise", 1, 2, 4, 8])
     if decl.type == "int":
-        low = max(int(math.ceil(decl.min if decl.min is not None else 1)), 1)
-        high = min(decl.default, low + 8) if decl.default >= low else low + 8
-        return st.integers(low, int(high if decl.max is None else min(high, decl.max)))
+        return st.integers(*_int_range(decl))
     if decl.type == "float":
-        low = decl.min if decl.min is not None else 0.0
-        high = decl.max if decl.max is not None else max(decl.default, low)
-        return st.floats(low, max(high, low), allow_nan=False, allow_infinity=False).map(lambda x: round(x, 3))
+        return st.floats(*_float_range(decl), allow_nan=False, allow_infinity=False).map(lambda x: round(x, 3))
     return st.just(decl.default)
+
+
+def far(decl):
+    """The value of ``values(decl)`` farthest from the default: the end of a range that
+    lies farther from it, the last choice (the first when the last is the default), the
+    other boolean."""
+    if decl.choices:
+        return decl.choices[-1] if decl.choices[-1] != decl.default else decl.choices[0]
+    if decl.type == "bool":
+        return not decl.default
+    ranges = {"int": _int_range, "float": _float_range}
+    if decl.type not in ranges:
+        return decl.default
+    low, high = ranges[decl.type](decl)
+    return high if high - decl.default >= decl.default - low else low
 
 
 def nhwc(out):
@@ -97,6 +130,7 @@ def test_create_model_at_any_params_keeps_counts_outputs_and_inference(spec, bac
         phases=[Phase.explicit, Phase.generate],
     )  # no shrinking: a failure prints its params
     @given(st.fixed_dictionaries({name: values(decl) for name, decl in decls.items()}))
+    @example({name: far(decl) for name, decl in decls.items()})
     def holds(params):
         try:
             analysis = load(spec, {k: spelled(v) for k, v in params.items()}, None if sized_by_params else SMALL)
@@ -114,8 +148,7 @@ def test_create_model_at_any_params_keeps_counts_outputs_and_inference(spec, bac
         nchw = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         with torch.no_grad():
             out = nhwc(model(nchw))
-            fast = nhwc(modules["torch"].for_inference(copy.deepcopy(model))(nchw))
-        assert output_difference(out, fast).rel < INFERENCE_TOLERANCE, f"torch for_inference at {params}"
+        assert inference_difference(modules["torch"], model, nchw) < EXACT, f"torch for_inference at {params}"
 
         keras_backend = backends["keras"]
         keras_model = modules["keras"].create_model(**params)

@@ -182,6 +182,48 @@ def test_dry_run_writes_only_the_manifest_a_sweep_grows_and_a_changed_command_is
     assert "expected trial tiny__width-4__seed-0 to keep its command to resume, found another one" in other.output
 
 
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("{not json", "found no JSON (Expecting property name"),
+        ("[1]", "found JSON without its trials"),
+        ('{"trials": [1]}', "without its trials"),
+    ],
+)
+def test_an_out_folder_with_a_file_there_that_is_no_manifest_is_one_line_and_exit_2(tmp_path, text, found):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "manifest.json").write_text(text)
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--sweep", "width=4", "-o", str(out), "--dry-run", *TRAIN])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith(
+        f"error: {out / 'manifest.json'}: expected the manifest of an earlier sweep"
+    )
+    assert found in result.output and result.output.endswith("; use another -o\n")
+    assert (out / "manifest.json").read_text() == text  # left as it was
+
+
+@pytest.mark.parametrize("text", ["", "{trunc", "[0]", '{"returncode": 0}'])
+def test_a_result_that_is_no_json_object_leaves_its_trial_unfinished(tmp_path, text):
+    from archc.tools.sweep import finished
+    from archc.tools.sweep_report import trial_row
+
+    (tmp_path / "result.json").write_text(text)
+    trial = {"id": "t", "variant": "v", "seed": 0, "out": str(tmp_path)}
+    assert finished(trial) == trial_row(trial)["finished"] == (text == '{"returncode": 0}')
+
+
+def test_an_out_folder_under_a_file_is_one_line_and_exit_2(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "sweep"
+    result = CliRunner().invoke(main, ["sweep", str(spec), "--sweep", "width=4", "-o", str(out), "--dry-run", *TRAIN])
+    assert (result.exit_code, result.output) == (2, f"error: -o {out}: expected a folder archc sweep can write, found Not a directory\n")
+
+
 def test_a_trial_with_several_gpus_runs_under_torchrun(tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)

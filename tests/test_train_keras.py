@@ -190,3 +190,21 @@ def test_a_file_that_fails_to_decode_mid_run_is_skipped_and_counted(tmp_path):
     count = json.loads((out / "ranks" / "worker-0.json").read_text())["unreadable"]
     assert count >= 1 and f"{count} so far, all replicas" in proc.stderr  # the evaluation reads every file
     assert f"{count} files that failed to decode were skipped" in proc.stdout
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated"])
+def test_a_checkpoint_that_cannot_be_read_is_one_line_and_exit_2(tmp_path, content):
+    """As in torch: an empty or cut OUT/checkpoints/latest.keras-ckpt.npz is the
+    user's file to move (it was 'a bug in archc', exit 3)."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: [8, 8, 3]\nflows:\n  main: [conv: {filters: 2, kernel: 3}, global_avg_pool, dense: 2]\n")
+    latest = tmp_path / "run" / "checkpoints" / "latest.keras-ckpt.npz"
+    latest.parent.mkdir(parents=True)
+    latest.write_bytes(content)
+    args = ["train", str(spec), "--backend", "keras", "--data", "synthetic", "--synthetic-samples", "8", "--batch-size", "4"]
+    result = subprocess.run([sys.executable, "-m", "archc", *args, "-o", str(tmp_path / "run")], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = result.stderr.splitlines()[-1]  # after TensorFlow's own log lines
+    assert last.startswith(f"error: {latest}: expected a checkpoint of archc train, found a file it cannot read (")
+    assert last.endswith("); use another --out or --no-resume") and "Traceback" not in result.stderr
+    assert latest.read_bytes() == content

@@ -248,3 +248,39 @@ def test_a_file_that_fails_to_decode_mid_run_is_skipped_and_counted(tmp_path):
     count = json.loads((out / "ranks" / "rank-0.json").read_text())["unreadable"]
     assert count == len(lines) >= 1  # the evaluation reads every file: at least once
     assert f"{count} files that failed to decode were skipped" in proc.stdout
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\n", b"PK\x03\x04truncated"])
+def test_a_checkpoint_that_cannot_be_read_is_one_line_and_exit_2(tmp_path, content):
+    """A resumed run whose OUT/checkpoints/latest.pt is empty, garbage or a cut zip: the
+    user's file to move, not 'a bug in archc' (exit 3, as it was)."""
+    from click.testing import CliRunner
+
+    from archc.cli import main
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: [8, 8, 3]\nflows:\n  main: [conv: {filters: 2, kernel: 3}, global_avg_pool, dense: 2]\n")
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    latest.parent.mkdir(parents=True)
+    latest.write_bytes(content)
+    args = ["train", str(spec), "--data", "synthetic", "--synthetic-samples", "8", "--batch-size", "4", "-o", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"error: {latest}: expected a checkpoint of archc train, found a file it cannot read (")
+    assert result.output.endswith("); use another --out or --no-resume\n")
+    assert latest.read_bytes() == content  # left for the user
+
+
+def test_an_out_folder_under_a_file_is_one_line_and_exit_2(tmp_path):
+    """``-o FILE/run`` cannot be made (it was 'a bug in archc', NotADirectoryError, exit 3)."""
+    from click.testing import CliRunner
+
+    from archc.cli import main
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: [8, 8, 3]\nflows:\n  main: [conv: {filters: 2, kernel: 3}, global_avg_pool, dense: 2]\n")
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"
+    result = CliRunner().invoke(main, ["train", str(spec), "--data", "synthetic", "-o", str(out)])
+    assert (result.exit_code, result.output) == (2, f"error: -o {out}: expected a folder archc train can write, found Not a directory\n")

@@ -152,15 +152,43 @@ def write_manifest(found: Plan) -> Path:
     """``OUT/manifest.json``. A sweep may be run again with more seeds or values (its new
     trials join the folder), but a trial whose command changed (other train options or
     fixed params) is refused: its folder holds a run of the old command."""
+    from archc.training.kit import make_out
+
+    make_out(found.out, "archc sweep")
     path = found.out / MANIFEST
     manifest = found.manifest()
     if path.exists():
-        before = {t["id"]: t["command"] for t in json.loads(path.read_text()).get("trials", [])}
+        before = {t["id"]: t["command"] for t in _earlier_trials(path)}
         changed = [t["id"] for t in manifest["trials"] if before.get(t["id"], t["command"]) != t["command"]]
         if changed:
             raise UserError(f"{path}: expected trial {changed[0]} to keep its command to resume, found another one; use another -o")
     write_json(path, manifest)
     return path
+
+
+def _earlier_trials(path: Path) -> list[dict[str, Any]]:
+    """The trials of the manifest an earlier sweep wrote at ``path``; a file there that is
+    no such manifest (edited, or another tool's) is the user's to move, not a bug."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: expected the manifest of an earlier sweep, found no JSON ({exc}); use another -o") from None
+    trials = data.get("trials", []) if isinstance(data, dict) else None
+    if isinstance(trials, list) and all(isinstance(t, dict) and isinstance(t.get("id"), str) and "command" in t for t in trials):
+        return trials
+    raise UserError(
+        f"{path}: expected the manifest of an earlier sweep, found JSON without its trials (each an id and a command); use another -o"
+    )
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A trial's ``result.json``; {} when there is none or it is no JSON object (then the
+    trial counts as unfinished and runs again, which rewrites it)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return result if isinstance(result, dict) else {}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -172,8 +200,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def finished(trial: Mapping[str, Any]) -> bool:
-    path = Path(trial["out"]) / RESULT
-    return path.exists() and json.loads(path.read_text()).get("returncode") == 0
+    return read_result(Path(trial["out"]) / RESULT).get("returncode") == 0
 
 
 def run_trial(trial: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from archc.tools.sweep import RESULT
+from archc.tools.sweep import RESULT, read_result
 from archc.tools.variants import markdown
 
 
@@ -31,7 +30,7 @@ def trial_row(trial: Mapping[str, Any]) -> dict[str, Any]:
     out = Path(trial["out"])
     evals = [(float(r["epoch"]), float(r["top1"])) for r in _rows(out / "eval.csv")]
     speeds = [float(r["images_per_s"]) for r in _rows(out / "metrics.csv")]
-    result = json.loads((out / RESULT).read_text()) if (out / RESULT).exists() else {}
+    result = read_result(out / RESULT)
     return {
         "trial": trial["id"],
         "variant": trial["variant"],

@@ -167,8 +167,21 @@ def prepare(config: RunConfig) -> Prepared:
     val = open_source(config.val_data, shape, classes, config, "--val-data") if config.val_data else None
     if val is not None and train.class_names and val.class_names and val.class_names != train.class_names:
         raise UserError(f"--val-data: expected the classes of --data ({', '.join(train.class_names)}), found {', '.join(val.class_names)}")
+    make_out(config.out)
     model_file = render_model(analysis, config.backend, config.out)
     return Prepared(config, analysis, training, model_file, train, val)
+
+
+def make_out(out: str | Path, command: str = "archc train") -> None:
+    """OUT made, with its parents, before anything is written there: a path under a file,
+    or where this user may not write, is the user's to change (exit 2), not a bug."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        writable = os.access(out, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise UserError(f"-o {out}: expected a folder {command} can write, found {exc.strerror or exc}") from None
+    if not writable:
+        raise UserError(f"-o {out}: expected a folder {command} can write, found one it may not write to")
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -588,6 +601,23 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 def checkpoint_path(out: str | Path, suffix: str) -> Path:
     return Path(out) / "checkpoints" / f"latest{suffix}"
+
+
+def read_checkpoint(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``; a file it cannot read (empty, truncated, another tool's) is refused in
+    one line that says what to do, as the user's, not as a bug in archc: atomic_write never
+    leaves such a file, but a copy, a full disk or a hand can."""
+    import pickle
+    import zipfile
+
+    try:
+        return read(path)
+    except (OSError, EOFError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        why = (str(exc).strip().splitlines() or [""])[0]
+        why = f"{type(exc).__name__}: {why[:100]}{'...' if len(why) > 100 else ''}" if why else type(exc).__name__
+        raise UserError(
+            f"{path}: expected a checkpoint of archc train, found a file it cannot read ({why}); use another --out or --no-resume"
+        ) from None
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

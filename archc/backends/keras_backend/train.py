@@ -599,8 +599,8 @@ def _save(path: Path, model, optimizer, signature: dict, step: int) -> None:
 def _load(path: Path, model, optimizer, signature: dict) -> int:
     import numpy as np
 
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
+    with kit.read_checkpoint(path, lambda p: np.load(p, allow_pickle=False)) as data:
+        meta = kit.read_checkpoint(path, lambda _: json.loads(str(data["meta"])))
         kit.check_resumable(meta["signature"], signature, path)
         if meta["model"] != [v.path for v in model.variables] or meta["optimizer"] != [v.path for v in optimizer.variables]:
             raise UserError(f"{path}: the checkpoint's variables are not this model's and optimizer's; use another --out or --no-resume")

@@ -453,8 +453,8 @@ class TorchEngine:
 
     def restore(self, path: Path, signature: dict) -> int:
         torch, job = self.torch, self.job
-        state = torch.load(path, map_location=job.device, weights_only=True)
-        if state.get("format") != FORMAT:
+        state = kit.read_checkpoint(path, lambda p: torch.load(p, map_location=job.device, weights_only=True))
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise UserError(f"{path}: expected an archc torch checkpoint, found something else; use another --out or --no-resume")
         kit.check_resumable(state["signature"], signature, path)
         self.net.load_state_dict(state["model"])
