@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -71,3 +73,15 @@ def _yamlish(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_yamlish(v) if not isinstance(v, str) else repr(v) for v in value) + "]"
     return str(value)
+
+
+def make_out(out: str | Path, command: str = "archc train") -> None:
+    """OUT made, with its parents, before anything is written there: a path under a file,
+    or where this user may not write, is the user's to change (exit 2), not a bug."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        writable = os.access(out, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise UserError(f"-o {out}: expected a folder {command} can write, found {exc.strerror or exc}") from None
+    if not writable:
+        raise UserError(f"-o {out}: expected a folder {command} can write, found one it may not write to")

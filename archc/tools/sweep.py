@@ -152,7 +152,7 @@ def write_manifest(found: Plan) -> Path:
     """``OUT/manifest.json``. A sweep may be run again with more seeds or values (its new
     trials join the folder), but a trial whose command changed (other train options or
     fixed params) is refused: its folder holds a run of the old command."""
-    from archc.training.kit import make_out
+    from archc.syntax.errors import make_out
 
     make_out(found.out, "archc sweep")
     path = found.out / MANIFEST

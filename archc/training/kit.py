@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from archc.ir.recipe import DEFAULT_TRAINING, Training, learning_rate_at
-from archc.syntax.errors import SpecError, UserError
+from archc.syntax.errors import SpecError, UserError, make_out
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SYNTHETIC = "synthetic"
@@ -170,18 +170,6 @@ def prepare(config: RunConfig) -> Prepared:
     make_out(config.out)
     model_file = render_model(analysis, config.backend, config.out)
     return Prepared(config, analysis, training, model_file, train, val)
-
-
-def make_out(out: str | Path, command: str = "archc train") -> None:
-    """OUT made, with its parents, before anything is written there: a path under a file,
-    or where this user may not write, is the user's to change (exit 2), not a bug."""
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        writable = os.access(out, os.W_OK | os.X_OK)
-    except OSError as exc:
-        raise UserError(f"-o {out}: expected a folder {command} can write, found {exc.strerror or exc}") from None
-    if not writable:
-        raise UserError(f"-o {out}: expected a folder {command} can write, found one it may not write to")
 
 
 # -- data --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from archc.ir.ops import Node
 from archc.passes.analysis import Analysis
+from archc.passes.fold import takes_pad
 from archc.passes.taps import backbone
 
 from .ops import OPS
@@ -68,7 +69,16 @@ def backbone_view(analysis: Analysis, names: dict[str, str]) -> BackboneView | N
 
 
 def _names(steps: list[tuple[str, Node]] | None, names: dict[str, str]) -> list[str] | None:
-    """The modules' names, or None where one is not a module called on its input alone."""
-    if steps is None or not all(key in names and alone(node) for key, node in steps):
+    """The modules' names, or None where one is not a module called on its input alone
+    (a zero padding that the conv after it takes as its own ``padding=`` is no module)."""
+    if steps is None:
         return None
-    return [names[key] for key, _ in steps]
+    nodes = [node for _, node in steps]
+    kept = [
+        (key, node)
+        for (key, node), before, after in zip(steps, [None, *nodes], [*nodes[1:], None])
+        if key in names or not takes_pad(node, after, before)
+    ]
+    if not all(key in names and alone(node) for key, node in kept):
+        return None
+    return [names[key] for key, _ in kept]
