@@ -310,24 +310,31 @@ def test_upsample_shapes_and_counts(upsample):
     assert a.output == (30, 42, 2)
 
 
-def test_upsample_builds_in_both_backends_and_verifies(upsample, tmp_path):
+def builds_in_both_backends_and_verifies(spec, tmp_path, output: tuple[int, ...]) -> None:
+    """Both backends' counts are the IR's, torch's flops are twice its MACs (one
+    multiply-add is two flops; the op itself counts none) and ``archc verify`` passes."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from archc.codegen.backend import get
 
-    a = load(upsample)
+    a = load(spec)
     for name in ("torch", "keras"):
         backend = get(name)
         assert backend.count(build_model(backend, a, tmp_path)) == (a.total.trainable, a.total.non_trainable), name
     model = build_model(get("torch"), a, tmp_path).eval()
+    h, w, c = a.net.input
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        y = model(torch.randn(1, 3, 5, 7))
-    assert tuple(y.shape) == (1, 2, 30, 42)
-    assert counter.get_total_flops() == 2 * a.total.macs  # one multiply-add is two flops; upsampling counts none
-    result = run("verify", upsample)  # bilinear: torch's align_corners=False gives Keras's numbers
+        y = model(torch.randn(1, c, h, w))
+    assert tuple(y.shape) == (1, *output)
+    assert counter.get_total_flops() == 2 * a.total.macs
+    result = run("verify", spec)
     assert result.exit_code == 0, result.output
     assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output
+
+
+def test_upsample_builds_in_both_backends_and_verifies(upsample, tmp_path):
+    builds_in_both_backends_and_verifies(upsample, tmp_path, (2, 30, 42))  # bilinear: align_corners=False is Keras's
 
 
 SPLIT = """\
@@ -379,20 +386,4 @@ def test_a_bad_split_is_one_located_line(fields, message, tmp_path):
 
 
 def test_split_builds_in_both_backends_and_verifies(split, tmp_path):
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from archc.codegen.backend import get
-
-    a = load(split)
-    for name in ("torch", "keras"):
-        backend = get(name)
-        assert backend.count(build_model(backend, a, tmp_path)) == (a.total.trainable, a.total.non_trainable), name
-    model = build_model(get("torch"), a, tmp_path).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        y = model(torch.randn(1, 3, 5, 7))
-    assert tuple(y.shape) == (1, 2, 5, 7)
-    assert counter.get_total_flops() == 2 * a.total.macs  # a split counts none
-    result = run("verify", split)
-    assert result.exit_code == 0, result.output
-    assert "ok: counts agree and outputs agree within 0.0001 relative" in result.output
+    builds_in_both_backends_and_verifies(split, tmp_path, (2, 5, 7))
